@@ -1,0 +1,1 @@
+"""The submitting side: the `qrun` command, the home server and the launchers."""

@@ -1,0 +1,63 @@
+"""Deputies: one small home process per remote job process, so the job's pids are real
+home pids. A signal sent to a deputy is caught and relayed to its remote process; a
+deputy killed with SIGKILL (which cannot be caught) relays SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+
+from native import lib
+
+
+class Deputies:
+    def __init__(self) -> None:
+        self.report_fd, self._report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.live: dict[int, int] = {}  # home pid -> pidfd
+
+    def spawn(self, name: str) -> int:
+        pid = lib.qr_spawn_deputy(self._report_w, name.encode(errors="replace"))
+        if pid < 0:
+            raise OSError(-pid, "fork deputy")
+        self.live[pid] = os.pidfd_open(pid)
+        return pid
+
+    def read_reports(self) -> list[tuple[int, int]]:
+        try:
+            data = os.read(self.report_fd, 8 * 512)
+        except BlockingIOError:
+            return []
+        return [struct.unpack_from("<ii", data, i) for i in range(0, len(data) - 7, 8)]
+
+    def killed(self) -> list[int]:
+        """Deputies that died without being retired: someone sent them SIGKILL."""
+        dead = []
+        for pid in list(self.live):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                os.close(self.live.pop(pid))
+                if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                    dead.append(pid)
+        return dead
+
+    def retire(self, pid: object) -> None:
+        if not isinstance(pid, int) or pid not in self.live:
+            return
+        pidfd = self.live.pop(pid)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(pidfd)
+
+    def close_all(self) -> None:
+        for pid in list(self.live):
+            self.retire(pid)
+        os.close(self.report_fd)
+        os.close(self._report_w)

@@ -1,0 +1,183 @@
+"""Executes forwarded syscalls at home, as the submitting user.
+
+Regular calls are executed generically: the table's argument kinds say how each wire value
+becomes a kernel argument (handles become this process's fds, paths become C strings,
+output buffers are allocated here), and the raw syscall is made through libc. Nothing
+outside the table's forwardable entries (and the few named operations of HomeOps) can
+be executed, and every value is type-checked first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from syscalls import flags as wflags
+from syscalls import structs
+from syscalls.model import (BufIn, BufOut, DirFd, Fd, Flags, Int, IovIn, IovOut, Path, PathOut,
+                            Pid, Str, StructIn, StructOut, Syscall)
+from syscalls.table import TABLE
+
+ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine()]
+AT_FDCWD = -100
+MAX_BUF = 8 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+FORWARDABLE: dict[str, Syscall] = {s.name: s for s in TABLE if s.forwardable}
+
+
+class BadRequest(ValueError):
+    """A request that does not fit the table: answered with an error, never executed."""
+
+
+@dataclass
+class Handle:
+    fd: int
+    path: bytes
+
+
+class Handles:
+    """Home fds held for the job, named by small integers on the wire."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Handle] = {}
+        self._next = 1
+
+    def add(self, fd: int, path: bytes) -> int:
+        h = self._next
+        self._next += 1
+        self._by_id[h] = Handle(fd, path)
+        return h
+
+    def fd(self, h: object) -> int:
+        if not isinstance(h, int) or isinstance(h, bool) or h not in self._by_id:
+            raise OSError(errno.EBADF, "unknown handle")
+        return self._by_id[h].fd
+
+    def path(self, h: int) -> bytes:
+        return self._by_id[h].path
+
+    def close(self, h: object) -> None:
+        if isinstance(h, int) and h in self._by_id:
+            os.close(self._by_id.pop(h).fd)
+
+    def close_all(self) -> None:
+        for h in list(self._by_id):
+            self.close(h)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+def _int(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadRequest("integer expected")
+    return v
+
+
+def _bytes(v: object, what: str) -> bytes:
+    if not isinstance(v, bytes):
+        raise BadRequest(f"{what}: bytes expected")
+    return v
+
+
+def _path(v: object, dirfd_given: bool) -> bytes:
+    p = _bytes(v, "path")
+    if b"\0" in p:
+        raise BadRequest("path contains NUL")
+    if not dirfd_given and not p.startswith(b"/"):
+        raise BadRequest("a path without a directory handle must be absolute")
+    return p
+
+
+def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | None, dict[str, Any]]:
+    """Run one regular call. Returns (result, errno name or None, outputs by arg index)."""
+    if len(args) != len(sc.args):
+        raise BadRequest(f"{sc.name}: {len(sc.args)} arguments expected, got {len(args)}")
+    c_args: list[Any] = []
+    outputs: dict[int, tuple[Any, object]] = {}
+    sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent
+    for i, (kind, v) in enumerate(zip(sc.args, args)):
+        if isinstance(kind, Fd):
+            c_args.append(ctypes.c_long(handles.fd(v)))
+        elif isinstance(kind, DirFd):
+            c_args.append(ctypes.c_long(AT_FDCWD if v is None else handles.fd(v)))
+        elif isinstance(kind, Path):
+            if v is None:
+                c_args.append(ctypes.c_void_p(None))
+            else:
+                dirfd_given = i > 0 and isinstance(sc.args[i - 1], DirFd) and args[i - 1] is not None
+                c_args.append(ctypes.c_char_p(_path(v, dirfd_given)))
+        elif isinstance(kind, Str):
+            s = _bytes(v, "string")
+            if b"\0" in s:
+                raise BadRequest("string contains NUL")
+            c_args.append(ctypes.c_char_p(s))
+        elif isinstance(kind, Flags):
+            n = _int(v)
+            c_args.append(ctypes.c_long(wflags.open_from_wire(ARCH, n) if kind.family == "open" else n))
+        elif isinstance(kind, (Int, Pid)):
+            c_args.append(ctypes.c_long(_int(v)))
+        elif isinstance(kind, BufIn):
+            data = _bytes(v, "buffer")
+            c_args.append(ctypes.create_string_buffer(data, len(data)))
+            sizes[kind.size] = len(data)
+        elif isinstance(kind, (BufOut, PathOut)):
+            n = max(0, min(_int(v), MAX_BUF))
+            buf = ctypes.create_string_buffer(n)
+            c_args.append(buf)
+            outputs[i] = (buf, kind)
+            sizes[kind.size] = n
+        elif isinstance(kind, StructIn):
+            if v is None:
+                c_args.append(ctypes.c_void_p(None))
+            else:
+                data = _bytes(v, kind.type)
+                if len(data) != structs.SIZES[ARCH][kind.type]:
+                    raise BadRequest(f"{kind.type}: wrong size")
+                c_args.append(ctypes.create_string_buffer(data, len(data)))
+        elif isinstance(kind, StructOut):
+            buf = ctypes.create_string_buffer(structs.SIZES[ARCH][kind.type])
+            c_args.append(buf)
+            outputs[i] = (buf, kind)
+        elif isinstance(kind, (IovIn, IovOut)):
+            raise BadRequest(f"{sc.name}: iovec calls are sent as their plain forms")
+    for i, n in sizes.items():
+        c_args[i] = ctypes.c_long(n)
+    nr = sc.number(ARCH)
+    if nr is None:
+        raise BadRequest(f"{sc.name} does not exist on this home node's architecture ({ARCH})")
+    ctypes.set_errno(0)
+    ret = _syscall(ctypes.c_long(nr), *c_args)
+    if ret < 0:
+        e = ctypes.get_errno()
+        return -1, errno.errorcode.get(e, "EIO"), {}
+    out: dict[str, Any] = {}
+    for i, (buf, kind) in outputs.items():
+        if isinstance(kind, StructOut):
+            out[str(i)] = structs.struct_to_wire(ARCH, kind.type, buf.raw)
+        else:
+            out[str(i)] = buf.raw[:ret]
+    return ret, None, out
+
+
+def stat_to_wire(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+            st.st_size, st.st_blksize, st.st_blocks,
+            st.st_atime_ns // 10**9, st.st_atime_ns % 10**9,
+            st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
+            st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9]
+
+
+def is_copyable(st: os.stat_result, flags: int) -> bool:
+    """Read-only opens of regular files become local copies on the execution host."""
+    return (stat.S_ISREG(st.st_mode) and flags & os.O_ACCMODE == os.O_RDONLY
+            and not flags & getattr(os, "O_PATH", 0o10000000))

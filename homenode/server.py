@@ -1,0 +1,374 @@
+"""The home node's side of one job (Condor's shadow): a CURVE-authenticated ROUTER that
+executes forwarded syscalls as the user, hands out deputies for home pids, writes the
+job's output, forwards stdin and signals, and learns how the job ended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.auth.thread
+
+from homenode.deputies import Deputies
+from homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
+from homenode.executor import ARCH as HOME_ARCH
+from syscalls import flags as wflags
+from syscalls import wire
+
+INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
+
+
+class JobFailed(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    usage: dict[str, Any]
+    host: str
+    wall: float
+
+
+@dataclass
+class Keys:
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def fresh(cls) -> Keys:
+        sp, ss = zmq.curve_keypair()
+        cp, cs = zmq.curve_keypair()
+        return cls(sp, ss, cp, cs)
+
+
+class _OnlyThisJob:
+    """ZAP credentials check: the only client key accepted is the job's own."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key == self.key
+
+
+@dataclass
+class HomeServer:
+    job: str
+    welcome: dict[str, Any]
+    bind: str                       # e.g. tcp://10.0.0.1:0 or ipc:///run/.../sock
+    connect_timeout: float = 60.0
+    timeout: float = 30.0
+    keys: Keys = field(default_factory=Keys.fresh)
+
+    def __post_init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=_OnlyThisJob(self.keys.client_public))
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.curve_server = True
+        self.sock.curve_publickey = self.keys.server_public
+        self.sock.curve_secretkey = self.keys.server_secret
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.bind(self.bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.handles = Handles()
+        self.deputies = Deputies()
+        self.last_seq = 0
+        self.last_reply: bytes | None = None
+        self.ctl_id: bytes | None = None
+        self.hello: dict[str, Any] | None = None
+        self.stdin_open = True
+        self.pending_signals: list[int] = []
+
+    # ---- bootstrap --------------------------------------------------------------------
+    def bootstrap_line(self, endpoint: str | None = None) -> bytes:
+        import json
+        return (json.dumps({"endpoint": endpoint or self.endpoint, "job": self.job,
+                            "server_key": self.keys.server_public.decode(),
+                            "public": self.keys.client_public.decode(),
+                            "secret": self.keys.client_secret.decode()}) + "\n").encode()
+
+    # ---- main loop --------------------------------------------------------------------
+    def serve(self, launcher: subprocess.Popen[bytes], describe: str) -> Outcome:
+        started = time.monotonic()
+        last_heard = started
+        sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(sig_w)
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
+                     signal.SIGTSTP)
+        old_handlers = {s: signal.signal(s, lambda *_: None) for s in forwarded}
+        last_int = 0.0
+        try:
+            while True:
+                poller = zmq.Poller()
+                poller.register(self.sock, zmq.POLLIN)
+                poller.register(sig_r, zmq.POLLIN)
+                poller.register(self.deputies.report_fd, zmq.POLLIN)
+                if self.ctl_id is not None and self.stdin_open:
+                    poller.register(0, zmq.POLLIN)
+                events = dict(poller.poll(500))
+                now = time.monotonic()
+                if self.sock in events:
+                    while self.sock.poll(0):
+                        ident, payload = self.sock.recv_multipart()
+                        last_heard = now
+                        outcome = self._message(ident, payload, started)
+                        if outcome is not None:
+                            return outcome
+                if sig_r in events:
+                    for b in os.read(sig_r, 64):
+                        if b == signal.SIGINT and now - last_int < 1.0:
+                            # A second Ctrl-C within a second: stop at once, as srun does.
+                            self._send_ctl("sig", pid=0, sig=signal.SIGKILL)
+                        elif b in forwarded:
+                            self._send_ctl("sig", pid=0, sig=b)
+                        if b == signal.SIGINT:
+                            last_int = now
+                if self.deputies.report_fd in events:
+                    for home_pid, sig in self.deputies.read_reports():
+                        self._send_ctl("sig", pid=home_pid, sig=sig)
+                for home_pid in self.deputies.killed():
+                    self._send_ctl("sig", pid=home_pid, sig=signal.SIGKILL)
+                if 0 in events:
+                    self._pump_stdin()
+                if self.hello is None:
+                    if launcher.poll() is not None:
+                        raise JobFailed(f"the stub could not be started on {describe} "
+                                        f"(launcher exited with status {launcher.returncode})", 125)
+                    if now - started > self.connect_timeout:
+                        raise JobFailed(f"the stub on {describe} did not connect back within "
+                                        f"{self.connect_timeout:.0f} s", 125)
+                elif now - last_heard > self.timeout:
+                    raise JobFailed(f"lost contact with the execution host {describe} "
+                                    f"(silent for {self.timeout:.0f} s); the job was killed", 124)
+                elif launcher.poll() is not None and now - last_heard > 2.0:
+                    raise JobFailed(f"the stub on {describe} died before the job ended "
+                                    f"(launcher status {launcher.returncode})", 124)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            os.close(sig_r)
+            os.close(sig_w)
+
+    def close(self) -> None:
+        self.handles.close_all()
+        self.deputies.close_all()
+        self.auth.stop()
+        self.sock.close(linger=200)
+        self.ctx.term()
+
+    # ---- messages ---------------------------------------------------------------------
+    def _send(self, ident: bytes, kind: str, **fields: Any) -> None:
+        self.sock.send_multipart([ident, wire.encode(kind, **fields)])
+
+    def _send_ctl(self, kind: str, **fields: Any) -> None:
+        if self.ctl_id is not None:
+            self._send(self.ctl_id, kind, **fields)
+
+    def _message(self, ident: bytes, payload: bytes, started: float) -> Outcome | None:
+        job, _, role = ident.decode(errors="replace").partition(":")
+        if job != self.job:
+            return None
+        try:
+            msg = wire.decode(payload)
+        except wire.ProtocolError as exc:
+            self._send(ident, "error", msg=f"protocol error: {exc}", code=0)
+            return None
+        kind = msg["t"]
+        if kind == "hello":
+            self._hello(ident, msg)
+        elif kind == "req":
+            self._request(ident, msg)
+        elif kind == "ping":
+            if self.ctl_id is None:
+                self.ctl_id = ident
+                if not _stdin_usable():
+                    self.stdin_open = False
+                    self._send(ident, "in", d=b"")
+            self._send(ident, "pong")
+        elif kind == "out":
+            fd = 2 if msg["fd"] == 2 else 1
+            _write_all(fd, msg["d"])
+        elif kind == "exit":
+            self._send(ident, "bye")
+            return Outcome(msg["status"], msg["usage"], msg["host"], time.monotonic() - started)
+        return None
+
+    def _hello(self, ident: bytes, msg: dict[str, Any]) -> None:
+        if msg["version"] != wire.PROTOCOL_VERSION or msg["digest"] != wire.table_digest():
+            self._send(ident, "error", code=123,
+                       msg=f"version mismatch: stub protocol {msg['version']} table {msg['digest']}, "
+                           f"home protocol {wire.PROTOCOL_VERSION} table {wire.table_digest()}")
+            return
+        self.hello = msg
+        self._send(ident, "welcome", **self.welcome)
+
+    def _request(self, ident: bytes, msg: dict[str, Any]) -> None:
+        seq = msg["seq"]
+        if seq == self.last_seq and self.last_reply is not None:
+            self.sock.send_multipart([ident, self.last_reply])  # a resend: never run twice
+            return
+        if seq < self.last_seq:
+            return
+        for h in msg.get("close", []) if isinstance(msg.get("close"), list) else []:
+            self.handles.close(h)
+        for hp in msg.get("retire", []) if isinstance(msg.get("retire"), list) else []:
+            self.deputies.retire(hp)
+        umask = msg["umask"] & 0o777
+        os.umask(umask)
+        try:
+            r, e, o = self.dispatch(msg["op"], msg["a"])
+        except BadRequest as exc:
+            sys.stderr.write(f"qrun: rejected a request from the stub: {exc}\n")
+            r, e, o = -1, "EINVAL", {}
+        except OSError as exc:
+            r, e, o = -1, errno.errorcode.get(exc.errno or errno.EIO, "EIO"), {}
+        reply = wire.encode("rep", seq=seq, r=r, e=e, o=o)
+        self.last_seq, self.last_reply = seq, reply
+        self.sock.send_multipart([ident, reply])
+
+    # ---- operations -------------------------------------------------------------------
+    def dispatch(self, op: str, a: list[Any]) -> tuple[int, str | None, dict[str, Any]]:
+        sc = FORWARDABLE.get(op)
+        if sc is not None:
+            return execute(sc, a, self.handles)
+        fn = getattr(self, "op_" + op, None)
+        if fn is None:
+            raise BadRequest(f"unknown operation {op!r}")
+        return fn(*a) if isinstance(a, list) else fn()
+
+    def op_open(self, handle: int | None, path: bytes, wflags_: int, mode: int, exec_: bool,
+                known: list[int] | None) -> tuple[int, str | None, dict[str, Any]]:
+        if not isinstance(path, bytes) or b"\0" in path or not isinstance(wflags_, int):
+            raise BadRequest("open: malformed arguments")
+        dirfd = None if handle is None else self.handles.fd(handle)
+        if dirfd is None and not path.startswith(b"/"):
+            raise BadRequest("open: relative path without a directory handle")
+        fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
+        if exec_:
+            fl = os.O_RDONLY | os.O_CLOEXEC
+        fd = os.open(path or b".", fl, int(mode) & 0o7777, dir_fd=dirfd)
+        try:
+            st = os.fstat(fd)
+            real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+            if exec_:
+                if not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK):
+                    return -1, "EACCES", {}
+            if exec_ or is_copyable(st, fl):
+                sw = stat_to_wire(st)
+                o: dict[str, Any] = {"kind": "copy", "path": real, "stat": sw}
+                if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+                    o["fresh"] = True
+                elif st.st_size <= INLINE_MAX:
+                    o["data"] = _read_all(fd, st.st_size)
+                else:
+                    o["handle"] = self.handles.add(fd, real)
+                    fd = -1
+                return 0, None, o
+            h = self.handles.add(fd, real)
+            fd = -1
+            return 0, None, {"kind": "placeholder", "handle": h}
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def op_chdir(self, handle: int | None, path: bytes) -> tuple[int, str | None, dict[str, Any]]:
+        if not isinstance(path, bytes) or b"\0" in path:
+            raise BadRequest("chdir: malformed path")
+        dirfd = None if handle is None else self.handles.fd(handle)
+        if dirfd is None and not path.startswith(b"/"):
+            raise BadRequest("chdir: relative path without a directory handle")
+        fd = os.open(path or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+        try:
+            if not os.access(f"/proc/self/fd/{fd}", os.X_OK):
+                return -1, "EACCES", {}
+            return 0, None, {"path": os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))}
+        finally:
+            os.close(fd)
+
+    def op_deputy(self, name: str) -> tuple[int, str | None, dict[str, Any]]:
+        return self.deputies.spawn(str(name)[:15]), None, {}
+
+    def op_kill(self, pid: int, sig: int) -> tuple[int, str | None, dict[str, Any]]:
+        if not isinstance(pid, int) or not isinstance(sig, int) or pid in (0, -1):
+            raise BadRequest("kill: malformed arguments")
+        os.kill(pid, sig)
+        return 0, None, {}
+
+    def op_fcntl(self, handle: int, cmd: int, arg: int) -> tuple[int, str | None, dict[str, Any]]:
+        fd = self.handles.fd(handle)
+        if cmd == fcntl.F_GETFL:
+            return wflags.open_to_wire(HOME_ARCH, fcntl.fcntl(fd, cmd)), None, {}
+        if cmd == fcntl.F_SETFL:
+            return fcntl.fcntl(fd, cmd, wflags.open_from_wire(HOME_ARCH, int(arg))), None, {}
+        raise BadRequest(f"fcntl: command {cmd} is not forwarded")
+
+    def op_fcntl_lock(self, handle: int, cmd: int, lock: bytes) -> tuple[int, str | None, dict[str, Any]]:
+        fd = self.handles.fd(handle)
+        if cmd not in (fcntl.F_GETLK, fcntl.F_SETLK, 36, 37) or not isinstance(lock, bytes) or len(lock) != 32:
+            raise BadRequest("fcntl: malformed lock request")
+        buf = ctypes.create_string_buffer(lock, 32)
+        libc = ctypes.CDLL(None, use_errno=True)
+        r = libc.fcntl(fd, cmd, buf)
+        if r < 0:
+            return -1, errno.errorcode.get(ctypes.get_errno(), "EIO"), {}
+        return r, None, {"2": buf.raw}
+
+    # ---- stdin ------------------------------------------------------------------------
+    def _pump_stdin(self) -> None:
+        try:
+            data = os.read(0, 1 << 16)
+        except OSError:
+            data = b""
+        self._send_ctl("in", d=data)
+        if not data:
+            self.stdin_open = False
+
+
+def _stdin_usable() -> bool:
+    try:
+        os.fstat(0)
+        return True
+    except OSError:
+        return False
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, got = [], 0
+    while got < size:
+        b = os.pread(fd, size - got, got)
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            time.sleep(0.001)
+        except BrokenPipeError:
+            return

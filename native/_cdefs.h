@@ -1,0 +1,35 @@
+/* Declarations exposed to Python through cffi (parsed by cffi, not by a C compiler). */
+
+struct qr_regs {
+    long nr;                    /* syscall number at a seccomp stop */
+    unsigned long args[6];
+    unsigned long sp;
+    unsigned long ip;
+    long ret;                   /* return-value register */
+};
+
+int qr_arch(void);               /* AUDIT_ARCH_* of this build */
+
+/* Child side of the job, all in C: libzmq's threads make Python after fork() unsafe. */
+int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
+                    const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
+                    const unsigned char *filter, int filter_len, int use_path_search);
+int qr_spawn_deputy(int report_fd, const char *name);
+
+int qr_get_regs(int pid, struct qr_regs *r);
+int qr_set_args(int pid, long nr, const unsigned long *args);
+int qr_skip(int pid, long retval);
+int qr_set_ret(int pid, long retval);
+
+long qr_read_mem(int pid, unsigned long addr, void *buf, size_t len);
+long qr_write_mem(int pid, unsigned long addr, const void *buf, size_t len);
+long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max);
+
+int qr_cont(int pid, int sig);
+int qr_syscall(int pid, int sig);
+int qr_setoptions(int pid, long opts);
+long qr_geteventmsg(int pid);
+int qr_detach(int pid, int sig);
+int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno */
+
+int qr_hide_path(const char *path); /* mount an empty read-only tmpfs over path */

@@ -1,0 +1,317 @@
+/* The thin C layer under remote/ and homenode/: fork+exec of the traced job, deputy
+ * processes, and the hot ptrace/memory calls (one C call per register transfer). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <elf.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+
+struct qr_regs {
+    long nr;
+    unsigned long args[6];
+    unsigned long sp;
+    unsigned long ip;
+    long ret;
+};
+
+#if defined(__x86_64__)
+#define QR_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define QR_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "qrun supports x86_64 and aarch64"
+#endif
+
+int qr_arch(void) { return (int)QR_ARCH; }
+
+static void write_errno_and_exit(int fd, int code)
+{
+    int e = errno;
+    if (fd >= 0) {
+        ssize_t n = write(fd, &e, sizeof e);
+        (void)n;
+    }
+    _exit(code);
+}
+
+int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
+                    const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
+                    const unsigned char *filter, int filter_len, int use_path_search)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid < 0 ? -errno : pid;
+
+    /* Child: only async-signal-safe calls from here on. */
+    if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
+        write_errno_and_exit(err_pipe, 126);
+    if (err_pipe > 2 && fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
+        write_errno_and_exit(err_pipe, 126);
+    /* Close everything else the stub had open (zmq sockets, pipes); err_pipe stays,
+     * close-on-exec, so a failed exec can report its errno. */
+    if (err_pipe > 3)
+        syscall(SYS_close_range, 3, (unsigned)err_pipe - 1, 0);
+    syscall(SYS_close_range, (unsigned)(err_pipe > 2 ? err_pipe + 1 : 3), ~0U, 0);
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (cwd && chdir(cwd) < 0)
+        write_errno_and_exit(err_pipe, 126);
+    if (ptrace(PTRACE_TRACEME, 0, 0, 0) < 0)
+        _exit(126);
+    raise(SIGSTOP); /* the tracer sets its options while we wait here */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        write_errno_and_exit(err_pipe, 126);
+    struct sock_fprog prog = { .len = (unsigned short)(filter_len / 8),
+                               .filter = (struct sock_filter *)filter };
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+        write_errno_and_exit(err_pipe, 126);
+    if (use_path_search) {
+        environ = (char **)envp;
+        execvp(path, argv);
+    } else {
+        execve(path, argv, envp);
+    }
+    write_errno_and_exit(err_pipe, errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+    return -1;
+}
+
+static int deputy_report_fd = -1;
+
+static void deputy_handler(int sig)
+{
+    int32_t msg[2] = { (int32_t)getpid(), sig };
+    ssize_t n = write(deputy_report_fd, msg, sizeof msg);
+    (void)n;
+}
+
+int qr_spawn_deputy(int report_fd, const char *name)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid < 0 ? -errno : pid;
+    deputy_report_fd = report_fd;
+    /* Own process group: terminal signals reach qrun, which forwards them once. */
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (name)
+        prctl(PR_SET_NAME, name, 0, 0, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = deputy_handler;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP)
+            continue;
+        sigaction(s, &sa, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    syscall(SYS_close_range, 3, (unsigned)report_fd - 1, 0);
+    syscall(SYS_close_range, (unsigned)report_fd + 1, ~0U, 0);
+    for (;;)
+        pause();
+}
+
+#if defined(__x86_64__)
+int qr_get_regs(int pid, struct qr_regs *r)
+{
+    struct user_regs_struct u;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &u) < 0)
+        return -errno;
+    r->nr = (long)u.orig_rax;
+    r->args[0] = u.rdi; r->args[1] = u.rsi; r->args[2] = u.rdx;
+    r->args[3] = u.r10; r->args[4] = u.r8;  r->args[5] = u.r9;
+    r->sp = u.rsp; r->ip = u.rip; r->ret = (long)u.rax;
+    return 0;
+}
+
+int qr_set_args(int pid, long nr, const unsigned long *a)
+{
+    struct user_regs_struct u;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &u) < 0)
+        return -errno;
+    u.orig_rax = (unsigned long)nr;
+    u.rdi = a[0]; u.rsi = a[1]; u.rdx = a[2]; u.r10 = a[3]; u.r8 = a[4]; u.r9 = a[5];
+    return ptrace(PTRACE_SETREGS, pid, 0, &u) < 0 ? -errno : 0;
+}
+
+int qr_skip(int pid, long retval)
+{
+    struct user_regs_struct u;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &u) < 0)
+        return -errno;
+    u.orig_rax = (unsigned long)-1L;
+    u.rax = (unsigned long)retval;
+    return ptrace(PTRACE_SETREGS, pid, 0, &u) < 0 ? -errno : 0;
+}
+
+int qr_set_ret(int pid, long retval)
+{
+    return ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax),
+                  (void *)retval) < 0 ? -errno : 0;
+}
+#elif defined(__aarch64__)
+static int getregset(int pid, struct user_pt_regs *u)
+{
+    struct iovec io = { u, sizeof *u };
+    return ptrace(PTRACE_GETREGSET, pid, NT_PRSTATUS, &io) < 0 ? -errno : 0;
+}
+static int setregset(int pid, struct user_pt_regs *u)
+{
+    struct iovec io = { u, sizeof *u };
+    return ptrace(PTRACE_SETREGSET, pid, NT_PRSTATUS, &io) < 0 ? -errno : 0;
+}
+static int set_nr(int pid, int nr)
+{
+    struct iovec io = { &nr, sizeof nr };
+    return ptrace(PTRACE_SETREGSET, pid, NT_ARM_SYSTEM_CALL, &io) < 0 ? -errno : 0;
+}
+int qr_get_regs(int pid, struct qr_regs *r)
+{
+    struct user_pt_regs u;
+    int nr;
+    struct iovec io = { &nr, sizeof nr };
+    int e = getregset(pid, &u);
+    if (e < 0)
+        return e;
+    if (ptrace(PTRACE_GETREGSET, pid, NT_ARM_SYSTEM_CALL, &io) < 0)
+        return -errno;
+    r->nr = nr;
+    for (int i = 0; i < 6; i++)
+        r->args[i] = u.regs[i];
+    r->sp = u.sp; r->ip = u.pc; r->ret = (long)u.regs[0];
+    return 0;
+}
+int qr_set_args(int pid, long nr, const unsigned long *a)
+{
+    struct user_pt_regs u;
+    int e = getregset(pid, &u);
+    if (e < 0)
+        return e;
+    for (int i = 0; i < 6; i++)
+        u.regs[i] = a[i];
+    e = setregset(pid, &u);
+    return e < 0 ? e : set_nr(pid, (int)nr);
+}
+int qr_skip(int pid, long retval)
+{
+    struct user_pt_regs u;
+    int e = getregset(pid, &u);
+    if (e < 0)
+        return e;
+    u.regs[0] = (unsigned long)retval;
+    e = setregset(pid, &u);
+    return e < 0 ? e : set_nr(pid, -1);
+}
+int qr_set_ret(int pid, long retval)
+{
+    struct user_pt_regs u;
+    int e = getregset(pid, &u);
+    if (e < 0)
+        return e;
+    u.regs[0] = (unsigned long)retval;
+    return setregset(pid, &u);
+}
+#endif
+
+static long mem_fallback(int pid, unsigned long addr, void *buf, size_t len, int writing)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/mem", pid);
+    int fd = open(path, writing ? O_WRONLY | O_CLOEXEC : O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = writing ? pwrite(fd, buf, len, (off_t)addr) : pread(fd, buf, len, (off_t)addr);
+    long r = n < 0 ? -errno : n;
+    close(fd);
+    return r;
+}
+
+long qr_read_mem(int pid, unsigned long addr, void *buf, size_t len)
+{
+    struct iovec local = { buf, len }, remote = { (void *)addr, len };
+    ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n < 0 && errno != EFAULT)
+        return mem_fallback(pid, addr, buf, len, 0);
+    return n < 0 ? -errno : n;
+}
+
+long qr_write_mem(int pid, unsigned long addr, const void *buf, size_t len)
+{
+    struct iovec local = { (void *)buf, len }, remote = { (void *)addr, len };
+    ssize_t n = process_vm_writev(pid, &local, 1, &remote, 1, 0);
+    if (n == (ssize_t)len)
+        return n;
+    /* Read-only pages: /proc/PID/mem writes through page protections (FOLL_FORCE),
+     * as the kernel would when it fills a buffer in a syscall. */
+    return mem_fallback(pid, addr, (void *)buf, len, 1);
+}
+
+long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max)
+{
+    size_t got = 0;
+    while (got < max) {
+        /* Never cross a page boundary in one read: the next page may be unmapped. */
+        size_t chunk = 4096 - ((addr + got) & 4095);
+        if (chunk > max - got)
+            chunk = max - got;
+        long n = qr_read_mem(pid, addr + got, buf + got, chunk);
+        if (n <= 0)
+            return n < 0 ? n : -EFAULT;
+        void *nul = memchr(buf + got, 0, (size_t)n);
+        if (nul)
+            return (long)((char *)nul - buf);
+        got += (size_t)n;
+    }
+    return -ENAMETOOLONG;
+}
+
+int qr_cont(int pid, int sig) { return ptrace(PTRACE_CONT, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
+int qr_syscall(int pid, int sig) { return ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
+int qr_setoptions(int pid, long opts) { return ptrace(PTRACE_SETOPTIONS, pid, 0, (void *)opts) < 0 ? -errno : 0; }
+int qr_detach(int pid, int sig) { return ptrace(PTRACE_DETACH, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
+
+long qr_geteventmsg(int pid)
+{
+    unsigned long msg = 0;
+    if (ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) < 0)
+        return -errno;
+    return (long)msg;
+}
+
+int qr_wait(int *status)
+{
+    for (;;) {
+        pid_t p = waitpid(-1, status, __WALL);
+        if (p >= 0)
+            return p;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int qr_hide_path(const char *path)
+{
+    if (mount("qrun-hidden", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0755") < 0)
+        return -errno;
+    return 0;
+}

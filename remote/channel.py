@@ -1,0 +1,81 @@
+"""The stub's two CURVE-encrypted DEALER connections to the home node.
+
+`Rpc` carries syscall requests from the tracer thread, one in flight at a time, and
+resends on silence; the home node answers a resend from its reply cache, so a request
+never executes twice. `Control` (used by the I/O thread) carries stdio, signals and
+heartbeats. ZeroMQ sockets are not thread-safe, hence one socket per thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from syscalls import wire
+
+
+class HomeLost(Exception):
+    """The home node stopped answering; the job must not go on without it."""
+
+
+@dataclass
+class Credentials:
+    endpoint: str
+    server_key: bytes
+    public: bytes
+    secret: bytes
+    job: str
+
+
+def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.curve_serverkey = cred.server_key
+    sock.curve_publickey = cred.public
+    sock.curve_secretkey = cred.secret
+    sock.setsockopt(zmq.ROUTING_ID, f"{cred.job}:{role}".encode())
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(cred.endpoint)
+    return sock
+
+
+class Rpc:
+    def __init__(self, sock: zmq.Socket, timeout: float, resend_after: float = 2.0) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.resend_after = resend_after
+        self.seq = 0
+        self.pending_retire: list[int] = []
+        self.pending_close: list[int] = []
+
+    def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
+        self.seq += 1
+        extra: dict[str, Any] = {}
+        if self.pending_retire:
+            extra["retire"], self.pending_retire = self.pending_retire, []
+        if self.pending_close:
+            extra["close"], self.pending_close = self.pending_close, []
+        frame = wire.encode("req", seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
+        return self._exchange(frame)
+
+    def _exchange(self, frame: bytes) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.sock.send(frame, copy=False)
+            wait_until = min(deadline, time.monotonic() + self.resend_after)
+            while True:
+                left = wait_until - time.monotonic()
+                if left <= 0:
+                    break
+                if self.sock.poll(int(left * 1000) + 1):
+                    msg = wire.decode(self.sock.recv())
+                    if msg["t"] == "rep" and msg["seq"] == self.seq:
+                        return msg
+                    if msg["t"] == "error":
+                        raise HomeLost(msg["msg"])
+                    continue  # a late duplicate of an earlier reply
+            if time.monotonic() >= deadline:
+                raise HomeLost(f"no reply from the home node for {self.timeout:.0f} s")

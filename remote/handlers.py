@@ -1,0 +1,668 @@
+"""What the tracer does at a seccomp stop, per route of the syscall table.
+
+Regular calls (BY_PATH, BY_FD) go through one generic marshaller driven by their argument
+kinds; the irregular ones (`h_<handler>` methods) have code of their own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from remote.fds import COPY, HOME, Validator
+from remote.tracee import (CLONE_THREAD, CLONE_VFORK, CLONE_VM, Memory, Regs, Scratch, Thread,
+                           s32, s64, set_args, set_ret, skip)
+from syscalls import flags as wflags
+from syscalls import structs
+from syscalls.model import (BufIn, BufOut, DirFd, Fd, Flags, Int, IovIn, IovOut, Path,
+                            PathOut, Pid, Str, StructIn, StructOut, Syscall)
+from syscalls.paths import normalize
+from syscalls.table import BY_NAME
+
+if TYPE_CHECKING:
+    from remote.tracer import Tracer
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+O_ACCMODE = 0o3
+O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+MAX_IO = 8 << 20           # larger reads/writes on home fds are short, as POSIX allows
+FETCH_CHUNK = 8 << 20
+F_GETFL, F_SETFL, F_GETLK, F_SETLK, F_SETLKW = 3, 4, 5, 6, 7
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+NR_OPENAT = {"x86_64": 257, "aarch64": 56}
+NR_EXECVE = {"x86_64": 59, "aarch64": 221}
+
+
+def _errno_of(name: str | None) -> int:
+    value = getattr(errno, name or "", None)
+    return value if isinstance(value, int) else errno.EIO
+
+
+@dataclass
+class Target:
+    """Where one (dirfd, path) pair resolves."""
+    home: bool
+    handle: int | None = None      # home dir handle the path is relative to
+    path: str | None = None        # absolute path, or relative to `handle`
+    fixup: str | None = None       # local: absolute path to use instead of a relative one
+
+
+class Handlers:
+    mem = Memory()
+
+    # ---- path resolution ----------------------------------------------------------------
+    def resolve(self: Tracer, t: Thread, dirfd: int, addr: int, empty_ok: bool) -> Target:
+        if addr == 0 or empty_ok:
+            raw = b"" if addr == 0 else self.mem.cstr(t.tid, addr)
+            if raw == b"":
+                return self._by_dirfd(t, dirfd)
+        else:
+            raw = self.mem.cstr(t.tid, addr)
+        if raw == b"":
+            return Target(False)  # the kernel says ENOENT itself
+        path = os.fsdecode(raw)
+        if path.startswith("/"):
+            p = normalize(path)
+            return Target(self.policy.routes_home(p), None, p)
+        if dirfd == AT_FDCWD:
+            full = normalize(os.path.join(t.fs.cwd, path))
+            if self.policy.routes_home(full):
+                return Target(True, None, full)
+            # The tracee's real cwd is an empty local dir while its virtual cwd is at home.
+            fix = full if self.policy.routes_home(t.fs.cwd) else None
+            return Target(False, None, full, fix)
+        kind, ref = self.fds.kind(t.tid, dirfd)
+        if kind == HOME:
+            assert isinstance(ref, int)
+            return Target(True, ref, path)
+        return Target(False)
+
+    def _by_dirfd(self: Tracer, t: Thread, dirfd: int) -> Target:
+        if dirfd == AT_FDCWD:
+            return Target(self.policy.routes_home(t.fs.cwd), None, t.fs.cwd)
+        kind, ref = self.fds.kind(t.tid, dirfd)
+        if kind == HOME:
+            assert isinstance(ref, int)
+            return Target(True, ref, "")
+        return Target(False)
+
+    def targets(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> list[tuple[int, Target]]:
+        """(index of the Path argument, its resolution) for every path the call names."""
+        empty_ok = False
+        for i, k in enumerate(sc.args):
+            if isinstance(k, Flags) and k.family == "at":
+                empty_ok = bool(regs.arg(i) & AT_EMPTY_PATH)
+        out = []
+        for i, k in enumerate(sc.args):
+            if isinstance(k, Path):
+                has_dirfd = i > 0 and isinstance(sc.args[i - 1], DirFd)
+                dirfd = s32(regs.arg(i - 1)) if has_dirfd else AT_FDCWD
+                # utimensat(fd, NULL, ...) is futimens: the fd itself.
+                null_is_fd = sc.name == "utimensat"
+                if regs.arg(i) == 0 and not null_is_fd:
+                    out.append((i, Target(False)))
+                    continue
+                out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok or null_is_fd)))
+        return out
+
+    def run_local(self: Tracer, t: Thread, regs: Regs, sc: Syscall,
+                  targets: list[tuple[int, Target]]) -> None:
+        """Let the kernel run the call, with relative paths made absolute where needed."""
+        fixes = [(i, tg.fixup) for i, tg in targets if tg.fixup]
+        if not fixes:
+            return
+        scratch = Scratch(t.tid, regs.sp, self.mem)
+        args = regs.args()
+        for i, fix in fixes:
+            args[i] = scratch.put_str(os.fsencode(fix))
+            if i > 0 and isinstance(sc.args[i - 1], DirFd):
+                args[i - 1] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+        scratch.commit()
+        set_args(t.tid, regs.nr, args)
+
+    # ---- regular routes ----------------------------------------------------------------
+    def by_path(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        targets = self.targets(t, regs, sc)
+        homes = {tg.home for _, tg in targets}
+        if homes == {False} or not targets:
+            self.run_local(t, regs, sc, targets)
+        elif homes == {True}:
+            self.forward(t, regs, sc, dict(targets))
+        else:
+            skip(t.tid, -errno.EXDEV)  # one path at home, the other local
+
+    def by_fd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
+        if kind != HOME:
+            return  # local fd (or a local copy): the kernel runs it natively
+        assert isinstance(ref, int)
+        self.forward(t, regs, sc, {}, handle=ref)
+
+    # ---- generic forwarding ----------------------------------------------------------
+    def marshal(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
+                handle: int | None) -> tuple[list[Any], list[tuple[int, int]] | None]:
+        wa: list[Any] = []
+        iov: list[tuple[int, int]] | None = None
+        for i, k in enumerate(sc.args):
+            v = regs.arg(i)
+            if isinstance(k, DirFd):
+                tg = targets.get(i + 1)
+                wa.append(tg.handle if tg else None)
+            elif isinstance(k, Path):
+                tg = targets.get(i)
+                wa.append(os.fsencode(tg.path) if tg and tg.path is not None else None)
+            elif isinstance(k, Fd):
+                wa.append(handle)
+            elif isinstance(k, Flags):
+                v &= 0xFFFFFFFF
+                wa.append(wflags.open_to_wire(self.arch, v) if k.family == "open" else v)
+            elif isinstance(k, Int):
+                wa.append(s64(v))
+            elif isinstance(k, Str):
+                wa.append(self.mem.cstr(t.tid, v))
+            elif isinstance(k, BufIn):
+                wa.append(self.mem.read(t.tid, v, max(0, min(s64(regs.arg(k.size)), MAX_IO))))
+            elif isinstance(k, (BufOut, PathOut)):
+                wa.append(max(0, min(s64(regs.arg(k.size)), MAX_IO)))
+            elif isinstance(k, (IovIn, IovOut)):
+                iov = self.read_iov(t, v, regs.arg(k.count))
+                if isinstance(k, IovIn):
+                    wa.append(b"".join(self.mem.read(t.tid, base, ln) for base, ln in iov))
+                else:
+                    wa.append(sum(ln for _, ln in iov))
+            elif isinstance(k, StructIn):
+                wa.append(None if v == 0 else self.mem.read(t.tid, v, structs.SIZES[self.arch][k.type]))
+            elif isinstance(k, StructOut):
+                wa.append(None)
+            elif isinstance(k, Pid):
+                wa.append(s32(v))
+        if sc.home_as:
+            # readv/preadv/... are executed at home as read/pread64 on one gathered buffer.
+            size = len(wa[1]) if isinstance(wa[1], bytes) else wa[1]
+            wa = [wa[0], wa[1], size] + ([wa[3]] if sc.home_as.startswith("p") else [])
+        return wa, iov
+
+    def read_iov(self: Tracer, t: Thread, addr: int, count: int) -> list[tuple[int, int]]:
+        count = s64(count)
+        if count < 0 or count > 1024:
+            raise OSError(errno.EINVAL, "iovcnt")
+        raw = self.mem.read(t.tid, addr, 16 * count)
+        out, total = [], 0
+        for i in range(count):
+            base, ln = struct.unpack_from("<QQ", raw, 16 * i)
+            ln = min(ln, MAX_IO - total)
+            if ln > 0:
+                out.append((base, ln))
+                total += ln
+        return out
+
+    def call_home(self: Tracer, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
+        return self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+
+    def forward(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
+                handle: int | None = None) -> None:
+        wa, iov = self.marshal(t, regs, sc, targets, handle)
+        rep = self.call_home(t, sc.home_as or sc.name, wa)
+        if rep["e"]:
+            skip(t.tid, -_errno_of(rep["e"]))
+            return
+        for key, value in rep["o"].items():
+            i = int(key)
+            kind = sc.args[i]
+            if isinstance(kind, IovOut) and iov is not None and isinstance(value, bytes):
+                off = 0
+                for base, ln in iov:
+                    if off >= len(value):
+                        break
+                    self.mem.write(t.tid, base, value[off:off + ln])
+                    off += ln
+            elif isinstance(kind, StructOut):
+                self.mem.write(t.tid, regs.arg(i), structs.struct_from_wire(self.arch, kind.type, value))
+            elif isinstance(value, bytes):
+                limit = s64(regs.arg(kind.size)) if isinstance(kind, (BufOut, PathOut)) else 0
+                self.mem.write(t.tid, regs.arg(i), value[:max(0, limit)])
+        skip(t.tid, rep["r"])
+
+    # ---- open: local copies and placeholders ---------------------------------------------
+    def h_open(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        a = regs.args()
+        if sc.name == "open":
+            dirfd, path_i, fl, mode = AT_FDCWD, 0, a[1], a[2]
+        elif sc.name == "creat":
+            dirfd, path_i, fl, mode = AT_FDCWD, 0, O_CREAT | O_TRUNC | 1, a[1]
+        elif sc.name == "openat2":
+            how = self.mem.read(t.tid, a[2], 24)
+            fl, mode, _resolve = struct.unpack("<QQQ", how)
+            dirfd, path_i = s32(a[0]), 1
+        else:
+            dirfd, path_i, fl, mode = s32(a[0]), 1, a[2], a[3]
+        fl &= 0xFFFFFFFF
+        tg = self.resolve(t, dirfd, a[path_i], False)
+        if not tg.home:
+            self.run_local(t, regs, sc, [(path_i, tg)])
+            return
+        self.open_home(t, regs, tg, fl, mode & 0o7777, exec_=False)
+
+    def open_home(self: Tracer, t: Thread, regs: Regs, tg: Target, fl: int, mode: int,
+                  exec_: bool) -> str | None:
+        """Open at home; install a copy or a placeholder fd unless exec_ (then return the copy)."""
+        known = None
+        if tg.handle is None and tg.path is not None and tg.path in self.fds.cached:
+            v = self.fds.cached[tg.path]
+            known = [v.size, v.mtime_ns, v.ino, v.dev]
+        rep = self.call_home(t, "open", [tg.handle, os.fsencode(tg.path or ""),
+                                         wflags.open_to_wire(self.arch, fl), mode, exec_, known])
+        if rep["e"]:
+            skip(t.tid, -_errno_of(rep["e"]))
+            return None
+        o = rep["o"]
+        if o.get("kind") == "placeholder":
+            h = int(o["handle"])
+            if exec_:
+                skip(t.tid, -errno.EACCES)
+                self.rpc.pending_close.append(h)
+                return None
+            self.install(t, regs, self.fds.placeholder(h), O_PATH | (fl & O_CLOEXEC), h)
+            return None
+        home_path = os.fsdecode(o["path"])
+        st = o["stat"]
+        v = Validator(size=st[7], mtime_ns=st[12] * 10**9 + st[13], ino=st[1], dev=st[0])
+        local = self.fds.fresh_copy(home_path, v) if o.get("fresh") else None
+        if local is None:
+            chunks = [o["data"]] if "data" in o else self.fetch(t, int(o["handle"]), v.size)
+            local = self.fds.store_copy(home_path, v, st[2], st[10] * 10**9 + st[11], chunks)
+        if exec_:
+            return local
+        keep = fl & ~(O_CREAT | O_EXCL | O_TRUNC | O_ACCMODE)
+        self.install(t, regs, local, keep, None)
+        return None
+
+    def fetch(self: Tracer, t: Thread, handle: int, size: int) -> list[bytes]:
+        chunks, off = [], 0
+        try:
+            while off < size:
+                rep = self.call_home(t, "pread64", [handle, FETCH_CHUNK, FETCH_CHUNK, off])
+                data = rep["o"].get("1", b"")
+                if rep["e"] or not data:
+                    break
+                chunks.append(data)
+                off += len(data)
+        finally:
+            self.rpc.pending_close.append(handle)
+        return chunks
+
+    def install(self: Tracer, t: Thread, regs: Regs, local_path: str, fl: int,
+                handle: int | None) -> None:
+        """Turn the trapped open into openat(AT_FDCWD, local_path, fl) run by the kernel, so
+        the fd number is the kernel's choice."""
+        scratch = Scratch(t.tid, regs.sp, self.mem)
+        p = scratch.put_str(os.fsencode(local_path))
+        scratch.commit()
+        set_args(t.tid, NR_OPENAT[self.arch], [AT_FDCWD, p, fl, 0, 0, 0])
+        if handle is not None:
+            self.open_handles.add(handle)
+            self.pending_handles.add(handle)
+
+            def installed(th: Thread, ret: int, h: int = handle) -> None:
+                self.pending_handles.discard(h)
+                if ret < 0:
+                    self.sweep_handles(only=h)
+            t.on_exit = installed
+
+    # ---- cwd -----------------------------------------------------------------------------
+    def h_chdir(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        tg = self.resolve(t, AT_FDCWD, regs.arg(0), False)
+        if tg.home:
+            rep = self.call_home(t, "chdir", [tg.handle, os.fsencode(tg.path or "")])
+            if rep["e"]:
+                skip(t.tid, -_errno_of(rep["e"]))
+                return
+            t.fs.cwd = os.fsdecode(rep["o"]["path"])
+            skip(t.tid, 0)
+            return
+        self.run_local(t, regs, sc, [(0, tg)])
+        new = tg.path
+
+        def done(th: Thread, ret: int) -> None:
+            if ret == 0 and new:
+                th.fs.cwd = new
+        t.on_exit = done
+
+    def h_fchdir(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        fd = s32(regs.arg(0))
+        kind, ref = self.fds.kind(t.tid, fd)
+        if kind == HOME:
+            rep = self.call_home(t, "chdir", [ref, b""])
+            if rep["e"]:
+                skip(t.tid, -_errno_of(rep["e"]))
+                return
+            t.fs.cwd = os.fsdecode(rep["o"]["path"])
+            skip(t.tid, 0)
+            return
+        if kind == COPY:
+            skip(t.tid, -errno.ENOTDIR)
+            return
+        try:
+            target = os.readlink(f"/proc/{t.tid}/fd/{fd}")
+        except OSError:
+            target = None
+
+        def done(th: Thread, ret: int) -> None:
+            if ret == 0 and target:
+                th.fs.cwd = target
+        t.on_exit = done
+
+    def h_getcwd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        data = os.fsencode(t.fs.cwd) + b"\0"
+        if len(data) > regs.arg(1):
+            skip(t.tid, -errno.ERANGE)
+            return
+        self.mem.write(t.tid, regs.arg(0), data)
+        skip(t.tid, len(data))
+
+    def h_umask(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        # Runs natively too, so the local umask (and its return value) stays in step.
+        t.fs.umask = regs.arg(0) & 0o777
+
+    # ---- exec ----------------------------------------------------------------------------
+    def h_execve(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        a = regs.args()
+        if sc.name == "execveat":
+            dirfd, pi, argv_i, env_i = s32(a[0]), 1, 2, 3
+            tg = self.resolve(t, dirfd, a[1], bool(a[4] & AT_EMPTY_PATH))
+        else:
+            pi, argv_i, env_i = 0, 1, 2
+            tg = self.resolve(t, AT_FDCWD, a[0], False)
+        if not tg.home:
+            self.run_local(t, regs, sc, [(pi, tg)])
+            return
+        as_given = self.mem.cstr(t.tid, a[pi])
+        local = self.open_home(t, regs, tg, 0, 0, exec_=True)
+        if local is None:
+            return  # the error was set by open_home
+        with open(local, "rb") as f:
+            head = f.read(256)
+        scratch = Scratch(t.tid, regs.sp, self.mem)
+        if head.startswith(b"#!"):
+            line = head[2:].split(b"\n", 1)[0].strip()
+            if not line:
+                skip(t.tid, -errno.ENOEXEC)
+                return
+            parts = line.split(None, 1)
+            interp = parts[0]
+            argv = self.mem.ptr_array(t.tid, a[argv_i])
+            # The interpreter gets the script's home path, so $0 / __file__ are home paths.
+            new_argv = [scratch.put_str(interp)]
+            if len(parts) > 1:
+                new_argv.append(scratch.put_str(parts[1]))
+            new_argv.append(scratch.put_str(as_given))
+            new_argv += argv[1:]
+            interp_tg = self.resolve_abs(os.fsdecode(interp))
+            exe = interp
+            if interp_tg.home:
+                got = self.open_home(t, regs, interp_tg, 0, 0, exec_=True)
+                if got is None:
+                    return
+                exe = os.fsencode(got)
+            argv_p = scratch.put_ptrs(new_argv)
+            exe_p = scratch.put_str(exe)
+            scratch.commit()
+            set_args(t.tid, NR_EXECVE[self.arch], [exe_p, argv_p, a[env_i], 0, 0, 0])
+            return
+        exe_p = scratch.put_str(os.fsencode(local))
+        scratch.commit()
+        set_args(t.tid, NR_EXECVE[self.arch], [exe_p, a[argv_i], a[env_i], 0, 0, 0])
+
+    def resolve_abs(self: Tracer, path: str) -> Target:
+        p = normalize(path)
+        return Target(self.policy.routes_home(p), None, p)
+
+    # ---- fd bookkeeping ------------------------------------------------------------------
+    def h_close(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
+        if kind == HOME:
+            def closed(th: Thread, ret: int, h: int = int(ref or 0)) -> None:
+                self.sweep_handles(only=h)
+            t.on_exit = closed
+
+    def h_close_range(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        t.on_exit = lambda th, ret: self.sweep_handles()
+
+    def h_fcntl(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
+        if kind != HOME:
+            return
+        cmd = s32(regs.arg(1))
+        if cmd in (F_GETFL, F_SETFL):
+            arg = wflags.open_to_wire(self.arch, regs.arg(2) & 0xFFFFFFFF)
+            rep = self.call_home(t, "fcntl", [ref, cmd, arg])
+            if rep["e"]:
+                skip(t.tid, -_errno_of(rep["e"]))
+            else:
+                r = rep["r"]
+                skip(t.tid, wflags.open_from_wire(self.arch, r) if cmd == F_GETFL else r)
+        elif cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+            lock = self.mem.read(t.tid, regs.arg(2), 32)
+            # A blocking lock would block the whole job's home channel: try, don't wait.
+            home_cmd = {F_SETLKW: F_SETLK, F_OFD_SETLKW: F_OFD_SETLK}.get(cmd, cmd)
+            rep = self.call_home(t, "fcntl_lock", [ref, home_cmd, lock])
+            if rep["e"]:
+                skip(t.tid, -_errno_of(rep["e"]))
+                return
+            if cmd in (F_GETLK, F_OFD_GETLK):
+                self.mem.write(t.tid, regs.arg(2), rep["o"]["2"])
+            skip(t.tid, rep["r"])
+        elif cmd in (0, 1, 2, 1030):  # F_DUPFD, F_GETFD, F_SETFD, F_DUPFD_CLOEXEC
+            return  # fd-table operations: the kernel's job
+        else:
+            skip(t.tid, -errno.EINVAL)
+
+    def h_ioctl(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        kind, _ = self.fds.kind(t.tid, s32(regs.arg(0)))
+        if kind == HOME:
+            skip(t.tid, -errno.ENOTTY)  # home placeholders are files and directories
+
+    def h_no_home_fd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        for i, k in enumerate(sc.args):
+            if isinstance(k, Fd) and self.fds.kind(t.tid, s32(regs.arg(i)))[0] == HOME:
+                skip(t.tid, -_errno_of(sc.errno))
+                return
+
+    # ---- identity --------------------------------------------------------------------------
+    def h_getpid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        skip(t.tid, self.home_pid(t.proc.tgid))
+
+    def h_gettid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        skip(t.tid, self.home_pid(t.tid))
+
+    def h_getppid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        parent = t.proc.parent
+        if parent in self.procs:
+            skip(t.tid, self.home_pid(parent))
+        else:
+            skip(t.tid, int(self.identity["ppid"]) if t.proc.tgid == self.main_pid else 1)
+
+    def h_uid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        skip(t.tid, int(self.identity["uid" if sc.name == "getuid" else "euid"]))
+
+    def h_gid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        skip(t.tid, int(self.identity["gid" if sc.name == "getgid" else "egid"]))
+
+    def _put_ids(self: Tracer, t: Thread, regs: Regs, ids: list[int]) -> None:
+        for i, v in enumerate(ids):
+            self.mem.write(t.tid, regs.arg(i), struct.pack("<I", v))
+        skip(t.tid, 0)
+
+    def h_getresuid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        i = self.identity
+        self._put_ids(t, regs, [i["uid"], i["euid"], i["euid"]])
+
+    def h_getresgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        i = self.identity
+        self._put_ids(t, regs, [i["gid"], i["egid"], i["egid"]])
+
+    def h_getgroups(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        groups = list(self.identity["groups"])
+        size = s32(regs.arg(0))
+        if size == 0:
+            skip(t.tid, len(groups))
+        elif size < len(groups):
+            skip(t.tid, -errno.EINVAL)
+        else:
+            self.mem.write(t.tid, regs.arg(1), struct.pack(f"<{len(groups)}I", *groups))
+            skip(t.tid, len(groups))
+
+    def h_uname(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        u = os.uname()
+        fields = [u.sysname, self.identity["nodename"], u.release, u.version, u.machine,
+                  self.identity["domainname"]]
+        data = b"".join(os.fsencode(f)[:64].ljust(65, b"\0") for f in fields)
+        self.mem.write(t.tid, regs.arg(0), data)
+        skip(t.tid, 0)
+
+    def to_remote(self: Tracer, pid: int) -> int | None:
+        """A pid as the job names it (home) -> the execution host's, None if not ours."""
+        if pid in self.remote_of:
+            return self.remote_of[pid]
+        if pid in self.threads:
+            return pid  # already remote (e.g. a tid the kernel wrote into memory)
+        return None
+
+    def to_home(self: Tracer, remote: int) -> int:
+        if remote in self.threads or remote in self.home_of:
+            return self.home_pid(remote)
+        return remote
+
+    def h_getpgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        pid = s32(regs.arg(0)) if sc.name == "getpgid" else 0
+        target = t.proc.tgid if pid == 0 else self.to_remote(pid)
+        if target is None:
+            skip(t.tid, -errno.ESRCH)
+            return
+        try:
+            skip(t.tid, self.to_home(os.getpgid(target)))
+        except OSError as e:
+            skip(t.tid, -(e.errno or errno.ESRCH))
+
+    def h_getsid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        pid = s32(regs.arg(0))
+        target = t.proc.tgid if pid == 0 else self.to_remote(pid)
+        if target is None:
+            skip(t.tid, -errno.ESRCH)
+            return
+        try:
+            skip(t.tid, self.to_home(os.getsid(target)))
+        except OSError as e:
+            skip(t.tid, -(e.errno or errno.ESRCH))
+
+    def h_set_tid_address(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        t.on_exit = lambda th, ret: set_ret(th.tid, self.home_pid(th.tid)) if ret > 0 else None
+
+    # ---- processes -------------------------------------------------------------------------
+    def h_fork(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        if sc.name == "fork":
+            t.clone_flags = 0
+        elif sc.name == "vfork":
+            t.clone_flags = CLONE_VM | CLONE_VFORK
+        elif sc.name == "clone3":
+            t.clone_flags = int.from_bytes(self.mem.read(t.tid, regs.arg(0), 8), "little")
+        else:
+            t.clone_flags = regs.arg(0)
+
+        def forked(th: Thread, ret: int) -> None:
+            if ret > 0:
+                set_ret(th.tid, self.home_pid(ret))
+        t.on_exit = forked
+
+    def h_wait4(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        self._wait_common(t, regs, 0)
+
+    def h_waitid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        idtype = s32(regs.arg(0))
+        if idtype in (1, 2):  # P_PID, P_PGID
+            self._translate_args(t, regs, {1: False})
+        infop = regs.arg(2)
+
+        def waited(th: Thread, ret: int) -> None:
+            if ret == 0 and infop:
+                raw = self.mem.read(th.tid, infop + 16, 4)
+                pid = struct.unpack("<i", raw)[0]
+                if pid > 0:
+                    self.mem.write(th.tid, infop + 16, struct.pack("<i", self.home_pid(pid)))
+                    self.reaped(pid)
+        t.on_exit = waited
+
+    def _wait_common(self: Tracer, t: Thread, regs: Regs, pid_index: int) -> None:
+        self._translate_args(t, regs, {pid_index: True})
+
+        def waited(th: Thread, ret: int) -> None:
+            if ret > 0:
+                set_ret(th.tid, self.home_pid(ret))
+                self.reaped(ret)
+        t.on_exit = waited
+
+    def reaped(self: Tracer, pid: int) -> None:
+        if pid not in self.procs and pid not in self.threads:
+            self.retire(pid)
+
+    def _translate_args(self: Tracer, t: Thread, regs: Regs, which: dict[int, bool]) -> bool:
+        """Rewrite pid arguments from home to remote pids. `which[i]` says whether a negative
+        value names a process group. Returns False if some pid is not a job process."""
+        args = regs.args()
+        changed, ours = False, True
+        for i, group_neg in which.items():
+            v = s32(args[i])
+            if v > 0 or (group_neg and v < -1):
+                r = self.to_remote(abs(v))
+                if r is None:
+                    ours = False
+                    continue
+                args[i] = (r if v > 0 else -r) & 0xFFFFFFFFFFFFFFFF
+                changed = True
+        if changed:
+            set_args(t.tid, regs.nr, args)
+        return ours
+
+    def h_kill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        pid = s32(regs.arg(0))
+        if pid == -1:
+            self.warn_once("kill-1", "kill(-1, ...) is refused under qrun: EPERM")
+            skip(t.tid, -errno.EPERM)
+            return
+        if pid == 0 or self._translate_args(t, regs, {0: True}):
+            return
+        if sc.name != "kill":
+            skip(t.tid, -errno.EPERM)
+            return
+        # Not a job process: it lives at home, where the job's pids belong.
+        rep = self.call_home(t, "kill", [pid, s32(regs.arg(1))])
+        skip(t.tid, -_errno_of(rep["e"]) if rep["e"] else 0)
+
+    def h_tkill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        if not self._translate_args(t, regs, {0: False}):
+            skip(t.tid, -errno.ESRCH)
+
+    def h_tgkill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        if not self._translate_args(t, regs, {0: False, 1: False}):
+            skip(t.tid, -errno.ESRCH)
+
+    def h_pidfd_open(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        if not self._translate_args(t, regs, {0: False}):
+            skip(t.tid, -errno.ESRCH)
+
+    def h_setpgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        if not self._translate_args(t, regs, {0: False, 1: False}):
+            skip(t.tid, -errno.ESRCH)
+
+
+# Irregular handlers that exist; a test checks every table handler is among them.
+HANDLERS = {name[2:] for name in dir(Handlers) if name.startswith("h_")}
+SIGNALS = signal.Signals
+_ = BY_NAME, CLONE_THREAD

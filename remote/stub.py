@@ -1,0 +1,282 @@
+"""The stub: started by a launcher on the execution host, it phones home, runs the job under
+the tracer, streams stdio, relays signals and reports the exit status.
+
+Bootstrap: one JSON line on stdin carries the endpoint and the per-job CURVE keys, so no
+secret ever appears on a command line. Everything after that line is not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from native import ffi, lib
+from remote.channel import Credentials, HomeLost, Rpc, connect
+from remote.fds import FdSpace
+from remote.tracer import ARCH, Tracer
+from syscalls import wire
+from syscalls.paths import PathPolicy
+
+EXIT_STUB_FAILURE = 125
+
+
+def eprint(msg: str) -> None:
+    sys.stderr.write(f"qrun-stub: {msg}\n")
+    sys.stderr.flush()
+
+
+def read_bootstrap() -> Credentials:
+    line = b""
+    while not line.endswith(b"\n"):
+        ch = os.read(0, 1)  # one byte at a time: nothing past the line is consumed
+        if not ch:
+            break
+        line += ch
+        if len(line) > 65536:
+            raise ValueError("bootstrap line too long")
+    d = json.loads(line)
+    return Credentials(endpoint=d["endpoint"], server_key=d["server_key"].encode(),
+                       public=d["public"].encode(), secret=d["secret"].encode(), job=d["job"])
+
+
+class StdioPump(threading.Thread):
+    """Moves the job's stdio and home's signals over the control connection."""
+
+    def __init__(self, ctx: zmq.Context, cred: Credentials, timeout: float,
+                 out_fds: dict[int, int], in_fd: int, tracer: Tracer) -> None:
+        super().__init__(daemon=True, name="qrun-stdio")
+        self.sock = connect(ctx, cred, "ctl")
+        self.timeout = timeout
+        self.out_fds = dict(out_fds)  # pipe read end -> stream number
+        self.in_fd: int | None = in_fd
+        self.in_buf = bytearray()
+        self.in_eof = False
+        self.tracer = tracer
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.final: dict[str, Any] | None = None
+        self.home_lost = threading.Event()
+        self.done = threading.Event()
+
+    def finish(self, exit_msg: dict[str, Any]) -> None:
+        self.final = exit_msg
+        os.write(self.wake_w, b"x")
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # never die silently: the job would hang on a full pipe
+            eprint(f"stdio relay failed: {exc}")
+            self.home_lost.set()
+            self.tracer.kill_all()
+        finally:
+            self.done.set()
+
+    def _loop(self) -> None:
+        last_heard = time.monotonic()
+        last_ping = 0.0
+        bye_deadline: float | None = None
+        self.sock.send(wire.encode("ping"))
+        for fd in self.out_fds:
+            os.set_blocking(fd, False)
+        while True:
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN)
+            poller.register(self.wake_r, zmq.POLLIN)
+            for fd in self.out_fds:
+                poller.register(fd, zmq.POLLIN)
+            if self.in_fd is not None and (self.in_buf or self.in_eof):
+                poller.register(self.in_fd, zmq.POLLOUT)
+            events = dict(poller.poll(500))
+            now = time.monotonic()
+            if self.sock in events:
+                while self.sock.poll(0):
+                    msg = wire.decode(self.sock.recv())
+                    last_heard = now
+                    self._control(msg)
+                    if msg["t"] == "bye":
+                        return
+            for fd in list(self.out_fds):
+                if fd in events:
+                    self._drain(fd)
+            if self.in_fd is not None and self.in_fd in events:
+                self._feed()
+            if self.wake_r in events:
+                os.read(self.wake_r, 64)
+            if self.final is not None and bye_deadline is None and not self.out_fds:
+                self.sock.send(wire.encode("exit", **self.final))
+                bye_deadline = now + 10
+            if bye_deadline is not None and now > bye_deadline:
+                return
+            if now - last_ping >= 1.0:
+                self.sock.send(wire.encode("ping"))
+                last_ping = now
+            if now - last_heard > self.timeout:
+                eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); "
+                       "killing the job")
+                self.home_lost.set()
+                self.tracer.kill_all()
+                return
+
+    def _control(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        if t == "in":
+            if msg["d"]:
+                self.in_buf += msg["d"]
+            else:
+                self.in_eof = True
+        elif t == "sig":
+            self._signal(msg["pid"], msg["sig"])
+
+    def _signal(self, home_pid: int, sig: int) -> None:
+        try:
+            if home_pid == 0:
+                os.killpg(self.tracer.main_pid, sig)
+            else:
+                remote = self.tracer.remote_of.get(home_pid)
+                if remote is not None:
+                    os.kill(remote, sig)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+
+    def _drain(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if data:
+            self.sock.send(wire.encode("out", fd=self.out_fds[fd], d=data))
+        else:
+            os.close(fd)
+            del self.out_fds[fd]
+
+    def _feed(self) -> None:
+        assert self.in_fd is not None
+        try:
+            if self.in_buf:
+                n = os.write(self.in_fd, self.in_buf[:1 << 16])
+                del self.in_buf[:n]
+            if not self.in_buf and self.in_eof:
+                os.close(self.in_fd)
+                self.in_fd = None
+        except BrokenPipeError:
+            os.close(self.in_fd)
+            self.in_fd = None
+        except BlockingIOError:
+            pass
+
+
+def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
+    hello = wire.encode("hello", job=cred.job, arch=ARCH, digest=wire.table_digest(),
+                        version=wire.PROTOCOL_VERSION, host=socket.gethostname(), pid=os.getpid())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rpc.sock.send(hello)
+        if rpc.sock.poll(2000):
+            msg = wire.decode(rpc.sock.recv())
+            if msg["t"] == "welcome":
+                return msg
+            if msg["t"] == "error":
+                raise SystemExit(f"qrun-stub: the home node refused the job: {msg['msg']}")
+    raise HomeLost(f"the home node did not answer at {cred.endpoint}")
+
+
+def wait_status_to_wire(status: int) -> dict[str, Any]:
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status), "core": os.WCOREDUMP(status)}
+    return {"code": os.WEXITSTATUS(status)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="qrun-stub", description=__doc__)
+    ap.add_argument("--hide", action="append", default=[],
+                    help="mount an empty directory over PATH before the job starts")
+    ap.add_argument("--hostname", help="set this (namespaced) host's name first")
+    opts = ap.parse_args(argv)
+    try:
+        cred = read_bootstrap()
+    except (ValueError, KeyError) as exc:
+        eprint(f"bad bootstrap line on stdin: {exc}")
+        return EXIT_STUB_FAILURE
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    ctx = zmq.Context()
+    rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
+    state = tempfile.mkdtemp(prefix="qrun-stub-")
+    try:
+        welcome = handshake(rpc, cred, timeout=30.0)
+        timeout = float(welcome["options"].get("timeout", 30.0))
+        rpc.timeout = timeout
+        if opts.hostname:
+            socket.sethostname(opts.hostname)
+        for path in opts.hide:
+            if os.path.isdir(path):
+                rc = lib.qr_hide_path(os.fsencode(path))
+                if rc < 0:
+                    eprint(f"cannot hide {path}: {os.strerror(-rc)}")
+                    return EXIT_STUB_FAILURE
+        return run_job(ctx, cred, rpc, welcome, state, timeout)
+    except HomeLost as exc:
+        eprint(str(exc))
+        return EXIT_STUB_FAILURE
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        ctx.destroy(linger=0)
+
+
+def run_job(ctx: zmq.Context, cred: Credentials, rpc: Rpc, welcome: dict[str, Any],
+            state: str, timeout: float) -> int:
+    fds = FdSpace(state)
+    policy = PathPolicy.from_wire(welcome["policy"])
+    env = {str(k): str(v) for k, v in welcome["env"].items()}
+    argv = [str(a) for a in welcome["argv"]]
+    cwd = str(welcome["cwd"])
+    real_cwd = fds.empty_dir if policy.routes_home(cwd) else cwd
+    os.umask(int(welcome["umask"]))
+
+    def warn(msg: str) -> None:
+        eprint(msg)
+
+    tracer = Tracer(rpc, fds, policy, welcome["identity"], warn)
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(in_w, False)
+    pump = StdioPump(ctx, cred, timeout, {out_r: 1, err_r: 2}, in_w, tracer)
+    tracer.spawn(argv, env, cwd, real_cwd, (in_r, out_w, err_w))
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    pump.start()
+    try:
+        status = tracer.run()
+    except HomeLost as exc:
+        eprint(f"{exc}; killing the job")
+        tracer.kill_all()
+        while tracer.threads:
+            tracer.dispatch(*tracer.next_event(ffi.new("int *")))
+        return EXIT_STUB_FAILURE
+    if pump.home_lost.is_set():
+        return EXIT_STUB_FAILURE
+    err = tracer.spawn_error()
+    result = wait_status_to_wire(status)
+    if err:
+        result["spawn_errno"] = err
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss}
+    pump.finish({"status": result, "usage": usage, "host": socket.gethostname()})
+    pump.done.wait(15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The tracer loop: `next_event()` waits for the kernel, `dispatch()` acts on one stop.
+
+Job processes run under ptrace with a seccomp filter derived from the syscall table, so
+only calls that may need the home node stop. Each stop is handled in a single
+seccomp stop (skip the call and write its result) unless a handler asks to see the
+syscall's exit too (fork results, wait results, installing placeholder fds).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Callable
+
+from native import ffi, lib
+from remote.channel import HomeLost, Rpc
+from remote.fds import FdSpace
+from remote.handlers import Handlers
+from remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
+from syscalls import bpf
+from syscalls.model import Route
+from syscalls.paths import PathPolicy
+from syscalls.table import by_number
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+OPTIONS = (PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
+           | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP
+           | PTRACE_O_EXITKILL)
+
+EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP = 1, 2, 3, 4, 7
+SYSCALL_STOP = signal.SIGTRAP | 0x80
+
+ARCH = {0xC000003E: "x86_64", 0xC00000B7: "aarch64"}[lib.qr_arch() & 0xFFFFFFFF]
+
+
+class SpawnError(Exception):
+    def __init__(self, code: int, err: int, argv0: str) -> None:
+        self.code, self.err = code, err
+        what = "command not found" if code == 127 else os.strerror(err) if err else "cannot execute"
+        super().__init__(f"{argv0}: {what}")
+
+
+class Tracer(Handlers):
+    def __init__(self, rpc: Rpc, fds: FdSpace, policy: PathPolicy, identity: dict,
+                 warn: Callable[[str], None]) -> None:
+        self.rpc = rpc
+        self.fds = fds
+        self.policy = policy
+        self.identity = identity
+        self.warn_sink = warn
+        self.arch = ARCH
+        self.by_nr = by_number(ARCH)
+        self.threads: dict[int, Thread] = {}
+        self.procs: dict[int, Proc] = {}
+        self.early: set[int] = set()        # new children stopped before their parent's event
+        self.home_of: dict[int, int] = {}   # remote tid -> home pid
+        self.remote_of: dict[int, int] = {}  # home pid -> remote tid
+        self.pending_handles: set[int] = set()  # placeholders being installed right now
+        self.warned: set[str] = set()
+        self.main_pid = 0
+        self.main_status: int | None = None
+        self.regs = Regs()
+        self.stopping = False
+        self.open_handles: set[int] = set()  # home handles we installed placeholders for
+        self.exec_err_fd = -1
+
+    # ---- starting the job ---------------------------------------------------------------
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, real_cwd: str,
+              stdio: tuple[int, int, int]) -> int:
+        filt = bpf.assemble(ARCH)
+        c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
+        c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
+        argv_p = ffi.new("char *[]", c_args + [ffi.NULL])
+        env_p = ffi.new("char *[]", c_env + [ffi.NULL])
+        r, w = os.pipe2(os.O_CLOEXEC)
+        search = "/" not in argv[0]
+        if search:
+            # execvp searches the PATH given to the job, as the home shell would.
+            os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
+        pid = lib.qr_spawn_traced(os.fsencode(argv[0]), argv_p, env_p, os.fsencode(real_cwd),
+                                  stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search))
+        os.close(w)
+        if pid < 0:
+            os.close(r)
+            raise OSError(-pid, "fork")
+        self.main_pid = pid
+        proc = Proc(pid, 0)
+        self.procs[pid] = proc
+        self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)))
+        os.umask(self.threads[pid].fs.umask)
+        self.exec_err_fd = r
+        return pid
+
+    def spawn_error(self) -> int:
+        """The errno the job's first exec failed with, or 0 if it started."""
+        try:
+            data = os.read(self.exec_err_fd, 4)
+        except OSError:
+            return 0
+        return int.from_bytes(data, "little") if len(data) == 4 else 0
+
+    # ---- the loop --------------------------------------------------------------------
+    def run(self) -> int:
+        status = ffi.new("int *")
+        while self.threads:
+            pid, st = self.next_event(status)
+            self.dispatch(pid, st)
+        assert self.main_status is not None
+        return self.main_status
+
+    def next_event(self, status: object) -> tuple[int, int]:
+        pid = lib.qr_wait(status)
+        if pid < 0:
+            raise OSError(-pid, "waitpid")
+        return pid, int(status[0])  # type: ignore[index]
+
+    def dispatch(self, pid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._gone(pid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        t = self.threads.get(pid)
+        if t is None:
+            self.early.add(pid)  # its parent's fork event will adopt it
+            return
+        sig, event = os.WSTOPSIG(status), status >> 16
+        try:
+            if event == EVENT_SECCOMP:
+                self._seccomp(t)
+            elif sig == SYSCALL_STOP:
+                self._syscall_exit(t)
+            elif event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
+                self._adopt(t, lib.qr_geteventmsg(pid))
+            elif event == EVENT_EXEC:
+                self.sweep_handles()
+            elif sig == signal.SIGSTOP and not t.attached:
+                t.attached = True
+                if pid == self.main_pid:
+                    lib.qr_setoptions(pid, OPTIONS)
+            else:
+                self.resume(t, sig)  # signal-delivery stop: deliver the signal
+                return
+        except HomeLost:
+            raise
+        except ProcessLookupError:
+            return  # killed under our feet (SIGKILL); its exit status follows
+        self.resume(t)
+
+    def resume(self, t: Thread, sig: int = 0) -> None:
+        rc = lib.qr_syscall(t.tid, sig) if t.on_exit else lib.qr_cont(t.tid, sig)
+        if rc < 0 and rc != -errno.ESRCH:
+            raise OSError(-rc, "ptrace resume")
+
+    # ---- stops ------------------------------------------------------------------------
+    def _seccomp(self, t: Thread) -> None:
+        regs = self.regs.load(t.tid)
+        sc = self.by_nr.get(regs.nr)
+        if sc is None:
+            self.warn_once(f"syscall {regs.nr}", f"unsupported syscall number {regs.nr}: ENOSYS")
+            skip(t.tid, -errno.ENOSYS)
+            return
+        if self.stopping:
+            skip(t.tid, -errno.EINTR)
+            return
+        try:
+            if sc.route is Route.DENY:
+                self.warn_once(sc.name, f"{sc.name}() is not supported under qrun: "
+                                        f"{sc.errno}{' (' + sc.note + ')' if sc.note else ''}")
+                skip(t.tid, -getattr(errno, sc.errno))
+            elif sc.route is Route.BY_PATH:
+                self.by_path(t, regs, sc)
+            elif sc.route is Route.BY_FD:
+                self.by_fd(t, regs, sc)
+            else:
+                getattr(self, "h_" + sc.handler)(t, regs, sc)
+        except HomeLost:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise ProcessLookupError from exc
+            # A bad pointer or the like: the kernel would have said EFAULT.
+            skip(t.tid, -(exc.errno or errno.EFAULT))
+
+    def _syscall_exit(self, t: Thread) -> None:
+        cb, t.on_exit = t.on_exit, None
+        if cb is not None:
+            cb(t, self.regs.load(t.tid).ret)
+
+    def _adopt(self, parent: Thread, child_tid: int) -> None:
+        flags = parent.clone_flags
+        if flags & CLONE_THREAD:
+            proc = parent.proc
+        else:
+            proc = Proc(child_tid, parent.proc.tgid)
+            self.procs[child_tid] = proc
+        fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
+        child = Thread(child_tid, proc, fs)
+        self.threads[child_tid] = child
+        if child_tid in self.early:
+            self.early.discard(child_tid)
+            child.attached = True
+            self.resume(child)
+
+    def _gone(self, pid: int, status: int) -> None:
+        t = self.threads.pop(pid, None)
+        self.early.discard(pid)
+        if pid == self.main_pid:
+            self.main_status = status
+            self.kill_all()
+        if t is None:
+            return
+        if t.proc.tgid != pid:
+            self.retire(pid)  # threads are never waited for
+        elif t.proc.parent not in self.procs or pid == self.main_pid:
+            self.retire(pid)
+            self.procs.pop(pid, None)
+        else:
+            self.procs.pop(pid, None)  # retired when its parent reaps it
+        self.sweep_handles()
+
+    def kill_all(self) -> None:
+        """The job ended: no process of it may outlive it."""
+        self.stopping = True
+        for tid in list(self.threads):
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---- home pids ---------------------------------------------------------------------
+    def home_pid(self, remote: int) -> int:
+        hp = self.home_of.get(remote)
+        if hp is None:
+            name = _comm(remote)
+            rep = self.rpc.call("deputy", [name], tid=remote)
+            hp = rep["r"]
+            if hp <= 0:
+                raise OSError(errno.EAGAIN, "no deputy")
+            self.home_of[remote] = hp
+            self.remote_of[hp] = remote
+        return hp
+
+    def retire(self, remote: int) -> None:
+        hp = self.home_of.pop(remote, None)
+        if hp is not None:
+            self.remote_of.pop(hp, None)
+            self.rpc.pending_retire.append(hp)
+
+    # ---- home handles ------------------------------------------------------------------
+    def sweep_handles(self, only: int | None = None) -> None:
+        """Close home handles no job process refers to any more."""
+        live: set[int] = set()
+        for tgid in self.procs:
+            live |= self.fds.handles_of(tgid)
+        for h in list(self.open_handles):
+            if (only is None or h == only) and h not in live and h not in self.pending_handles:
+                self.open_handles.discard(h)
+                self.rpc.pending_close.append(h)
+
+    def warn_once(self, key: str, msg: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.warn_sink(msg)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()[:15]
+    except OSError:
+        return "job"
+

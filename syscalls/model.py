@@ -1,0 +1,160 @@
+"""Vocabulary of the syscall table: argument kinds, routes, support levels.
+
+Everything here is plain data. The seccomp filter, the stub's marshalling, the home
+node's executor, the docs page and the coverage tests are all computed from entries
+built out of these types; nothing about one syscall is written down twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Route(enum.Enum):
+    LOCAL = "local"          # never trapped: runs on the execution host as is
+    BY_PATH = "by-path"      # forwarded iff its path routes home (else run locally)
+    BY_FD = "by-fd"          # forwarded iff its fd is a home placeholder (else run locally)
+    IDENTITY = "identity"    # answered from the job's home identity (pids, uids, uname)
+    DENY = "deny"            # refused with a fixed errno and one warning line
+    IRREGULAR = "irregular"  # needs code: see `handler`
+
+
+class Level(enum.Enum):
+    FULL = "full"
+    PARTIAL = "partial"
+    LOCAL = "local"
+    DENIED = "denied"
+
+
+# ---- argument kinds -------------------------------------------------------------------
+# Each kind says how the stub reads the argument out of the tracee and how the home
+# node turns the wire value back into something it can pass to the kernel.
+
+@dataclass(frozen=True)
+class Int:
+    """A plain integer passed through unchanged."""
+
+
+@dataclass(frozen=True)
+class Flags:
+    """An integer bit set; `family` names its portable encoding (see syscalls.flags)."""
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class Fd:
+    """A file descriptor: the call is forwarded iff it names a home placeholder."""
+
+
+@dataclass(frozen=True)
+class DirFd:
+    """The dirfd of an *at call; pairs with the following Path argument."""
+
+
+@dataclass(frozen=True)
+class Path:
+    """A NUL-terminated path. `follow` is False when the final symlink is not followed."""
+    follow: bool = True
+
+
+@dataclass(frozen=True)
+class Str:
+    """A NUL-terminated string passed verbatim (a symlink target, an xattr name)."""
+
+
+@dataclass(frozen=True)
+class BufIn:
+    """Bytes the kernel reads: `size` is the index of the length argument."""
+    size: int
+
+
+@dataclass(frozen=True)
+class BufOut:
+    """Bytes the kernel fills: length from arg `size`; the return value counts them."""
+    size: int
+
+
+@dataclass(frozen=True)
+class IovIn:
+    """An iovec array the kernel gathers from; `count` is the index of iovcnt."""
+    count: int
+
+
+@dataclass(frozen=True)
+class IovOut:
+    """An iovec array the kernel scatters into; `count` is the index of iovcnt."""
+    count: int
+
+
+@dataclass(frozen=True)
+class StructIn:
+    """A fixed-size structure the kernel reads."""
+    type: str
+
+
+@dataclass(frozen=True)
+class StructOut:
+    """A fixed-size structure the kernel fills on success."""
+    type: str
+
+
+@dataclass(frozen=True)
+class PathOut:
+    """A path buffer the kernel fills (readlink): length from arg `size`."""
+    size: int
+
+
+@dataclass(frozen=True)
+class Pid:
+    """A pid in the job's (home) pid space; translated to the execution host's."""
+
+
+ArgKind = Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut | PathOut | Pid
+
+# Fixed structure sizes on the 64-bit architectures we support. `stat` differs between
+# x86_64 and aarch64 and is converted through a portable form; the others share one layout.
+STRUCT_SIZES: dict[str, int] = {
+    "stat": 144,  # x86_64 and aarch64 sizes happen to agree; the layouts do not
+    "statx": 256,
+    "statfs": 120,
+    "timespec2": 32,
+    "timeval2": 32,
+    "utimbuf": 16,
+    "flock": 32,
+}
+
+# ---- tags: classes a user can name (strace's %file style) -------------------------------
+
+TAGS = ("file", "desc", "process", "signal", "identity", "memory", "network", "ipc",
+        "time", "system", "creds")
+
+
+@dataclass(frozen=True)
+class Syscall:
+    """One line of the table."""
+    name: str
+    x86_64: int | None
+    aarch64: int | None
+    args: tuple[ArgKind, ...] = ()
+    route: Route = Route.LOCAL
+    tags: frozenset[str] = frozenset()
+    idempotent: bool = True
+    handler: str = ""        # IRREGULAR/IDENTITY: name of the code that handles it
+    errno: str = ""          # DENY: the errno returned
+    home_as: str = ""        # forwarded calls: the syscall the home node executes instead
+    level: Level = Level.FULL
+    note: str = ""
+    extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def trapped(self) -> bool:
+        return self.route is not Route.LOCAL
+
+    @property
+    def forwardable(self) -> bool:
+        """Whether this call may be executed by the home node's generic executor."""
+        return self.route in (Route.BY_PATH, Route.BY_FD) and not self.handler
+
+    def number(self, arch: str) -> int | None:
+        return self.x86_64 if arch == "x86_64" else self.aarch64 if arch == "aarch64" else None

@@ -1,0 +1,77 @@
+"""The wire protocol between stub and home node: msgpack maps, never pickle.
+
+Every message is a map with a string "t" (its type). `decode` checks the type and the
+fields each type requires, so a malformed or hostile message raises ProtocolError
+instead of reaching any handler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+
+from syscalls.table import TABLE
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE = 64 << 20
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+# type -> {field: allowed python types}
+_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"job": (str,), "arch": (str,), "digest": (str,), "version": (int,),
+              "host": (str,), "pid": (int,)},
+    "welcome": {"argv": (list,), "env": (dict,), "cwd": (str,), "umask": (int,),
+                "identity": (dict,), "policy": (dict,), "options": (dict,)},
+    "req": {"seq": (int,), "tid": (int,), "op": (str,), "a": (list,), "umask": (int,)},
+    "rep": {"seq": (int,), "r": (int,), "e": (str, type(None)), "o": (dict,)},
+    "out": {"fd": (int,), "d": (bytes,)},
+    "in": {"d": (bytes,)},
+    "sig": {"pid": (int,), "sig": (int,)},
+    "ping": {},
+    "pong": {},
+    "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
+    "bye": {},
+    "warn": {"msg": (str,)},
+    "error": {"msg": (str,), "code": (int,)},
+}
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    fields["t"] = kind
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError("message too large")
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_MESSAGE)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(f"undecodable message: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("message is not a map")
+    kind = msg.get("t")
+    schema = _SCHEMA.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    for name, types in schema.items():
+        if name not in msg:
+            raise ProtocolError(f"{kind}: missing field {name!r}")
+        if not isinstance(msg[name], types) or isinstance(msg[name], bool) and bool not in types:
+            raise ProtocolError(f"{kind}: field {name!r} has the wrong type")
+    return msg
+
+
+def table_digest() -> str:
+    """Fingerprint of everything both sides must agree on; compared at handshake."""
+    h = hashlib.sha256(str(PROTOCOL_VERSION).encode())
+    for s in TABLE:
+        h.update(repr((s.name, s.x86_64, s.aarch64, s.args, s.route.value, s.handler,
+                       s.home_as, s.idempotent)).encode())
+    return h.hexdigest()[:16]
