@@ -279,7 +279,8 @@ class HomeServer:
                 if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
                     o["fresh"] = True
                 elif st.st_size <= INLINE_MAX:
-                    o["data"] = _read_all(fd, st.st_size)
+                    # Read to EOF, not st_size: /proc and /sys files report size 0.
+                    o["data"] = _read_all(fd, INLINE_MAX if st.st_size == 0 else st.st_size)
                 else:
                     o["handle"] = self.handles.add(fd, real)
                     fd = -1
