@@ -127,12 +127,10 @@ class HomeServer:
                 events = dict(poller.poll(500))
                 now = time.monotonic()
                 if self.sock in events:
-                    while self.sock.poll(0):
-                        ident, payload = self.sock.recv_multipart()
-                        last_heard = now
-                        outcome = self._message(ident, payload, started)
-                        if outcome is not None:
-                            return outcome
+                    last_heard = now
+                    outcome = self.receive(started)
+                    if outcome is not None:
+                        return outcome
                 if sig_r in events:
                     for b in os.read(sig_r, 64):
                         if b == signal.SIGINT and now - last_int < 1.0:
@@ -168,6 +166,17 @@ class HomeServer:
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
+
+    def receive(self, started: float) -> Outcome | None:
+        """Handle every message waiting on the socket; the job's outcome once it ended."""
+        while self.sock.poll(0):
+            frames = self.sock.recv_multipart()
+            if len(frames) != 2:
+                continue  # not from a DEALER of ours
+            outcome = self._message(frames[0], frames[1], started)
+            if outcome is not None:
+                return outcome
+        return None
 
     def close(self) -> None:
         self.handles.close_all()

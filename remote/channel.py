@@ -38,8 +38,20 @@ def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
     sock.setsockopt(zmq.ROUTING_ID, f"{cred.job}:{role}".encode())
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.IMMEDIATE, 1)
+    # With IMMEDIATE and no live connection a send would block forever; time it out so
+    # a vanished home node is noticed instead of hanging the stub.
+    sock.setsockopt(zmq.SNDTIMEO, 1000)
     sock.connect(cred.endpoint)
     return sock
+
+
+def try_send(sock: zmq.Socket, frame: bytes) -> bool:
+    """Send unless the connection is down (then the caller's silence timer decides)."""
+    try:
+        sock.send(frame, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
 
 
 class Rpc:
@@ -64,7 +76,10 @@ class Rpc:
     def _exchange(self, frame: bytes) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
         while True:
-            self.sock.send(frame, copy=False)
+            try:
+                self.sock.send(frame, copy=False)
+            except zmq.Again:
+                pass  # not connected right now: wait and resend, up to the deadline
             wait_until = min(deadline, time.monotonic() + self.resend_after)
             while True:
                 left = wait_until - time.monotonic()

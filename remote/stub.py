@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from native import ffi, lib
-from remote.channel import Credentials, HomeLost, Rpc, connect
+from remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from remote.fds import FdSpace
 from remote.tracer import ARCH, Tracer
 from syscalls import wire
@@ -67,6 +67,7 @@ class StdioPump(threading.Thread):
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.final: dict[str, Any] | None = None
         self.home_lost = threading.Event()
+        self.last_heard = time.monotonic()
         self.done = threading.Event()
 
     def finish(self, exit_msg: dict[str, Any]) -> None:
@@ -84,10 +85,10 @@ class StdioPump(threading.Thread):
             self.done.set()
 
     def _loop(self) -> None:
-        last_heard = time.monotonic()
+        self.last_heard = time.monotonic()
         last_ping = 0.0
         bye_deadline: float | None = None
-        self.sock.send(wire.encode("ping"))
+        try_send(self.sock, wire.encode("ping"))
         for fd in self.out_fds:
             os.set_blocking(fd, False)
         while True:
@@ -103,7 +104,7 @@ class StdioPump(threading.Thread):
             if self.sock in events:
                 while self.sock.poll(0):
                     msg = wire.decode(self.sock.recv())
-                    last_heard = now
+                    self.last_heard = now
                     self._control(msg)
                     if msg["t"] == "bye":
                         return
@@ -115,14 +116,14 @@ class StdioPump(threading.Thread):
             if self.wake_r in events:
                 os.read(self.wake_r, 64)
             if self.final is not None and bye_deadline is None and not self.out_fds:
-                self.sock.send(wire.encode("exit", **self.final))
+                try_send(self.sock, wire.encode("exit", **self.final))
                 bye_deadline = now + 10
             if bye_deadline is not None and now > bye_deadline:
                 return
             if now - last_ping >= 1.0:
-                self.sock.send(wire.encode("ping"))
+                try_send(self.sock, wire.encode("ping"))
                 last_ping = now
-            if now - last_heard > self.timeout:
+            if now - self.last_heard > self.timeout:
                 eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); "
                        "killing the job")
                 self.home_lost.set()
@@ -156,7 +157,11 @@ class StdioPump(threading.Thread):
         except BlockingIOError:
             return
         if data:
-            self.sock.send(wire.encode("out", fd=self.out_fds[fd], d=data))
+            # Blocking here is flow control (the home node is slow); a dead home node is
+            # caught by the silence timer, which the send timeout lets run.
+            while not try_send(self.sock, wire.encode("out", fd=self.out_fds[fd], d=data)):
+                if time.monotonic() - self.last_heard > self.timeout:
+                    return
         else:
             os.close(fd)
             del self.out_fds[fd]

@@ -15,9 +15,22 @@ def hosts() -> _HostsIterator[_HostCluster]:
     ok, reason = _can_make_hosts()
     if not ok:
         _hosts_pytest.skip(reason)
-    hide = [_hosts_os.path.expanduser("~"), "/srv/qrun-test-home"]
+    hide = _hidden_on_hosts()
     with _HostCluster(n=3, hide=hide) as cluster:
         yield cluster
+
+
+def _hidden_on_hosts() -> list[str]:
+    """The user's home directory is hidden on the test hosts unless the interpreter (which
+    also runs the stub there) or this checkout lives below it."""
+    import sys
+
+    home = _hosts_os.path.realpath(_hosts_os.path.expanduser("~"))
+    needed = [_hosts_os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, __file__)]
+    hide = ["/srv/qrun-test-home"]
+    if not any(p == home or p.startswith(home + "/") for p in needed):
+        hide.insert(0, home)
+    return hide
 
 
 @_hosts_pytest.fixture
@@ -27,3 +40,22 @@ def host(hosts: _HostCluster) -> _Host:
 
 
 # ---- END qrun test hosts ----------------------------------------------------------------------
+
+
+# ---- BEGIN qrun runtime fixtures ----------------------------------------------------------------
+import sys as _qr_sys  # noqa: E402
+
+
+@_hosts_pytest.fixture(scope="session")
+def qrun_cmd() -> list[str]:
+    """The qrun command line as a user would type it, run by this interpreter."""
+    return [_qr_sys.executable, "-m", "homenode.cli"]
+
+
+@_hosts_pytest.fixture(scope="session")
+def qrun_prefix(hosts: _HostCluster, qrun_cmd: list[str]) -> list[str]:
+    """`qrun --transparent` onto test host h1 through the generic launcher (nsenter)."""
+    h = hosts[0]
+    return qrun_cmd + ["--transparent", "--timeout", "10", "--via", " ".join(h.nsenter_prefix()),
+                       "--home-addr", h.home_ip, "--"]
+# ---- END qrun runtime fixtures ------------------------------------------------------------------

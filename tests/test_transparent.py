@@ -1,0 +1,291 @@
+"""Real programs under `qrun --transparent` on a namespace test host, compared with native
+runs, and the failure modes a user meets (bad input, a home node that dies)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hosts import HostCluster
+
+GCC = shutil.which("gcc")
+BUSYBOX = shutil.which("busybox")
+
+
+def run(cmd: list[str], cwd: Path | str | None = None, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def test_the_job_sees_home_not_the_host(qrun_prefix: list[str], hosts: HostCluster, workdir: Path) -> None:
+    (workdir / "only-at-home.txt").write_text("home data\n")
+    r = run(qrun_prefix + ["/bin/sh", "-c", "cat only-at-home.txt; hostname; cat /proc/sys/kernel/hostname; pwd"],
+            cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["home data", os.uname().nodename, os.uname().nodename, str(workdir)]
+    # ...while the host itself cannot see that file at all
+    inside = hosts[0].run(["/bin/sh", "-c", f"hostname; test -e {workdir}/only-at-home.txt && echo visible"])
+    assert inside.stdout.split() == ["h1"]
+
+
+@pytest.mark.skipif(not BUSYBOX, reason="busybox (busybox-static) is not installed")
+def test_busybox_script_reads_home_files_and_writes_home_tmp(qrun_prefix: list[str], workdir: Path) -> None:
+    data = workdir / "data"
+    data.mkdir()
+    for i in range(20):
+        (data / f"f{i:02}.txt").write_text("".join(f"line {i} {j}\n" for j in range(i + 1)))
+    out = Path("/tmp") / f"qrun-bb-{os.getpid()}"
+    script = workdir / "count.sh"
+    script.write_text(f"""#!{BUSYBOX} sh
+set -e
+mkdir -p {out}
+for f in data/*.txt; do wc -l < "$f" > {out}/$(basename "$f" .txt).count; done
+cat data/*.txt | sort | uniq | wc -l > {out}/total
+ls {out} | wc -l
+""")
+    script.chmod(0o755)
+    try:
+        native = run([str(script)], cwd=workdir)
+        expect = tree_digest(out)
+        shutil.rmtree(out)
+        remote = run(qrun_prefix + [str(script)], cwd=workdir)
+        assert remote.returncode == native.returncode == 0, remote.stderr
+        assert remote.stdout == native.stdout == "21\n"
+        assert tree_digest(out) == expect
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.skipif(not GCC or not shutil.which("make"), reason="gcc and make are needed")
+def test_make_and_gcc_build_a_project_at_home(qrun_prefix: list[str], tmp_path: Path) -> None:
+    src = tmp_path / "proj"
+    src.mkdir()
+    (src / "util.h").write_text("int scale(int);\n")
+    (src / "util.c").write_text('#include "util.h"\nint scale(int x) { return 3 * x; }\n')
+    (src / "main.c").write_text('#include <stdio.h>\n#include "util.h"\n'
+                                'int main(void) { printf("%d\\n", scale(14)); return 0; }\n')
+    (src / "Makefile").write_text("prog: main.o util.o\n\tgcc -o $@ $^\n"
+                                  "%.o: %.c util.h\n\tgcc -O2 -c $<\n")
+    native_dir = tmp_path / "native"
+    shutil.copytree(src, native_dir)
+    n = run(["make", "-s"], cwd=native_dir)
+    assert n.returncode == 0, n.stderr
+    r = run(qrun_prefix + ["make", "-s"], cwd=src)
+    assert r.returncode == 0, r.stderr
+    assert tree_digest(src) == tree_digest(native_dir)
+    assert run([str(src / "prog")]).stdout == "42\n"
+
+
+def test_python_script_runs_with_its_home_path(qrun_prefix: list[str], workdir: Path) -> None:
+    script = workdir / "s.py"
+    script.write_text("#!/usr/bin/python3\nimport os, socket, sys, json\n"
+                      "json.dump({'file': __file__, 'cwd': os.getcwd(), 'host': socket.gethostname(),"
+                      " 'argv': sys.argv[1:], 'files': sorted(os.listdir('.'))}, open('out.json', 'w'))\n"
+                      "print(open('out.json').read())\n")
+    script.chmod(0o755)
+    native = run([str(script), "a b", "c"], cwd=workdir)
+    (workdir / "out.json").unlink()
+    remote = run(qrun_prefix + [str(script), "a b", "c"], cwd=workdir)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == native.stdout
+    assert f'"file": "{script}"' in remote.stdout
+
+
+@pytest.mark.skipif(not GCC, reason="gcc is needed")
+def test_static_multithreaded_binary(qrun_prefix: list[str], workdir: Path) -> None:
+    (workdir / "t.c").write_text(r'''
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static FILE *out;
+static void *work(void *arg) {
+    long id = (long)arg;
+    char name[32]; snprintf(name, sizeof name, "part%ld", id);
+    FILE *f = fopen(name, "w");
+    for (int i = 0; i < 1000; i++) fprintf(f, "%ld:%d\n", id, i);
+    fclose(f);
+    pthread_mutex_lock(&m); fprintf(out, "thread %ld tid_differs=%d\n", id, (int)(syscall(SYS_gettid) != getpid())); pthread_mutex_unlock(&m);
+    return 0;
+}
+int main(void) {
+    pthread_t t[6]; out = fopen("log", "w");
+    for (long i = 0; i < 6; i++) pthread_create(&t[i], 0, work, (void *)i);
+    for (int i = 0; i < 6; i++) pthread_join(t[i], 0);
+    fclose(out); puts("done"); return 0;
+}
+''')
+    exe = workdir / "t"
+    assert run([GCC or "gcc", "-O1", "-static", "-pthread", "-o", str(exe), str(workdir / "t.c")]).returncode == 0
+    native = run([str(exe)], cwd=workdir)
+    expect = tree_digest(workdir)
+    expect_log = sorted((workdir / "log").read_text().splitlines())
+    for p in workdir.glob("part*"):
+        p.unlink()
+    (workdir / "log").unlink()
+    remote = run(qrun_prefix + [str(exe)], cwd=workdir)
+    assert remote.returncode == 0 and remote.stdout == native.stdout == "done\n", remote.stderr
+    assert sorted((workdir / "log").read_text().splitlines()) == expect_log
+    got = tree_digest(workdir)
+    assert {k: v for k, v in got.items() if k != "log"} == {k: v for k, v in expect.items() if k != "log"}
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_missing_command_is_a_usage_error(qrun_cmd: list[str]) -> None:
+    r = run(qrun_cmd + ["--transparent"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "qrun: missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])"]
+
+
+def test_unknown_host(qrun_cmd: list[str]) -> None:
+    r = run(qrun_cmd + ["--transparent", "--host", "nosuchhost", "--", "true"])
+    assert r.returncode == 125
+    assert r.stderr.strip() == "qrun: unknown host 'nosuchhost' (known: local, sandbox; or use --via PREFIX)"
+
+
+def test_command_not_found(qrun_prefix: list[str], workdir: Path) -> None:
+    r = run(qrun_prefix + ["no-such-command-qrun"], cwd=workdir)
+    assert r.returncode == 127
+    assert "qrun: no-such-command-qrun: command not found" in r.stderr.splitlines()
+
+
+def test_unreachable_launcher(qrun_cmd: list[str]) -> None:
+    r = run(qrun_cmd + ["--transparent", "--via", "/nonexistent/launcher", "--home-addr", "127.0.0.1",
+                        "--", "true"])
+    assert r.returncode == 125
+    assert r.stderr.strip() == "qrun: cannot start the launcher `/nonexistent/launcher`: No such file or directory"
+
+
+def _job_processes(hosts: HostCluster, marker: str) -> list[str]:
+    r = hosts[0].run(["/bin/sh", "-c", f"ps -eo pid,args | grep -F {marker} | grep -v grep || true"])
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_home_node_killed_mid_job_leaves_nothing_running(qrun_prefix: list[str], hosts: HostCluster,
+                                                         workdir: Path) -> None:
+    marker = f"299.{os.getpid()}"  # a unique argument to find the job's sleep by
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", f"echo started; exec sleep {marker}"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    deadline = time.monotonic() + 10
+    while not _job_processes(hosts, marker) and time.monotonic() < deadline:
+        time.sleep(0.05)  # "started" is printed just before the exec
+    assert _job_processes(hosts, marker), "the job should be running on h1"
+    os.killpg(proc.pid, signal.SIGKILL)   # the home node (qrun and its server) dies
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while _job_processes(hosts, marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _job_processes(hosts, marker) == []
+
+
+def test_network_cut_mid_job_kills_the_job_and_says_so(qrun_cmd: list[str], hosts: HostCluster,
+                                                       workdir: Path) -> None:
+    h = hosts[1]
+    if not h.iptables_available():
+        pytest.skip("iptables is not installed")
+    marker = f"298.{os.getpid()}"
+    cmd = qrun_cmd + ["--transparent", "--timeout", "3", "--via", " ".join(h.nsenter_prefix()),
+                      "--home-addr", h.home_ip, "--", "/bin/sh", "-c", f"echo started; exec sleep {marker}"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "started\n"
+        h.block_home()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        h.unblock_home()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 124
+    assert "qrun: lost contact with the execution host" in err
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = h.run(["/bin/sh", "-c", f"ps -eo args | grep -F {marker} | grep -v grep || true"])
+        if not r.stdout.strip():
+            break
+        time.sleep(0.5)
+    assert r.stdout.strip() == ""
+
+
+def test_exit_status_and_signals(qrun_prefix: list[str], workdir: Path) -> None:
+    assert run(qrun_prefix + ["/bin/sh", "-c", "exit 42"], cwd=workdir).returncode == 42
+    r = run(qrun_prefix + ["/bin/sh", "-c", "kill -USR1 $$"], cwd=workdir)
+    assert r.returncode == 128 + signal.SIGUSR1
+    assert r.stderr.strip().endswith("qrun: job killed by signal 10 (SIGUSR1)")
+
+
+def test_stdin_streams_through(qrun_prefix: list[str], workdir: Path) -> None:
+    data = "".join(f"{i}\n" for i in range(20000))
+    r = subprocess.run(qrun_prefix + ["/bin/sh", "-c", "tee copy | sort -n | tail -1; wc -l < copy"], input=data,
+                       capture_output=True, text=True, cwd=workdir, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["19999", "20000"]
+
+
+def test_signal_at_home_reaches_the_job(qrun_prefix: list[str], workdir: Path) -> None:
+    script = "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert out == "got-term\n"
+    assert proc.returncode == 5
+
+
+def test_signal_to_a_home_pid_reaches_the_remote_process(qrun_prefix: list[str], workdir: Path) -> None:
+    script = "trap 'echo got-usr1; exit 0' USR1; echo $$ > pid; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pidfile = workdir / "pid"
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    home_pid = int(pidfile.read_text())
+    # the job's $$ is a real process here at home (its deputy)
+    assert Path(f"/proc/{home_pid}").exists()
+    os.kill(home_pid, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=30)
+    assert out == "got-usr1\n", err
+    assert proc.returncode == 0
+
+
+def test_sandbox_host_is_isolated(qrun_cmd: list[str], workdir: Path) -> None:
+    from homenode.launchers import sandbox_support
+    ok, why = sandbox_support()
+    if not ok:
+        pytest.skip(why)
+    (workdir / "f").write_text("x\n")
+    r = run(qrun_cmd + ["--transparent", "--host", "sandbox", "-v", "--", "/bin/sh", "-c", "cat f; hostname"],
+            cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["x", os.uname().nodename]
+    assert "qrun: host=sandbox status=0" in r.stderr
+    _ = sys
