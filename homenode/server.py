@@ -95,7 +95,7 @@ class HomeServer:
         self.ctl_id: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.stdin_open = True
-        self.pending_signals: list[int] = []
+        self.ctl_backlog: list[bytes] = []
 
     # ---- bootstrap --------------------------------------------------------------------
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
@@ -190,7 +190,9 @@ class HomeServer:
         self.sock.send_multipart([ident, wire.encode(kind, **fields)])
 
     def _send_ctl(self, kind: str, **fields: Any) -> None:
-        if self.ctl_id is not None:
+        if self.ctl_id is None:
+            self.ctl_backlog.append(wire.encode(kind, **fields))  # sent once it says hello
+        else:
             self._send(self.ctl_id, kind, **fields)
 
     def _message(self, ident: bytes, payload: bytes, started: float) -> Outcome | None:
@@ -210,6 +212,9 @@ class HomeServer:
         elif kind == "ping":
             if self.ctl_id is None:
                 self.ctl_id = ident
+                for frame in self.ctl_backlog:
+                    self.sock.send_multipart([ident, frame])
+                self.ctl_backlog.clear()
                 if not _stdin_usable():
                     self.stdin_open = False
                     self._send(ident, "in", d=b"")

@@ -629,7 +629,9 @@ class Handlers:
         t.on_exit = waited
 
     def reaped(self: Tracer, pid: int) -> None:
-        if pid not in self.procs and pid not in self.threads:
+        if pid in self.procs or pid in self.threads:
+            self.reaped_early.add(pid)  # its exit event is still queued: retire it then
+        else:
             self.retire(pid)
 
     def _translate_args(self: Tracer, t: Thread, regs: Regs, which: dict[int, bool]) -> bool:

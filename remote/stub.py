@@ -67,6 +67,7 @@ class StdioPump(threading.Thread):
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.final: dict[str, Any] | None = None
         self.home_lost = threading.Event()
+        self.connected = threading.Event()  # home knows this control connection
         self.last_heard = time.monotonic()
         self.done = threading.Event()
 
@@ -105,6 +106,7 @@ class StdioPump(threading.Thread):
                 while self.sock.poll(0):
                     msg = wire.decode(self.sock.recv())
                     self.last_heard = now
+                    self.connected.set()
                     self._control(msg)
                     if msg["t"] == "bye":
                         return
@@ -120,7 +122,7 @@ class StdioPump(threading.Thread):
                 bye_deadline = now + 10
             if bye_deadline is not None and now > bye_deadline:
                 return
-            if now - last_ping >= 1.0:
+            if now - last_ping >= (1.0 if self.connected.is_set() else 0.05):
                 try_send(self.sock, wire.encode("ping"))
                 last_ping = now
             if now - self.last_heard > self.timeout:
@@ -258,10 +260,14 @@ def run_job(ctx: zmq.Context, cred: Credentials, rpc: Rpc, welcome: dict[str, An
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(in_w, False)
     pump = StdioPump(ctx, cred, timeout, {out_r: 1, err_r: 2}, in_w, tracer)
+    pump.start()
+    # Signals and stdin from home travel on the control connection: it must be up first.
+    if not pump.connected.wait(timeout):
+        eprint("the home node did not answer on the control connection")
+        return EXIT_STUB_FAILURE
     tracer.spawn(argv, env, cwd, real_cwd, (in_r, out_w, err_w))
     for fd in (in_r, out_w, err_w):
         os.close(fd)
-    pump.start()
     try:
         status = tracer.run()
     except HomeLost as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 from native import ffi, lib
@@ -37,6 +38,7 @@ OPTIONS = (PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
 EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP = 1, 2, 3, 4, 7
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 
+DEBUG = bool(os.environ.get("QRUN_DEBUG_TRACE"))
 ARCH = {0xC000003E: "x86_64", 0xC00000B7: "aarch64"}[lib.qr_arch() & 0xFFFFFFFF]
 
 
@@ -68,6 +70,7 @@ class Tracer(Handlers):
         self.main_status: int | None = None
         self.regs = Regs()
         self.stopping = False
+        self.reaped_early: set[int] = set()
         self.open_handles: set[int] = set()  # home handles we installed placeholders for
         self.exec_err_fd = -1
 
@@ -122,6 +125,10 @@ class Tracer(Handlers):
         return pid, int(status[0])  # type: ignore[index]
 
     def dispatch(self, pid: int, status: int) -> None:
+        if DEBUG:
+            t0 = self.threads.get(pid)
+            sys.stderr.write(f"[trace] pid={pid} status={status:#x} known={t0 is not None} "
+                             f"on_exit={bool(t0 and t0.on_exit)} early={sorted(self.early)}\n")
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._gone(pid, status)
             return
@@ -156,6 +163,8 @@ class Tracer(Handlers):
 
     def resume(self, t: Thread, sig: int = 0) -> None:
         rc = lib.qr_syscall(t.tid, sig) if t.on_exit else lib.qr_cont(t.tid, sig)
+        if DEBUG:
+            sys.stderr.write(f"[trace]   resume {t.tid} sig={sig} syscall={bool(t.on_exit)} rc={rc}\n")
         if rc < 0 and rc != -errno.ESRCH:
             raise OSError(-rc, "ptrace resume")
 
@@ -163,6 +172,8 @@ class Tracer(Handlers):
     def _seccomp(self, t: Thread) -> None:
         regs = self.regs.load(t.tid)
         sc = self.by_nr.get(regs.nr)
+        if DEBUG:
+            sys.stderr.write(f"[trace]   {t.tid} {sc.name if sc else regs.nr}\n")
         if sc is None:
             self.warn_once(f"syscall {regs.nr}", f"unsupported syscall number {regs.nr}: ENOSYS")
             skip(t.tid, -errno.ENOSYS)
@@ -219,7 +230,8 @@ class Tracer(Handlers):
             return
         if t.proc.tgid != pid:
             self.retire(pid)  # threads are never waited for
-        elif t.proc.parent not in self.procs or pid == self.main_pid:
+        elif t.proc.parent not in self.procs or pid == self.main_pid or pid in self.reaped_early:
+            self.reaped_early.discard(pid)
             self.retire(pid)
             self.procs.pop(pid, None)
         else:
@@ -240,7 +252,11 @@ class Tracer(Handlers):
         hp = self.home_of.get(remote)
         if hp is None:
             name = _comm(remote)
+            if DEBUG:
+                sys.stderr.write(f"[trace]   deputy for {remote} ({name}) ...\n")
             rep = self.rpc.call("deputy", [name], tid=remote)
+            if DEBUG:
+                sys.stderr.write(f"[trace]   deputy for {remote} = {rep['r']}\n")
             hp = rep["r"]
             if hp <= 0:
                 raise OSError(errno.EAGAIN, "no deputy")

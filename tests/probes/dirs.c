@@ -69,7 +69,7 @@ static void list_getdents(const char *label, const char *path)
     }
     close(fd);
     qsort(names, (size_t)count, sizeof names[0], cmpstr);
-    printf("%s: count=%d multi_call=%s [", label, count, yn(calls > 2));
+    printf("%s: count=%d multi_call=%s [", label, count, yesno(calls > 2));
     for (int i = 0; i < count; i++) {
         printf(i ? " %s" : "%s", names[i]);
         free(names[i]);
@@ -316,7 +316,7 @@ int main(int argc, char **argv)
     val("openat.a_dotdot", dotdot);
     struct stat s1, s2;
     if (dot >= 0 && dotdot >= 0 && fstat(dot, &s1) == 0 && fstat(dotdot, &s2) == 0)
-        out("same_dir.dot_vs_a_dotdot", "%s", yn(s1.st_ino == s2.st_ino && s1.st_dev == s2.st_dev));
+        out("same_dir.dot_vs_a_dotdot", "%s", yesno(s1.st_ino == s2.st_ino && s1.st_dev == s2.st_dev));
     res("faccessat.dotdot_f1", faccessat(dotdot, "a/f1", R_OK, 0));
     close(dot);
     close(dotdot);

@@ -14,7 +14,7 @@ static void show_fl(const char *label, int fd)
     int acc = fl & O_ACCMODE;
     out(label, "accmode=%s append=%s nonblock=%s", acc == O_RDONLY ? "O_RDONLY"
         : acc == O_WRONLY ? "O_WRONLY" : acc == O_RDWR ? "O_RDWR" : "other",
-        yn(fl & O_APPEND), yn(fl & O_NONBLOCK));
+        yesno(fl & O_APPEND), yesno(fl & O_NONBLOCK));
 }
 
 static void show_fd_flags(const char *label, int fd)
@@ -23,7 +23,7 @@ static void show_fd_flags(const char *label, int fd)
     if (f < 0)
         out(label, "%s", errname(errno));
     else
-        out(label, "cloexec=%s", yn(f & FD_CLOEXEC));
+        out(label, "cloexec=%s", yesno(f & FD_CLOEXEC));
 }
 
 static int check_fds_mode(char **argv)
@@ -38,7 +38,7 @@ static int check_fds_mode(char **argv)
     out_read("exec.kept_fd_read", n, buf);
     /* the lowest free fd in the new image must be the closed CLOEXEC slot */
     int fd = open(".", O_RDONLY);
-    out("exec.first_open_reuses_cloexec_slot", "%s", yn(fd == cloexec_fd));
+    out("exec.first_open_reuses_cloexec_slot", "%s", yesno(fd == cloexec_fd));
     fflush(stdout);
     return 5;
 }

@@ -19,7 +19,7 @@ static void show_owner(const char *label, const char *path)
         out(label, "%s", errname(errno));
     else
         out(label, "uid=%u gid=%u uid_is_euid=%s gid_is_egid=%s", (unsigned)st.st_uid,
-            (unsigned)st.st_gid, yn(st.st_uid == geteuid()), yn(st.st_gid == getegid()));
+            (unsigned)st.st_gid, yesno(st.st_uid == geteuid()), yesno(st.st_gid == getegid()));
 }
 
 static void show_size_zeros(const char *label, const char *path)
@@ -123,7 +123,7 @@ int main(int argc, char **argv)
     struct timespec now[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = UTIME_NOW}};
     res("futimens.now", futimens(fd, now));
     if (fstat(fd, &st) == 0)
-        out("times.now_is_recent", "%s", yn(st.st_mtim.tv_sec > 1700000000));
+        out("times.now_is_recent", "%s", yesno(st.st_mtim.tv_sec > 1700000000));
 
     /* truncate / ftruncate: grow, read back zeros, shrink */
     res("ftruncate.grow_100", ftruncate(fd, 100));
@@ -161,10 +161,10 @@ int main(int argc, char **argv)
     struct statfs sfs;
     int rc = statfs(".", &sfs);
     out("statfs.workdir", "%s bsize_positive=%s", rc == 0 ? "ok" : errname(errno),
-        yn(rc == 0 && sfs.f_bsize > 0));
+        yesno(rc == 0 && sfs.f_bsize > 0));
     rc = fstatfs(fd, &sfs);
     out("fstatfs.file", "%s bsize_positive=%s", rc == 0 ? "ok" : errname(errno),
-        yn(rc == 0 && sfs.f_bsize > 0));
+        yesno(rc == 0 && sfs.f_bsize > 0));
     rc = statfs("missing", &sfs);
     out("statfs.missing", "%s", rc == 0 ? "ok" : errname(errno));
     rc = fstatfs(9999, &sfs);

@@ -148,7 +148,7 @@ static PROBE_UNUSED long val(const char *name, long rc)
     return rc;
 }
 
-static PROBE_UNUSED const char *yn(int cond) { return cond ? "yes" : "no"; }
+static PROBE_UNUSED const char *yesno(int cond) { return cond ? "yes" : "no"; }
 
 static PROBE_UNUSED __attribute__((noreturn, format(printf, 1, 2)))
 void die(const char *fmt, ...)

@@ -12,7 +12,7 @@ static void show_st(const char *name, int rc, const struct stat *st)
     out(name, "type=%s perm=%04o nlink=%lu size=%lld uid_is_me=%s gid_is_me=%s",
         ftype(st->st_mode), st->st_mode & 07777, (unsigned long)st->st_nlink,
         S_ISDIR(st->st_mode) ? -1LL : (long long)st->st_size,
-        yn(st->st_uid == geteuid()), yn(st->st_gid == getegid()));
+        yesno(st->st_uid == geteuid()), yesno(st->st_gid == getegid()));
 }
 
 static void show_times(const char *name, const struct stat *st)
@@ -29,10 +29,10 @@ static void show_statx(const char *name, int rc, const struct statx *sx)
         return;
     }
     out(name, "basic=%s type=%s perm=%04o nlink=%u size=%lld uid_is_me=%s",
-        yn((sx->stx_mask & STATX_BASIC_STATS) == STATX_BASIC_STATS),
+        yesno((sx->stx_mask & STATX_BASIC_STATS) == STATX_BASIC_STATS),
         ftype(sx->stx_mode), sx->stx_mode & 07777, sx->stx_nlink,
         S_ISDIR(sx->stx_mode) ? -1LL : (long long)sx->stx_size,
-        yn(sx->stx_uid == geteuid()));
+        yesno(sx->stx_uid == geteuid()));
 }
 
 static long sys_faccessat2(int dirfd, const char *path, int mode, int flags)
