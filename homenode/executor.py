@@ -19,8 +19,23 @@ from typing import Any
 
 from syscalls import flags as wflags
 from syscalls import structs
-from syscalls.model import (BufIn, BufOut, DirFd, Fd, Flags, Int, IovIn, IovOut, Path, PathOut,
-                            Pid, Str, StructIn, StructOut, Syscall)
+from syscalls.model import (
+    BufIn,
+    BufOut,
+    DirFd,
+    Fd,
+    Flags,
+    Int,
+    IovIn,
+    IovOut,
+    Path,
+    PathOut,
+    Pid,
+    Str,
+    StructIn,
+    StructOut,
+    Syscall,
+)
 from syscalls.table import TABLE
 
 ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine()]
@@ -105,7 +120,7 @@ def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | 
     c_args: list[Any] = []
     outputs: dict[int, tuple[Any, object]] = {}
     sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent
-    for i, (kind, v) in enumerate(zip(sc.args, args)):
+    for i, (kind, v) in enumerate(zip(sc.args, args, strict=True)):
         if isinstance(kind, Fd):
             c_args.append(ctypes.c_long(handles.fd(v)))
         elif isinstance(kind, DirFd):

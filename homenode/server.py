@@ -11,6 +11,7 @@ import fcntl
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ import zmq
 import zmq.auth.thread
 
 from homenode.deputies import Deputies
-from homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
 from homenode.executor import ARCH as HOME_ARCH
+from homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
 from syscalls import flags as wflags
 from syscalls import wire
 
@@ -80,7 +81,8 @@ class HomeServer:
         self.ctx = zmq.Context()
         self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
         self.auth.start()
-        self.auth.configure_curve_callback(domain="*", credentials_provider=_OnlyThisJob(self.keys.client_public))
+        self.auth.configure_curve_callback(domain="*",
+                                           credentials_provider=_OnlyThisJob(self.keys.client_public))
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.curve_server = True
         self.sock.curve_publickey = self.keys.server_public
@@ -264,14 +266,22 @@ class HomeServer:
     def dispatch(self, op: str, a: list[Any]) -> tuple[int, str | None, dict[str, Any]]:
         sc = FORWARDABLE.get(op)
         if sc is not None:
-            return execute(sc, a, self.handles)
+            r, e, o = execute(sc, a, self.handles)
+            if op == "write" and e is None:
+                # Where the bytes landed, so the stub can mirror them into a local copy.
+                o["pos"] = os.lseek(self.handles.fd(a[0]), 0, os.SEEK_CUR)
+            return r, e, o
         fn = getattr(self, "op_" + op, None)
         if fn is None:
             raise BadRequest(f"unknown operation {op!r}")
         return fn(*a) if isinstance(a, list) else fn()
 
     def op_open(self, handle: int | None, path: bytes, wflags_: int, mode: int, exec_: bool,
-                known: list[int] | None) -> tuple[int, str | None, dict[str, Any]]:
+                known: list[int] | None,
+                resolve: int | None = None) -> tuple[int, str | None, dict[str, Any]]:
+        """Open as the job asked. Read-only regular files (and exec'd ones) come back as data
+        for a local copy; everything else stays open here as a handle. Either way the home
+        fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
         if not isinstance(path, bytes) or b"\0" in path or not isinstance(wflags_, int):
             raise BadRequest("open: malformed arguments")
         dirfd = None if handle is None else self.handles.fd(handle)
@@ -280,28 +290,27 @@ class HomeServer:
         fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
         if exec_:
             fl = os.O_RDONLY | os.O_CLOEXEC
-        fd = os.open(path or b".", fl, int(mode) & 0o7777, dir_fd=dirfd)
+        if resolve is not None:
+            fd = _openat2(AT_FDCWD if dirfd is None else dirfd, path, fl, int(mode), int(resolve))
+        else:
+            fd = os.open(path, fl, int(mode) & 0o7777, dir_fd=dirfd)
         try:
             st = os.fstat(fd)
             real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
-            if exec_:
-                if not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK):
-                    return -1, "EACCES", {}
+            if exec_ and (not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK)):
+                return -1, "EACCES", {}
             if exec_ or is_copyable(st, fl):
-                sw = stat_to_wire(st)
-                o: dict[str, Any] = {"kind": "copy", "path": real, "stat": sw}
+                o: dict[str, Any] = {"kind": "copy", "path": real, "stat": stat_to_wire(st)}
                 if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
                     o["fresh"] = True
                 elif st.st_size <= INLINE_MAX:
                     # Read to EOF, not st_size: /proc and /sys files report size 0.
                     o["data"] = _read_all(fd, INLINE_MAX if st.st_size == 0 else st.st_size)
-                else:
-                    o["handle"] = self.handles.add(fd, real)
-                    fd = -1
-                return 0, None, o
-            h = self.handles.add(fd, real)
+            else:
+                o = {"kind": "placeholder", "path": real}
+            o["handle"] = self.handles.add(fd, real)
             fd = -1
-            return 0, None, {"kind": "placeholder", "handle": h}
+            return 0, None, o
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -337,13 +346,14 @@ class HomeServer:
             return fcntl.fcntl(fd, cmd, wflags.open_from_wire(HOME_ARCH, int(arg))), None, {}
         raise BadRequest(f"fcntl: command {cmd} is not forwarded")
 
-    def op_fcntl_lock(self, handle: int, cmd: int, lock: bytes) -> tuple[int, str | None, dict[str, Any]]:
+    def op_fcntl_lock(self, handle: int, cmd: int,
+                      lock: bytes) -> tuple[int, str | None, dict[str, Any]]:
         fd = self.handles.fd(handle)
-        if cmd not in (fcntl.F_GETLK, fcntl.F_SETLK, 36, 37) or not isinstance(lock, bytes) or len(lock) != 32:
+        if cmd not in (fcntl.F_GETLK, fcntl.F_SETLK, 36, 37) or not isinstance(lock, bytes) \
+                or len(lock) != 32:
             raise BadRequest("fcntl: malformed lock request")
         buf = ctypes.create_string_buffer(lock, 32)
-        libc = ctypes.CDLL(None, use_errno=True)
-        r = libc.fcntl(fd, cmd, buf)
+        r = _libc.fcntl(fd, cmd, buf)
         if r < 0:
             return -1, errno.errorcode.get(ctypes.get_errno(), "EIO"), {}
         return r, None, {"2": buf.raw}
@@ -357,6 +367,24 @@ class HomeServer:
         self._send_ctl("in", d=data)
         if not data:
             self.stdin_open = False
+
+
+AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+NR_OPENAT2 = 437
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2) itself, so its own argument checks and RESOLVE_* rules apply at home."""
+    how = ctypes.create_string_buffer(struct.pack("<QQQ", flags & (2**64 - 1), mode & (2**64 - 1),
+                                                  resolve & (2**64 - 1)), 24)
+    fd = _libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(path), how,
+                       ctypes.c_long(24))
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return int(fd)
 
 
 def _stdin_usable() -> bool:

@@ -241,7 +241,8 @@ static long mem_fallback(int pid, unsigned long addr, void *buf, size_t len, int
     if (fd < 0)
         return -errno;
     ssize_t n = writing ? pwrite(fd, buf, len, (off_t)addr) : pread(fd, buf, len, (off_t)addr);
-    long r = n < 0 ? -errno : n;
+    /* An unmapped address reads as EIO through /proc/PID/mem; the kernel says EFAULT. */
+    long r = n < 0 ? (errno == EIO ? -EFAULT : -errno) : n;
     close(fd);
     return r;
 }

@@ -1,8 +1,10 @@
 """What a tracee's fd refers to, read from the kernel rather than mirrored.
 
-Home placeholders are O_PATH fds on files named after their home handle, and local copies
-are ordinary fds on files in the cache directory, so /proc/PID/fd tells which is which.
-dup, fork inheritance, close-on-exec and fd numbering therefore stay the kernel's job.
+Every home file the job opens is a home handle. A placeholder is an O_PATH fd on `ph/<handle>`;
+a read-only copy is an ordinary fd on `copies/<handle>`, a hard link to the cached copy of the
+file (so all opens of one version share the data, and a write the job makes elsewhere can be
+mirrored into it). /proc/PID/fd therefore tells which handle an fd is, and dup, fork
+inheritance, close-on-exec and fd numbering stay the kernel's job.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ class FdSpace:
     def __init__(self, root: str) -> None:
         self.root = root
         self.ph_dir = os.path.join(root, "ph")
+        self.copies_dir = os.path.join(root, "copies")
         self.cache_dir = os.path.join(root, "cache")
         self.empty_dir = os.path.join(root, "cwd")
-        for d in (self.ph_dir, self.cache_dir, self.empty_dir):
+        for d in (self.ph_dir, self.copies_dir, self.cache_dir, self.empty_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._ph_prefix = self.ph_dir + "/"
+        self._copies_prefix = self.copies_dir + "/"
         self._cache_prefix = self.cache_dir + "/"
-        self.cached: dict[str, Validator] = {}   # home path -> what the copy was made from
-        self.copy_home_path: dict[str, str] = {}  # cache file -> home path
+        self.cached: dict[str, Validator] = {}   # home path -> what the cached copy was made from
+        self.handle_path: dict[int, str] = {}    # handle -> the home file's real path
 
     # -- classification ---------------------------------------------------------------
     def kind(self, pid: int, fd: int) -> tuple[str, int | str | None]:
@@ -46,8 +50,8 @@ class FdSpace:
             return LOCAL, None
         if target.startswith(self._ph_prefix):
             return HOME, int(target[len(self._ph_prefix):])
-        if target.startswith(self._cache_prefix):
-            return COPY, self.copy_home_path.get(target)
+        if target.startswith(self._copies_prefix):
+            return COPY, int(target[len(self._copies_prefix):])
         return LOCAL, None
 
     def handles_of(self, pid: int) -> set[int]:
@@ -63,6 +67,8 @@ class FdSpace:
                 continue
             if target.startswith(self._ph_prefix):
                 found.add(int(target[len(self._ph_prefix):]))
+            elif target.startswith(self._copies_prefix):
+                found.add(int(target[len(self._copies_prefix):]))
         return found
 
     # -- placeholders and copies --------------------------------------------------------
@@ -71,6 +77,39 @@ class FdSpace:
         if not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         return path
+
+    def link_copy(self, handle: int, cache_file: str, home_path: str) -> str:
+        """A per-open name for the cached copy: its fd then names its handle."""
+        path = self._copies_prefix + str(handle)
+        os.link(cache_file, path)
+        self.handle_path[handle] = home_path
+        return path
+
+    def forget(self, handle: int) -> None:
+        self.handle_path.pop(handle, None)
+        for d in (self._ph_prefix, self._copies_prefix):
+            try:
+                os.unlink(d + str(handle))
+            except FileNotFoundError:
+                pass
+
+    def mirror(self, home_path: str, data: bytes | None, offset: int, truncate: int | None = None) -> None:
+        """Apply a write the job made through a home fd to the cached copy of that file, so
+        copies other processes of the job are reading see it, as they would at home."""
+        if home_path not in self.cached:
+            return
+        path = self.copy_path(home_path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if truncate is not None:
+                os.ftruncate(fd, truncate)
+            if data:
+                os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
 
     def copy_path(self, home_path: str) -> str:
         return self._cache_prefix + hashlib.sha1(home_path.encode("utf-8", "surrogateescape")).hexdigest()
@@ -99,5 +138,4 @@ class FdSpace:
         # Replace atomically: a tracee still reading an older copy keeps its inode.
         os.rename(tmp, path)
         self.cached[home_path] = v
-        self.copy_home_path[path] = home_path
         return path

@@ -13,13 +13,40 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from remote.fds import COPY, HOME, Validator
-from remote.tracee import (CLONE_THREAD, CLONE_VFORK, CLONE_VM, Memory, Regs, Scratch, Thread,
-                           s32, s64, set_args, set_ret, skip)
+from remote.fds import COPY, HOME, LOCAL, Validator
+from remote.tracee import (
+    CLONE_THREAD,
+    CLONE_VFORK,
+    CLONE_VM,
+    Memory,
+    Regs,
+    Scratch,
+    Thread,
+    s32,
+    s64,
+    set_args,
+    set_ret,
+    skip,
+)
 from syscalls import flags as wflags
 from syscalls import structs
-from syscalls.model import (BufIn, BufOut, DirFd, Fd, Flags, Int, IovIn, IovOut, Path,
-                            PathOut, Pid, Str, StructIn, StructOut, Syscall)
+from syscalls.model import (
+    BufIn,
+    BufOut,
+    DirFd,
+    Fd,
+    Flags,
+    Int,
+    IovIn,
+    IovOut,
+    Path,
+    PathOut,
+    Pid,
+    Str,
+    StructIn,
+    StructOut,
+    Syscall,
+)
 from syscalls.paths import normalize
 from syscalls.table import BY_NAME
 
@@ -36,6 +63,8 @@ MAX_IO = 8 << 20           # larger reads/writes on home fds are short, as POSIX
 FETCH_CHUNK = 8 << 20
 F_GETFL, F_SETFL, F_GETLK, F_SETLK, F_SETLKW = 3, 4, 5, 6, 7
 F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+LOCK_CMDS = (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW)
+WNOWAIT = 0x01000000
 NR_OPENAT = {"x86_64": 257, "aarch64": 56}
 NR_EXECVE = {"x86_64": 59, "aarch64": 221}
 
@@ -59,38 +88,39 @@ class Handlers:
 
     # ---- path resolution ----------------------------------------------------------------
     def resolve(self: Tracer, t: Thread, dirfd: int, addr: int, empty_ok: bool) -> Target:
-        if addr == 0 or empty_ok:
-            raw = b"" if addr == 0 else self.mem.cstr(t.tid, addr)
-            if raw == b"":
-                return self._by_dirfd(t, dirfd)
-        else:
-            raw = self.mem.cstr(t.tid, addr)
+        """Where a (dirfd, path) pair leads. Paths are sent home as the job wrote them (only
+        made absolute), so trailing slashes and "." keep their kernel meaning; the lexically
+        normalized form decides only the route."""
+        if addr == 0:
+            return self._by_dirfd(t, dirfd, None)  # NULL: the fd itself (futimens)
+        raw = self.mem.cstr(t.tid, addr)
         if raw == b"":
-            return Target(False)  # the kernel says ENOENT itself
+            return self._by_dirfd(t, dirfd, "") if empty_ok else Target(False)
         path = os.fsdecode(raw)
         if path.startswith("/"):
-            p = normalize(path)
-            return Target(self.policy.routes_home(p), None, p)
+            return Target(self.policy.routes_home(normalize(path)), None, path)
         if dirfd == AT_FDCWD:
-            full = normalize(os.path.join(t.fs.cwd, path))
-            if self.policy.routes_home(full):
-                return Target(True, None, full)
+            joined = t.fs.cwd.rstrip("/") + "/" + path
+            if self.policy.routes_home(normalize(joined)):
+                return Target(True, None, joined)
             # The tracee's real cwd is an empty local dir while its virtual cwd is at home.
-            fix = full if self.policy.routes_home(t.fs.cwd) else None
-            return Target(False, None, full, fix)
+            fix = joined if self.policy.routes_home(t.fs.cwd) else None
+            return Target(False, None, joined, fix)
         kind, ref = self.fds.kind(t.tid, dirfd)
         if kind == HOME:
             assert isinstance(ref, int)
             return Target(True, ref, path)
-        return Target(False)
+        return Target(False)  # a local dir fd; or a copy, where the kernel says ENOTDIR
 
-    def _by_dirfd(self: Tracer, t: Thread, dirfd: int) -> Target:
+    def _by_dirfd(self: Tracer, t: Thread, dirfd: int, path: str | None) -> Target:
         if dirfd == AT_FDCWD:
+            if path is None:
+                return Target(False)
             return Target(self.policy.routes_home(t.fs.cwd), None, t.fs.cwd)
         kind, ref = self.fds.kind(t.tid, dirfd)
-        if kind == HOME:
+        if kind in (HOME, COPY):
             assert isinstance(ref, int)
-            return Target(True, ref, "")
+            return Target(True, ref, path)
         return Target(False)
 
     def targets(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> list[tuple[int, Target]]:
@@ -109,7 +139,7 @@ class Handlers:
                 if regs.arg(i) == 0 and not null_is_fd:
                     out.append((i, Target(False)))
                     continue
-                out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok or null_is_fd)))
+                out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok)))
         return out
 
     def run_local(self: Tracer, t: Thread, regs: Regs, sc: Syscall,
@@ -135,15 +165,31 @@ class Handlers:
             self.run_local(t, regs, sc, targets)
         elif homes == {True}:
             self.forward(t, regs, sc, dict(targets))
+            if sc.name == "truncate":
+                self._mirror_truncate(targets[0][1], s64(regs.arg(1)))
         else:
             skip(t.tid, -errno.EXDEV)  # one path at home, the other local
 
+    def _mirror_truncate(self: Tracer, tg: Target, length: int) -> None:
+        if tg.path and tg.handle is None:
+            self.fds.mirror(normalize(tg.path), None, 0, truncate=length)
+
     def by_fd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
-        if kind != HOME:
-            return  # local fd (or a local copy): the kernel runs it natively
+        if kind == LOCAL or (kind == COPY and sc.copy_local):
+            return  # a local fd, or the data path of a local copy: the kernel runs it
         assert isinstance(ref, int)
-        self.forward(t, regs, sc, {}, handle=ref)
+        wa, rep = self.forward(t, regs, sc, {}, handle=ref)
+        op = sc.home_as or sc.name
+        if rep is not None and kind == HOME and op in ("write", "pwrite64", "ftruncate"):
+            home_path = self.fds.handle_path.get(ref)
+            if home_path is not None:
+                n = rep["r"]
+                if op == "ftruncate":
+                    self.fds.mirror(home_path, None, 0, truncate=wa[1])
+                elif n > 0:
+                    at = rep["o"].get("pos", n) - n if op == "write" else wa[3]
+                    self.fds.mirror(home_path, wa[1][:n], at)
 
     # ---- generic forwarding ----------------------------------------------------------
     def marshal(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
@@ -207,13 +253,16 @@ class Handlers:
         return self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
 
     def forward(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
-                handle: int | None = None) -> None:
+                handle: int | None = None) -> tuple[list[Any], dict[str, Any] | None]:
+        """Execute at home; returns the wire arguments and the reply (None on failure)."""
         wa, iov = self.marshal(t, regs, sc, targets, handle)
         rep = self.call_home(t, sc.home_as or sc.name, wa)
         if rep["e"]:
             skip(t.tid, -_errno_of(rep["e"]))
-            return
+            return wa, None
         for key, value in rep["o"].items():
+            if not key.isdigit() or int(key) >= len(sc.args):
+                continue  # extra facts for the stub itself (e.g. the write position)
             i = int(key)
             kind = sc.args[i]
             if isinstance(kind, IovOut) and iov is not None and isinstance(value, bytes):
@@ -229,92 +278,98 @@ class Handlers:
                 limit = s64(regs.arg(kind.size)) if isinstance(kind, (BufOut, PathOut)) else 0
                 self.mem.write(t.tid, regs.arg(i), value[:max(0, limit)])
         skip(t.tid, rep["r"])
+        return wa, rep
 
     # ---- open: local copies and placeholders ---------------------------------------------
     def h_open(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
         a = regs.args()
+        resolve = None
         if sc.name == "open":
             dirfd, path_i, fl, mode = AT_FDCWD, 0, a[1], a[2]
         elif sc.name == "creat":
             dirfd, path_i, fl, mode = AT_FDCWD, 0, O_CREAT | O_TRUNC | 1, a[1]
         elif sc.name == "openat2":
-            how = self.mem.read(t.tid, a[2], 24)
-            fl, mode, _resolve = struct.unpack("<QQQ", how)
+            if s64(a[3]) < 24:
+                skip(t.tid, -errno.EINVAL)
+                return
+            fl, mode, resolve = struct.unpack("<QQQ", self.mem.read(t.tid, a[2], 24))
             dirfd, path_i = s32(a[0]), 1
         else:
             dirfd, path_i, fl, mode = s32(a[0]), 1, a[2], a[3]
-        fl &= 0xFFFFFFFF
         tg = self.resolve(t, dirfd, a[path_i], False)
         if not tg.home:
             self.run_local(t, regs, sc, [(path_i, tg)])
             return
-        self.open_home(t, regs, tg, fl, mode & 0o7777, exec_=False)
+        if resolve is None:
+            fl &= 0xFFFFFFFF
+            mode &= 0o7777
+        self.open_home(t, regs, tg, fl, mode, exec_=False, resolve=resolve)
 
     def open_home(self: Tracer, t: Thread, regs: Regs, tg: Target, fl: int, mode: int,
-                  exec_: bool) -> str | None:
-        """Open at home; install a copy or a placeholder fd unless exec_ (then return the copy)."""
+                  exec_: bool, resolve: int | None = None) -> str | None:
+        """Open at home; install a copy or a placeholder fd, or (exec_) return the copy's path."""
         known = None
-        if tg.handle is None and tg.path is not None and tg.path in self.fds.cached:
-            v = self.fds.cached[tg.path]
-            known = [v.size, v.mtime_ns, v.ino, v.dev]
+        if tg.handle is None and tg.path is not None:
+            v = self.fds.cached.get(normalize(tg.path))
+            if v is not None:
+                known = [v.size, v.mtime_ns, v.ino, v.dev]
         rep = self.call_home(t, "open", [tg.handle, os.fsencode(tg.path or ""),
-                                         wflags.open_to_wire(self.arch, fl), mode, exec_, known])
+                                         wflags.open_to_wire(self.arch, fl), mode, exec_, known, resolve])
         if rep["e"]:
             skip(t.tid, -_errno_of(rep["e"]))
             return None
         o = rep["o"]
+        h = int(o["handle"])
+        home_path = os.fsdecode(o["path"])
         if o.get("kind") == "placeholder":
-            h = int(o["handle"])
             if exec_:
                 skip(t.tid, -errno.EACCES)
                 self.rpc.pending_close.append(h)
                 return None
+            self.fds.handle_path[h] = home_path
+            if fl & O_TRUNC:
+                self.fds.mirror(home_path, None, 0, truncate=0)
             self.install(t, regs, self.fds.placeholder(h), O_PATH | (fl & O_CLOEXEC), h)
             return None
-        home_path = os.fsdecode(o["path"])
         st = o["stat"]
         v = Validator(size=st[7], mtime_ns=st[12] * 10**9 + st[13], ino=st[1], dev=st[0])
-        local = self.fds.fresh_copy(home_path, v) if o.get("fresh") else None
-        if local is None:
-            chunks = [o["data"]] if "data" in o else self.fetch(t, int(o["handle"]), v.size)
-            local = self.fds.store_copy(home_path, v, st[2], st[10] * 10**9 + st[11], chunks)
+        cache = self.fds.fresh_copy(home_path, v) if o.get("fresh") else None
+        if cache is None:
+            chunks = [o["data"]] if "data" in o else self.fetch(t, h, v.size)
+            cache = self.fds.store_copy(home_path, v, st[2], st[10] * 10**9 + st[11], chunks)
         if exec_:
-            return local
-        keep = fl & ~(O_CREAT | O_EXCL | O_TRUNC | O_ACCMODE)
-        self.install(t, regs, local, keep, None)
+            self.rpc.pending_close.append(h)  # the new image needs the data, not the fd
+            return cache
+        keep = fl & ~(O_CREAT | O_EXCL | O_TRUNC | O_ACCMODE) & 0xFFFFFFFF
+        self.install(t, regs, self.fds.link_copy(h, cache, home_path), keep, h)
         return None
 
     def fetch(self: Tracer, t: Thread, handle: int, size: int) -> list[bytes]:
         chunks, off = [], 0
-        try:
-            while off < size:
-                rep = self.call_home(t, "pread64", [handle, FETCH_CHUNK, FETCH_CHUNK, off])
-                data = rep["o"].get("1", b"")
-                if rep["e"] or not data:
-                    break
-                chunks.append(data)
-                off += len(data)
-        finally:
-            self.rpc.pending_close.append(handle)
+        while off < size:
+            rep = self.call_home(t, "pread64", [handle, FETCH_CHUNK, FETCH_CHUNK, off])
+            data = rep["o"].get("1", b"")
+            if rep["e"] or not data:
+                break
+            chunks.append(data)
+            off += len(data)
         return chunks
 
-    def install(self: Tracer, t: Thread, regs: Regs, local_path: str, fl: int,
-                handle: int | None) -> None:
+    def install(self: Tracer, t: Thread, regs: Regs, local_path: str, fl: int, handle: int) -> None:
         """Turn the trapped open into openat(AT_FDCWD, local_path, fl) run by the kernel, so
         the fd number is the kernel's choice."""
         scratch = Scratch(t.tid, regs.sp, self.mem)
         p = scratch.put_str(os.fsencode(local_path))
         scratch.commit()
         set_args(t.tid, NR_OPENAT[self.arch], [AT_FDCWD, p, fl, 0, 0, 0])
-        if handle is not None:
-            self.open_handles.add(handle)
-            self.pending_handles.add(handle)
+        self.open_handles.add(handle)
+        self.pending_handles.add(handle)
 
-            def installed(th: Thread, ret: int, h: int = handle) -> None:
-                self.pending_handles.discard(h)
-                if ret < 0:
-                    self.sweep_handles(only=h)
-            t.on_exit = installed
+        def installed(th: Thread, ret: int, h: int = handle) -> None:
+            self.pending_handles.discard(h)
+            if ret < 0:
+                self.sweep_handles(only=h)
+        t.on_exit = installed
 
     # ---- cwd -----------------------------------------------------------------------------
     def h_chdir(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
@@ -427,7 +482,7 @@ class Handlers:
     # ---- fd bookkeeping ------------------------------------------------------------------
     def h_close(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
-        if kind == HOME:
+        if kind in (HOME, COPY):
             def closed(th: Thread, ret: int, h: int = int(ref or 0)) -> None:
                 self.sweep_handles(only=h)
             t.on_exit = closed
@@ -437,9 +492,9 @@ class Handlers:
 
     def h_fcntl(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
-        if kind != HOME:
-            return
         cmd = s32(regs.arg(1))
+        if kind == LOCAL or (kind == COPY and cmd not in LOCK_CMDS):
+            return  # a local fd, or a copy's own flags: the kernel's
         if cmd in (F_GETFL, F_SETFL):
             arg = wflags.open_to_wire(self.arch, regs.arg(2) & 0xFFFFFFFF)
             rep = self.call_home(t, "fcntl", [ref, cmd, arg])
@@ -582,6 +637,10 @@ class Handlers:
         except OSError as e:
             skip(t.tid, -(e.errno or errno.ESRCH))
 
+    def h_setsid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+        # Runs natively; its result (the new session id, the caller's pid) is a home pid.
+        t.on_exit = lambda th, ret: set_ret(th.tid, self.to_home(ret)) if ret > 0 else None
+
     def h_set_tid_address(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
         t.on_exit = lambda th, ret: set_ret(th.tid, self.home_pid(th.tid)) if ret > 0 else None
 
@@ -609,6 +668,7 @@ class Handlers:
         if idtype in (1, 2):  # P_PID, P_PGID
             self._translate_args(t, regs, {1: False})
         infop = regs.arg(2)
+        keeps_child = bool(regs.arg(3) & WNOWAIT)
 
         def waited(th: Thread, ret: int) -> None:
             if ret == 0 and infop:
@@ -616,7 +676,8 @@ class Handlers:
                 pid = struct.unpack("<i", raw)[0]
                 if pid > 0:
                     self.mem.write(th.tid, infop + 16, struct.pack("<i", self.home_pid(pid)))
-                    self.reaped(pid)
+                    if not keeps_child:
+                        self.reaped(pid)
         t.on_exit = waited
 
     def _wait_common(self: Tracer, t: Thread, regs: Regs, pid_index: int) -> None:

@@ -199,6 +199,10 @@ class Tracer(Handlers):
                 raise ProcessLookupError from exc
             # A bad pointer or the like: the kernel would have said EFAULT.
             skip(t.tid, -(exc.errno or errno.EFAULT))
+        except Exception as exc:  # a bug here must fail one call loudly, not kill the job
+            self.warn_sink(f"internal error handling {sc.name}(): {type(exc).__name__}: {exc}; "
+                           "the call failed with EIO")
+            skip(t.tid, -errno.EIO)
 
     def _syscall_exit(self, t: Thread) -> None:
         cb, t.on_exit = t.on_exit, None
@@ -279,6 +283,7 @@ class Tracer(Handlers):
         for h in list(self.open_handles):
             if (only is None or h == only) and h not in live and h not in self.pending_handles:
                 self.open_handles.discard(h)
+                self.fds.forget(h)
                 self.rpc.pending_close.append(h)
 
     def warn_once(self, key: str, msg: str) -> None:

@@ -110,7 +110,8 @@ class Pid:
     """A pid in the job's (home) pid space; translated to the execution host's."""
 
 
-ArgKind = Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut | PathOut | Pid
+ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut
+           | PathOut | Pid)
 
 # Fixed structure sizes on the 64-bit architectures we support. `stat` differs between
 # x86_64 and aarch64 and is converted through a portable form; the others share one layout.
@@ -143,6 +144,7 @@ class Syscall:
     handler: str = ""        # IRREGULAR/IDENTITY: name of the code that handles it
     errno: str = ""          # DENY: the errno returned
     home_as: str = ""        # forwarded calls: the syscall the home node executes instead
+    copy_local: bool = False  # BY_FD: runs locally on a read-only local copy (the data path)
     level: Level = Level.FULL
     note: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

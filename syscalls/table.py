@@ -9,8 +9,23 @@ neither column (a syscall newer than this table) is trapped and refused with ENO
 from __future__ import annotations
 
 from syscalls.model import (
-    BufIn, BufOut, DirFd, Fd, Flags, Int, IovIn, IovOut, Level, Path, PathOut, Pid, Route,
-    Str, StructIn, StructOut, Syscall,
+    BufIn,
+    BufOut,
+    DirFd,
+    Fd,
+    Flags,
+    Int,
+    IovIn,
+    IovOut,
+    Level,
+    Path,
+    PathOut,
+    Pid,
+    Route,
+    Str,
+    StructIn,
+    StructOut,
+    Syscall,
 )
 
 FULL, PARTIAL, LOCAL_LEVEL, DENIED = Level.FULL, Level.PARTIAL, Level.LOCAL, Level.DENIED
@@ -36,10 +51,12 @@ def P(name: str, x: int | None, a: int | None, args: tuple, idem: bool = True,  
 
 
 def F(name: str, x: int | None, a: int | None, args: tuple, idem: bool = True,  # noqa: N802
-      home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC) -> None:
-    """Fd call: forwarded when its fd is a home placeholder."""
+      home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
+      copy: bool = False) -> None:
+    """Fd call: forwarded when its fd is a home file. `copy`: on a read-only local copy it runs
+    locally (the data path); everything else about a copied file is asked of home."""
     TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags | FILE, idem, home_as=home_as,
-                         note=note, level=level))
+                         note=note, level=level, copy_local=copy))
 
 
 def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802
@@ -50,7 +67,7 @@ def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noq
                          errno=errno, note=note, level=level))
 
 
-def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741
+def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741, E743
       note: str = "") -> None:
     """Identity call: answered from the job's home identity."""
     TABLE.append(Syscall(name, x, a, args, Route.IDENTITY, IDENT, True, handler=handler,
@@ -127,17 +144,17 @@ X("execve",           59,  221, "execve", A(PATH, INT, INT), FILE | PROCESS, not
 X("execveat",        322,  281, "execve", A(DIRFD, PATH, INT, INT, ATFLAGS), FILE | PROCESS)
 X("umask",            95,  166, "umask", A(INT,), FILE, note="also applied to files the home node creates")
 # ---- fd calls: forwarded when the fd is a home placeholder --------------------------------
-F("read",              0,   63, A(FD, BufOut(2), INT), idem=False)
+F("read",              0,   63, A(FD, BufOut(2), INT), idem=False, copy=True)
 F("write",             1,   64, A(FD, BufIn(2), INT), idem=False)
-F("pread64",          17,   67, A(FD, BufOut(2), INT, INT))
+F("pread64",          17,   67, A(FD, BufOut(2), INT, INT), copy=True)
 F("pwrite64",         18,   68, A(FD, BufIn(2), INT, INT))
-F("readv",            19,   65, A(FD, IovOut(2), INT), idem=False, home_as="read")
+F("readv",            19,   65, A(FD, IovOut(2), INT), idem=False, home_as="read", copy=True)
 F("writev",           20,   66, A(FD, IovIn(2), INT), idem=False, home_as="write")
-F("preadv",          295,   69, A(FD, IovOut(2), INT, INT, INT), home_as="pread64")
+F("preadv",          295,   69, A(FD, IovOut(2), INT, INT, INT), home_as="pread64", copy=True)
 F("pwritev",         296,   70, A(FD, IovIn(2), INT, INT, INT), home_as="pwrite64")
-F("preadv2",         327,  286, A(FD, IovOut(2), INT, INT, INT, INT), home_as="pread64", level=PARTIAL, note="RWF_* flags and offset -1 are not supported on home files")
+F("preadv2",         327,  286, A(FD, IovOut(2), INT, INT, INT, INT), home_as="pread64", level=PARTIAL, note="RWF_* flags and offset -1 are not supported on home files", copy=True)
 F("pwritev2",        328,  287, A(FD, IovIn(2), INT, INT, INT, INT), home_as="pwrite64", level=PARTIAL, note="RWF_* flags and offset -1 are not supported on home files")
-F("lseek",             8,   62, A(FD, INT, INT), idem=False)
+F("lseek",             8,   62, A(FD, INT, INT), idem=False, copy=True)
 F("fstat",             5,   80, A(FD, StructOut("stat")))
 F("ftruncate",        77,   46, A(FD, INT))
 F("fsync",            74,   82, A(FD,))
@@ -151,8 +168,8 @@ F("getdents",         78, None, A(FD, BufOut(2), INT), idem=False)
 F("fstatfs",         138,   44, A(FD, StructOut("statfs")))
 F("flock",            73,   32, A(FD, INT))
 F("fallocate",       285,   47, A(FD, INT, INT, INT))
-F("fadvise64",       221,  223, A(FD, INT, INT, INT))
-F("readahead",       187,  213, A(FD, INT, INT))
+F("fadvise64",       221,  223, A(FD, INT, INT, INT), copy=True)
+F("readahead",       187,  213, A(FD, INT, INT), copy=True)
 F("fgetxattr",       193,   10, A(FD, STR, BufOut(3), INT))
 F("flistxattr",      196,   13, A(FD, BufOut(2), INT))
 F("fsetxattr",       190,    7, A(FD, STR, BufIn(3), INT, INT))
@@ -181,6 +198,7 @@ I("getpgid",         121,  155, "getpgid", A(PID,))
 I("getpgrp",         111, None, "getpgid")
 I("getsid",          124,  156, "getsid", A(PID,))
 I("set_tid_address", 218,   96, "set_tid_address", A(INT,))
+I("setsid",          112,  157, "setsid")
 # ---- processes and signals: followed, and their pids translated ---------------------------
 X("fork",             57, None, "fork", A(), PROCESS)
 X("vfork",            58, None, "fork", A(), PROCESS)
@@ -287,7 +305,6 @@ L("getrusage",           98,  165, PROCESS)
 L("sysinfo",             99,  179, SYSTEM)
 L("times",              100,  153, TIME)
 L("syslog",             103,  116, SYSTEM)
-L("setsid",             112,  157, SYSTEM)
 L("capget",             125,   90, PROCESS)
 L("capset",             126,   91, SYSTEM)
 L("rt_sigpending",      127,  136, SIGNAL)
