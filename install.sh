@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs qrun into ./.venv. Run as root on Debian/Ubuntu it first installs the system
+# packages qrun and its tests use; as another user it only checks for them.
+#
+# The venv is built from the system Python (/usr/bin/python3): the stub runs that same
+# interpreter on execution hosts, where a Python kept under your home directory (pyenv,
+# conda) would be hidden from it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PKGS="python3 python3-venv python3-dev gcc make libc6-dev util-linux iproute2 iptables
+      busybox-static procps strace"
+
+missing=""
+for p in $PKGS; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing system packages:$missing" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "install.sh: missing system packages:$missing (install them as root)" >&2
+    fi
+fi
+
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY="$(command -v python3)"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "install.sh: qrun is installed in $(pwd)/.venv (run .venv/bin/qrun)" >&2
