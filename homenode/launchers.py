@@ -14,23 +14,6 @@ from dataclasses import dataclass, field
 
 STUB_COMMAND = [sys.executable, "-m", "remote.stub"]
 
-# Runs inside fresh namespaces: keep the home socket's directory, give the sandbox an empty
-# private /tmp and /dev/shm, then start the stub (which sets the host name and hides the
-# user's home and submit directories once it has loaded everything it needs).
-_SANDBOX_SCRIPT = r"""
-set -e
-sock="$1"; shift
-stage=$(mktemp -d /dev/shm/.qrun-stage.XXXXXX)
-mount --bind "$sock" "$stage"
-mount -t tmpfs -o mode=1777 qrun-tmp /tmp
-mkdir -p "$sock"
-mount --move "$stage" "$sock"
-rmdir "$stage" 2>/dev/null || true
-mount -t tmpfs -o mode=1777 qrun-shm /dev/shm
-exec "$@"
-"""
-
-
 class LaunchError(Exception):
     pass
 
@@ -78,13 +61,15 @@ def sandbox(job: str, stub: list[str], hide: list[str]) -> Launch:
     if not ok:
         raise LaunchError(why)
     d = _ipc_dir()
+    # Fresh namespaces; the stub itself then names the host, empties /tmp and /dev/shm and
+    # hides the user's home and submit directories, once it has connected home through
+    # the ipc socket (the new network namespace has no route anywhere else).
     ns = ["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--fork", "--kill-child",
           "--mount-proc", "--propagation", "private"]
     if os.geteuid() != 0:
         ns[1:1] = ["--user", "--map-root-user"]
     hides = [a for p in hide for a in ("--hide", p)]
-    argv = ns + ["/bin/sh", "-c", _SANDBOX_SCRIPT, "qrun-sandbox", d] + stub + \
-        ["--hostname", "sandbox"] + hides
+    argv = ns + stub + ["--hostname", "sandbox", "--private-tmp"] + hides
     return Launch(argv, f"ipc://{d}/home.sock", "sandbox", [d])
 
 

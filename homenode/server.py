@@ -290,7 +290,9 @@ class HomeServer:
         fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
         if exec_:
             fl = os.O_RDONLY | os.O_CLOEXEC
-        if resolve is not None:
+        if exec_ and not path and dirfd is not None:
+            fd = os.open(f"/proc/self/fd/{dirfd}", fl)  # execveat(fd, "", AT_EMPTY_PATH)
+        elif resolve is not None:
             fd = _openat2(AT_FDCWD if dirfd is None else dirfd, path, fl, int(mode), int(resolve))
         else:
             fd = os.open(path, fl, int(mode) & 0o7777, dir_fd=dirfd)

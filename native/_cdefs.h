@@ -33,3 +33,4 @@ int qr_detach(int pid, int sig);
 int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno */
 
 int qr_hide_path(const char *path); /* mount an empty read-only tmpfs over path */
+int qr_private_tmpfs(const char *path); /* mount an empty writable (1777) tmpfs over path */

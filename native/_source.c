@@ -316,3 +316,10 @@ int qr_hide_path(const char *path)
         return -errno;
     return 0;
 }
+
+int qr_private_tmpfs(const char *path)
+{
+    if (mount("qrun-tmp", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+        return -errno;
+    return 0;
+}

@@ -54,10 +54,10 @@ def read_bootstrap() -> Credentials:
 class StdioPump(threading.Thread):
     """Moves the job's stdio and home's signals over the control connection."""
 
-    def __init__(self, ctx: zmq.Context, cred: Credentials, timeout: float,
-                 out_fds: dict[int, int], in_fd: int, tracer: Tracer) -> None:
+    def __init__(self, sock: zmq.Socket, timeout: float, out_fds: dict[int, int], in_fd: int,
+                 tracer: Tracer) -> None:
         super().__init__(daemon=True, name="qrun-stdio")
-        self.sock = connect(ctx, cred, "ctl")
+        self.sock = sock
         self.timeout = timeout
         self.out_fds = dict(out_fds)  # pipe read end -> stream number
         self.in_fd: int | None = in_fd
@@ -67,7 +67,6 @@ class StdioPump(threading.Thread):
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.final: dict[str, Any] | None = None
         self.home_lost = threading.Event()
-        self.connected = threading.Event()  # home knows this control connection
         self.last_heard = time.monotonic()
         self.done = threading.Event()
 
@@ -106,7 +105,6 @@ class StdioPump(threading.Thread):
                 while self.sock.poll(0):
                     msg = wire.decode(self.sock.recv())
                     self.last_heard = now
-                    self.connected.set()
                     self._control(msg)
                     if msg["t"] == "bye":
                         return
@@ -122,7 +120,7 @@ class StdioPump(threading.Thread):
                 bye_deadline = now + 10
             if bye_deadline is not None and now > bye_deadline:
                 return
-            if now - last_ping >= (1.0 if self.connected.is_set() else 0.05):
+            if now - last_ping >= 1.0:
                 try_send(self.sock, wire.encode("ping"))
                 last_ping = now
             if now - self.last_heard > self.timeout:
@@ -205,11 +203,32 @@ def wait_status_to_wire(status: int) -> dict[str, Any]:
     return {"code": os.WEXITSTATUS(status)}
 
 
+def isolate(opts: argparse.Namespace) -> str | None:
+    """Make this (namespaced) host what the launcher asked for. Runs once everything the
+    stub needs is loaded and both home connections are up, so hiding /tmp or the user's
+    home cannot hide the stub's own interpreter or the home node's socket."""
+    if opts.hostname:
+        socket.sethostname(opts.hostname)
+    if opts.private_tmp:
+        for path in ("/tmp", "/dev/shm"):
+            rc = lib.qr_private_tmpfs(path.encode())
+            if rc < 0:
+                return f"cannot mount a private {path}: {os.strerror(-rc)}"
+    for path in opts.hide:
+        if os.path.isdir(path):
+            rc = lib.qr_hide_path(os.fsencode(path))
+            if rc < 0:
+                return f"cannot hide {path}: {os.strerror(-rc)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="qrun-stub", description=__doc__)
     ap.add_argument("--hide", action="append", default=[],
                     help="mount an empty directory over PATH before the job starts")
     ap.add_argument("--hostname", help="set this (namespaced) host's name first")
+    ap.add_argument("--private-tmp", action="store_true",
+                    help="give this (namespaced) host an empty /tmp and /dev/shm first")
     opts = ap.parse_args(argv)
     try:
         cred = read_bootstrap()
@@ -219,30 +238,44 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ctx = zmq.Context()
     rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
-    state = tempfile.mkdtemp(prefix="qrun-stub-")
+    state = ""
     try:
         welcome = handshake(rpc, cred, timeout=30.0)
         timeout = float(welcome["options"].get("timeout", 30.0))
         rpc.timeout = timeout
-        if opts.hostname:
-            socket.sethostname(opts.hostname)
-        for path in opts.hide:
-            if os.path.isdir(path):
-                rc = lib.qr_hide_path(os.fsencode(path))
-                if rc < 0:
-                    eprint(f"cannot hide {path}: {os.strerror(-rc)}")
-                    return EXIT_STUB_FAILURE
-        return run_job(ctx, cred, rpc, welcome, state, timeout)
+        ctl = connect(ctx, cred, "ctl")
+        if not control_ready(ctl, timeout):
+            eprint("the home node did not answer on the control connection")
+            return EXIT_STUB_FAILURE
+        problem = isolate(opts)
+        if problem:
+            eprint(problem)
+            return EXIT_STUB_FAILURE
+        state = tempfile.mkdtemp(prefix="qrun-stub-")
+        return run_job(ctl, rpc, welcome, state, timeout)
     except HomeLost as exc:
         eprint(str(exc))
         return EXIT_STUB_FAILURE
     finally:
-        shutil.rmtree(state, ignore_errors=True)
+        if state:
+            shutil.rmtree(state, ignore_errors=True)
         ctx.destroy(linger=0)
 
 
-def run_job(ctx: zmq.Context, cred: Credentials, rpc: Rpc, welcome: dict[str, Any],
-            state: str, timeout: float) -> int:
+def control_ready(ctl: zmq.Socket, timeout: float) -> bool:
+    """Signals and stdin from home travel on the control connection: it must be up (and
+    known to home) before the job starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try_send(ctl, wire.encode("ping"))
+        if ctl.poll(100):
+            while ctl.poll(0):
+                if wire.decode(ctl.recv())["t"] == "pong":
+                    return True
+    return False
+
+
+def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, timeout: float) -> int:
     fds = FdSpace(state)
     policy = PathPolicy.from_wire(welcome["policy"])
     env = {str(k): str(v) for k, v in welcome["env"].items()}
@@ -259,12 +292,8 @@ def run_job(ctx: zmq.Context, cred: Credentials, rpc: Rpc, welcome: dict[str, An
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(in_w, False)
-    pump = StdioPump(ctx, cred, timeout, {out_r: 1, err_r: 2}, in_w, tracer)
+    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, tracer)
     pump.start()
-    # Signals and stdin from home travel on the control connection: it must be up first.
-    if not pump.connected.wait(timeout):
-        eprint("the home node did not answer on the control connection")
-        return EXIT_STUB_FAILURE
     tracer.spawn(argv, env, cwd, real_cwd, (in_r, out_w, err_w))
     for fd in (in_r, out_w, err_w):
         os.close(fd)

@@ -16,7 +16,7 @@ def hosts() -> _HostsIterator[_HostCluster]:
     if not ok:
         _hosts_pytest.skip(reason)
     hide = _hidden_on_hosts()
-    with _HostCluster(n=3, hide=hide) as cluster:
+    with _HostCluster(n=3, hide=hide, share=_shared_with_hosts()) as cluster:
         yield cluster
 
 
@@ -31,6 +31,19 @@ def _hidden_on_hosts() -> list[str]:
     if not any(p == home or p.startswith(home + "/") for p in needed):
         hide.insert(0, home)
     return hide
+
+
+def _shared_with_hosts() -> list[str]:
+    """qrun's installation (this checkout and its interpreter) stays visible on the hosts
+    when it lives under /tmp, as it would be installed at the same path on cluster nodes."""
+    import sys
+
+    repo = _hosts_os.path.dirname(_hosts_os.path.dirname(_hosts_os.path.realpath(__file__)))
+    out = []
+    for p in (repo, _hosts_os.path.realpath(sys.prefix)):
+        if p.startswith("/tmp/") and not any(p == q or p.startswith(q + "/") for q in out):
+            out.append(p)
+    return out
 
 
 @_hosts_pytest.fixture
