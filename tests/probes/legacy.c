@@ -40,6 +40,15 @@ int main(int argc, char **argv)
     st("stat.a", SYS_stat, "a");
     st("stat.trailing_slash", SYS_stat, "a/");
     res("access.R", syscall(SYS_access, "a", R_OK));
+    res("faccessat.W", syscall(SYS_faccessat, AT_FDCWD, "a", W_OK));
+    res("faccessat.missing", syscall(SYS_faccessat, AT_FDCWD, "missing", F_OK));
+    long sfd = open("a", O_RDONLY);
+    struct stat fst;
+    res("fstat.raw", syscall(SYS_fstat, sfd, &fst));
+    out("fstat.raw.size", "%lld", (long long)fst.st_size);
+    close((int)sfd);
+    /* fchmodat2 (Linux 6.6): AT_SYMLINK_NOFOLLOW on a regular file is allowed */
+    res("fchmodat2", syscall(452, AT_FDCWD, "a", 0640, AT_SYMLINK_NOFOLLOW));
     res("access.X", syscall(SYS_access, "a", X_OK));
     res("mkdir", syscall(SYS_mkdir, "d", 0750));
     res("mkdir.again", syscall(SYS_mkdir, "d", 0750));

@@ -80,7 +80,30 @@ int main(int argc, char **argv)
         n = write(out_fd, "0123", 4);
     out("sendfile.copied", "%zd", n);
     close(out_fd);
+    int pp[2];
+    if (pipe(pp) == 0) {
+        loff_t so2 = 0;
+        n = splice(fd2, &so2, pp[1], NULL, 8, 0);
+        if (n < 0)
+            n = write(pp[1], "01234567", 8);
+        out("splice.moved", "%zd", n);
+        close(pp[0]);
+        close(pp[1]);
+    }
     val("copy.size", get_file("copy", all, sizeof all));
+
+    /* set-id calls that keep the current ids (the job keeps its identity) */
+    uid_t u = getuid();
+    gid_t g = getgid();
+    res("setuid.same", setuid(u));
+    res("setgid.same", setgid(g));
+    res("setreuid.same", setreuid(u, (uid_t)-1));
+    res("setregid.same", setregid(g, (gid_t)-1));
+    res("setresuid.same", setresuid((uid_t)-1, u, (uid_t)-1));
+    res("setresgid.same", setresgid((gid_t)-1, g, (gid_t)-1));
+    gid_t groups[64];
+    int ng = getgroups(64, groups);
+    res("setgroups.same", ng >= 0 ? setgroups((size_t)ng, groups) : -1);
 
     /* close_range closes home fds too (and their numbers become free) */
     int hi = dup2(fd2, 40);
