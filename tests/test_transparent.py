@@ -289,3 +289,65 @@ def test_sandbox_host_is_isolated(qrun_cmd: list[str], workdir: Path) -> None:
     assert r.stdout.split() == ["x", os.uname().nodename]
     assert "qrun: host=sandbox status=0" in r.stderr
     _ = sys
+
+
+# ---- nothing silently wrong ---------------------------------------------------------------
+
+DENIED_C = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+static const char *e(long rc) { return rc == -1 ? strerrorname_np(errno) : "ok"; }
+int main(void) {
+    for (int i = 0; i < 2; i++) {
+        printf("io_uring_setup: %s\n", e(syscall(SYS_io_uring_setup, 1, NULL)));
+        printf("sethostname: %s\n", e(sethostname("x", 1)));
+        printf("nr1000: %s\n", e(syscall(1000)));
+    }
+    int fd = open("data", O_RDWR | O_CREAT, 0644);
+    ftruncate(fd, 4096);
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    printf("mmap_shared_home: %s\n", m == MAP_FAILED ? strerrorname_np(errno) : "ok");
+    return 0;
+}
+'''
+
+
+@pytest.mark.skipif(not GCC, reason="gcc is needed")
+def test_unsupported_calls_fail_with_an_errno_and_one_warning(qrun_prefix: list[str], workdir: Path) -> None:
+    (workdir / "d.c").write_text(DENIED_C)
+    exe = workdir / "d"
+    assert run([GCC or "gcc", "-O1", "-o", str(exe), str(workdir / "d.c")]).returncode == 0
+    r = run(qrun_prefix + [str(exe)], cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["io_uring_setup: ENOSYS", "sethostname: EPERM", "nr1000: ENOSYS"] * 2 + [
+        "mmap_shared_home: EBADF"]  # a home fd fails loudly rather than map a stray local file
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("qrun-stub: ")]
+    assert len(warnings) == 3, r.stderr  # one line per call, not per attempt
+    assert any("io_uring_setup() is not supported under qrun: ENOSYS" in w for w in warnings)
+    assert any("unsupported syscall number 1000: ENOSYS" in w for w in warnings)
+
+
+def test_path_policy_local_and_home_overrides(qrun_cmd: list[str], hosts: HostCluster, workdir: Path) -> None:
+    h = hosts[2]
+    name = f"qrun-policy-{os.getpid()}"
+    home_side = Path("/dev/shm") / name
+    home_side.write_text("home\n")
+    try:
+        assert h.run(["/bin/sh", "-c", f"echo host > /dev/shm/{name}"]).returncode == 0
+        base = qrun_cmd + ["--transparent", "--via", " ".join(h.nsenter_prefix()), "--home-addr", h.home_ip]
+        cat = ["--", "/bin/cat", str(home_side)]
+        assert run(base + cat, cwd=workdir).stdout == "host\n"            # /dev is local by default
+        assert run(base + ["--home", "/dev/shm"] + cat, cwd=workdir).stdout == "home\n"
+        (workdir / "f").write_text("at home\n")
+        assert h.run(["/bin/sh", "-c", f"mkdir -p {workdir} && echo on host > {workdir}/f"]).returncode == 0
+        assert run(base + ["--", "/bin/cat", "f"], cwd=workdir).stdout == "at home\n"
+        assert run(base + ["--local", str(workdir), "--", "/bin/cat", "f"], cwd=workdir).stdout == "on host\n"
+    finally:
+        home_side.unlink()
+        h.run(["/bin/sh", "-c", f"rm -rf /dev/shm/{name} {workdir}"])
