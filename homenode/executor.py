@@ -118,7 +118,7 @@ def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | 
     if len(args) != len(sc.args):
         raise BadRequest(f"{sc.name}: {len(sc.args)} arguments expected, got {len(args)}")
     c_args: list[Any] = []
-    outputs: dict[int, tuple[Any, object]] = {}
+    outputs: dict[int, tuple[Any, BufOut | PathOut | StructOut]] = {}
     sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent
     for i, (kind, v) in enumerate(zip(sc.args, args, strict=True)):
         if isinstance(kind, Fd):
@@ -176,9 +176,9 @@ def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | 
         e = ctypes.get_errno()
         return -1, errno.errorcode.get(e, "EIO"), {}
     out: dict[str, Any] = {}
-    for i, (buf, kind) in outputs.items():
-        if isinstance(kind, StructOut):
-            out[str(i)] = structs.struct_to_wire(ARCH, kind.type, buf.raw)
+    for i, (buf, out_kind) in outputs.items():
+        if isinstance(out_kind, StructOut):
+            out[str(i)] = structs.struct_to_wire(ARCH, out_kind.type, buf.raw)
         else:
             out[str(i)] = buf.raw[:ret]
     return ret, None, out

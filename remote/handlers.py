@@ -51,7 +51,10 @@ from syscalls.paths import normalize
 from syscalls.table import BY_NAME
 
 if TYPE_CHECKING:
-    from remote.tracer import Tracer
+    from remote.channel import Rpc
+    from remote.fds import FdSpace
+    from remote.tracee import Proc
+    from syscalls.paths import PathPolicy
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -84,10 +87,37 @@ class Target:
 
 
 class Handlers:
+    """Mixed into the Tracer, which provides the state and process bookkeeping below."""
+
     mem = Memory()
+    rpc: Rpc
+    fds: FdSpace
+    policy: PathPolicy
+    identity: dict[str, Any]
+    arch: str
+    threads: dict[int, Thread]
+    procs: dict[int, Proc]
+    remote_of: dict[int, int]
+    home_of: dict[int, int]
+    open_handles: set[int]
+    pending_handles: set[int]
+    reaped_early: set[int]
+    main_pid: int
+
+    def home_pid(self, remote: int) -> int:
+        raise NotImplementedError
+
+    def retire(self, remote: int) -> None:
+        raise NotImplementedError
+
+    def sweep_handles(self, only: int | None = None) -> None:
+        raise NotImplementedError
+
+    def warn_once(self, key: str, msg: str) -> None:
+        raise NotImplementedError
 
     # ---- path resolution ----------------------------------------------------------------
-    def resolve(self: Tracer, t: Thread, dirfd: int, addr: int, empty_ok: bool) -> Target:
+    def resolve(self, t: Thread, dirfd: int, addr: int, empty_ok: bool) -> Target:
         """Where a (dirfd, path) pair leads. Paths are sent home as the job wrote them (only
         made absolute), so trailing slashes and "." keep their kernel meaning; the lexically
         normalized form decides only the route."""
@@ -112,7 +142,7 @@ class Handlers:
             return Target(True, ref, path)
         return Target(False)  # a local dir fd; or a copy, where the kernel says ENOTDIR
 
-    def _by_dirfd(self: Tracer, t: Thread, dirfd: int, path: str | None) -> Target:
+    def _by_dirfd(self, t: Thread, dirfd: int, path: str | None) -> Target:
         if dirfd == AT_FDCWD:
             if path is None:
                 return Target(False)
@@ -123,7 +153,7 @@ class Handlers:
             return Target(True, ref, path)
         return Target(False)
 
-    def targets(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> list[tuple[int, Target]]:
+    def targets(self, t: Thread, regs: Regs, sc: Syscall) -> list[tuple[int, Target]]:
         """(index of the Path argument, its resolution) for every path the call names."""
         empty_ok = False
         for i, k in enumerate(sc.args):
@@ -142,7 +172,7 @@ class Handlers:
                 out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok)))
         return out
 
-    def run_local(self: Tracer, t: Thread, regs: Regs, sc: Syscall,
+    def run_local(self, t: Thread, regs: Regs, sc: Syscall,
                   targets: list[tuple[int, Target]]) -> None:
         """Let the kernel run the call, with relative paths made absolute where needed."""
         fixes = [(i, tg.fixup) for i, tg in targets if tg.fixup]
@@ -158,7 +188,7 @@ class Handlers:
         set_args(t.tid, regs.nr, args)
 
     # ---- regular routes ----------------------------------------------------------------
-    def by_path(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def by_path(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         targets = self.targets(t, regs, sc)
         homes = {tg.home for _, tg in targets}
         if homes == {False} or not targets:
@@ -170,11 +200,11 @@ class Handlers:
         else:
             skip(t.tid, -errno.EXDEV)  # one path at home, the other local
 
-    def _mirror_truncate(self: Tracer, tg: Target, length: int) -> None:
+    def _mirror_truncate(self, tg: Target, length: int) -> None:
         if tg.path and tg.handle is None:
             self.fds.mirror(normalize(tg.path), None, 0, truncate=length)
 
-    def by_fd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def by_fd(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
         if kind == LOCAL or (kind == COPY and sc.copy_local):
             return  # a local fd, or the data path of a local copy: the kernel runs it
@@ -192,7 +222,7 @@ class Handlers:
                     self.fds.mirror(home_path, wa[1][:n], at)
 
     # ---- generic forwarding ----------------------------------------------------------
-    def marshal(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
+    def marshal(self, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
                 handle: int | None) -> tuple[list[Any], list[tuple[int, int]] | None]:
         wa: list[Any] = []
         iov: list[tuple[int, int]] | None = None
@@ -235,7 +265,7 @@ class Handlers:
             wa = [wa[0], wa[1], size] + ([wa[3]] if sc.home_as.startswith("p") else [])
         return wa, iov
 
-    def read_iov(self: Tracer, t: Thread, addr: int, count: int) -> list[tuple[int, int]]:
+    def read_iov(self, t: Thread, addr: int, count: int) -> list[tuple[int, int]]:
         count = s64(count)
         if count < 0 or count > 1024:
             raise OSError(errno.EINVAL, "iovcnt")
@@ -249,10 +279,10 @@ class Handlers:
                 total += ln
         return out
 
-    def call_home(self: Tracer, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
+    def call_home(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
         return self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
 
-    def forward(self: Tracer, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
+    def forward(self, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
                 handle: int | None = None) -> tuple[list[Any], dict[str, Any] | None]:
         """Execute at home; returns the wire arguments and the reply (None on failure)."""
         wa, iov = self.marshal(t, regs, sc, targets, handle)
@@ -281,7 +311,7 @@ class Handlers:
         return wa, rep
 
     # ---- open: local copies and placeholders ---------------------------------------------
-    def h_open(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_open(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         a = regs.args()
         resolve = None
         if sc.name == "open":
@@ -305,7 +335,7 @@ class Handlers:
             mode &= 0o7777
         self.open_home(t, regs, tg, fl, mode, exec_=False, resolve=resolve)
 
-    def open_home(self: Tracer, t: Thread, regs: Regs, tg: Target, fl: int, mode: int,
+    def open_home(self, t: Thread, regs: Regs, tg: Target, fl: int, mode: int,
                   exec_: bool, resolve: int | None = None) -> str | None:
         """Open at home; install a copy or a placeholder fd, or (exec_) return the copy's path."""
         known = None
@@ -344,7 +374,7 @@ class Handlers:
         self.install(t, regs, self.fds.link_copy(h, cache, home_path), keep, h)
         return None
 
-    def fetch(self: Tracer, t: Thread, handle: int, size: int) -> list[bytes]:
+    def fetch(self, t: Thread, handle: int, size: int) -> list[bytes]:
         chunks, off = [], 0
         while off < size:
             rep = self.call_home(t, "pread64", [handle, FETCH_CHUNK, FETCH_CHUNK, off])
@@ -355,7 +385,7 @@ class Handlers:
             off += len(data)
         return chunks
 
-    def install(self: Tracer, t: Thread, regs: Regs, local_path: str, fl: int, handle: int) -> None:
+    def install(self, t: Thread, regs: Regs, local_path: str, fl: int, handle: int) -> None:
         """Turn the trapped open into openat(AT_FDCWD, local_path, fl) run by the kernel, so
         the fd number is the kernel's choice."""
         scratch = Scratch(t.tid, regs.sp, self.mem)
@@ -372,7 +402,7 @@ class Handlers:
         t.on_exit = installed
 
     # ---- cwd -----------------------------------------------------------------------------
-    def h_chdir(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_chdir(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         tg = self.resolve(t, AT_FDCWD, regs.arg(0), False)
         if tg.home:
             rep = self.call_home(t, "chdir", [tg.handle, os.fsencode(tg.path or "")])
@@ -390,7 +420,7 @@ class Handlers:
                 th.fs.cwd = new
         t.on_exit = done
 
-    def h_fchdir(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_fchdir(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         fd = s32(regs.arg(0))
         kind, ref = self.fds.kind(t.tid, fd)
         if kind == HOME:
@@ -414,7 +444,7 @@ class Handlers:
                 th.fs.cwd = target
         t.on_exit = done
 
-    def h_getcwd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getcwd(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         data = os.fsencode(t.fs.cwd) + b"\0"
         if len(data) > regs.arg(1):
             skip(t.tid, -errno.ERANGE)
@@ -422,12 +452,12 @@ class Handlers:
         self.mem.write(t.tid, regs.arg(0), data)
         skip(t.tid, len(data))
 
-    def h_umask(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_umask(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         # Runs natively too, so the local umask (and its return value) stays in step.
         t.fs.umask = regs.arg(0) & 0o777
 
     # ---- exec ----------------------------------------------------------------------------
-    def h_execve(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_execve(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         a = regs.args()
         if sc.name == "execveat":
             dirfd, pi, argv_i, env_i = s32(a[0]), 1, 2, 3
@@ -475,22 +505,22 @@ class Handlers:
         scratch.commit()
         set_args(t.tid, NR_EXECVE[self.arch], [exe_p, a[argv_i], a[env_i], 0, 0, 0])
 
-    def resolve_abs(self: Tracer, path: str) -> Target:
+    def resolve_abs(self, path: str) -> Target:
         p = normalize(path)
         return Target(self.policy.routes_home(p), None, p)
 
     # ---- fd bookkeeping ------------------------------------------------------------------
-    def h_close(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_close(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
         if kind in (HOME, COPY):
             def closed(th: Thread, ret: int, h: int = int(ref or 0)) -> None:
                 self.sweep_handles(only=h)
             t.on_exit = closed
 
-    def h_close_range(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_close_range(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         t.on_exit = lambda th, ret: self.sweep_handles()
 
-    def h_fcntl(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_fcntl(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
         cmd = s32(regs.arg(1))
         if kind == LOCAL or (kind == COPY and cmd not in LOCK_CMDS):
@@ -519,51 +549,51 @@ class Handlers:
         else:
             skip(t.tid, -errno.EINVAL)
 
-    def h_ioctl(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_ioctl(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, _ = self.fds.kind(t.tid, s32(regs.arg(0)))
         if kind == HOME:
             skip(t.tid, -errno.ENOTTY)  # home placeholders are files and directories
 
-    def h_no_home_fd(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_no_home_fd(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         for i, k in enumerate(sc.args):
             if isinstance(k, Fd) and self.fds.kind(t.tid, s32(regs.arg(i)))[0] == HOME:
                 skip(t.tid, -_errno_of(sc.errno))
                 return
 
     # ---- identity --------------------------------------------------------------------------
-    def h_getpid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getpid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         skip(t.tid, self.home_pid(t.proc.tgid))
 
-    def h_gettid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_gettid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         skip(t.tid, self.home_pid(t.tid))
 
-    def h_getppid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getppid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         parent = t.proc.parent
         if parent in self.procs:
             skip(t.tid, self.home_pid(parent))
         else:
             skip(t.tid, int(self.identity["ppid"]) if t.proc.tgid == self.main_pid else 1)
 
-    def h_uid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_uid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         skip(t.tid, int(self.identity["uid" if sc.name == "getuid" else "euid"]))
 
-    def h_gid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_gid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         skip(t.tid, int(self.identity["gid" if sc.name == "getgid" else "egid"]))
 
-    def _put_ids(self: Tracer, t: Thread, regs: Regs, ids: list[int]) -> None:
+    def _put_ids(self, t: Thread, regs: Regs, ids: list[int]) -> None:
         for i, v in enumerate(ids):
             self.mem.write(t.tid, regs.arg(i), struct.pack("<I", v))
         skip(t.tid, 0)
 
-    def h_getresuid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getresuid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         i = self.identity
         self._put_ids(t, regs, [i["uid"], i["euid"], i["euid"]])
 
-    def h_getresgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getresgid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         i = self.identity
         self._put_ids(t, regs, [i["gid"], i["egid"], i["egid"]])
 
-    def h_getgroups(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getgroups(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         groups = list(self.identity["groups"])
         size = s32(regs.arg(0))
         if size == 0:
@@ -574,7 +604,7 @@ class Handlers:
             self.mem.write(t.tid, regs.arg(1), struct.pack(f"<{len(groups)}I", *groups))
             skip(t.tid, len(groups))
 
-    def h_uname(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_uname(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         u = os.uname()
         fields = [u.sysname, self.identity["nodename"], u.release, u.version, u.machine,
                   self.identity["domainname"]]
@@ -582,7 +612,7 @@ class Handlers:
         self.mem.write(t.tid, regs.arg(0), data)
         skip(t.tid, 0)
 
-    def h_setid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_setid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         """The job keeps its home identity: changing to the ids it already has succeeds."""
         i = self.identity
         if sc.name == "setgroups":
@@ -604,7 +634,7 @@ class Handlers:
         else:
             skip(t.tid, 0 if ok else -errno.EPERM)
 
-    def to_remote(self: Tracer, pid: int) -> int | None:
+    def to_remote(self, pid: int) -> int | None:
         """A pid as the job names it (home) -> the execution host's, None if not ours."""
         if pid in self.remote_of:
             return self.remote_of[pid]
@@ -612,12 +642,12 @@ class Handlers:
             return pid  # already remote (e.g. a tid the kernel wrote into memory)
         return None
 
-    def to_home(self: Tracer, remote: int) -> int:
+    def to_home(self, remote: int) -> int:
         if remote in self.threads or remote in self.home_of:
             return self.home_pid(remote)
         return remote
 
-    def h_getpgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getpgid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         pid = s32(regs.arg(0)) if sc.name == "getpgid" else 0
         target = t.proc.tgid if pid == 0 else self.to_remote(pid)
         if target is None:
@@ -628,7 +658,7 @@ class Handlers:
         except OSError as e:
             skip(t.tid, -(e.errno or errno.ESRCH))
 
-    def h_getsid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_getsid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         pid = s32(regs.arg(0))
         target = t.proc.tgid if pid == 0 else self.to_remote(pid)
         if target is None:
@@ -639,15 +669,15 @@ class Handlers:
         except OSError as e:
             skip(t.tid, -(e.errno or errno.ESRCH))
 
-    def h_setsid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_setsid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         # Runs natively; its result (the new session id, the caller's pid) is a home pid.
         t.on_exit = lambda th, ret: set_ret(th.tid, self.to_home(ret)) if ret > 0 else None
 
-    def h_set_tid_address(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_set_tid_address(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         t.on_exit = lambda th, ret: set_ret(th.tid, self.home_pid(th.tid)) if ret > 0 else None
 
     # ---- processes -------------------------------------------------------------------------
-    def h_fork(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_fork(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         if sc.name == "fork":
             t.clone_flags = 0
         elif sc.name == "vfork":
@@ -662,10 +692,10 @@ class Handlers:
                 set_ret(th.tid, self.home_pid(ret))
         t.on_exit = forked
 
-    def h_wait4(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_wait4(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         self._wait_common(t, regs, 0)
 
-    def h_waitid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_waitid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         idtype = s32(regs.arg(0))
         if idtype in (1, 2):  # P_PID, P_PGID
             self._translate_args(t, regs, {1: False})
@@ -682,7 +712,7 @@ class Handlers:
                         self.reaped(pid)
         t.on_exit = waited
 
-    def _wait_common(self: Tracer, t: Thread, regs: Regs, pid_index: int) -> None:
+    def _wait_common(self, t: Thread, regs: Regs, pid_index: int) -> None:
         self._translate_args(t, regs, {pid_index: True})
 
         def waited(th: Thread, ret: int) -> None:
@@ -691,13 +721,13 @@ class Handlers:
                 self.reaped(ret)
         t.on_exit = waited
 
-    def reaped(self: Tracer, pid: int) -> None:
+    def reaped(self, pid: int) -> None:
         if pid in self.procs or pid in self.threads:
             self.reaped_early.add(pid)  # its exit event is still queued: retire it then
         else:
             self.retire(pid)
 
-    def _translate_args(self: Tracer, t: Thread, regs: Regs, which: dict[int, bool]) -> bool:
+    def _translate_args(self, t: Thread, regs: Regs, which: dict[int, bool]) -> bool:
         """Rewrite pid arguments from home to remote pids. `which[i]` says whether a negative
         value names a process group. Returns False if some pid is not a job process."""
         args = regs.args()
@@ -715,7 +745,7 @@ class Handlers:
             set_args(t.tid, regs.nr, args)
         return ours
 
-    def h_kill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_kill(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         pid = s32(regs.arg(0))
         if pid == -1:
             self.warn_once("kill-1", "kill(-1, ...) is refused under qrun: EPERM")
@@ -730,19 +760,19 @@ class Handlers:
         rep = self.call_home(t, "kill", [pid, s32(regs.arg(1))])
         skip(t.tid, -_errno_of(rep["e"]) if rep["e"] else 0)
 
-    def h_tkill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_tkill(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         if not self._translate_args(t, regs, {0: False}):
             skip(t.tid, -errno.ESRCH)
 
-    def h_tgkill(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_tgkill(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         if not self._translate_args(t, regs, {0: False, 1: False}):
             skip(t.tid, -errno.ESRCH)
 
-    def h_pidfd_open(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_pidfd_open(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         if not self._translate_args(t, regs, {0: False}):
             skip(t.tid, -errno.ESRCH)
 
-    def h_setpgid(self: Tracer, t: Thread, regs: Regs, sc: Syscall) -> None:
+    def h_setpgid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         if not self._translate_args(t, regs, {0: False, 1: False}):
             skip(t.tid, -errno.ESRCH)
 

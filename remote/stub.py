@@ -167,16 +167,17 @@ class StdioPump(threading.Thread):
             del self.out_fds[fd]
 
     def _feed(self) -> None:
-        assert self.in_fd is not None
+        fd = self.in_fd
+        assert fd is not None
         try:
             if self.in_buf:
-                n = os.write(self.in_fd, self.in_buf[:1 << 16])
+                n = os.write(fd, self.in_buf[:1 << 16])
                 del self.in_buf[:n]
             if not self.in_buf and self.in_eof:
-                os.close(self.in_fd)
+                os.close(fd)
                 self.in_fd = None
-        except BrokenPipeError:
-            os.close(self.in_fd)
+        except BrokenPipeError:  # the job closed its stdin: drop the rest, as a pipe would
+            os.close(fd)
             self.in_fd = None
         except BlockingIOError:
             pass

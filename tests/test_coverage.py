@@ -12,9 +12,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import conformance as conf
 import pytest
 
-import conformance as conf
 from syscalls.model import Route
 from syscalls.table import TABLE, by_number
 

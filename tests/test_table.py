@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from homenode.executor import FORWARDABLE, ARCH as HOME_ARCH
+from homenode.executor import ARCH as HOME_ARCH
+from homenode.executor import FORWARDABLE
 from homenode.server import HomeServer
 from remote.handlers import HANDLERS
 from syscalls import bpf, flags, structs, wire

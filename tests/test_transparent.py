@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hosts import HostCluster
 
 GCC = shutil.which("gcc")
