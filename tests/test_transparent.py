@@ -350,3 +350,51 @@ def test_path_policy_local_and_home_overrides(qrun_cmd: list[str], hosts: HostCl
     finally:
         home_side.unlink()
         h.run(["/bin/sh", "-c", f"rm -rf /dev/shm/{name} {workdir}"])
+
+
+def test_stub_killed_mid_job_takes_the_job_with_it(qrun_prefix: list[str], hosts: HostCluster,
+                                                   workdir: Path) -> None:
+    marker = f"297.{os.getpid()}"
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", f"echo started; exec sleep {marker}"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    h = hosts[0]
+    deadline = time.monotonic() + 10
+    while not _job_processes(hosts, marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stubs = h.run(["/bin/sh", "-c", "pgrep -f remote.stub"]).stdout.split()
+    assert stubs, "no stub running on h1"
+    h.run(["kill", "-KILL", *stubs])
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 124
+    assert "died before the job ended" in err
+    deadline = time.monotonic() + 10
+    while _job_processes(hosts, marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _job_processes(hosts, marker) == []  # PTRACE_O_EXITKILL
+
+
+def test_ctrl_c_reaches_the_job_and_twice_stops_it(qrun_prefix: list[str], workdir: Path) -> None:
+    script = "trap 'echo got-int' INT; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline() == "got-int\n"   # the job saw it and went on
+    time.sleep(1.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)                # twice within a second: stop at once
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL, err
+
+
+def test_chdir_option_sets_the_job_cwd(qrun_prefix: list[str], workdir: Path) -> None:
+    sub = workdir / "sub dir"
+    sub.mkdir()
+    (sub / "here").write_text("yes\n")
+    r = run(qrun_prefix[:-1] + ["-D", str(sub), "--", "/bin/sh", "-c", "pwd; cat here"], cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{sub}\nyes\n"

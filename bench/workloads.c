@@ -1,0 +1,178 @@
+/* Micro-workloads for bench/run.py. Each one times itself with CLOCK_MONOTONIC (through the
+ * vDSO, so the timing adds no system call) and prints one line:
+ *
+ *     RESULT <value> <unit> <iterations>
+ *
+ * The per-call loops run for at least BUDGET_MS milliseconds (and at least a minimum number of
+ * iterations), so a slow mode does not take minutes and a fast one is still timed over many
+ * calls.
+ *
+ *   workloads stat   PATH BUDGET_MS      stat(PATH) in a loop                  -> us/call
+ *   workloads orc    PATH BUDGET_MS      open + read 4 KiB + close             -> us/iteration
+ *   workloads read   PATH                whole file, 1 MiB page-aligned reads  -> MB/s
+ *   workloads write  PATH MIB            MIB x 1 MiB page-aligned writes       -> MB/s
+ *   workloads clock  BUDGET_MS           syscall(SYS_clock_gettime) in a loop  -> ns/call
+ *   workloads spawn  PROG BUDGET_MS      fork + exec PROG + wait               -> ms/spawn
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1024L * 1024L)
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, const char *arg) {
+    fprintf(stderr, "workloads: %s %s: %s\n", what, arg ? arg : "", strerror(errno));
+    exit(2);
+}
+
+static void *page_buffer(size_t size) {
+    void *buf = NULL;
+    if (posix_memalign(&buf, (size_t)sysconf(_SC_PAGESIZE), size) != 0) {
+        errno = ENOMEM;
+        die("posix_memalign", NULL);
+    }
+    memset(buf, 0x5a, size);
+    return buf;
+}
+
+/* Runs `body` in batches of `batch` until `budget` seconds and `min_iter` iterations have
+ * passed; returns seconds per iteration and the iteration count. */
+#define TIMED_LOOP(budget, min_iter, batch, body, per_iter, count)            \
+    do {                                                                      \
+        long n_ = 0;                                                          \
+        double t0_ = now(), el_ = 0;                                          \
+        do {                                                                  \
+            for (int b_ = 0; b_ < (batch); b_++) { body; }                    \
+            n_ += (batch);                                                    \
+            el_ = now() - t0_;                                                \
+        } while (el_ < (budget) || n_ < (min_iter));                          \
+        (per_iter) = el_ / (double)n_;                                        \
+        (count) = n_;                                                         \
+    } while (0)
+
+static int w_stat(const char *path, double budget) {
+    struct stat sb;
+    double per;
+    long n;
+    if (stat(path, &sb) != 0) die("stat", path);
+    TIMED_LOOP(budget, 20, 10, if (stat(path, &sb) != 0) die("stat", path), per, n);
+    printf("RESULT %.4f us %ld\n", per * 1e6, n);
+    return 0;
+}
+
+static int w_orc(const char *path, double budget) {
+    char *buf = page_buffer(4096);
+    double per;
+    long n;
+#define ORC_BODY                                                               \
+    do {                                                                       \
+        int fd = open(path, O_RDONLY);                                         \
+        if (fd < 0) die("open", path);                                         \
+        if (read(fd, buf, 4096) != 4096) die("read", path);                    \
+        close(fd);                                                             \
+    } while (0)
+    ORC_BODY;
+    TIMED_LOOP(budget, 20, 10, ORC_BODY, per, n);
+    printf("RESULT %.4f us %ld\n", per * 1e6, n);
+    return 0;
+}
+
+static int w_read(const char *path) {
+    char *buf = page_buffer(MIB);
+    double t0 = now();
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("open", path);
+    long total = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, MIB);
+        if (r < 0) die("read", path);
+        if (r == 0) break;
+        total += r;
+    }
+    close(fd);
+    double el = now() - t0;
+    printf("RESULT %.1f MB/s %ld\n", (double)total / el / 1e6, total / MIB);
+    return 0;
+}
+
+static int w_write(const char *path, long mib) {
+    char *buf = page_buffer(MIB);
+    double t0 = now();
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die("open", path);
+    for (long i = 0; i < mib; i++) {
+        long done = 0;
+        while (done < MIB) {
+            ssize_t w = write(fd, buf + done, (size_t)(MIB - done));
+            if (w <= 0) die("write", path);
+            done += w;
+        }
+    }
+    if (close(fd) != 0) die("close", path);
+    double el = now() - t0;
+    printf("RESULT %.1f MB/s %ld\n", (double)(mib * MIB) / el / 1e6, mib);
+    return 0;
+}
+
+static int w_clock(double budget) {
+    struct timespec ts;
+    double per;
+    long n;
+    TIMED_LOOP(budget, 1000, 1000, syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts), per, n);
+    printf("RESULT %.2f ns %ld\n", per * 1e9, n);
+    return 0;
+}
+
+static void spawn_once(const char *prog) {
+    pid_t pid = fork();
+    if (pid < 0) die("fork", NULL);
+    if (pid == 0) {
+        execl(prog, prog, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0) die("waitpid", NULL);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "workloads: %s failed (status %d)\n", prog, status);
+        exit(2);
+    }
+}
+
+static int w_spawn(const char *prog, double budget) {
+    double per;
+    long n;
+    spawn_once(prog);
+    TIMED_LOOP(budget, 5, 1, spawn_once(prog), per, n);
+    printf("RESULT %.3f ms %ld\n", per * 1e3, n);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: workloads stat|orc|read|write|clock|spawn ARGS...\n");
+        return 2;
+    }
+    const char *w = argv[1];
+    if (!strcmp(w, "stat") && argc == 4) return w_stat(argv[2], atof(argv[3]) / 1e3);
+    if (!strcmp(w, "orc") && argc == 4) return w_orc(argv[2], atof(argv[3]) / 1e3);
+    if (!strcmp(w, "read") && argc == 3) return w_read(argv[2]);
+    if (!strcmp(w, "write") && argc == 4) return w_write(argv[2], atol(argv[3]));
+    if (!strcmp(w, "clock") && argc == 3) return w_clock(atof(argv[2]) / 1e3);
+    if (!strcmp(w, "spawn") && argc == 4) return w_spawn(argv[2], atof(argv[3]) / 1e3);
+    fprintf(stderr, "workloads: bad arguments for %s\n", w);
+    return 2;
+}
