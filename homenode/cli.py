@@ -66,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                     exitcodes.USAGE)
     if not opts.transparent:
         return fail("only --transparent execution is available in this version", exitcodes.USAGE)
-    cwd = os.path.realpath(opts.chdir) if opts.chdir else os.getcwd()
-    if not os.path.isdir(cwd):
-        return fail(f"-D {opts.chdir}: no such directory", exitcodes.USAGE)
+    try:
+        cwd = os.path.realpath(opts.chdir) if opts.chdir else os.getcwd()
+    except OSError as exc:
+        return fail(f"the current directory is not accessible: {exc.strerror}", exitcodes.USAGE)
+    if not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
+        what = f"-D {opts.chdir}" if opts.chdir else f"the current directory {cwd}"
+        return fail(f"{what}: not an accessible directory", exitcodes.USAGE)
     stub = opts.stub_command.split() if opts.stub_command else list(launchers.STUB_COMMAND)
     job = uuid.uuid4().hex[:12]
     try:

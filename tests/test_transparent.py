@@ -398,3 +398,36 @@ def test_chdir_option_sets_the_job_cwd(qrun_prefix: list[str], workdir: Path) ->
     r = run(qrun_prefix[:-1] + ["-D", str(sub), "--", "/bin/sh", "-c", "pwd; cat here"], cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{sub}\nyes\n"
+
+
+def test_sandbox_as_an_unprivileged_user(qrun_cmd: list[str]) -> None:
+    runuser = shutil.which("runuser")
+    if os.geteuid() != 0 or not runuser:
+        pytest.skip("needs root (to become an unprivileged user) and runuser")
+    probe = subprocess.run([runuser, "-u", "nobody", "--", qrun_cmd[0], "-c", "import homenode"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"this checkout is not readable by nobody: {probe.stderr.strip()[-200:]}")
+    ok, why = subprocess.run([runuser, "-u", "nobody", "--", qrun_cmd[0], "-c",
+                              "from homenode.launchers import sandbox_support as s; ok, w = s(); print(ok, w)"],
+                             capture_output=True, text=True, timeout=60).stdout.partition(" ")[::2]
+    if ok != "True":
+        pytest.skip(why.strip() or "no user namespaces")
+    import tempfile
+    wd = Path(tempfile.mkdtemp(prefix="qrun-nobody-", dir="/tmp"))
+    wd.chmod(0o777)
+    try:
+        _run_as_nobody(runuser, qrun_cmd, wd)
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _run_as_nobody(runuser: str, qrun_cmd: list[str], wd: Path) -> None:
+    r = subprocess.run([runuser, "-u", "nobody", "--", *qrun_cmd, "--transparent", "--host", "sandbox", "-v",
+                        "--", "/bin/sh", "-c", "id -u; hostname; echo made > f"],
+                       cwd=wd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["65534", os.uname().nodename]
+    assert (wd / "f").read_text() == "made\n"
+    assert (wd / "f").stat().st_uid == 65534  # created at home, as the user
+    assert "qrun: host=sandbox" in r.stderr
