@@ -647,25 +647,16 @@ class Handlers:
             return self.home_pid(remote)
         return remote
 
-    def h_getpgid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
-        pid = s32(regs.arg(0)) if sc.name == "getpgid" else 0
+    def h_group_of(self, t: Thread, regs: Regs, sc: Syscall) -> None:
+        """getpgid/getpgrp/getsid: asked of the local kernel, answered as home pids."""
+        pid = 0 if sc.name == "getpgrp" else s32(regs.arg(0))
         target = t.proc.tgid if pid == 0 else self.to_remote(pid)
         if target is None:
             skip(t.tid, -errno.ESRCH)
             return
+        lookup = os.getsid if sc.name == "getsid" else os.getpgid
         try:
-            skip(t.tid, self.to_home(os.getpgid(target)))
-        except OSError as e:
-            skip(t.tid, -(e.errno or errno.ESRCH))
-
-    def h_getsid(self, t: Thread, regs: Regs, sc: Syscall) -> None:
-        pid = s32(regs.arg(0))
-        target = t.proc.tgid if pid == 0 else self.to_remote(pid)
-        if target is None:
-            skip(t.tid, -errno.ESRCH)
-            return
-        try:
-            skip(t.tid, self.to_home(os.getsid(target)))
+            skip(t.tid, self.to_home(lookup(target)))
         except OSError as e:
             skip(t.tid, -(e.errno or errno.ESRCH))
 
