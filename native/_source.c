@@ -323,3 +323,51 @@ int qr_private_tmpfs(const char *path)
         return -errno;
     return 0;
 }
+
+static int seccomp_nr_and_fd(int pid, long *nr, int *fd)
+{
+    struct qr_regs r;
+    int e = qr_get_regs(pid, &r);
+    if (e < 0)
+        return e;
+    *nr = r.nr;
+    *fd = (int)r.args[0];
+    return 0;
+}
+
+int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
+                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast)
+{
+    size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
+    char path[64], target[4096];
+    for (;;) {
+        int pid = qr_wait(status);
+        if (pid < 0)
+            return pid;
+        int st = *status;
+        /* Only seccomp stops qualify; everything else is Python's. */
+        if (!WIFSTOPPED(st) || (st >> 8) != (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)))
+            return pid;
+        long nr;
+        int fd;
+        if (seccomp_nr_and_fd(pid, &nr, &fd) < 0 || nr < 0 || nr >= nbits)
+            return pid;
+        int is_local_ok = local_ok[nr / 8] & (1 << (nr % 8));
+        if (!is_local_ok)
+            return pid;
+        int is_copy_ok = copy_ok[nr / 8] & (1 << (nr % 8));
+        snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+        ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = 0;
+            if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)
+                return pid;                     /* a home placeholder */
+            if ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0 && !is_copy_ok)
+                return pid;                     /* a copy, and not its data path */
+        }
+        /* A local fd (or none: the kernel will say EBADF): let the kernel run it. */
+        if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)
+            return pid;
+        (*fast)++;
+    }
+}

@@ -72,6 +72,11 @@ class Tracer(Handlers):
         self.stopping = False
         self.reaped_early: set[int] = set()
         self.open_handles: set[int] = set()  # home handles we installed placeholders for
+        self._local_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.local_fd_native)
+        self._copy_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.copy_local)
+        self._ph_prefix = os.fsencode(fds.ph_dir + "/")
+        self._copy_prefix = os.fsencode(fds.copies_dir + "/")
+        self.fast_stops = ffi.new("long *")
         self.exec_err_fd = -1
 
     # ---- starting the job ---------------------------------------------------------------
@@ -119,7 +124,13 @@ class Tracer(Handlers):
         return self.main_status
 
     def next_event(self, status: object) -> tuple[int, int]:
-        pid = lib.qr_wait(status)
+        """The next stop Python must see. Calls on local fds that need nothing from us are
+        resumed inside the C wait loop (about half the cost of a stop handled here)."""
+        if DEBUG:
+            pid = lib.qr_wait(status)
+        else:
+            pid = lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
+                                       self._ph_prefix, self._copy_prefix, self.fast_stops)
         if pid < 0:
             raise OSError(-pid, "waitpid")
         return pid, int(status[0])  # type: ignore[index]
@@ -290,6 +301,17 @@ class Tracer(Handlers):
         if key not in self.warned:
             self.warned.add(key)
             self.warn_sink(msg)
+
+
+FAST_BITS = 1024
+
+
+def _bitmap(numbers: object) -> bytes:
+    bits = bytearray(FAST_BITS // 8)
+    for n in numbers:  # type: ignore[attr-defined]
+        if n is not None and 0 <= n < FAST_BITS:
+            bits[n // 8] |= 1 << (n % 8)
+    return bytes(bits)
 
 
 def _comm(pid: int) -> str:

@@ -145,6 +145,7 @@ class Syscall:
     errno: str = ""          # DENY: the errno returned
     home_as: str = ""        # forwarded calls: the syscall the home node executes instead
     copy_local: bool = False  # BY_FD: runs locally on a read-only local copy (the data path)
+    local_fd_native: bool = False  # on a local fd (arg 0) the call simply runs: decided in C
     level: Level = Level.FULL
     note: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

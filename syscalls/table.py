@@ -56,15 +56,16 @@ def F(name: str, x: int | None, a: int | None, args: tuple, idem: bool = True,  
     """Fd call: forwarded when its fd is a home file. `copy`: on a read-only local copy it runs
     locally (the data path); everything else about a copied file is asked of home."""
     TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags | FILE, idem, home_as=home_as,
-                         note=note, level=level, copy_local=copy))
+                         note=note, level=level, copy_local=copy, local_fd_native=True))
 
 
 def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802
       tags: frozenset[str], idem: bool = True, errno: str = "", note: str = "",
-      level: Level = FULL) -> None:
-    """Irregular call: handled by the code named `handler`."""
+      level: Level = FULL, local_fd: bool = False) -> None:
+    """Irregular call: handled by the code named `handler`. `local_fd`: on a local fd
+    (argument 0) the handler would do nothing, so the call runs without it."""
     TABLE.append(Syscall(name, x, a, args, Route.IRREGULAR, tags, idem, handler=handler,
-                         errno=errno, note=note, level=level))
+                         errno=errno, note=note, level=level, local_fd_native=local_fd))
 
 
 def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741, E743
@@ -174,9 +175,9 @@ F("fgetxattr",       193,   10, A(FD, STR, BufOut(3), INT))
 F("flistxattr",      196,   13, A(FD, BufOut(2), INT))
 F("fsetxattr",       190,    7, A(FD, STR, BufIn(3), INT, INT))
 F("fremovexattr",    199,   16, A(FD, STR), idem=False)
-X("fcntl",            72,   25, "fcntl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds: F_GETFL/F_SETFL and record locks are forwarded, fd flags and dups stay local; leases and F_NOTIFY fail with EINVAL")
-X("ioctl",            16,   29, "ioctl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds only FIONREAD is supported; others fail with ENOTTY")
-X("close",             3,   57, "close", A(FD,), DESC)
+X("fcntl",            72,   25, "fcntl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds: F_GETFL/F_SETFL and record locks are forwarded, fd flags and dups stay local; leases and F_NOTIFY fail with EINVAL", local_fd=True)
+X("ioctl",            16,   29, "ioctl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds every request fails with ENOTTY (they are files and directories)", local_fd=True)
+X("close",             3,   57, "close", A(FD,), DESC, local_fd=True)
 X("close_range",     436,  436, "close_range", A(INT, INT, INT), DESC)
 X("copy_file_range", 326,  285, "no_home_fd", A(FD, INT, FD, INT, INT, INT), DESC, errno="EXDEV", note="with a home fd: EXDEV, so callers fall back to read/write")
 X("sendfile",         40,   71, "no_home_fd", A(FD, FD, INT, INT), DESC, errno="EINVAL", note="with a home fd: EINVAL, so callers fall back to read/write")
