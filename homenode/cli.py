@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,9 @@ import time
 import uuid
 from typing import Any
 
-from homenode import exitcodes, launchers
+from homenode import agent, config, exitcodes, hostlist, launchers
 from homenode.identity import snapshot
+from homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
 from homenode.server import HomeServer, JobFailed, Outcome
 from syscalls.paths import PathPolicy
 
@@ -22,30 +24,46 @@ BUILTIN_HOSTS = ("local", "sandbox")
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="qrun",
-        description="Run a command on another host while it sees this machine's files, "
-                    "working directory, pids and host name.",
+        usage="qrun [--transparent] [-w HOSTS] [options] [--] CMD [ARGS...]\n"
+              "       qrun hosts [--json] [-w HOSTS]\n       qrun agent [--load-file F] [--keygen]",
+        description="Run a command on another host. With --transparent it sees this machine's "
+                    "files, working directory, pids and host name.",
         epilog="exit status: the job's own, or 128+N if it died of signal N; qrun's own "
                "failures: " + "; ".join(f"{k} {v}" for k, v in sorted(exitcodes.DOC.items())))
     ap.add_argument("--transparent", action="store_true",
                     help="forward file and identity syscalls to this machine (the home node)")
-    where = ap.add_mutually_exclusive_group()
-    where.add_argument("--host", "-w", default=None,
-                       help=f"execution host; built-in: {', '.join(BUILTIN_HOSTS)} (default: sandbox)")
+    where = ap.add_argument_group("where to run")
+    where.add_argument("--host", "-w", default=None, metavar="HOSTS",
+                       help=f"host or host list (node[1-3,7]); built-in: {', '.join(BUILTIN_HOSTS)}. "
+                            "Default: the least-loaded host of the cluster file, else sandbox")
+    where.add_argument("-x", "--exclude", default=None, metavar="HOSTS", help="hosts not to use")
+    where.add_argument("--launcher", choices=("ssh", "slurm"),
+                       help="how to start the stub (default: per host in the cluster file); "
+                            "slurm without -w lets Slurm choose the node")
     where.add_argument("--via", metavar="PREFIX",
                        help="start the stub as `PREFIX <stub command>`, e.g. 'ssh node1' or 'srun -N1'")
-    ap.add_argument("--home-addr", metavar="ADDR",
-                    help="address the stub connects back to (with --via), e.g. 10.0.0.1")
-    ap.add_argument("-D", "--chdir", metavar="DIR", help="the job's working directory (default: cwd)")
-    ap.add_argument("--local", action="append", default=[], metavar="PATH",
-                    help="PATH (and below) is the execution host's, not forwarded home")
-    ap.add_argument("--home", action="append", default=[], metavar="PATH",
-                    help="PATH (and below) is forwarded home even inside a local tree")
-    ap.add_argument("--timeout", type=float, default=float(os.environ.get("QRUN_TIMEOUT", 30)),
-                    help="seconds of silence after which the other side counts as lost (default 30)")
-    ap.add_argument("--stub-command", default=os.environ.get("QRUN_STUB"),
-                    help="how to run the stub on the execution host (default: this Python's)")
-    ap.add_argument("-v", "--verbose", action="store_true",
-                    help="print a summary line (host, status, wall and CPU time, max RSS) at the end")
+    where.add_argument("--home-addr", metavar="ADDR",
+                       help="address the stub connects back to (default: the cluster file's, "
+                            "else this machine's address on the route to the host)")
+    where.add_argument("--require", action="append", default=[], metavar="EXPR",
+                       help="only hosts advertising this resource, e.g. scratch_gb>=100")
+    where.add_argument("--config", metavar="FILE", help="cluster file (default: $QRUN_CONF, "
+                       "~/.config/qrun/config.toml, /etc/qrun/qrun.toml)")
+    job = ap.add_argument_group("the job")
+    job.add_argument("-D", "--chdir", metavar="DIR", help="the job's working directory (default: cwd)")
+    job.add_argument("--export", default="ALL", metavar="ALL|NONE|VAR[=val],...",
+                     help="plain execution: the job's environment (default ALL: this one)")
+    job.add_argument("-o", "--output", metavar="FILE", help="also copy all job output into FILE")
+    job.add_argument("--local", action="append", default=[], metavar="PATH",
+                     help="transparent: PATH (and below) is the execution host's, not forwarded home")
+    job.add_argument("--home", action="append", default=[], metavar="PATH",
+                     help="transparent: PATH (and below) is forwarded home even inside a local tree")
+    job.add_argument("--timeout", type=float, default=float(os.environ.get("QRUN_TIMEOUT", 30)),
+                     help="seconds of silence after which the other side counts as lost (default 30)")
+    job.add_argument("--stub-command", default=os.environ.get("QRUN_STUB"),
+                     help="how to run the stub on the execution host (default: this Python's)")
+    job.add_argument("-v", "--verbose", action="store_true",
+                     help="print a summary line (host, status, wall and CPU time, max RSS) at the end")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     return ap
 
@@ -57,58 +75,206 @@ def fail(msg: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["hosts"]:
+        return hosts_command(args[1:])
+    if args[:1] == ["agent"]:
+        from homenode import agent
+        return agent.main(args[1:])
+    opts = parser().parse_args(args)
     cmd = list(opts.command)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         return fail("missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])",
                     exitcodes.USAGE)
-    if not opts.transparent:
-        return fail("only --transparent execution is available in this version", exitcodes.USAGE)
     try:
         cwd = os.path.realpath(opts.chdir) if opts.chdir else os.getcwd()
     except OSError as exc:
         return fail(f"the current directory is not accessible: {exc.strerror}", exitcodes.USAGE)
-    if not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
+    if opts.transparent and (not os.path.isdir(cwd) or not os.access(cwd, os.X_OK)):
         what = f"-D {opts.chdir}" if opts.chdir else f"the current directory {cwd}"
         return fail(f"{what}: not an accessible directory", exitcodes.USAGE)
+    try:
+        export = parse_export(opts.export)
+        requirements = [Requirement.parse(r) for r in opts.require]
+        cfg = config.load(opts.config)
+    except (ValueError, PlacementError, config.ConfigError) as exc:
+        return fail(str(exc), exitcodes.USAGE)
     stub = opts.stub_command.split() if opts.stub_command else list(launchers.STUB_COMMAND)
     job = uuid.uuid4().hex[:12]
+    ledger: Ledger | None = None
     try:
-        if opts.via:
-            if not opts.home_addr:
-                return fail("--via needs --home-addr ADDR (where the stub can reach this machine)",
-                            exitcodes.USAGE)
-            launch = launchers.via(job, stub, opts.via, opts.home_addr)
-        else:
-            host = opts.host or "sandbox"
-            if host == "local":
-                launch = launchers.local(job, stub)
-            elif host == "sandbox":
-                launch = launchers.sandbox(job, stub, launchers.hidden_paths(cwd))
-            else:
-                return fail(f"unknown host '{host}' (known: {', '.join(BUILTIN_HOSTS)}; "
-                            "or use --via PREFIX)", exitcodes.LAUNCH)
+        launch, ledger = where_to_run(opts, cfg, job, stub, cwd, requirements)
     except launchers.LaunchError as exc:
-        return fail(str(exc), exitcodes.LAUNCH)
-    policy = PathPolicy().with_overrides(opts.local, opts.home)
-    welcome: dict[str, Any] = {
-        "argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(),
-        "identity": snapshot(), "policy": policy.to_wire(), "options": {"timeout": opts.timeout},
-    }
-    return run(job, launch, welcome, opts.timeout, opts.verbose, cmd[0])
+        return fail(str(exc), exc.code)
+    except PlacementError as exc:
+        return fail(str(exc), exitcodes.NO_HOST)
+    if opts.transparent:
+        policy = PathPolicy().with_overrides(opts.local, opts.home)
+        welcome: dict[str, Any] = {
+            "argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(),
+            "identity": snapshot(), "policy": policy.to_wire(),
+            "options": {"timeout": opts.timeout, "mode": "transparent"},
+        }
+    else:
+        welcome = {"argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(), "identity": {},
+                   "policy": {"local": [], "home": []},
+                   "options": {"timeout": opts.timeout, "mode": "plain", "export": export}}
+    try:
+        return run(job, launch, welcome, opts.timeout, opts.verbose, cmd[0], opts.output)
+    finally:
+        if ledger is not None:
+            ledger.release()
+
+
+def parse_export(spec: str) -> dict[str, Any]:
+    if spec.upper() in ("ALL", "NONE"):
+        return {"mode": spec.upper()}
+    out: dict[str, str] = {}
+    for item in spec.split(","):
+        name, eq, value = item.partition("=")
+        if not name or not name.replace("_", "a").isalnum():
+            raise ValueError(f"--export: bad variable name {name!r}")
+        if eq:
+            out[name] = value
+        elif name in os.environ:
+            out[name] = os.environ[name]
+    return {"mode": "LIST", "vars": out}
+
+
+def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, stub: list[str],
+                 cwd: str, requirements: list[Requirement]) -> tuple[launchers.Launch, Ledger | None]:
+    """Pick the host and its launcher: "where" is decided here, the stub is always the same."""
+    if opts.via:
+        if not opts.home_addr:
+            raise launchers.LaunchError("--via needs --home-addr ADDR (where the stub can reach "
+                                        "this machine)", exitcodes.USAGE)
+        return launchers.via(job, stub, opts.via, opts.home_addr), None
+    wanted = hostlist.expand(opts.host) if opts.host else []
+    excluded = set(hostlist.expand(opts.exclude)) if opts.exclude else set()
+    home_addr = opts.home_addr or cfg.home_addr
+    if wanted == ["local"]:
+        return launchers.local(job, stub), None
+    if wanted == ["sandbox"] or (not wanted and not cfg.hosts and opts.launcher != "slurm"):
+        return launchers.sandbox(job, stub, launchers.hidden_paths(cwd)), None
+    if opts.launcher == "slurm" and not any(n in cfg.hosts for n in wanted):
+        if len(wanted) > 1:
+            raise launchers.LaunchError("with --launcher slurm, name one node with -w "
+                                        "(or none, and Slurm chooses)", exitcodes.USAGE)
+        return launchers.slurm(job, stub, wanted[0] if wanted else None, home_addr,
+                               srun_command=cfg.srun_command), None
+    if not cfg.hosts:
+        raise launchers.LaunchError(f"unknown host '{opts.host}' (known: {', '.join(BUILTIN_HOSTS)}; "
+                                    "or use --via PREFIX)", exitcodes.LAUNCH)
+    names = [n for n in (wanted or list(cfg.hosts)) if n not in excluded]
+    if not names:
+        raise PlacementError(f"the host list {opts.host or '(all)'} minus {opts.exclude} matches "
+                             "no host")
+    views = views_for(cfg, names)
+    ledger = Ledger()
+    if len(views) > 1 or requirements:
+        agent.query(cfg, views) if cfg.agent_public_key else _assume_idle(views)
+    else:
+        _assume_idle(views)  # one host named explicitly: just go there
+    chosen = _claim(cfg, ledger, views, requirements)
+    h = chosen.config
+    launcher = opts.launcher or h.launcher
+    host_stub = h.stub.split() if h.stub else stub
+    try:
+        if launcher == "slurm":
+            launch = launchers.slurm(job, host_stub, h.address or h.name, home_addr, h.partition,
+                                     srun_command=cfg.srun_command)
+        else:
+            launch = launchers.ssh(job, host_stub, h.name, h.target, home_addr, cfg.ssh_command)
+    except launchers.LaunchError:
+        ledger.release()
+        raise
+    return launch, ledger
+
+
+def _assume_idle(views: list[HostView]) -> None:
+    """Without agents every host counts as idle, so only the virtual load of recent
+    dispatches separates them: jobs are spread round-robin."""
+    for v in views:
+        v.load, v.cpus = 0.0, 1
+
+
+def _claim(cfg: config.ClusterConfig, ledger: Ledger, views: list[HostView],
+           requirements: list[Requirement]) -> HostView:
+    """Choose a host and count this job as running there, waiting (with a message) while
+    the user's cluster-wide cap on running jobs is reached."""
+    announced = False
+    while True:
+        ledger.annotate(views)
+        chosen = choose(views, requirements)
+        if ledger.claim(chosen.name, cfg.max_jobs_per_user):
+            return chosen
+        if not announced:
+            sys.stderr.write(f"qrun: waiting: {cfg.max_jobs_per_user} of your jobs are running "
+                             "(max_jobs_per_user)\n")
+            announced = True
+        time.sleep(0.5)
+        for v in views:
+            v.why_not = ""
+
+
+def hosts_command(args: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="qrun hosts", description="Show the cluster's hosts and their load.")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("-w", "--host", metavar="HOSTS", help="only these hosts (host list syntax)")
+    ap.add_argument("--config", metavar="FILE", help="cluster file")
+    ap.add_argument("--require", action="append", default=[], metavar="EXPR",
+                    help="mark hosts failing this requirement as not eligible")
+    opts = ap.parse_args(args)
+    try:
+        cfg = config.load(opts.config)
+        names = hostlist.expand(opts.host) if opts.host else list(cfg.hosts)
+        views = views_for(cfg, names)
+        requirements = [Requirement.parse(r) for r in opts.require]
+    except (ValueError, PlacementError, config.ConfigError) as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    if cfg.agent_public_key:
+        agent.query(cfg, views)
+    Ledger().annotate(views)
+    try:
+        choose(views, requirements)
+    except PlacementError:
+        pass
+    if opts.json:
+        print(json.dumps([v.to_json() for v in views], indent=2))
+        return 0
+    rows = [("HOST", "STATE", "LOAD", "CPUS", "SPEED", "MEM", "RUNNING", "MAX", "SCORE", "LAUNCHER",
+             "RESOURCES", "NOTE")]
+    for v in views:
+        c = v.config
+        rows.append((c.name, v.state, "-" if v.load is None else f"{v.load:.2f}", str(v.cpus or "-"),
+                     f"{c.speed:g}", f"{c.memory:g}", str(v.running), str(c.max_jobs or "-"),
+                     "-" if v.load is None else f"{v.score:.3f}", c.launcher,
+                     ",".join(f"{k}={val:g}" for k, val in sorted(c.resources.items())) or "-",
+                     v.why_not))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if not views:
+        print("(no hosts: add [hosts.NAME] tables to the cluster file)")
+    return 0
 
 
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
-        verbose: bool, argv0: str) -> int:
+        verbose: bool, argv0: str, output: str | None = None) -> int:
     try:
         server = HomeServer(job, welcome, launch.bind, timeout=timeout)
     except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
         return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
     try:
+        server.tee = open(output, "ab") if output else None  # noqa: SIM115 - closed below
+    except OSError as exc:
+        server.close()
+        return fail(f"-o {output}: {exc.strerror}", exitcodes.USAGE)
+    try:
         proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         server.close()
         return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
@@ -119,11 +285,13 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        outcome = server.serve(proc, launch.describe)
+        outcome = server.serve(proc, launch.describe, launch.classify)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)
     finally:
+        if server.tee is not None:
+            server.tee.close()
         server.close()
         _stop(proc, grace=5.0)
         for d in launch.cleanup:
@@ -144,7 +312,10 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
         code = 128 + sig
     else:
         code = int(st.get("code", 1))
-        if st.get("spawn_errno"):
+        if st.get("error"):
+            sys.stderr.write(f"qrun: {st['error']}\n")
+            code = int(st.get("error_code", exitcodes.LAUNCH))
+        elif st.get("spawn_errno"):
             what = "command not found" if code == 127 else os.strerror(int(st["spawn_errno"]))
             sys.stderr.write(f"qrun: {argv0}: {what}\n")
     if verbose:

@@ -15,8 +15,9 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import zmq
 import zmq.auth.thread
@@ -98,6 +99,8 @@ class HomeServer:
         self.hello: dict[str, Any] | None = None
         self.stdin_open = True
         self.ctl_backlog: list[bytes] = []
+        self.launcher_tail = b""
+        self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
 
     # ---- bootstrap --------------------------------------------------------------------
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
@@ -108,8 +111,14 @@ class HomeServer:
                             "secret": self.keys.client_secret.decode()}) + "\n").encode()
 
     # ---- main loop --------------------------------------------------------------------
-    def serve(self, launcher: subprocess.Popen[bytes], describe: str) -> Outcome:
+    def serve(self, launcher: subprocess.Popen[bytes], describe: str,
+              classify: Callable[[str], tuple[str, int]] | None = None) -> Outcome:
+        """Run the job to its end. The launcher's stderr (ssh's or srun's complaints, the
+        stub's warnings) is passed through, and its tail explains a failed start."""
         started = time.monotonic()
+        err_fd = launcher.stderr.fileno() if launcher.stderr is not None else None
+        if err_fd is not None:
+            os.set_blocking(err_fd, False)
         last_heard = started
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(sig_w)
@@ -126,6 +135,8 @@ class HomeServer:
                 poller.register(self.deputies.report_fd, zmq.POLLIN)
                 if self.ctl_id is not None and self.stdin_open:
                     poller.register(0, zmq.POLLIN)
+                if err_fd is not None:
+                    poller.register(err_fd, zmq.POLLIN)
                 events = dict(poller.poll(500))
                 now = time.monotonic()
                 if self.sock in events:
@@ -149,8 +160,14 @@ class HomeServer:
                     self._send_ctl("sig", pid=home_pid, sig=signal.SIGKILL)
                 if 0 in events:
                     self._pump_stdin()
+                if err_fd is not None and err_fd in events and not self._relay_stderr(err_fd):
+                    err_fd = None
                 if self.hello is None:
                     if launcher.poll() is not None:
+                        if err_fd is not None:
+                            self._relay_stderr(err_fd)
+                        if classify is not None:
+                            raise JobFailed(*classify(self.launcher_tail.decode(errors="replace")))
                         raise JobFailed(f"the stub could not be started on {describe} "
                                         f"(launcher exited with status {launcher.returncode})", 125)
                     if now - started > self.connect_timeout:
@@ -168,6 +185,17 @@ class HomeServer:
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
+
+    def _relay_stderr(self, fd: int) -> bool:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        _write_all(2, data)
+        self.launcher_tail = (self.launcher_tail + data)[-4096:]
+        return True
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""
@@ -224,6 +252,9 @@ class HomeServer:
         elif kind == "out":
             fd = 2 if msg["fd"] == 2 else 1
             _write_all(fd, msg["d"])
+            if self.tee is not None:
+                self.tee.write(msg["d"])
+                self.tee.flush()
         elif kind == "exit":
             self._send(ident, "bye")
             return Outcome(msg["status"], msg["usage"], msg["host"], time.monotonic() - started)

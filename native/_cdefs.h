@@ -13,7 +13,8 @@ int qr_arch(void);               /* AUDIT_ARCH_* of this build */
 /* Child side of the job, all in C: libzmq's threads make Python after fork() unsafe. */
 int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
-                    const unsigned char *filter, int filter_len, int use_path_search);
+                    const unsigned char *filter, int filter_len, int use_path_search,
+                    int traced);
 int qr_spawn_deputy(int report_fd, const char *name);
 
 int qr_get_regs(int pid, struct qr_regs *r);

@@ -53,7 +53,8 @@ static void write_errno_and_exit(int fd, int code)
 
 int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
-                    const unsigned char *filter, int filter_len, int use_path_search)
+                    const unsigned char *filter, int filter_len, int use_path_search,
+                    int traced)
 {
     pid_t pid = fork();
     if (pid != 0)
@@ -73,15 +74,17 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (cwd && chdir(cwd) < 0)
         write_errno_and_exit(err_pipe, 126);
-    if (ptrace(PTRACE_TRACEME, 0, 0, 0) < 0)
-        _exit(126);
-    raise(SIGSTOP); /* the tracer sets its options while we wait here */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        write_errno_and_exit(err_pipe, 126);
-    struct sock_fprog prog = { .len = (unsigned short)(filter_len / 8),
-                               .filter = (struct sock_filter *)filter };
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
-        write_errno_and_exit(err_pipe, 126);
+    if (traced) {
+        if (ptrace(PTRACE_TRACEME, 0, 0, 0) < 0)
+            _exit(126);
+        raise(SIGSTOP); /* the tracer sets its options while we wait here */
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            write_errno_and_exit(err_pipe, 126);
+        struct sock_fprog prog = { .len = (unsigned short)(filter_len / 8),
+                                   .filter = (struct sock_filter *)filter };
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+            write_errno_and_exit(err_pipe, 126);
+    }
     if (use_path_search) {
         environ = (char **)envp;
         execvp(path, argv);

@@ -198,6 +198,87 @@ def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
     raise HomeLost(f"the home node did not answer at {cred.endpoint}")
 
 
+class PlainJob:
+    """What the stdio pump needs of a job that runs without the tracer."""
+
+    def __init__(self) -> None:
+        self.main_pid = 0
+        self.remote_of: dict[int, int] = {}
+
+    def kill_all(self) -> None:
+        if self.main_pid:
+            try:
+                os.killpg(self.main_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def plain_env(welcome: dict[str, Any]) -> dict[str, str]:
+    """--export: ALL is home's environment, NONE this host's own, a list this host's plus
+    the named variables (with home's or the given values)."""
+    export = welcome["options"].get("export", {"mode": "ALL"})
+    if export.get("mode") == "ALL":
+        return {str(k): str(v) for k, v in welcome["env"].items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRUN_")}
+    if export.get("mode") == "LIST":
+        env.update({str(k): str(v) for k, v in export.get("vars", {}).items()})
+    return env
+
+
+def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
+    """Plain remote execution (rsh/GNU Queue style): no tracing, the host's own files."""
+    argv = [str(a) for a in welcome["argv"]]
+    cwd = str(welcome["cwd"])
+    host = socket.gethostname()
+    job = PlainJob()
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(in_w, False)
+    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
+    pump.start()
+    if not os.path.isdir(cwd):
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        pump.finish({"status": {"code": 1, "error": f"the working directory {cwd} does not exist on {host}",
+                                "error_code": 122}, "usage": {}, "host": host})
+        pump.done.wait(15)
+        return 0
+    env = plain_env(welcome)
+    c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
+    c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
+    search = "/" not in argv[0]
+    if search:
+        os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = lib.qr_spawn_traced(os.fsencode(argv[0]), ffi.new("char *[]", c_args + [ffi.NULL]),
+                              ffi.new("char *[]", c_env + [ffi.NULL]), os.fsencode(cwd),
+                              in_r, out_w, err_w, w, b"", 0, int(search), 0)
+    for fd in (in_r, out_w, err_w, w):
+        os.close(fd)
+    if pid < 0:
+        eprint(f"cannot fork: {os.strerror(-pid)}")
+        return EXIT_STUB_FAILURE
+    job.main_pid = pid
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    job.kill_all()  # nothing the job left behind outlives it
+    result = wait_status_to_wire(status)
+    data = os.read(r, 4)
+    os.close(r)
+    if len(data) == 4:
+        result["spawn_errno"] = int.from_bytes(data, "little")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pump.finish({"status": result, "usage": {"utime": ru.ru_utime, "stime": ru.ru_stime,
+                                             "maxrss_kb": ru.ru_maxrss}, "host": host})
+    pump.done.wait(15)
+    return 0
+
+
 def wait_status_to_wire(status: int) -> dict[str, Any]:
     if os.WIFSIGNALED(status):
         return {"signal": os.WTERMSIG(status), "core": os.WCOREDUMP(status)}
@@ -252,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             eprint(problem)
             return EXIT_STUB_FAILURE
+        if welcome["options"].get("mode") == "plain":
+            return run_plain(ctl, welcome, timeout)
         state = tempfile.mkdtemp(prefix="qrun-stub-")
         return run_job(ctl, rpc, welcome, state, timeout)
     except HomeLost as exc:

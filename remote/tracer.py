@@ -93,7 +93,7 @@ class Tracer(Handlers):
             # execvp searches the PATH given to the job, as the home shell would.
             os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
         pid = lib.qr_spawn_traced(os.fsencode(argv[0]), argv_p, env_p, os.fsencode(real_cwd),
-                                  stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search))
+                                  stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search), 1)
         os.close(w)
         if pid < 0:
             os.close(r)

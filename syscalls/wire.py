@@ -39,6 +39,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "bye": {},
     "warn": {"msg": (str,)},
     "error": {"msg": (str,), "code": (int,)},
+    # host agents (qrun agent)
+    "load?": {},
+    "load": {"host": (str,), "load1": (float, int), "cpus": (int,), "mem_total": (int,),
+             "mem_avail": (int,)},
 }
 
 

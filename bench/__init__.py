@@ -1,0 +1,1 @@
+"""Benchmarks of qrun against native execution and its peers (`python -m bench.run`)."""

@@ -1,0 +1,147 @@
+"""`qrun agent`: a small per-host daemon that reports the host's load to qrun.
+
+It answers on a CURVE-encrypted ZeroMQ REP socket; clients must know the cluster's agent
+public key (from the cluster file), so a load report cannot be forged or read in transit.
+The figures come from psutil, or from --load-file, a JSON file read at every request
+({"load1": 3.5, "cpus": 8}): load averages are global across namespaces on one machine,
+so test clusters and what-if experiments inject their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import psutil
+import zmq
+
+from homenode.config import ClusterConfig, ConfigError, load
+from homenode.placement import HostView
+from syscalls import wire
+
+
+def figures(load_file: str | None) -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    out: dict[str, Any] = {"host": socket.gethostname(), "load1": float(psutil.getloadavg()[0]),
+                           "cpus": int(psutil.cpu_count() or 1), "mem_total": int(vm.total),
+                           "mem_avail": int(vm.available)}
+    if load_file:
+        try:
+            with open(load_file) as f:
+                injected = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {load_file}: {exc}") from None
+        for key in ("load1", "cpus", "mem_total", "mem_avail"):
+            if key in injected:
+                out[key] = float(injected[key]) if key == "load1" else int(injected[key])
+    return out
+
+
+def serve(cfg: ClusterConfig, bind: str, load_file: str | None, max_requests: int = 0) -> int:
+    if not cfg.agent_secret_key or not cfg.agent_public_key:
+        sys.stderr.write("qrun agent: the cluster file has no agent key pair "
+                         "(generate one with `qrun agent --keygen`)\n")
+        return 2
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    sock.curve_server = True
+    sock.curve_secretkey = cfg.agent_secret_key.encode()
+    sock.curve_publickey = cfg.agent_public_key.encode()
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(bind)
+    except zmq.ZMQError as exc:
+        sys.stderr.write(f"qrun agent: cannot listen on {bind}: {exc}\n")
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    served = 0
+    while not max_requests or served < max_requests:
+        try:
+            msg = wire.decode(sock.recv())
+        except wire.ProtocolError as exc:
+            sock.send(wire.encode("error", msg=str(exc), code=2))
+            continue
+        if msg["t"] != "load?":
+            sock.send(wire.encode("error", msg="expected load?", code=2))
+            continue
+        try:
+            sock.send(wire.encode("load", **figures(load_file)))
+        except ValueError as exc:
+            sock.send(wire.encode("error", msg=str(exc), code=2))
+        served += 1
+    return 0
+
+
+def agent_address(cfg: ClusterConfig, view: HostView) -> str:
+    return f"tcp://{view.config.address or view.name}:{cfg.agent_port}"
+
+
+def query(cfg: ClusterConfig, views: list[HostView], timeout: float = 0.8) -> None:
+    """Ask every host's agent at once; fill in what answered within `timeout`."""
+    if not cfg.agent_public_key:
+        return
+    ctx: zmq.Context = zmq.Context.instance()
+    pending: dict[zmq.Socket, HostView] = {}
+    for v in views:
+        s = ctx.socket(zmq.REQ)
+        s.curve_serverkey = cfg.agent_public_key.encode()
+        pub, sec = zmq.curve_keypair()
+        s.curve_publickey, s.curve_secretkey = pub, sec
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(agent_address(cfg, v))
+            s.send(wire.encode("load?"))
+        except zmq.ZMQError:
+            s.close()
+            continue
+        pending[s] = v
+    deadline = time.monotonic() + timeout
+    poller = zmq.Poller()
+    for s in pending:
+        poller.register(s, zmq.POLLIN)
+    while pending and time.monotonic() < deadline:
+        for s, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            v = pending.pop(s)
+            poller.unregister(s)
+            try:
+                msg = wire.decode(s.recv())
+            except wire.ProtocolError:
+                msg = {"t": "error"}
+            if msg["t"] == "load":
+                v.load, v.cpus = float(msg["load1"]), int(msg["cpus"])
+                v.mem_total, v.mem_avail = int(msg["mem_total"]), int(msg["mem_avail"])
+            s.close()
+    for s in pending:
+        s.close()
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="qrun agent", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="cluster file (default: $QRUN_CONF, ~/.config/qrun/config.toml, "
+                                     "/etc/qrun/qrun.toml)")
+    ap.add_argument("--bind", help="address to listen on (default: tcp://*:<agent_port>)")
+    ap.add_argument("--load-file", help="report the figures in this JSON file instead of measuring")
+    ap.add_argument("--keygen", action="store_true",
+                    help="print a new agent key pair for the cluster file and exit")
+    opts = ap.parse_args(argv)
+    if opts.keygen:
+        pub, sec = zmq.curve_keypair()
+        print(f'agent_public_key = "{pub.decode()}"\nagent_secret_key = "{sec.decode()}"')
+        return 0
+    try:
+        cfg = load(opts.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"qrun agent: {exc}\n")
+        return 2
+    bind = opts.bind or f"tcp://*:{cfg.agent_port}"
+    return serve(cfg, bind, opts.load_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

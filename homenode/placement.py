@@ -1,0 +1,189 @@
+"""Choosing the execution host (the load balancing of dsh and GNU Queue).
+
+Every eligible host gets a score; the lowest wins:
+
+    score = (reported load + virtual load) / (cpus x speed x memory)
+
+`reported load` is the 1-minute load average the host's agent reports (or what it was
+told to report); `virtual load` is 1.0 for each job this user dispatched there in the
+last VIRTUAL_TTL seconds, fading linearly, so a burst of jobs spreads out before the
+agents' load averages have had time to rise. Hosts whose agent does not answer within
+the query timeout are not eligible, nor are hosts that fail a `--require`, are full
+(their `max_jobs`), or are excluded by `-w`/`-x`.
+
+Dispatches and running jobs are recorded in a small state file shared by all of one
+user's qrun processes (under a lock), which is also how the cluster-wide cap on a
+user's running jobs is counted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import operator
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from homenode.config import ClusterConfig, HostConfig
+
+VIRTUAL_TTL = 20.0
+VIRTUAL_JOB = 1.0
+
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+        "==": operator.eq, "=": operator.eq, "!=": operator.ne}
+_REQ = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(>=|<=|==|!=|=|>|<)\s*([-+]?\d+(?:\.\d+)?)\s*$")
+
+
+class PlacementError(Exception):
+    pass
+
+
+@dataclass
+class Requirement:
+    key: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Requirement:
+        m = _REQ.match(text)
+        if not m:
+            raise PlacementError(f"--require {text!r}: expected NAME OP NUMBER, e.g. scratch_gb>=100")
+        return cls(m.group(1), m.group(2), float(m.group(3)))
+
+    def ok(self, resources: dict[str, float]) -> bool:
+        return self.key in resources and _OPS[self.op](resources[self.key], self.value)
+
+
+@dataclass
+class HostView:
+    """One line of `qrun hosts`: what we know of a host right now."""
+    config: HostConfig
+    load: float | None = None      # None: its agent did not answer
+    cpus: int = 0
+    mem_total: int = 0
+    mem_avail: int = 0
+    virtual: float = 0.0
+    running: int = 0               # this user's qrun jobs there
+    why_not: str = ""              # why it is not eligible, if it is not
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def state(self) -> str:
+        return "up" if self.load is not None else "silent"
+
+    @property
+    def score(self) -> float:
+        if self.load is None or self.cpus <= 0:
+            return float("inf")
+        return (self.load + self.virtual) / (self.cpus * self.config.speed * self.config.memory)
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.config
+        return {"host": c.name, "state": self.state, "load": self.load, "cpus": self.cpus,
+                "mem_total": self.mem_total, "mem_avail": self.mem_avail,
+                "virtual_load": round(self.virtual, 3), "score": None if self.load is None else
+                round(self.score, 4), "speed": c.speed, "memory": c.memory, "launcher": c.launcher,
+                "running": self.running, "max_jobs": c.max_jobs, "resources": c.resources,
+                "eligible": not self.why_not, "why_not": self.why_not}
+
+
+def choose(views: list[HostView], requirements: list[Requirement]) -> HostView:
+    for v in views:
+        if v.load is None:
+            v.why_not = "agent silent"
+        elif any(not r.ok(v.config.resources) for r in requirements):
+            v.why_not = "requirement not met"
+        elif v.config.max_jobs and v.running >= v.config.max_jobs:
+            v.why_not = f"full ({v.running}/{v.config.max_jobs} jobs)"
+    eligible = [v for v in views if not v.why_not]
+    if not eligible:
+        reasons = ", ".join(f"{v.name}: {v.why_not}" for v in views) or "no hosts"
+        raise PlacementError(f"no eligible host ({reasons})")
+    return min(eligible, key=lambda v: (v.score, v.running, v.name))
+
+
+# ---- shared state: recent dispatches and running jobs ----------------------------------
+
+def state_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "qrun" / "placement.json"
+
+
+@dataclass
+class Ledger:
+    path: Path = field(default_factory=state_path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            data.setdefault("dispatches", [])
+            data.setdefault("running", {})
+            now = time.time()
+            data["dispatches"] = [d for d in data["dispatches"] if now - d[1] < VIRTUAL_TTL]
+            data["running"] = {pid: r for pid, r in data["running"].items() if _alive(int(pid), r)}
+            yield data
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+
+    def annotate(self, views: list[HostView]) -> None:
+        with self._locked() as data:
+            now = time.time()
+            for v in views:
+                v.virtual = sum(VIRTUAL_JOB * (1 - (now - t) / VIRTUAL_TTL)
+                                for host, t in data["dispatches"] if host == v.name)
+                v.running = sum(1 for r in data["running"].values() if r["host"] == v.name)
+
+    def running_total(self) -> int:
+        with self._locked() as data:
+            return len(data["running"])
+
+    def claim(self, host: str, cap: int) -> bool:
+        """Record a dispatch to `host` and this process as running there, unless the
+        user's cluster-wide cap is reached."""
+        with self._locked() as data:
+            if cap and len(data["running"]) >= cap:
+                return False
+            data["dispatches"].append([host, time.time()])
+            data["running"][str(os.getpid())] = {"host": host, "start": _start_time(os.getpid())}
+            return True
+
+    def release(self) -> None:
+        with self._locked() as data:
+            data["running"].pop(str(os.getpid()), None)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, record: dict[str, Any]) -> bool:
+    """Still running, and the same process (pids are reused)."""
+    return _start_time(pid) == record.get("start") != ""
+
+
+def views_for(cfg: ClusterConfig, names: list[str]) -> list[HostView]:
+    unknown = [n for n in names if n not in cfg.hosts]
+    if unknown:
+        raise PlacementError(f"unknown host{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+    return [HostView(cfg.hosts[n]) for n in names]
