@@ -213,13 +213,25 @@ class PlainJob:
                 pass
 
 
+def login_env() -> dict[str, str]:
+    """What a fresh login on this host would start with (whatever the launcher passed on)."""
+    import pwd
+    try:
+        pw = pwd.getpwuid(os.getuid())
+        home, user, shell = pw.pw_dir, pw.pw_name, pw.pw_shell or "/bin/sh"
+    except KeyError:
+        home, user, shell = "/", str(os.getuid()), "/bin/sh"
+    return {"HOME": home, "USER": user, "LOGNAME": user, "SHELL": shell,
+            "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
 def plain_env(welcome: dict[str, Any]) -> dict[str, str]:
-    """--export: ALL is home's environment, NONE this host's own, a list this host's plus
-    the named variables (with home's or the given values)."""
+    """--export: ALL is home's environment; NONE a fresh login environment of this host;
+    a list is that plus the named variables (with home's or the given values)."""
     export = welcome["options"].get("export", {"mode": "ALL"})
     if export.get("mode") == "ALL":
         return {str(k): str(v) for k, v in welcome["env"].items()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QRUN_")}
+    env = login_env()
     if export.get("mode") == "LIST":
         env.update({str(k): str(v) for k, v in export.get("vars", {}).items()})
     return env
