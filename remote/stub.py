@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -215,7 +216,6 @@ class PlainJob:
 
 def login_env() -> dict[str, str]:
     """What a fresh login on this host would start with (whatever the launcher passed on)."""
-    import pwd
     try:
         pw = pwd.getpwuid(os.getuid())
         home, user, shell = pw.pw_dir, pw.pw_name, pw.pw_shell or "/bin/sh"
