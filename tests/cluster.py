@@ -170,7 +170,8 @@ class _Daemon:
                 start_new_session=True,
             )
         d = cls(name, popen, out_path)
-        if host is None and not prefix:
+        if host is None:
+            # setpriv, unshare (without --fork) and sh all exec: the daemon keeps this pid.
             d._set_pid(popen.pid)
         return d
 
@@ -179,15 +180,12 @@ class _Daemon:
         self.starttime = _starttime(pid)
 
     def resolve(self, deadline: float) -> None:
-        """Find the daemon's own pid: nsenter (entering a pid ns) and setpriv sit in between."""
+        """Find the daemon's global pid: nsenter forks it as its only child to enter the pid ns."""
         while not self.pid:
             if self.popen.poll() is not None:
                 raise ClusterError(f"{self.name} exited at once (status {self.popen.returncode})")
             kids = _children(self.popen.pid)
-            # setpriv execs (same pid); nsenter forks the command as its only child.
-            if self.popen.args[0] == "setpriv":
-                self._set_pid(self.popen.pid)
-            elif kids:
+            if kids:
                 self._set_pid(kids[0])
             elif time.monotonic() > deadline:
                 raise ClusterError(f"{self.name}: no process found under {self.popen.pid}")
@@ -476,6 +474,9 @@ class SshCluster(_Lifecycle):
             f.write(_SSH_CONFIG_COMMON.format(key=self.key, known_hosts=self.known_hosts,
                                               control_path=self.control_path))
 
+        # sshd (even `sshd -t`) insists on its privsep dir, which only a started stock ssh
+        # service would have created. /run is the machine's own, also inside the hosts.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self._penalties = _PENALTIES
         first = self.cluster.hosts[0]
         self._write_sshd_config(first)
@@ -491,8 +492,7 @@ class SshCluster(_Lifecycle):
 
         for h in self.cluster:
             self._write_sshd_config(h)
-            # /run is the machine's own (not private to the host): sshd needs its privsep dir,
-            # which only a started stock ssh service would have created.
+            # In case the caller hid /run on the hosts.
             script = 'mkdir -p -m 0755 /run/sshd && exec "$@"'
             argv = ["/bin/sh", "-c", script, "sh", SSHD, "-D", "-f", self._sshd_config_path(h),
                     "-E", self.log_path(h)]
@@ -792,22 +792,20 @@ class SlurmCluster(_Lifecycle):
             if time.monotonic() > deadline:
                 raise ClusterError(f"munged not answering on {self.munge_socket}\n{self.logs()}")
             time.sleep(_POLL)
-        self._munged.resolve(deadline)
 
-    def _start_ctld(self, deadline: float) -> None:
+    def _start_ctld(self) -> None:
         argv = ["unshare", "--mount", "--uts", "--propagation", "private",
                 "/bin/sh", "-c", _CTLD_SCRIPT, "sh", os.path.join(self.dir, "hosts"),
                 "slurmctld", "-D", "-i", "-f", self.conf]
         self._ctld = _Daemon.start("slurmctld", argv, os.path.join(self.dir, "slurmctld.out"),
                                    host=None, env=self._daemon_env)
-        self._ctld.resolve(deadline)
 
     def _start(self, deadline: float) -> None:
         self.ctld_port = self._pick_ctld_port()
         self.cluster_name = f"qrun{self.ctld_port}"
         self._write_files()
         self._start_munged(deadline)
-        self._start_ctld(deadline)
+        self._start_ctld()
         for h in self.cluster:
             # slurmd takes its NodeName from the host's hostname.
             self._slurmds[h.name] = _Daemon.start(
@@ -817,6 +815,13 @@ class SlurmCluster(_Lifecycle):
             d.resolve(deadline)
         self._wait_idle(deadline)
 
+    def _ctld_answers(self) -> bool:
+        try:
+            with socket.create_connection((self.cluster.home_ip, self.ctld_port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
     def _wait_idle(self, deadline: float) -> None:
         want = {h.name for h in self.cluster}
         states: dict[str, str] = {}
@@ -824,13 +829,15 @@ class SlurmCluster(_Lifecycle):
             for d in [self._munged, self._ctld, *self._slurmds.values()]:
                 if d is not None and not d.alive():
                     raise ClusterError(f"{d.name} died\n{self.logs()}")
-            states = self.node_states()
+            # A client that finds slurmctld not yet listening sleeps a whole second before its
+            # retry, so only ask once the port answers.
+            states = self.node_states() if self._ctld_answers() else {}
             if set(states) >= want and all(states[n] == "idle" for n in want):
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"nodes not idle within {self.timeout:.0f}s: {states}\n"
                                    f"{self.logs()}")
-            time.sleep(0.05)
+            time.sleep(_POLL)
 
     # -- fault injection ------------------------------------------------------------------------
 
@@ -847,7 +854,7 @@ class SlurmCluster(_Lifecycle):
         if self._ctld is not None and self._ctld.alive():
             return
         deadline = time.monotonic() + self.timeout
-        self._start_ctld(deadline)
+        self._start_ctld()
         self._wait_idle(deadline)
 
     # -- teardown -------------------------------------------------------------------------------

@@ -72,3 +72,88 @@ def qrun_prefix(hosts: _HostCluster, qrun_cmd: list[str]) -> list[str]:
     return qrun_cmd + ["--transparent", "--timeout", "10", "--via", " ".join(h.nsenter_prefix()),
                        "--home-addr", h.home_ip, "--"]
 # ---- END qrun runtime fixtures ------------------------------------------------------------------
+
+
+# ---- BEGIN qrun ssh/Slurm cluster fixtures (tests/cluster.py) ---------------------------------
+# Self-contained section: a real sshd and a real Slurm on their own three test hosts. Built on
+# demand only, so test runs that use neither pay nothing for them.
+import shutil as _cl_shutil  # noqa: E402
+import tempfile as _cl_tempfile  # noqa: E402
+from subprocess import SubprocessError as _ClSubprocessError  # noqa: E402
+
+from cluster import ClusterError as _ClusterError  # noqa: E402
+from cluster import SlurmCluster as _SlurmCluster  # noqa: E402
+from cluster import SshCluster as _SshCluster  # noqa: E402
+from cluster import slurm_missing as _slurm_missing  # noqa: E402
+from cluster import ssh_missing as _ssh_missing  # noqa: E402
+
+
+@_hosts_pytest.fixture(scope="session")
+def cluster_state_dir(tmp_path_factory: _hosts_pytest.TempPathFactory) -> _HostsIterator[str]:
+    """A short dir under /tmp for the cluster daemons' state, shared into `cluster_hosts`."""
+    base = _hosts_os.path.realpath(tmp_path_factory.mktemp("cl"))
+    # ssh's control sockets must fit in a unix socket path (108 bytes) and the hosts only see
+    # /tmp: pytest's basetemp is kept (logs survive a failed run) when it satisfies both.
+    if base.startswith("/tmp/") and len(base) <= 48:
+        yield base
+        return
+    path = _cl_tempfile.mkdtemp(prefix="qrun-cl-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        _cl_shutil.rmtree(path, ignore_errors=True)
+
+
+@_hosts_pytest.fixture(scope="session")
+def cluster_hosts(cluster_state_dir: str) -> _HostsIterator[_HostCluster]:
+    """Three test hosts h1..h3 for `ssh_cluster` and `slurm_cluster` (separate from `hosts`)."""
+    ok, reason = _can_make_hosts()
+    if not ok:
+        _hosts_pytest.skip(reason)
+    share = _shared_with_hosts()
+    if not any(cluster_state_dir == p or cluster_state_dir.startswith(p + "/") for p in share):
+        share.append(cluster_state_dir)
+    hide = _hidden_on_hosts() + [_SshCluster.home_only_dir(cluster_state_dir)]
+    with _HostCluster(n=3, hide=hide, share=share) as cluster:
+        yield cluster
+
+
+@_hosts_pytest.fixture(scope="session")
+def ssh_cluster(request: _hosts_pytest.FixtureRequest,
+                cluster_state_dir: str) -> _HostsIterator[_SshCluster]:
+    """An sshd on each of `cluster_hosts`; `ssh -F ssh_cluster.ssh_config h1 ...` from home."""
+    missing = _ssh_missing()
+    if missing:
+        _hosts_pytest.skip(f"ssh test cluster: {missing}")
+    # Requested only now so that a machine without sshd does not even build the hosts.
+    cluster = request.getfixturevalue("cluster_hosts")
+    ssh = _SshCluster(cluster, cluster_state_dir)
+    try:
+        ssh.start()
+    except (_ClusterError, OSError, _ClSubprocessError) as e:
+        _hosts_pytest.skip(f"ssh test cluster could not be set up: {e}")
+    try:
+        yield ssh
+    finally:
+        ssh.stop()
+
+
+@_hosts_pytest.fixture(scope="session")
+def slurm_cluster(request: _hosts_pytest.FixtureRequest,
+                  cluster_state_dir: str) -> _HostsIterator[_SlurmCluster]:
+    """munged + slurmctld at home and a slurmd on each of `cluster_hosts`; run the clients
+    with `env=slurm_cluster.env`."""
+    missing = _slurm_missing()
+    if missing:
+        _hosts_pytest.skip(f"Slurm test cluster: {missing}")
+    cluster = request.getfixturevalue("cluster_hosts")
+    slurm = _SlurmCluster(cluster, cluster_state_dir)
+    try:
+        slurm.start()
+    except (_ClusterError, OSError, _ClSubprocessError) as e:
+        _hosts_pytest.skip(f"Slurm test cluster could not be set up: {e}")
+    try:
+        yield slurm
+    finally:
+        slurm.stop()
+# ---- END qrun ssh/Slurm cluster fixtures ------------------------------------------------------
