@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PKGS="python3 python3-venv python3-dev gcc make libc6-dev util-linux iproute2 iptables
-      busybox-static procps strace"
+      busybox-static procps strace openssh-server openssh-client slurm-wlm munge"
 
 missing=""
 for p in $PKGS; do

@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SOURCE = HERE / "workloads.c"
 MODE_NAMES = ("native", "qrun", "qrun-sandbox", "strace", "strace-seccomp", "proot", "sshfs")
+EXTRA_MODES = ("qrun-1cpu",)   # only when asked for with --modes
 
 
 # ---- configuration ----------------------------------------------------------------------
@@ -52,7 +53,7 @@ class Config:
                    runs=opts.runs or (3 if quick else 5),
                    budget_ms=100 if quick else 250,
                    big_mib=64 if quick else 256,
-                   make_files=10 if quick else 40,
+                   make_files=4 if quick else 16,
                    timeout=opts.timeout or (90.0 if quick else 240.0),
                    taskset=opts.taskset)
 
@@ -80,7 +81,7 @@ class Proc:
 
     def reason(self, timeout: float) -> str:
         if self.timed_out:
-            return f"timed out after {timeout:.0f} s"
+            return f"timed out after {timeout:g} s"
         lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
         # A Python traceback's last line is the useful one; so is a tool's last complaint.
         why = lines[-1] if lines else "no output"
@@ -98,11 +99,21 @@ def run(argv: list[str], timeout: float, cwd: Path | None = None) -> Proc:
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # SIGTERM first: qrun forwards it to the job, whose processes live in the stub's
+        # session on the execution host. Then SIGKILL whatever is left in our own group
+        # (strace's tracees, for one).
+        p.terminate()
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b""
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        out, err = p.communicate()
+        if p.returncode is None:
+            more_out, more_err = p.communicate()
+            out, err = out + more_out, err + more_err
         return Proc(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
                     time.perf_counter() - t0, timed_out=True)
     wall = time.perf_counter() - t0
@@ -215,6 +226,8 @@ def all_modes() -> dict[str, Mode]:
                      what="qrun --transparent --host local"),
         "qrun-sandbox": Mode("qrun-sandbox", [q, "--transparent", "--host", "sandbox", "--"],
                              what="qrun --transparent --host sandbox (namespaces)"),
+        "qrun-1cpu": Mode("qrun-1cpu", ["taskset", "-c", "0", q, "--transparent", "--host", "local", "--"],
+                          "util-linux", "taskset -c 0 qrun --transparent --host local (all on CPU 0)"),
         "strace": Mode("strace", strace, "strace"),
         "strace-seccomp": Mode("strace-seccomp",
                                ["strace", "-f", "--seccomp-bpf", "-e", "trace=%file", "-o", "/dev/null"],
@@ -234,13 +247,22 @@ class Workload:
     key: str
     title: str
     unit: str
+    # timing "program": the arguments of one bench/workloads.c workload (its first word is the
+    # tag of its RESULT line); "wall" (whole process) and "spawn" (whole process, per start):
+    # the full command.
     command: Callable[[Ctx, Mode], list[str]]
     higher_is_better: bool = False
-    heavy: bool = False             # warm-up once natively (page cache), not per mode
-    timing: str = "program"         # program: its RESULT line; wall: whole process; spawn: per start
+    heavy: bool = False             # runs alone, warmed up once natively (page cache, compiler)
+    timing: str = "program"
     cwd: Callable[[Ctx, Mode], Path] | None = None
     prepare: Callable[[Ctx], None] | None = None
     check: Callable[[Ctx], str | None] | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Light in-program workloads share one process per run, so a slow-starting mode
+        (qrun starts two Python interpreters) is started once per run, not once per workload."""
+        return self.timing == "program" and not self.heavy
 
 
 def workloads(cfg: Config) -> list[Workload]:
@@ -260,24 +282,28 @@ def workloads(cfg: Config) -> list[Workload]:
 
     return [
         Workload("W1", "stat() of a home file", "µs",
-                 lambda c, m: [str(c.exe), "stat", str(m.path(c.small)), budget(c)]),
+                 lambda c, m: ["stat", str(m.path(c.small)), budget(c)]),
         Workload("W1b", "open + read 4 KiB + close of a home file", "µs",
-                 lambda c, m: [str(c.exe), "orc", str(m.path(c.small)), budget(c)]),
+                 lambda c, m: ["orc", str(m.path(c.small)), budget(c)]),
         Workload("W2", f"read {cfg.big_mib} MiB home file, 1 MiB reads", "MB/s",
-                 lambda c, m: [str(c.exe), "read", str(m.path(c.big))],
+                 lambda c, m: ["read", str(m.path(c.big))],
                  higher_is_better=True, heavy=True),
         Workload("W2w", f"write {cfg.big_mib} MiB home file, 1 MiB writes", "MB/s",
-                 lambda c, m: [str(c.exe), "write", str(m.path(c.out)), str(c.cfg.big_mib)],
+                 lambda c, m: ["write", str(m.path(c.out)), str(c.cfg.big_mib)],
                  higher_is_better=True, heavy=True, prepare=remove_out),
         Workload("W3", f"make -j2, {cfg.make_files} C files at home", "s",
                  lambda c, m: ["make", "-s", "-j2"], heavy=True, timing="wall",
                  cwd=lambda c, m: m.path(c.proj), prepare=clean_proj, check=built),
         Workload("W4", "untrapped syscall (clock_gettime)", "ns",
-                 lambda c, m: [str(c.exe), "clock", budget(c)]),
+                 lambda c, m: ["clock", budget(c)]),
+        Workload("W4r", "read 4 KiB of a local fd (/dev/zero)", "ns",
+                 lambda c, m: ["rdzero", budget(c)]),
         Workload("W5", "start of /bin/true, whole process", "ms",
                  lambda c, m: ["/bin/true"], timing="spawn"),
         Workload("W5b", "fork+exec+wait /bin/true in the job", "ms",
-                 lambda c, m: [str(c.exe), "spawn", "/bin/true", budget(c)]),
+                 lambda c, m: ["spawn", "/bin/true", budget(c)]),
+        Workload("W6", "pipe round trip between two job processes", "µs",
+                 lambda c, m: ["pingpong", budget(c)]),
     ]
 
 
@@ -361,66 +387,103 @@ class Cell:
         return statistics.median(self.values) if self.values else None
 
 
-_RESULT = re.compile(r"^RESULT\s+(\S+)\s+(\S+)", re.M)
+_RESULT = re.compile(r"^RESULT\s+(\S+)\s+(\S+)\s+(\S+)", re.M)
 
 
-def measure(ctx: Ctx, w: Workload, m: Mode) -> tuple[float | None, float, str | None]:
-    """One run: (value, whole-process seconds, error)."""
+def measure(ctx: Ctx, ws: list[Workload], m: Mode) -> tuple[dict[str, float], float, str | None]:
+    """One run of one or more workloads in one process: their values by key, the
+    whole-process seconds, and why the workloads without a value have none."""
     cfg = ctx.cfg
-    if w.prepare:
-        w.prepare(ctx)
-    argv = ctx_wrap(ctx, m.wrap(w.command(ctx, m)))
-    cwd = w.cwd(ctx, m) if w.cwd else ctx.home
-    if w.timing == "spawn":
+    first = ws[0]
+    for w in ws:
+        if w.prepare:
+            w.prepare(ctx)
+    if first.timing == "program":
+        argv = [str(ctx.exe)]
+        for i, w in enumerate(ws):
+            argv += (["+"] if i else []) + w.command(ctx, m)
+    else:
+        argv = first.command(ctx, m)
+    argv = ctx_wrap(ctx, m.wrap(argv))
+    cwd = first.cwd(ctx, m) if first.cwd else ctx.home
+    if first.timing == "spawn":
         # Whole-process start, repeated for at least the loop budget; mean per start.
         total, count, deadline = 0.0, 0, time.perf_counter() + cfg.budget_ms / 1e3
         while count == 0 or (time.perf_counter() < deadline and count < 200):
             p = run(argv, cfg.timeout, cwd)
             if p.rc != 0 or p.timed_out:
-                return None, p.wall, p.reason(cfg.timeout)
+                return {}, p.wall, p.reason(cfg.timeout)
             total += p.wall
             count += 1
-        return total / count * 1e3, total / count, None
+        return {first.key: total / count * 1e3}, total / count, None
     p = run(argv, cfg.timeout, cwd)
-    if p.rc != 0 or p.timed_out:
-        return None, p.wall, p.reason(cfg.timeout)
-    if w.check and (why := w.check(ctx)):
-        return None, p.wall, why
-    if w.timing == "wall":
-        return p.wall, p.wall, None
+    failed = p.reason(cfg.timeout) if p.rc != 0 or p.timed_out else None
+    if first.timing == "wall":
+        if failed:
+            return {}, p.wall, failed
+        if first.check and (why := first.check(ctx)):
+            return {}, p.wall, why
+        return {first.key: p.wall}, p.wall, None
+    found = {tag: float(v) for tag, v, _unit in _RESULT.findall(p.out)}
+    values = {w.key: found[w.command(ctx, m)[0]] for w in ws if w.command(ctx, m)[0] in found}
+    if not failed and len(values) < len(ws):
+        failed = _clip("no RESULT line in the output: " + (p.out.strip() or p.err.strip()), 160)
+    return values, p.wall, failed
+
+
+def pipe_round_trip(ctx: Ctx) -> float | None:
+    """The machine's current context-switch cost (native), to show how noisy the run was."""
+    p = run(ctx_wrap(ctx, [str(ctx.exe), "pingpong", "100"]), 60)
     found = _RESULT.search(p.out)
-    if not found:
-        return None, p.wall, _clip("no RESULT line in the output: " + (p.out.strip() or p.err.strip()), 160)
-    return float(found.group(1)), p.wall, None
+    return float(found.group(2)) if p.rc == 0 and found else None
 
 
-def bench(ctx: Ctx, wls: list[Workload], modes: list[Mode],
-          progress: Callable[[str], None]) -> dict[str, dict[str, Cell]]:
-    native = modes[0]
-    results: dict[str, dict[str, Cell]] = {}
+def jobs_of(wls: list[Workload]) -> list[list[Workload]]:
+    """What each process runs: the grouped workloads together (where the first of them
+    stands), every other workload alone."""
+    group = [w for w in wls if w.grouped]
+    jobs: list[list[Workload]] = []
     for w in wls:
+        if not w.grouped:
+            jobs.append([w])
+        elif w is group[0]:
+            jobs.append(group)
+    return jobs
+
+
+def bench(ctx: Ctx, wls: list[Workload], modes: list[Mode], progress: Callable[[str], None],
+          calibration: list[float]) -> dict[str, dict[str, Cell]]:
+    native = modes[0]
+    results: dict[str, dict[str, Cell]] = {w.key: {m.name: Cell() for m in modes} for w in wls}
+
+    def one(ws: list[Workload], m: Mode, keep: bool) -> None:
+        live = [w for w in ws if not results[w.key][m.name].error]
+        if not live:
+            return
+        values, wall, err = measure(ctx, live, m)
+        for w in live:
+            cell = results[w.key][m.name]
+            if w.key not in values:
+                cell.error = err or "no result"
+            elif keep:
+                cell.values.append(values[w.key])
+                cell.walls.append(wall)
+
+    for ws in jobs_of(wls):
         t0 = time.perf_counter()
-        cells = {m.name: Cell() for m in modes}
-        results[w.key] = cells
-        # Warm-up: heavy workloads once natively (page cache, compiler binaries), the others
-        # once per mode.
-        for m in [native] if w.heavy else modes:
-            _, _, err = measure(ctx, w, m)
-            if err:
-                cells[m.name].error = err
+        if (rt := pipe_round_trip(ctx)) is not None:
+            calibration.append(rt)
+        # Warm-up: once per mode; heavy workloads (and all with --quick) once natively only,
+        # which warms the page cache and the compiler. Every mode already ran once in setup.
+        for m in [native] if ws[0].heavy or ctx.cfg.quick else modes:
+            one(ws, m, keep=False)
         # Runs interleave the modes, so slow drifts of a noisy machine hit every mode alike.
         for _ in range(ctx.cfg.runs):
             for m in modes:
-                cell = cells[m.name]
-                if cell.error:
-                    continue
-                value, wall, err = measure(ctx, w, m)
-                if err:
-                    cell.error = err
-                elif value is not None:
-                    cell.values.append(value)
-                    cell.walls.append(wall)
-        progress(f"{w.key:4} {w.title}: {time.perf_counter() - t0:.1f} s")
+                one(ws, m, keep=True)
+        progress(f"{'+'.join(w.key for w in ws)}: {time.perf_counter() - t0:.1f} s")
+    if (rt := pipe_round_trip(ctx)) is not None:
+        calibration.append(rt)
     return results
 
 
@@ -525,7 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="print the results as JSON on stdout (the table goes to stderr)")
     ap.add_argument("--only", metavar="W1,W3", help="workloads to run (keys as in the table)")
     ap.add_argument("--modes", metavar="native,qrun,...",
-                    help=f"modes to run, of {', '.join(MODE_NAMES)} (native is always included)")
+                    help=f"modes to run, of {', '.join(MODE_NAMES + EXTRA_MODES)} "
+                         "(default: all but the last; native is always included)")
     ap.add_argument("--runs", type=int, help="runs per cell (default 5, --quick 3)")
     ap.add_argument("--timeout", type=float, help="seconds one run may take (default 240, --quick 90)")
     ap.add_argument("--taskset", metavar="CPUS",
@@ -551,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         names = [n.strip() for n in opts.modes.split(",") if n.strip()]
         bad = [n for n in names if n not in known]
         if bad:
-            sys.stderr.write(f"bench: unknown mode(s) {', '.join(bad)}; known: {', '.join(MODE_NAMES)}\n")
+            sys.stderr.write(f"bench: unknown mode(s) {', '.join(bad)}; "
+                             f"known: {', '.join(MODE_NAMES + EXTRA_MODES)}\n")
             return 2
         names = ["native"] + [n for n in names if n != "native"]
     if cfg.taskset and not shutil.which("taskset"):
@@ -569,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qrun-bench-"))
     modes: list[Mode] = []
     unavailable: dict[str, str] = {}
+    calibration: list[float] = []
     try:
         ctx = prepare_data(cfg, work, exe)
         for name in names:
@@ -585,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         if not modes or modes[0].name != "native":
             sys.stderr.write(f"bench: native runs are impossible here: {unavailable.get('native')}\n")
             return 1
-        results = bench(ctx, wls, modes, progress)
+        results = bench(ctx, wls, modes, progress, calibration)
     finally:
         for m in modes:
             m.teardown()
@@ -602,6 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in unavailable.items():
         print(f"not run: {name}: {why}", file=out)
     print("modes: " + "; ".join(f"{m.name} = {m.what}" for m in modes[1:]), file=out)
+    if calibration:
+        info["pipe_round_trip_us"] = {"median": statistics.median(calibration),
+                                      "min": min(calibration), "max": max(calibration)}
+        print(f"noise: a native pipe round trip took {statistics.median(calibration):.1f} µs "
+              f"(min {min(calibration):.1f}, max {max(calibration):.1f}) over the run; every "
+              "trapped call pays at least one such switch", file=out)
     print(machine_line(info) + f"; total {elapsed:.0f} s"
           + (f"; taskset -c {cfg.taskset}" if cfg.taskset else ""), file=out)
 

@@ -1,7 +1,10 @@
 /* Micro-workloads for bench/run.py. Each one times itself with CLOCK_MONOTONIC (through the
  * vDSO, so the timing adds no system call) and prints one line:
  *
- *     RESULT <value> <unit> <iterations>
+ *     RESULT <workload> <value> <unit> <iterations>
+ *
+ * Several workloads can run in one process, separated by "+" arguments
+ * (`workloads stat F 250 + clock 250`), so a tool with a slow start is started once.
  *
  * The per-call loops run for at least BUDGET_MS milliseconds (and at least a minimum number of
  * iterations), so a slow mode does not take minutes and a fast one is still timed over many
@@ -12,6 +15,8 @@
  *   workloads read   PATH                whole file, 1 MiB page-aligned reads  -> MB/s
  *   workloads write  PATH MIB            MIB x 1 MiB page-aligned writes       -> MB/s
  *   workloads clock  BUDGET_MS           syscall(SYS_clock_gettime) in a loop  -> ns/call
+ *   workloads rdzero BUDGET_MS           read 4 KiB from /dev/zero (a local fd) -> ns/call
+ *   workloads pingpong BUDGET_MS         1-byte pipe round trip, two processes -> us/round trip
  *   workloads spawn  PROG BUDGET_MS      fork + exec PROG + wait               -> ms/spawn
  */
 #define _GNU_SOURCE
@@ -64,17 +69,17 @@ static void *page_buffer(size_t size) {
         (count) = n_;                                                         \
     } while (0)
 
-static int w_stat(const char *path, double budget) {
+static int w_stat(const char *tag, const char *path, double budget) {
     struct stat sb;
     double per;
     long n;
     if (stat(path, &sb) != 0) die("stat", path);
     TIMED_LOOP(budget, 20, 10, if (stat(path, &sb) != 0) die("stat", path), per, n);
-    printf("RESULT %.4f us %ld\n", per * 1e6, n);
+    printf("RESULT %s %.4f us %ld\n", tag, per * 1e6, n);
     return 0;
 }
 
-static int w_orc(const char *path, double budget) {
+static int w_orc(const char *tag, const char *path, double budget) {
     char *buf = page_buffer(4096);
     double per;
     long n;
@@ -87,11 +92,11 @@ static int w_orc(const char *path, double budget) {
     } while (0)
     ORC_BODY;
     TIMED_LOOP(budget, 20, 10, ORC_BODY, per, n);
-    printf("RESULT %.4f us %ld\n", per * 1e6, n);
+    printf("RESULT %s %.4f us %ld\n", tag, per * 1e6, n);
     return 0;
 }
 
-static int w_read(const char *path) {
+static int w_read(const char *tag, const char *path) {
     char *buf = page_buffer(MIB);
     double t0 = now();
     int fd = open(path, O_RDONLY);
@@ -105,11 +110,11 @@ static int w_read(const char *path) {
     }
     close(fd);
     double el = now() - t0;
-    printf("RESULT %.1f MB/s %ld\n", (double)total / el / 1e6, total / MIB);
+    printf("RESULT %s %.1f MB/s %ld\n", tag, (double)total / el / 1e6, total / MIB);
     return 0;
 }
 
-static int w_write(const char *path, long mib) {
+static int w_write(const char *tag, const char *path, long mib) {
     char *buf = page_buffer(MIB);
     double t0 = now();
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -124,16 +129,53 @@ static int w_write(const char *path, long mib) {
     }
     if (close(fd) != 0) die("close", path);
     double el = now() - t0;
-    printf("RESULT %.1f MB/s %ld\n", (double)(mib * MIB) / el / 1e6, mib);
+    printf("RESULT %s %.1f MB/s %ld\n", tag, (double)(mib * MIB) / el / 1e6, mib);
     return 0;
 }
 
-static int w_clock(double budget) {
+static int w_clock(const char *tag, double budget) {
     struct timespec ts;
     double per;
     long n;
     TIMED_LOOP(budget, 1000, 1000, syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts), per, n);
-    printf("RESULT %.2f ns %ld\n", per * 1e9, n);
+    printf("RESULT %s %.2f ns %ld\n", tag, per * 1e9, n);
+    return 0;
+}
+
+static int w_rdzero(const char *tag, double budget) {
+    char *buf = page_buffer(4096);
+    double per;
+    long n;
+    int fd = open("/dev/zero", O_RDONLY);
+    if (fd < 0) die("open", "/dev/zero");
+    TIMED_LOOP(budget, 1000, 100, if (read(fd, buf, 4096) != 4096) die("read", "/dev/zero"), per, n);
+    close(fd);
+    printf("RESULT %s %.2f ns %ld\n", tag, per * 1e9, n);
+    return 0;
+}
+
+/* The machine's context-switch cost: everything that traps pays at least one of these. */
+static int w_pingpong(const char *tag, double budget) {
+    int a[2], b[2];
+    char c = 0;
+    double per;
+    long n;
+    if (pipe(a) != 0 || pipe(b) != 0) die("pipe", NULL);
+    pid_t pid = fork();
+    if (pid < 0) die("fork", NULL);
+    if (pid == 0) {
+        close(a[1]);
+        close(b[0]);
+        while (read(a[0], &c, 1) == 1 && write(b[1], &c, 1) == 1) {}
+        _exit(0);
+    }
+    close(a[0]);
+    close(b[1]);
+    TIMED_LOOP(budget, 100, 100,
+               if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1) die("pipe", NULL), per, n);
+    close(a[1]);
+    waitpid(pid, NULL, 0);
+    printf("RESULT %s %.3f us %ld\n", tag, per * 1e6, n);
     return 0;
 }
 
@@ -152,27 +194,46 @@ static void spawn_once(const char *prog) {
     }
 }
 
-static int w_spawn(const char *prog, double budget) {
+static int w_spawn(const char *tag, const char *prog, double budget) {
     double per;
     long n;
     spawn_once(prog);
     TIMED_LOOP(budget, 5, 1, spawn_once(prog), per, n);
-    printf("RESULT %.3f ms %ld\n", per * 1e3, n);
+    printf("RESULT %s %.3f ms %ld\n", tag, per * 1e3, n);
     return 0;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: workloads stat|orc|read|write|clock|spawn ARGS...\n");
-        return 2;
-    }
-    const char *w = argv[1];
-    if (!strcmp(w, "stat") && argc == 4) return w_stat(argv[2], atof(argv[3]) / 1e3);
-    if (!strcmp(w, "orc") && argc == 4) return w_orc(argv[2], atof(argv[3]) / 1e3);
-    if (!strcmp(w, "read") && argc == 3) return w_read(argv[2]);
-    if (!strcmp(w, "write") && argc == 4) return w_write(argv[2], atol(argv[3]));
-    if (!strcmp(w, "clock") && argc == 3) return w_clock(atof(argv[2]) / 1e3);
-    if (!strcmp(w, "spawn") && argc == 4) return w_spawn(argv[2], atof(argv[3]) / 1e3);
+/* Runs one workload: args[0] is its name, n the number of arguments. */
+static int dispatch(char **a, int n) {
+    const char *w = a[0];
+    if (!strcmp(w, "stat") && n == 3) return w_stat(w, a[1], atof(a[2]) / 1e3);
+    if (!strcmp(w, "orc") && n == 3) return w_orc(w, a[1], atof(a[2]) / 1e3);
+    if (!strcmp(w, "read") && n == 2) return w_read(w, a[1]);
+    if (!strcmp(w, "write") && n == 3) return w_write(w, a[1], atol(a[2]));
+    if (!strcmp(w, "clock") && n == 2) return w_clock(w, atof(a[1]) / 1e3);
+    if (!strcmp(w, "rdzero") && n == 2) return w_rdzero(w, atof(a[1]) / 1e3);
+    if (!strcmp(w, "pingpong") && n == 2) return w_pingpong(w, atof(a[1]) / 1e3);
+    if (!strcmp(w, "spawn") && n == 3) return w_spawn(w, a[1], atof(a[2]) / 1e3);
     fprintf(stderr, "workloads: bad arguments for %s\n", w);
     return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: workloads NAME ARGS... [+ NAME ARGS...]...\n"
+                        "  NAME: stat|orc|read|write|clock|rdzero|pingpong|spawn\n");
+        return 2;
+    }
+    int start = 1;
+    for (int i = 1; i <= argc; i++) {
+        if (i == argc || !strcmp(argv[i], "+")) {
+            if (i > start) {
+                int rc = dispatch(argv + start, i - start);
+                fflush(stdout);
+                if (rc != 0) return rc;
+            }
+            start = i + 1;
+        }
+    }
+    return 0;
 }

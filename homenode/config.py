@@ -75,9 +75,9 @@ def config_path(cli: str | None = None) -> Path | None:
     return None
 
 
-_HOST_KEYS: dict[str, type | tuple[type, ...]] = {"launcher": str, "address": str, "user": str, "speed": (int, float),
-              "memory": (int, float), "max_jobs": int, "resources": dict, "stub": str,
-              "partition": str}
+_HOST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "launcher": str, "address": str, "user": str, "speed": (int, float), "memory": (int, float),
+    "max_jobs": int, "resources": dict, "stub": str, "partition": str}
 
 
 def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:

@@ -213,7 +213,8 @@ class HomeServer:
         self.deputies.close_all()
         self.auth.stop()
         self.sock.close(linger=200)
-        self.ctx.term()
+        # destroy, not term: term waits forever for any socket of the context still open.
+        self.ctx.destroy(linger=0)
 
     # ---- messages ---------------------------------------------------------------------
     def _send(self, ident: bytes, kind: str, **fields: Any) -> None:
@@ -262,10 +263,11 @@ class HomeServer:
 
     def _hello(self, ident: bytes, msg: dict[str, Any]) -> None:
         if msg["version"] != wire.PROTOCOL_VERSION or msg["digest"] != wire.table_digest():
-            self._send(ident, "error", code=123,
-                       msg=f"version mismatch: stub protocol {msg['version']} table {msg['digest']}, "
-                           f"home protocol {wire.PROTOCOL_VERSION} table {wire.table_digest()}")
-            return
+            text = (f"the stub on {msg['host']} runs another qrun version (protocol {msg['version']}, "
+                    f"table {msg['digest']}; here protocol {wire.PROTOCOL_VERSION}, table "
+                    f"{wire.table_digest()})")
+            self._send(ident, "error", code=123, msg=text)
+            raise JobFailed(text, 123)
         self.hello = msg
         self._send(ident, "welcome", **self.welcome)
 
@@ -321,6 +323,10 @@ class HomeServer:
         fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
         if exec_:
             fl = os.O_RDONLY | os.O_CLOEXEC
+        # Opened non-blocking: opening a FIFO must never stall the one thread serving the
+        # job. Named pipes at home are refused below; for files O_NONBLOCK means nothing.
+        asked_nonblock = fl & os.O_NONBLOCK
+        fl |= os.O_NONBLOCK
         if exec_ and not path and dirfd is not None:
             fd = os.open(f"/proc/self/fd/{dirfd}", fl)  # execveat(fd, "", AT_EMPTY_PATH)
         elif resolve is not None:
@@ -329,6 +335,11 @@ class HomeServer:
             fd = os.open(path, fl, int(mode) & 0o7777, dir_fd=dirfd)
         try:
             st = os.fstat(fd)
+            o_path = fl & getattr(os, "O_PATH", 0o10000000)
+            if stat.S_ISFIFO(st.st_mode) and not o_path:
+                return -1, "EOPNOTSUPP", {"why": "named pipes at home are not supported"}
+            if not asked_nonblock and not o_path:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
             if exec_ and (not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK)):
                 return -1, "EACCES", {}

@@ -346,6 +346,9 @@ class Handlers:
         rep = self.call_home(t, "open", [tg.handle, os.fsencode(tg.path or ""),
                                          wflags.open_to_wire(self.arch, fl), mode, exec_, known, resolve])
         if rep["e"]:
+            why = rep["o"].get("why")
+            if why:
+                self.warn_once(f"open:{why}", f"{tg.path}: {why} ({rep['e']})")
             skip(t.tid, -_errno_of(rep["e"]))
             return None
         o = rep["o"]
@@ -534,10 +537,14 @@ class Handlers:
                 r = rep["r"]
                 skip(t.tid, wflags.open_from_wire(self.arch, r) if cmd == F_GETFL else r)
         elif cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
-            lock = self.mem.read(t.tid, regs.arg(2), 32)
-            # A blocking lock would block the whole job's home channel: try, don't wait.
-            home_cmd = {F_SETLKW: F_SETLK, F_OFD_SETLKW: F_OFD_SETLK}.get(cmd, cmd)
-            rep = self.call_home(t, "fcntl_lock", [ref, home_cmd, lock])
+            lock = bytearray(self.mem.read(t.tid, regs.arg(2), 32))
+            # At home one process holds every job process's fds, so classic (per-process)
+            # locks would never conflict: take open-file-description locks instead (l_pid 0).
+            # And a blocking lock would stall the job's home channel: try, don't wait.
+            home_cmd = {F_GETLK: F_OFD_GETLK, F_SETLK: F_OFD_SETLK, F_SETLKW: F_OFD_SETLK,
+                        F_OFD_SETLKW: F_OFD_SETLK}.get(cmd, cmd)
+            struct.pack_into("<i", lock, 24, 0)
+            rep = self.call_home(t, "fcntl_lock", [ref, home_cmd, bytes(lock)])
             if rep["e"]:
                 skip(t.tid, -_errno_of(rep["e"]))
                 return

@@ -91,7 +91,7 @@ def L(name: str, x: int | None, a: int | None, tags: frozenset[str]) -> None:  #
 # ---- open family: home files become local copies or placeholders ------------------------
 X("open",              2, None, "open", A(PATH, OFLAGS, INT), FILE, idem=False)
 X("openat",          257,   56, "open", A(DIRFD, PATH, OFLAGS, INT), FILE, idem=False)
-X("openat2",         437,  437, "open", A(DIRFD, PATH, StructIn("open_how"), INT), FILE, idem=False, level=PARTIAL, note="RESOLVE_* flags are ignored for home paths")
+X("openat2",         437,  437, "open", A(DIRFD, PATH, StructIn("open_how"), INT), FILE, idem=False, note="executed as openat2 at home, so its checks and RESOLVE_* rules apply there")
 X("creat",            85, None, "open", A(PATH, INT), FILE, idem=False)
 # ---- path calls: forwarded when the path routes home -----------------------------------
 P("stat",              4, None, A(PATH, StructOut("stat")))
@@ -459,13 +459,6 @@ L("memfd_secret",       447,  447, MEMORY)
 L("process_mrelease",   448,  448, MEMORY)
 L("futex_waitv",        449,  449, IPC)
 L("set_mempolicy_home_node",  450,  450, MEMORY)
-L("clock_gettime64",   None,  403, TIME)
-L("clock_settime64",   None,  404, TIME)
-L("clock_adjtime64",   None,  405, TIME)
-L("timer_gettime64",   None,  408, TIME)
-L("timer_settime64",   None,  409, TIME)
-L("timerfd_gettime64", None,  410, TIME)
-L("timerfd_settime64", None,  411, TIME)
 # fmt: on
 
 

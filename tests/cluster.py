@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
-from typing import Self
+from typing import Any, Self
 
 from hosts import Host, HostCluster, _starttime
 
@@ -367,6 +367,7 @@ class SshCluster(_Lifecycle):
 
     `ssh_config` is a client config for `ssh -F`: host aliases h1..hn (and their IPs), strict
     pre-filled known_hosts, BatchMode and a ControlMaster per host. Only root@home_ip may log in.
+    refuse()/allow() turn logins to one host into "Permission denied" and back.
     """
 
     def __init__(self, cluster: HostCluster, state_dir: str | os.PathLike[str],
@@ -400,9 +401,14 @@ class SshCluster(_Lifecycle):
         for n in names:
             parts.append(log_tail(self.log_path(n)))
             out = os.path.join(self.host_dir(n), "sshd.out")
-            if os.path.getsize(out) if os.path.exists(out) else 0:
+            # Only early failures (before sshd opened its -E log) land here.
+            if os.path.exists(out) and os.path.getsize(out):
                 parts.append(log_tail(out))
         return "\n".join(parts)
+
+    def pids(self) -> list[int]:
+        """Global pids of the listening sshds that are still running."""
+        return [d.pid for d in self._daemons.values() if d.pid and d.alive()]
 
     def ssh_argv(self, host: Host | str, *cmd: str) -> list[str]:
         """`ssh -F CONFIG hN [cmd...]`."""
@@ -631,6 +637,9 @@ SchedulerType=sched/backfill
 # The default waits 3 s before scheduling a batch job.
 SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
+# Clients retry an unreachable slurmctld about once a second for MessageTimeout seconds: 10 s
+# by default, which would make every "Slurm is down" test wait that long.
+MessageTimeout={message_timeout}
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -676,13 +685,23 @@ class SlurmCluster(_Lifecycle):
     """munged + slurmctld at home and one slurmd per host of a running HostCluster.
 
     Run the clients at home with `env=slurm.env`, e.g.
-    `subprocess.run(slurm.srun_argv("-N3", "hostname"), env=slurm.env)`.
+    `subprocess.run(slurm.srun_argv("-N3", "hostname"), env=slurm.env)`; `run()` does that.
+    down()/up() stop and restart slurmctld. `message_timeout` bounds how long a client keeps
+    retrying an unreachable slurmctld (about that many seconds minus one).
+
+    slurmctld's first scheduling pass comes about 3 s after it starts, so the first *batch* job
+    waits that long (sruns are not affected).
+
+    Start it from a thread that outlives its use (pytest's main thread): munged and slurmctld
+    die with the thread that started them, so that a killed test run leaves nothing behind.
     """
 
     def __init__(self, cluster: HostCluster, state_dir: str | os.PathLike[str],
-                 *, timeout: float = 20.0, partition: str = "box") -> None:
+                 *, timeout: float = 20.0, partition: str = "box",
+                 message_timeout: int = 4) -> None:
         super().__init__(cluster, state_dir, timeout)
         self.partition = partition
+        self.message_timeout = message_timeout
         self.dir = os.path.join(self.state_dir, "slurm")
         self.munge_dir = os.path.join(self.state_dir, "munge")
         self.munge_socket = os.path.join(self.munge_dir, "munge.sock")
@@ -699,6 +718,11 @@ class SlurmCluster(_Lifecycle):
         self._ctld: _Daemon | None = None
         self._slurmds: dict[str, _Daemon] = {}
 
+    def pids(self) -> list[int]:
+        """Global pids of munged, slurmctld and the slurmds that are still running."""
+        daemons = [self._munged, self._ctld, *self._slurmds.values()]
+        return [d.pid for d in daemons if d is not None and d.pid and d.alive()]
+
     def srun_argv(self, *args: str) -> list[str]:
         return ["srun", *args]
 
@@ -711,11 +735,12 @@ class SlurmCluster(_Lifecycle):
         paths += [os.path.join(self.dir, h.name, "slurmd.out") for h in self.cluster]
         return "\n".join(log_tail(p, 8) for p in paths if os.path.exists(p))
 
-    def run(self, argv: Sequence[str], timeout: float = 30, **kwargs: object
+    def run(self, argv: Sequence[str], timeout: float = 30, **kwargs: Any
             ) -> subprocess.CompletedProcess[str]:
-        """subprocess.run() of a Slurm client at home, with this cluster's env."""
+        """subprocess.run() of a Slurm client at home with this cluster's env, output captured."""
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False, **kwargs)  # type: ignore[call-overload]
+                              timeout=timeout, check=False, **kwargs)
 
     def node_states(self) -> dict[str, str]:
         """{node: state} from sinfo, e.g. {'h1': 'idle'}; {} while slurmctld does not answer."""
@@ -760,7 +785,7 @@ class SlurmCluster(_Lifecycle):
                 cluster_name=self.cluster_name, home_ip=self.cluster.home_ip,
                 ctld_port=self.ctld_port, slurmd_port=_SLURMD_PORT,
                 munge_socket=self.munge_socket, dir=self.dir, nodes=nodes,
-                partition=self.partition, node_list=",".join(h.name for h in self.cluster),
+                partition=self.partition, message_timeout=self.message_timeout, node_list=",".join(h.name for h in self.cluster),
             ))
         with open("/etc/hosts") as f:
             etc_hosts = f.read()
@@ -806,6 +831,8 @@ class SlurmCluster(_Lifecycle):
         self._write_files()
         self._start_munged(deadline)
         self._start_ctld()
+        # A slurmd that finds slurmctld not yet listening retries its registration only later.
+        self._wait_ctld(deadline)
         for h in self.cluster:
             # slurmd takes its NodeName from the host's hostname.
             self._slurmds[h.name] = _Daemon.start(
@@ -815,12 +842,22 @@ class SlurmCluster(_Lifecycle):
             d.resolve(deadline)
         self._wait_idle(deadline)
 
-    def _ctld_answers(self) -> bool:
-        try:
-            with socket.create_connection((self.cluster.home_ip, self.ctld_port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+    def _wait_ctld(self, deadline: float) -> None:
+        # Polled by connecting, as a client that finds slurmctld not yet listening sleeps a
+        # whole second before its retry.
+        while True:
+            if self._ctld is None or not self._ctld.alive():
+                raise ClusterError(f"slurmctld died\n{self.logs()}")
+            try:
+                with socket.create_connection((self.cluster.home_ip, self.ctld_port),
+                                              timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"slurmctld not listening on {self.cluster.home_ip}:"
+                                   f"{self.ctld_port}\n{self.logs()}")
+            time.sleep(_POLL)
 
     def _wait_idle(self, deadline: float) -> None:
         want = {h.name for h in self.cluster}
@@ -831,7 +868,7 @@ class SlurmCluster(_Lifecycle):
                     raise ClusterError(f"{d.name} died\n{self.logs()}")
             # A client that finds slurmctld not yet listening sleeps a whole second before its
             # retry, so only ask once the port answers.
-            states = self.node_states() if self._ctld_answers() else {}
+            states = self.node_states()
             if set(states) >= want and all(states[n] == "idle" for n in want):
                 return
             if time.monotonic() > deadline:
@@ -855,6 +892,12 @@ class SlurmCluster(_Lifecycle):
             return
         deadline = time.monotonic() + self.timeout
         self._start_ctld()
+        self._wait_ctld(deadline)
+        # The restarted slurmctld keeps the nodes 'unknown' for seconds until it asks them to
+        # register again; a reconfigure makes every slurmd register now.
+        r = self.run(["scontrol", "reconfigure"], timeout=10)
+        if r.returncode != 0:
+            raise ClusterError(f"scontrol reconfigure failed: {r.stderr.strip()}\n{self.logs()}")
         self._wait_idle(deadline)
 
     # -- teardown -------------------------------------------------------------------------------

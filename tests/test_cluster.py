@@ -47,10 +47,18 @@ def qrun(qrun_cmd: list[str], conf: Path, *args: str, env: dict[str, str], cwd: 
                           timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
+def close_masters(ssh_config: str, host: object) -> None:
+    """qrun's ssh master connection to a host outlives a job (ControlPersist): close it, so
+    the next job has to authenticate again."""
+    cm = os.path.join(os.path.expanduser("~"), ".cache", "qrun", "ssh-%C")
+    subprocess.run(["ssh", "-F", ssh_config, "-o", f"ControlPath={cm}", "-O", "exit",
+                    host.ip], capture_output=True, timeout=30)  # type: ignore[attr-defined]
+
+
 def stubs_left(hosts: HostCluster) -> list[str]:
     out = []
     for h in hosts:
-        r = h.run(["/bin/sh", "-c", "pgrep -af 'remote.stub' || true"])
+        r = h.run(["/bin/sh", "-c", "pgrep -af '[r]emote[.]stub' || true"])
         out += [f"{h.name}: {line}" for line in r.stdout.splitlines() if line.strip()]
     return out
 
@@ -132,7 +140,8 @@ def test_jobs_land_where_the_formula_says(qrun_cmd: list[str], ssh_cluster: obje
     loads["h1"].write_text(json.dumps({"load1": 3.0, "cpus": 4}))
     loads["h2"].write_text(json.dumps({"load1": 0.4, "cpus": 4}))  # never ties with h1
     conf = write_config(tmp_path / "c.toml", cluster_hosts, ssh_cluster.ssh_config, agents=(pub, sec))  # type: ignore[attr-defined]
-    text = conf.read_text().replace('[hosts.h1]\nlauncher = "ssh"', '[hosts.h1]\nlauncher = "ssh"\nspeed = 2.0')
+    # the lighter host is also the faster one: it should take most, but not all, of the burst
+    text = conf.read_text().replace('[hosts.h2]\nlauncher = "ssh"', '[hosts.h2]\nlauncher = "ssh"\nspeed = 2.0')
     conf.write_text(text)
     env = dict(env, QRUN_VIRTUAL_TTL="10000000")  # no fading: the outcome is the formula's alone
     hosts_json = subprocess.run(qrun_cmd + ["hosts", "--json", "--config", str(conf)], capture_output=True,
@@ -208,6 +217,7 @@ def test_unreachable_and_refusing_hosts(qrun_cmd: list[str], ssh_cluster: object
     r = qrun(qrun_cmd, conf, "-w", "ghost", "--", "true", env=env)
     assert r.returncode == 118, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("qrun: cannot reach ghost (")
+    close_masters(ssh_cluster.ssh_config, cluster_hosts[2])  # type: ignore[attr-defined]
     ssh_cluster.refuse("h3")  # type: ignore[attr-defined]
     try:
         r = qrun(qrun_cmd, conf, "-w", "h3", "--", "true", env=env)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
-from homenode.server import HomeServer, Keys
+from homenode.server import HomeServer, JobFailed, Keys
 from syscalls import wire
 
 WELCOME: dict[str, Any] = {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o022,
@@ -56,8 +56,11 @@ def req(seq: int, op: str, args: list[Any]) -> bytes:
 def test_handshake_checks_the_table_digest(server: HomeServer) -> None:
     c = client(server)
     bad = wire.encode("hello", job="job1", arch="x86_64", digest="0" * 16, version=1, host="h", pid=1)
-    rep = exchange(server, c, bad)
-    assert rep is not None and rep["t"] == "error" and "mismatch" in rep["msg"]
+    with pytest.raises(JobFailed) as failed:
+        exchange(server, c, bad)
+    assert failed.value.code == 123 and "another qrun version" in str(failed.value)
+    rep = wire.decode(c.recv()) if c.poll(2000) else None
+    assert rep is not None and rep["t"] == "error" and "another qrun version" in rep["msg"]
     good = wire.encode("hello", job="job1", arch="x86_64", digest=wire.table_digest(),
                        version=wire.PROTOCOL_VERSION, host="h", pid=1)
     rep = exchange(server, c, good)

@@ -431,3 +431,46 @@ def _run_as_nobody(runuser: str, qrun_cmd: list[str], wd: Path) -> None:
     assert (wd / "f").read_text() == "made\n"
     assert (wd / "f").stat().st_uid == 65534  # created at home, as the user
     assert "qrun: host=sandbox" in r.stderr
+
+
+LOCKS_C = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static const char *e(int rc) { return rc == -1 ? strerrorname_np(errno) : "ok"; }
+int main(void) {
+    int fd = open("lockfile", O_RDWR | O_CREAT, 0644);
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+    printf("parent: %s\n", e(fcntl(fd, F_SETLK, &fl)));
+    fflush(stdout);
+    if (fork() == 0) {
+        int fd2 = open("lockfile", O_RDWR);
+        struct flock f2 = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        printf("child: %s\n", e(fcntl(fd2, F_SETLK, &f2)));
+        fflush(stdout);
+        _exit(0);
+    }
+    wait(NULL);
+    printf("fifo: %s\n", e(open("fifo", O_RDONLY)));
+    return 0;
+}
+'''
+
+
+@pytest.mark.skipif(not GCC, reason="gcc is needed")
+def test_record_locks_exclude_and_home_fifos_fail_fast(qrun_prefix: list[str], workdir: Path) -> None:
+    (workdir / "l.c").write_text(LOCKS_C)
+    exe = workdir / "l"
+    assert run([GCC or "gcc", "-O1", "-o", str(exe), str(workdir / "l.c")]).returncode == 0
+    os.mkfifo(workdir / "fifo")
+    started = time.monotonic()
+    r = run(qrun_prefix + [str(exe)], cwd=workdir, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # natively the child's lock conflicts too (it is another process); the FIFO would block
+    assert r.stdout.splitlines() == ["parent: ok", "child: EAGAIN", "fifo: EOPNOTSUPP"]
+    assert "named pipes at home are not supported" in r.stderr
+    assert time.monotonic() - started < 30
