@@ -18,8 +18,17 @@ done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "install.sh: installing system packages:$missing" >&2
+        # Keep Debian from starting the stock sshd, munged and Slurm daemons: qrun's tests
+        # run their own, and a user installing qrun did not ask for them.
+        made_policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+        [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
     else
         echo "install.sh: missing system packages:$missing (install them as root)" >&2
     fi

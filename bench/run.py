@@ -502,6 +502,16 @@ def fmt_num(v: float) -> str:
     return f"{v:.2f}"
 
 
+_LARGER = {"ns": ("µs", 1e3), "µs": ("ms", 1e3), "ms": ("s", 1e3)}
+
+
+def fmt_value(v: float, unit: str) -> str:
+    """'16.7 µs' rather than '16696 ns'."""
+    while unit in _LARGER and v >= 10000:
+        unit, v = _LARGER[unit][0], v / _LARGER[unit][1]
+    return f"{fmt_num(v)} {unit}"
+
+
 def fmt_ratio(r: float) -> str:
     return f"{r:.0f}×" if r >= 10 else f"{r:.2f}×"
 
@@ -525,7 +535,7 @@ def table(wls: list[Workload], modes: list[Mode], results: dict[str, dict[str, C
             if v is None:
                 row.append("-")
                 continue
-            text = f"{fmt_num(v)} {w.unit}"
+            text = fmt_value(v, w.unit)
             r = ratio(w, v, base)
             if m is not modes[0] and r is not None:
                 text += f" ({fmt_ratio(r)})"
