@@ -25,6 +25,7 @@ if [ -n "$missing" ]; then
             printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
             chmod +x /usr/sbin/policy-rc.d
             made_policy=1
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when apt-get fails
         fi
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
