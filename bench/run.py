@@ -524,7 +524,7 @@ def table(wls: list[Workload], modes: list[Mode], results: dict[str, dict[str, C
     for w in wls:
         cells = results[w.key]
         base = cells[modes[0].name].median
-        row = [f"{w.key:4} {w.title} ({w.unit})"]
+        row = [f"{w.key:4} {w.title}"]
         for m in modes:
             c = cells[m.name]
             if c.error:
@@ -593,7 +593,7 @@ def machine_line(info: dict[str, object]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="3 runs, shorter loops, 64 MiB for W2, a 10-file project for W3 (about a minute)")
+                    help="3 runs, shorter loops, 64 MiB for W2, a 4-file project for W3 (about a minute)")
     ap.add_argument("--json", action="store_true",
                     help="print the results as JSON on stdout (the table goes to stderr)")
     ap.add_argument("--only", metavar="W1,W3", help="workloads to run (keys as in the table)")

@@ -3,12 +3,17 @@ table, and the user guide documents every exit status and every allowed divergen
 
 from __future__ import annotations
 
+import argparse
+import ast
+import inspect
 import re
+import tomllib
 from pathlib import Path
 
 import divergences
+import pytest
 
-from homenode import exitcodes
+from homenode import cli, config, exitcodes
 from syscalls import docs
 from syscalls.model import Level, Route, Syscall
 from syscalls.table import TABLE
@@ -110,3 +115,140 @@ def test_every_allowed_divergence_is_explained_in_the_guide() -> None:
             "'Known divergences' in docs/guide.md")
     assert len(rows) == len(divergences.ALLOWED), (
         "docs/guide.md lists a different number of divergences than tests/divergences.py")
+
+
+# ---- cluster.md and habits.md ---------------------------------------------------------------
+
+CLUSTER = REPO / "docs" / "cluster.md"
+HABITS = REPO / "docs" / "habits.md"
+
+# How docs/cluster.md names the type each validator in homenode/config.py accepts.
+_TYPE_WORDS = {"str": "string", "int": "integer", "int|float": "number", "dict": "table"}
+
+
+def doc_section(path: Path, heading: str) -> str:
+    """Like `section`, for any page of docs/, and not fooled by `# comment` lines inside
+    fenced code blocks."""
+    out: list[str] = []
+    level = 0
+    fenced = False
+    for line in path.read_text().splitlines(keepends=True):
+        m = None if fenced else re.match(r"^(#+) (.*?)\s*$", line)
+        if line.startswith("```"):
+            fenced = not fenced
+        if m and level and len(m.group(1)) <= level:
+            break
+        if level:
+            out.append(line)
+        elif m and m.group(2) == heading:
+            level = len(m.group(1))
+    assert level, f"docs/{path.name} has no section {heading!r}"
+    return "".join(out)
+
+
+def long_options(ap: argparse.ArgumentParser) -> set[str]:
+    """Every long option string `ap --help` prints."""
+    return {s for a in ap._actions if a.help != argparse.SUPPRESS
+            for s in a.option_strings if s.startswith("--")}
+
+
+def mentions(text: str, option: str) -> bool:
+    """`option` appears as a whole word: `--home` is not found inside `--home-addr`."""
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def config_keys() -> tuple[dict[str, str], dict[str, str]]:
+    """The top-level and per-host keys homenode/config.py accepts, each with its type
+    (`str`, `int`, `int|float`, `dict`). The top-level ones are the `top` dict inside
+    config.parse()."""
+    def type_name(node: ast.expr) -> str:
+        if isinstance(node, ast.Tuple):
+            return "|".join(type_name(e) for e in node.elts)
+        assert isinstance(node, ast.Name), ast.dump(node)
+        return node.id
+
+    fn = next(n for n in ast.walk(ast.parse(inspect.getsource(config)))
+              if isinstance(n, ast.FunctionDef) and n.name == "parse")
+    top: dict[str, str] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and target.id == "top" and isinstance(node.value, ast.Dict):
+                top = {ast.literal_eval(k): type_name(v)
+                       for k, v in zip(node.value.keys, node.value.values, strict=True) if k is not None}
+    assert "hosts" in top, "could not find the `top` dict in homenode/config.py's parse()"
+    host = {k: "|".join(t.__name__ for t in v) if isinstance(v, tuple) else v.__name__
+            for k, v in config._HOST_KEYS.items()}
+    return top, host
+
+
+def test_config_keys_are_the_ones_parse_accepts() -> None:
+    top, host = config_keys()
+    for key in top:  # a known key with a bad value is a type error, not an unknown setting
+        with pytest.raises(config.ConfigError, match="wrong type"):
+            config.parse({key: object()})
+    for key in host:
+        with pytest.raises(config.ConfigError, match="wrong type"):
+            config.parse({"hosts": {"h": {key: object()}}})
+    with pytest.raises(config.ConfigError, match="unknown setting"):
+        config.parse({"no_such_key_anywhere": 1})
+
+
+def test_every_qrun_option_is_documented() -> None:
+    options = long_options(cli.parser())
+    help_text = cli.parser().format_help()
+    assert "--transparent" in options and "--help" in options
+    for opt in options:
+        assert opt in help_text, f"{opt} is not in `qrun --help`"
+    pages = [GUIDE, CLUSTER, HABITS]
+    texts = [p.read_text() for p in pages]
+    missing = sorted(o for o in options if not any(mentions(t, o) for t in texts))
+    assert not missing, (f"options of `qrun --help` documented in none of "
+                         f"{', '.join('docs/' + p.name for p in pages)}: {missing}")
+
+
+@pytest.mark.parametrize("heading, which", [("Top-level settings", 0), ("Per-host settings", 1)])
+def test_every_config_key_is_documented(heading: str, which: int) -> None:
+    keys = config_keys()[which]
+    rows = {cells[0].strip("`"): cells for cells in table_rows(doc_section(CLUSTER, heading))}
+    missing = sorted(set(keys) - set(rows))
+    assert not missing, f"keys accepted by homenode/config.py missing from '{heading}' in docs/cluster.md: {missing}"
+    extra = sorted(set(rows) - set(keys))
+    assert not extra, f"docs/cluster.md '{heading}' documents keys homenode/config.py rejects: {extra}"
+    for key, kind in keys.items():
+        cells = rows[key]
+        assert len(cells) == 4 and all(cells), f"{key}: expected | key | type | default | meaning |"
+        assert cells[1].startswith(_TYPE_WORDS[kind]), (
+            f"docs/cluster.md gives {key} the type {cells[1]!r}; homenode/config.py wants {kind}")
+
+
+def test_the_complete_example_parses_and_shows_every_key() -> None:
+    body = doc_section(CLUSTER, "A complete example")
+    blocks = re.findall(r"^```toml\n(.*?)^```", body, re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1, "expected one ```toml block under 'A complete example'"
+    example = blocks[0]
+    cfg = config.parse(tomllib.loads(example), "docs/cluster.md")
+    assert cfg.hosts
+    # keys that belong in another copy of the file (agent_secret_key) may be shown commented out
+    shown = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", example, re.MULTILINE))
+    shown |= {"hosts"}
+    top, host = config_keys()
+    assert not set(top) - shown, f"the example in docs/cluster.md lacks {sorted(set(top) - shown)}"
+    assert not set(host) - shown, f"the example in docs/cluster.md lacks {sorted(set(host) - shown)}"
+
+
+def test_exit_statuses_in_cluster_guide_exist() -> None:
+    rows = table_rows(doc_section(CLUSTER, "Failure modes and exit statuses"))
+    listed = {int(cells[0]) for cells in rows}
+    assert listed <= set(exitcodes.DOC), f"docs/cluster.md lists unknown statuses {sorted(listed - set(exitcodes.DOC))}"
+    for code in (exitcodes.UNREACHABLE, exitcodes.REFUSED, exitcodes.SCHEDULER, exitcodes.NO_HOST,
+                 exitcodes.REMOTE_CWD, exitcodes.LAUNCH):
+        assert code in listed, f"exit status {code} is missing from docs/cluster.md's failure table"
+
+
+def test_new_pages_are_linked() -> None:
+    readme = (REPO / "README.md").read_text()
+    guide = GUIDE.read_text()
+    for page in ("cluster.md", "habits.md"):
+        assert f"(docs/{page})" in readme, f"README.md does not link docs/{page}"
+        assert f"({page})" in guide, f"docs/guide.md does not link {page}"
