@@ -516,8 +516,8 @@ def fmt_ratio(r: float) -> str:
     return f"{r:.0f}×" if r >= 10 else f"{r:.2f}×"
 
 
-def table(wls: list[Workload], modes: list[Mode], results: dict[str, dict[str, Cell]],
-          cfg: Config) -> tuple[str, list[str]]:
+def table(wls: list[Workload], modes: list[Mode],
+          results: dict[str, dict[str, Cell]]) -> tuple[str, list[str]]:
     notes: list[str] = []
     head = ["workload"] + [m.name for m in modes]
     rows = []
@@ -669,8 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     info = machine_info()
-    text, notes = table(wls, modes, results, cfg)
-    print(f"qrun benchmark: median of {cfg.runs} runs after a warm-up"
+    text, notes = table(wls, modes, results)
+    print(f"qrun benchmark: median of {cfg.runs} run{'s' if cfg.runs != 1 else ''} after a warm-up"
           f"{' (--quick)' if cfg.quick else ''}; (N×) = slowdown against native", file=out)
     print(text, file=out)
     for i, n in enumerate(notes, 1):

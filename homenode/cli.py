@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), exc.code)
     except PlacementError as exc:
         return fail(str(exc), exitcodes.NO_HOST)
+    except hostlist.HostListError as exc:
+        return fail(str(exc), exitcodes.USAGE)
     if opts.transparent:
         policy = PathPolicy().with_overrides(opts.local, opts.home)
         welcome: dict[str, Any] = {
@@ -163,7 +165,7 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
             raise launchers.LaunchError("with --launcher slurm, name one node with -w "
                                         "(or none, and Slurm chooses)", exitcodes.USAGE)
         return launchers.slurm(job, stub, wanted[0] if wanted else None, home_addr,
-                               srun_command=cfg.srun_command), None
+                               srun_command=cfg.srun_command, exclude=sorted(excluded)), None
     if not cfg.hosts:
         raise launchers.LaunchError(f"unknown host '{opts.host}' (known: {', '.join(BUILTIN_HOSTS)}; "
                                     "or use --via PREFIX)", exitcodes.LAUNCH)
@@ -236,6 +238,8 @@ def hosts_command(args: list[str]) -> int:
         return fail(str(exc), exitcodes.USAGE)
     if cfg.agent_public_key:
         agent.query(cfg, views)
+    else:
+        _assume_idle(views)  # as a job would: spread round-robin by recent dispatches
     Ledger().annotate(views)
     try:
         choose(views, requirements)
@@ -258,6 +262,8 @@ def hosts_command(args: list[str]) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     if not views:
         print("(no hosts: add [hosts.NAME] tables to the cluster file)")
+    elif not cfg.agent_public_key:
+        print("(no agents configured: load is not measured, jobs are spread round-robin)")
     return 0
 
 

@@ -102,7 +102,11 @@ def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
             if not isinstance(value, want) or isinstance(value, bool):
                 raise ConfigError(f"{source}: [hosts.{name}] {key} has the wrong type")
         hc = HostConfig(name=name, **{k: v for k, v in h.items() if k != "resources"})
-        hc.resources = {str(k): float(v) for k, v in h.get("resources", {}).items()}
+        hc.resources = {}
+        for k, v in h.get("resources", {}).items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"{source}: [hosts.{name}] resource {k} must be a number")
+            hc.resources[str(k)] = float(v)
         if hc.launcher not in ("ssh", "slurm"):
             raise ConfigError(f"{source}: [hosts.{name}] launcher must be ssh or slurm")
         if hc.speed <= 0 or hc.memory <= 0:

@@ -167,7 +167,7 @@ def ssh(job: str, stub: list[str], host: str, target: str, home_addr: str,
 
 
 def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition: str = "",
-          srun_command: str = "srun") -> Launch:
+          srun_command: str = "srun", exclude: list[str] | None = None) -> Launch:
     """srun starts the stub where Slurm decides (or on `host`); inside an allocation it
     uses that allocation. The stub reports which node it landed on."""
     words = shlex.split(srun_command) + ["-N1", "-n1", "--quiet", f"--job-name=qrun-{job[:6]}"]
@@ -175,6 +175,8 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
         words.append(f"--nodelist={host}")
     if partition:
         words.append(f"--partition={partition}")
+    if exclude:
+        words.append(f"--exclude={','.join(exclude)}")
     if not home_addr:
         raise LaunchError("the slurm launcher needs to know where stubs connect back to: set "
                           "home_addr in the cluster file or pass --home-addr", exitcodes.USAGE)

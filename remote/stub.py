@@ -189,7 +189,9 @@ def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
                         version=wire.PROTOCOL_VERSION, host=socket.gethostname(), pid=os.getpid())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rpc.sock.send(hello)
+        if not try_send(rpc.sock, hello):
+            time.sleep(0.2)  # not connected (yet): the home node may still be coming up
+            continue
         if rpc.sock.poll(2000):
             msg = wire.decode(rpc.sock.recv())
             if msg["t"] == "welcome":
@@ -242,6 +244,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
     argv = [str(a) for a in welcome["argv"]]
     cwd = str(welcome["cwd"])
     host = socket.gethostname()
+    os.umask(int(welcome["umask"]))
     job = PlainJob()
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)

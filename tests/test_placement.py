@@ -166,3 +166,22 @@ def test_agent_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "qrun agent --keygen" in r.stderr
 
+
+
+def test_bad_host_list_is_a_usage_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "homenode.cli", "-w", "node[1-", "--", "true"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "qrun: unbalanced '[' in 'node[1-'"
+
+
+def test_hosts_table_without_agents_says_so(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('[hosts.a]\n[hosts.b]\nresources = { scratch_gb = 5 }\n')
+    r = subprocess.run([sys.executable, "-m", "homenode.cli", "hosts", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, XDG_STATE_HOME=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines[1:3]] == [["a", "up"], ["b", "up"]]
+    assert "scratch_gb=5" in lines[2]
+    assert lines[-1] == "(no agents configured: load is not measured, jobs are spread round-robin)"
