@@ -35,9 +35,13 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
 /* Like qr_wait, but resumes here, without returning, the seccomp stops of calls in
  * `local_ok` (a bitmap by syscall number) whose first argument is a local fd, and of
  * calls in `copy_ok` whose fd is a local copy. `home_prefix`/`copy_prefix` are the
- * directories placeholder and copy fds point into. *fast counts the stops resumed. */
+ * directories placeholder and copy fds point into. Calls with `path_arg[nr] >= 0` whose
+ * path argument there is absolute, plainly written and routes local under `policy`
+ * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties) are
+ * resumed too. *fast counts the stops resumed. */
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast);
+                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast,
+                     const signed char *path_arg, const char *policy, int policy_len);
 
 int qr_hide_path(const char *path); /* mount an empty read-only tmpfs over path */
 int qr_private_tmpfs(const char *path); /* mount an empty writable (1777) tmpfs over path */

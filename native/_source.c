@@ -327,22 +327,39 @@ int qr_private_tmpfs(const char *path)
     return 0;
 }
 
-static int seccomp_nr_and_fd(int pid, long *nr, int *fd)
+/* Whether `path` (absolute, no "." or ".." components, no "//") routes local. */
+static int routes_local(const char *path, const char *policy, int policy_len)
 {
-    struct qr_regs r;
-    int e = qr_get_regs(pid, &r);
-    if (e < 0)
-        return e;
-    *nr = r.nr;
-    *fd = (int)r.args[0];
-    return 0;
+    if (path[0] != '/' || strstr(path, "//") || strstr(path, "/./") || strstr(path, "/../"))
+        return 0;
+    size_t n = strlen(path);
+    if ((n >= 2 && strcmp(path + n - 2, "/.") == 0) || (n >= 3 && strcmp(path + n - 3, "/..") == 0))
+        return 0;
+    long best = -1;
+    int local = 0;
+    for (const char *p = policy; p < policy + policy_len; p += strlen(p) + 1) {
+        char kind = p[0];
+        const char *prefix = p + 1;
+        size_t pl = strlen(prefix);
+        int under = strncmp(path, prefix, pl) == 0 && (path[pl] == 0 || path[pl] == '/' ||
+                                                        (pl == 1 && prefix[0] == '/'));
+        if (!under)
+            continue;
+        if ((long)pl > best || ((long)pl == best && kind == 'H')) {
+            best = (long)pl;
+            local = kind == 'L';
+        }
+    }
+    return local;
 }
 
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast)
+                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast,
+                     const signed char *path_arg, const char *policy, int policy_len)
 {
     size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
     char path[64], target[4096];
+    struct qr_regs r;
     for (;;) {
         int pid = qr_wait(status);
         if (pid < 0)
@@ -351,24 +368,30 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         /* Only seccomp stops qualify; everything else is Python's. */
         if (!WIFSTOPPED(st) || (st >> 8) != (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)))
             return pid;
-        long nr;
-        int fd;
-        if (seccomp_nr_and_fd(pid, &nr, &fd) < 0 || nr < 0 || nr >= nbits)
+        if (qr_get_regs(pid, &r) < 0 || r.nr < 0 || r.nr >= nbits)
             return pid;
-        int is_local_ok = local_ok[nr / 8] & (1 << (nr % 8));
-        if (!is_local_ok)
-            return pid;
-        int is_copy_ok = copy_ok[nr / 8] & (1 << (nr % 8));
-        snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
-        ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
-        if (n > 0) {
-            target[n] = 0;
-            if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)
-                return pid;                     /* a home placeholder */
-            if ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0 && !is_copy_ok)
-                return pid;                     /* a copy, and not its data path */
+        long nr = r.nr;
+        int pa = path_arg[nr];
+        if (pa >= 0) {
+            long n = qr_read_cstr(pid, r.args[pa], target, sizeof target);
+            if (n <= 0 || !routes_local(target, policy, policy_len))
+                return pid;
+        } else {
+            if (!(local_ok[nr / 8] & (1 << (nr % 8))))
+                return pid;
+            int fd = (int)r.args[0];
+            snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+            ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
+            if (n > 0) {
+                target[n] = 0;
+                if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)
+                    return pid;                     /* a home placeholder */
+                if ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0 &&
+                    !(copy_ok[nr / 8] & (1 << (nr % 8))))
+                    return pid;                     /* a copy, and not its data path */
+            }
         }
-        /* A local fd (or none: the kernel will say EBADF): let the kernel run it. */
+        /* A local fd or path (or none: the kernel will say EBADF): the kernel runs it. */
         if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)
             return pid;
         (*fast)++;

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STUB_FAILURE
         if welcome["options"].get("mode") == "plain":
             return run_plain(ctl, welcome, timeout)
-        state = tempfile.mkdtemp(prefix="qrun-stub-")
+        sweep_stale_state()
+        state = tempfile.mkdtemp(prefix=f"qrun-stub-{os.getpid()}-")
         return run_job(ctl, rpc, welcome, state, timeout)
     except HomeLost as exc:
         eprint(str(exc))
@@ -359,6 +360,29 @@ def main(argv: list[str] | None = None) -> int:
         if state:
             shutil.rmtree(state, ignore_errors=True)
         ctx.destroy(linger=0)
+
+
+def sweep_stale_state() -> None:
+    """Remove state directories of stubs that were killed (SIGKILL leaves no chance to
+    clean up): `qrun-stub-<pid>-*` of ours whose pid is gone."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[:2] != ["qrun", "stub"] or not parts[2].isdigit():
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def control_ready(ctl: zmq.Socket, timeout: float) -> bool:

@@ -77,6 +77,14 @@ class Tracer(Handlers):
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
         self._copy_prefix = os.fsencode(fds.copies_dir + "/")
         self.fast_stops = ffi.new("long *")
+        path_arg = [-1] * FAST_BITS
+        for s in self.by_nr.values():
+            n = s.number(ARCH)
+            if n is not None and n < FAST_BITS:
+                path_arg[n] = s.local_path_arg
+        self._path_arg = ffi.new("signed char[]", path_arg)
+        self._policy = b"".join(b"L" + os.fsencode(p) + b"\0" for p in policy.local) + \
+            b"".join(b"H" + os.fsencode(p) + b"\0" for p in policy.home)
         self.exec_err_fd = -1
 
     # ---- starting the job ---------------------------------------------------------------
@@ -130,7 +138,8 @@ class Tracer(Handlers):
             pid = lib.qr_wait(status)
         else:
             pid = lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
-                                       self._ph_prefix, self._copy_prefix, self.fast_stops)
+                                       self._ph_prefix, self._copy_prefix, self.fast_stops,
+                                       self._path_arg, self._policy, len(self._policy))
         if pid < 0:
             raise OSError(-pid, "waitpid")
         return pid, int(status[0])  # type: ignore[index]

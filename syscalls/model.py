@@ -159,5 +159,16 @@ class Syscall:
         """Whether this call may be executed by the home node's generic executor."""
         return self.route in (Route.BY_PATH, Route.BY_FD) and not self.handler
 
+    @property
+    def local_path_arg(self) -> int:
+        """The argument index of the one path that decides this call's route, if an
+        absolute local path there means "just run it" (-1 otherwise). Calls naming two
+        paths, and chdir (which moves the virtual cwd), do not qualify."""
+        paths = [i for i, k in enumerate(self.args) if isinstance(k, Path)]
+        plain = self.route is Route.BY_PATH or (self.route is Route.IRREGULAR and
+                                                self.handler in ("open", "execve") and
+                                                self.name != "execveat")
+        return paths[0] if plain and len(paths) == 1 else -1
+
     def number(self, arch: str) -> int | None:
         return self.x86_64 if arch == "x86_64" else self.aarch64 if arch == "aarch64" else None
