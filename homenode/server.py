@@ -373,6 +373,13 @@ class HomeServer:
         finally:
             os.close(fd)
 
+    def op_fetch(self, handle: int, offset: int, size: int) -> tuple[int, str | None, dict[str, Any]]:
+        """A chunk of a file being copied to the execution host (one pread, one copy)."""
+        if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0:
+            raise BadRequest("fetch: malformed arguments")
+        data = os.pread(self.handles.fd(handle), min(size, 64 << 20), offset)
+        return len(data), None, {"data": data}
+
     def op_deputy(self, name: str) -> tuple[int, str | None, dict[str, Any]]:
         return self.deputies.spawn(str(name)[:15]), None, {}
 

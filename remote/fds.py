@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as st
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 LOCAL, HOME, COPY = "local", "home", "copy"
@@ -122,7 +123,7 @@ class FdSpace:
         return None
 
     def store_copy(self, home_path: str, v: Validator, mode: int, atime_ns: int,
-                   chunks: list[bytes]) -> str:
+                   chunks: Iterable[bytes]) -> str:
         path = self.copy_path(home_path)
         tmp = path + ".part"
         fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)

@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -368,7 +369,7 @@ class Handlers:
         v = Validator(size=st[7], mtime_ns=st[12] * 10**9 + st[13], ino=st[1], dev=st[0])
         cache = self.fds.fresh_copy(home_path, v) if o.get("fresh") else None
         if cache is None:
-            chunks = [o["data"]] if "data" in o else self.fetch(t, h, v.size)
+            chunks: Iterable[bytes] = [o["data"]] if "data" in o else self.fetch(t, h, v.size)
             cache = self.fds.store_copy(home_path, v, st[2], st[10] * 10**9 + st[11], chunks)
         if exec_:
             self.rpc.pending_close.append(h)  # the new image needs the data, not the fd
@@ -377,16 +378,17 @@ class Handlers:
         self.install(t, regs, self.fds.link_copy(h, cache, home_path), keep, h)
         return None
 
-    def fetch(self, t: Thread, handle: int, size: int) -> list[bytes]:
-        chunks, off = [], 0
+    def fetch(self, t: Thread, handle: int, size: int) -> Iterator[bytes]:
+        """The file's data in chunks, streamed into the copy as they arrive (a large file
+        never sits whole in the stub's memory)."""
+        off = 0
         while off < size:
-            rep = self.call_home(t, "pread64", [handle, FETCH_CHUNK, FETCH_CHUNK, off])
-            data = rep["o"].get("1", b"")
+            rep = self.call_home(t, "fetch", [handle, off, FETCH_CHUNK])
+            data = rep["o"].get("data", b"")
             if rep["e"] or not data:
-                break
-            chunks.append(data)
+                return
+            yield data
             off += len(data)
-        return chunks
 
     def install(self, t: Thread, regs: Regs, local_path: str, fl: int, handle: int) -> None:
         """Turn the trapped open into openat(AT_FDCWD, local_path, fl) run by the kernel, so
