@@ -24,6 +24,16 @@ def run(cmd: list[str], cwd: Path | str | None = None, timeout: float = 120, **k
                           stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
 
 
+def compile_c(workdir: Path, name: str, source: str, *flags: str) -> Path:
+    """Build a test program from C source at home; returns the executable."""
+    src = workdir / f"{name}.c"
+    src.write_text(source)
+    exe = workdir / name
+    r = run([GCC or "gcc", "-O1", *flags, "-o", str(exe), str(src)])
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -112,7 +122,7 @@ def test_python_script_runs_with_its_home_path(qrun_prefix: list[str], workdir: 
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
 def test_static_multithreaded_binary(qrun_prefix: list[str], workdir: Path) -> None:
-    (workdir / "t.c").write_text(r'''
+    exe = compile_c(workdir, "t", r'''
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -134,9 +144,7 @@ int main(void) {
     for (int i = 0; i < 6; i++) pthread_join(t[i], 0);
     fclose(out); puts("done"); return 0;
 }
-''')
-    exe = workdir / "t"
-    assert run([GCC or "gcc", "-O1", "-static", "-pthread", "-o", str(exe), str(workdir / "t.c")]).returncode == 0
+''', "-static", "-pthread")
     native = run([str(exe)], cwd=workdir)
     expect = tree_digest(workdir)
     expect_log = sorted((workdir / "log").read_text().splitlines())
@@ -319,9 +327,7 @@ int main(void) {
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
 def test_unsupported_calls_fail_with_an_errno_and_one_warning(qrun_prefix: list[str], workdir: Path) -> None:
-    (workdir / "d.c").write_text(DENIED_C)
-    exe = workdir / "d"
-    assert run([GCC or "gcc", "-O1", "-o", str(exe), str(workdir / "d.c")]).returncode == 0
+    exe = compile_c(workdir, "d", DENIED_C)
     r = run(qrun_prefix + [str(exe)], cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["io_uring_setup: ENOSYS", "sethostname: EPERM", "nr1000: ENOSYS"] * 2 + [
@@ -463,9 +469,7 @@ int main(void) {
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
 def test_record_locks_exclude_and_home_fifos_fail_fast(qrun_prefix: list[str], workdir: Path) -> None:
-    (workdir / "l.c").write_text(LOCKS_C)
-    exe = workdir / "l"
-    assert run([GCC or "gcc", "-O1", "-o", str(exe), str(workdir / "l.c")]).returncode == 0
+    exe = compile_c(workdir, "l", LOCKS_C)
     os.mkfifo(workdir / "fifo")
     started = time.monotonic()
     r = run(qrun_prefix + [str(exe)], cwd=workdir, timeout=60)
