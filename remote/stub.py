@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from native import ffi, lib
 from remote.channel import Credentials, HomeLost, Rpc, connect, try_send
@@ -89,12 +90,18 @@ class StdioPump(threading.Thread):
         self.last_heard = time.monotonic()
         last_ping = 0.0
         bye_deadline: float | None = None
+        # A home node that dies closes its connection: notice that within seconds rather
+        # than after the silence timeout (which still covers a network that drops packets).
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+        disconnected_at: float | None = None
+        grace = min(3.0, self.timeout)
         try_send(self.sock, wire.encode("ping"))
         for fd in self.out_fds:
             os.set_blocking(fd, False)
         while True:
             poller = zmq.Poller()
             poller.register(self.sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
             poller.register(self.wake_r, zmq.POLLIN)
             for fd in self.out_fds:
                 poller.register(fd, zmq.POLLIN)
@@ -102,6 +109,18 @@ class StdioPump(threading.Thread):
                 poller.register(self.in_fd, zmq.POLLOUT)
             events = dict(poller.poll(500))
             now = time.monotonic()
+            if monitor in events:
+                while monitor.poll(0):
+                    event = recv_monitor_message(monitor)["event"]
+                    if event == zmq.EVENT_DISCONNECTED:
+                        disconnected_at = disconnected_at or now
+                    elif event == zmq.EVENT_CONNECTED:
+                        disconnected_at = None
+            if disconnected_at is not None and now - disconnected_at > grace and bye_deadline is None:
+                eprint(f"the home node closed the connection ({grace:.0f} s ago); killing the job")
+                self.home_lost.set()
+                self.tracer.kill_all()
+                return
             if self.sock in events:
                 while self.sock.poll(0):
                     msg = wire.decode(self.sock.recv())
