@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from homenode import agent, config, exitcodes, hostlist, launchers
+from homenode import config, exitcodes, hostlist, launchers
 from homenode.identity import snapshot
 from homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
 from homenode.server import HomeServer, JobFailed, Outcome
@@ -175,8 +175,9 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
                              "no host")
     views = views_for(cfg, names)
     ledger = Ledger()
-    if len(views) > 1 or requirements:
-        agent.query(cfg, views) if cfg.agent_public_key else _assume_idle(views)
+    if (len(views) > 1 or requirements) and cfg.agent_public_key:
+        from homenode import agent  # psutil and friends: only when loads are asked for
+        agent.query(cfg, views)
     else:
         _assume_idle(views)  # one host named explicitly: just go there
     chosen = _claim(cfg, ledger, views, requirements)
@@ -237,6 +238,7 @@ def hosts_command(args: list[str]) -> int:
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
     if cfg.agent_public_key:
+        from homenode import agent
         agent.query(cfg, views)
     else:
         _assume_idle(views)  # as a job would: spread round-robin by recent dispatches
