@@ -149,10 +149,11 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
                  cwd: str, requirements: list[Requirement]) -> tuple[launchers.Launch, Ledger | None]:
     """Pick the host and its launcher: "where" is decided here, the stub is always the same."""
     if opts.via:
-        if not opts.home_addr:
-            raise launchers.LaunchError("--via needs --home-addr ADDR (where the stub can reach "
-                                        "this machine)", exitcodes.USAGE)
-        return launchers.via(job, stub, opts.via, opts.home_addr), None
+        addr = opts.home_addr or cfg.home_addr
+        if not addr:
+            raise launchers.LaunchError("--via needs --home-addr ADDR (or home_addr in the cluster "
+                                        "file): where the stub can reach this machine", exitcodes.USAGE)
+        return launchers.via(job, stub, opts.via, addr), None
     wanted = hostlist.expand(opts.host) if opts.host else []
     excluded = set(hostlist.expand(opts.exclude)) if opts.exclude else set()
     home_addr = opts.home_addr or cfg.home_addr
