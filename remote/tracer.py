@@ -297,6 +297,8 @@ class Tracer(Handlers):
     # ---- home handles ------------------------------------------------------------------
     def sweep_handles(self, only: int | None = None) -> None:
         """Close home handles no job process refers to any more."""
+        if not self.open_handles:
+            return  # nothing to close: skip listing every process's fds (exits are frequent)
         live: set[int] = set()
         for tgid in self.procs:
             live |= self.fds.handles_of(tgid)
