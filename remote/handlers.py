@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from remote.fds import COPY, HOME, LOCAL, Validator
 from remote.tracee import (
-    CLONE_THREAD,
     CLONE_VFORK,
     CLONE_VM,
     Memory,
@@ -49,7 +47,6 @@ from syscalls.model import (
     Syscall,
 )
 from syscalls.paths import normalize
-from syscalls.table import BY_NAME
 
 if TYPE_CHECKING:
     from remote.channel import Rpc
@@ -779,5 +776,3 @@ class Handlers:
 
 # Irregular handlers that exist; a test checks every table handler is among them.
 HANDLERS = {name[2:] for name in dir(Handlers) if name.startswith("h_")}
-SIGNALS = signal.Signals
-_ = BY_NAME, CLONE_THREAD

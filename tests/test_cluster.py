@@ -17,7 +17,7 @@ import zmq
 from hosts import HostCluster
 
 from homenode import config
-from homenode.placement import HostView, Ledger, choose, views_for
+from homenode.placement import Ledger, choose, views_for
 
 AGENT_PORT = 17781
 
@@ -249,4 +249,3 @@ def test_slurm_down(qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: H
     assert r.returncode == 120, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("qrun: Slurm is not available (")
     assert stubs_left(cluster_hosts) == []
-    _ = HostView

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -295,7 +294,6 @@ def test_sandbox_host_is_isolated(qrun_cmd: list[str], workdir: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["x", os.uname().nodename]
     assert "qrun: host=sandbox status=0" in r.stderr
-    _ = sys
 
 
 # ---- nothing silently wrong ---------------------------------------------------------------
