@@ -125,7 +125,8 @@ class HomeServer:
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
                      signal.SIGTSTP)
-        old_handlers = {s: signal.signal(s, lambda *_: None) for s in forwarded}
+        # SIGCHLD only wakes the loop: a deputy may have been SIGKILLed at home.
+        old_handlers = {s: signal.signal(s, lambda *_: None) for s in (*forwarded, signal.SIGCHLD)}
         last_int = 0.0
         try:
             while True:
@@ -144,8 +145,10 @@ class HomeServer:
                     outcome = self.receive(started)
                     if outcome is not None:
                         return outcome
+                child_exited = False
                 if sig_r in events:
                     for b in os.read(sig_r, 64):
+                        child_exited |= b == signal.SIGCHLD
                         if b == signal.SIGINT and now - last_int < 1.0:
                             # A second Ctrl-C within a second: stop at once, as srun does.
                             self._send_ctl("sig", pid=0, sig=signal.SIGKILL)
@@ -156,8 +159,9 @@ class HomeServer:
                 if self.deputies.report_fd in events:
                     for home_pid, sig in self.deputies.read_reports():
                         self._send_ctl("sig", pid=home_pid, sig=sig)
-                for home_pid in self.deputies.killed():
-                    self._send_ctl("sig", pid=home_pid, sig=signal.SIGKILL)
+                if child_exited:  # not per message: that was a waitpid for every deputy
+                    for home_pid in self.deputies.killed():
+                        self._send_ctl("sig", pid=home_pid, sig=signal.SIGKILL)
                 if 0 in events:
                     self._pump_stdin()
                 if err_fd is not None and err_fd in events and not self._relay_stderr(err_fd):

@@ -476,3 +476,17 @@ def test_record_locks_exclude_and_home_fifos_fail_fast(qrun_prefix: list[str], w
     assert r.stdout.splitlines() == ["parent: ok", "child: EAGAIN", "fifo: EOPNOTSUPP"]
     assert "named pipes at home are not supported" in r.stderr
     assert time.monotonic() - started < 30
+
+
+def test_sigkill_to_a_home_pid_kills_the_remote_process(qrun_prefix: list[str], workdir: Path) -> None:
+    # SIGKILL cannot be caught by the deputy: its death at home is what gets relayed
+    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", "echo $$ > pid; exec sleep 60"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pidfile = workdir / "pid"
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert "qrun: job killed by signal 9 (SIGKILL)" in err
