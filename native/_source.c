@@ -355,12 +355,14 @@ static int routes_local(const char *path, const char *policy, int policy_len)
 
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
                      int nbits, const char *home_prefix, const char *copy_prefix, long *fast,
-                     const signed char *path_arg, const char *policy, int policy_len)
+                     const signed char *path_arg, const char *policy, int policy_len,
+                     struct qr_regs *regs, int *have_regs)
 {
     size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
     char path[64], target[4096];
     struct qr_regs r;
     for (;;) {
+        *have_regs = 0;
         int pid = qr_wait(status);
         if (pid < 0)
             return pid;
@@ -368,7 +370,11 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         /* Only seccomp stops qualify; everything else is Python's. */
         if (!WIFSTOPPED(st) || (st >> 8) != (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)))
             return pid;
-        if (qr_get_regs(pid, &r) < 0 || r.nr < 0 || r.nr >= nbits)
+        if (qr_get_regs(pid, &r) < 0)
+            return pid;
+        *regs = r;
+        *have_regs = 1;
+        if (r.nr < 0 || r.nr >= nbits)
             return pid;
         long nr = r.nr;
         int pa = path_arg[nr];

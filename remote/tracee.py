@@ -64,6 +64,11 @@ class Regs:
     def __init__(self) -> None:
         self._r = ffi.new("struct qr_regs *")
 
+    @property
+    def raw(self) -> object:
+        """The C struct, for calls that fill it directly."""
+        return self._r
+
     def load(self, tid: int) -> Regs:
         rc = lib.qr_get_regs(tid, self._r)
         if rc < 0:

@@ -77,6 +77,7 @@ class Tracer(Handlers):
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
         self._copy_prefix = os.fsencode(fds.copies_dir + "/")
         self.fast_stops = ffi.new("long *")
+        self._have_regs = ffi.new("int *")  # the C wait loop already read this stop's registers
         path_arg = [-1] * FAST_BITS
         for s in self.by_nr.values():
             n = s.number(ARCH)
@@ -139,7 +140,8 @@ class Tracer(Handlers):
         else:
             pid = lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
                                        self._ph_prefix, self._copy_prefix, self.fast_stops,
-                                       self._path_arg, self._policy, len(self._policy))
+                                       self._path_arg, self._policy, len(self._policy),
+                                       self.regs.raw, self._have_regs)
         if pid < 0:
             raise OSError(-pid, "waitpid")
         return pid, int(status[0])  # type: ignore[index]
@@ -190,7 +192,7 @@ class Tracer(Handlers):
 
     # ---- stops ------------------------------------------------------------------------
     def _seccomp(self, t: Thread) -> None:
-        regs = self.regs.load(t.tid)
+        regs = self.regs if self._have_regs[0] else self.regs.load(t.tid)
         sc = self.by_nr.get(regs.nr)
         if DEBUG:
             sys.stderr.write(f"[trace]   {t.tid} {sc.name if sc else regs.nr}\n")
