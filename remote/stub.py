@@ -27,6 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 from native import ffi, lib
 from remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from remote.fds import FdSpace
+from remote.spawn import exec_error, spawn
 from remote.tracer import ARCH, Tracer
 from syscalls import wire
 from syscalls.paths import PathPolicy
@@ -258,6 +259,28 @@ def plain_env(welcome: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def start_stdio(ctl: zmq.Socket, timeout: float,
+                job: Tracer | PlainJob) -> tuple[StdioPump, tuple[int, int, int]]:
+    """The job's stdin/stdout/stderr pipes, relayed home by a running pump; returns the
+    job's ends (the caller closes them once the job has them)."""
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(in_w, False)
+    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
+    pump.start()
+    return pump, (in_r, out_w, err_w)
+
+
+def report_exit(pump: StdioPump, status: dict[str, Any], host: str) -> int:
+    """Send how the job ended (with its resource usage) and wait for home's goodbye."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pump.finish({"status": status, "usage": {"utime": ru.ru_utime, "stime": ru.ru_stime,
+                                             "maxrss_kb": ru.ru_maxrss}, "host": host})
+    pump.done.wait(15)
+    return 0
+
+
 def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
     """Plain remote execution (rsh/GNU Queue style): no tracing, the host's own files."""
     argv = [str(a) for a in welcome["argv"]]
@@ -265,52 +288,33 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
     host = socket.gethostname()
     os.umask(int(welcome["umask"]))
     job = PlainJob()
-    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(in_w, False)
-    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
-    pump.start()
-    if not os.path.isdir(cwd):
-        for fd in (in_r, out_w, err_w):
-            os.close(fd)
-        pump.finish({"status": {"code": 1, "error": f"the working directory {cwd} does not exist on {host}",
-                                "error_code": 122}, "usage": {}, "host": host})
-        pump.done.wait(15)
-        return 0
-    env = plain_env(welcome)
-    c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
-    c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
-    search = "/" not in argv[0]
-    if search:
-        os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = lib.qr_spawn_traced(os.fsencode(argv[0]), ffi.new("char *[]", c_args + [ffi.NULL]),
-                              ffi.new("char *[]", c_env + [ffi.NULL]), os.fsencode(cwd),
-                              in_r, out_w, err_w, w, b"", 0, int(search), 0)
-    for fd in (in_r, out_w, err_w, w):
-        os.close(fd)
-    if pid < 0:
-        eprint(f"cannot fork: {os.strerror(-pid)}")
+    pump, stdio = start_stdio(ctl, timeout, job)
+    try:
+        # (closed before any report: the pump sends the exit once the job's ends are shut)
+        missing_cwd = not os.path.isdir(cwd)
+        if not missing_cwd:
+            job.main_pid, err_fd = spawn(argv, plain_env(welcome), cwd, stdio, None)
+    except OSError as exc:
+        eprint(f"cannot fork: {exc.strerror}")
         return EXIT_STUB_FAILURE
-    job.main_pid = pid
+    finally:
+        for fd in stdio:
+            os.close(fd)
+    if missing_cwd:
+        return report_exit(pump, {"code": 1, "error_code": 122,
+                                  "error": f"the working directory {cwd} does not exist on {host}"}, host)
     while True:
         try:
-            _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(job.main_pid, 0)
             break
         except InterruptedError:
             continue
     job.kill_all()  # nothing the job left behind outlives it
     result = wait_status_to_wire(status)
-    data = os.read(r, 4)
-    os.close(r)
-    if len(data) == 4:
-        result["spawn_errno"] = int.from_bytes(data, "little")
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pump.finish({"status": result, "usage": {"utime": ru.ru_utime, "stime": ru.ru_stime,
-                                             "maxrss_kb": ru.ru_maxrss}, "host": host})
-    pump.done.wait(15)
-    return 0
+    err = exec_error(err_fd)
+    if err:
+        result["spawn_errno"] = err
+    return report_exit(pump, result, host)
 
 
 def wait_status_to_wire(status: int) -> dict[str, Any]:
@@ -430,15 +434,12 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         eprint(msg)
 
     tracer = Tracer(rpc, fds, policy, welcome["identity"], warn)
-    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(in_w, False)
-    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, tracer)
-    pump.start()
-    tracer.spawn(argv, env, cwd, real_cwd, (in_r, out_w, err_w))
-    for fd in (in_r, out_w, err_w):
-        os.close(fd)
+    pump, stdio = start_stdio(ctl, timeout, tracer)
+    try:
+        tracer.spawn(argv, env, cwd, real_cwd, stdio)
+    finally:
+        for fd in stdio:
+            os.close(fd)
     try:
         status = tracer.run()
     except HomeLost as exc:
@@ -453,11 +454,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     result = wait_status_to_wire(status)
     if err:
         result["spawn_errno"] = err
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    usage = {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss}
-    pump.finish({"status": result, "usage": usage, "host": socket.gethostname()})
-    pump.done.wait(15)
-    return 0
+    return report_exit(pump, result, socket.gethostname())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from native import ffi, lib
 from remote.channel import HomeLost, Rpc
 from remote.fds import FdSpace
 from remote.handlers import Handlers
+from remote.spawn import exec_error, spawn
 from remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
 from syscalls import bpf
 from syscalls.model import Route
@@ -91,37 +92,17 @@ class Tracer(Handlers):
     # ---- starting the job ---------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, real_cwd: str,
               stdio: tuple[int, int, int]) -> int:
-        filt = bpf.assemble(ARCH)
-        c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
-        c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
-        argv_p = ffi.new("char *[]", c_args + [ffi.NULL])
-        env_p = ffi.new("char *[]", c_env + [ffi.NULL])
-        r, w = os.pipe2(os.O_CLOEXEC)
-        search = "/" not in argv[0]
-        if search:
-            # execvp searches the PATH given to the job, as the home shell would.
-            os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
-        pid = lib.qr_spawn_traced(os.fsencode(argv[0]), argv_p, env_p, os.fsencode(real_cwd),
-                                  stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search), 1)
-        os.close(w)
-        if pid < 0:
-            os.close(r)
-            raise OSError(-pid, "fork")
+        pid, self.exec_err_fd = spawn(argv, env, real_cwd, stdio, bpf.assemble(ARCH))
         self.main_pid = pid
         proc = Proc(pid, 0)
         self.procs[pid] = proc
         self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)))
         os.umask(self.threads[pid].fs.umask)
-        self.exec_err_fd = r
         return pid
 
     def spawn_error(self) -> int:
         """The errno the job's first exec failed with, or 0 if it started."""
-        try:
-            data = os.read(self.exec_err_fd, 4)
-        except OSError:
-            return 0
-        return int.from_bytes(data, "little") if len(data) == 4 else 0
+        return exec_error(self.exec_err_fd)
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> int:
