@@ -162,9 +162,7 @@ class Handlers:
             if isinstance(k, Path):
                 has_dirfd = i > 0 and isinstance(sc.args[i - 1], DirFd)
                 dirfd = s32(regs.arg(i - 1)) if has_dirfd else AT_FDCWD
-                # utimensat(fd, NULL, ...) is futimens: the fd itself.
-                null_is_fd = sc.name == "utimensat"
-                if regs.arg(i) == 0 and not null_is_fd:
+                if regs.arg(i) == 0 and not k.null_is_fd:
                     out.append((i, Target(False)))
                     continue
                 out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok)))

@@ -54,8 +54,10 @@ class DirFd:
 
 @dataclass(frozen=True)
 class Path:
-    """A NUL-terminated path. `follow` is False when the final symlink is not followed."""
+    """A NUL-terminated path. `follow` is False when the final symlink is not followed;
+    `null_is_fd`: a NULL path names the preceding dirfd itself (utimensat as futimens)."""
     follow: bool = True
+    null_is_fd: bool = False
 
 
 @dataclass(frozen=True)
