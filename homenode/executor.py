@@ -88,9 +88,6 @@ class Handles:
         for h in list(self._by_id):
             self.close(h)
 
-    def __len__(self) -> int:
-        return len(self._by_id)
-
 
 def _int(v: object) -> int:
     if not isinstance(v, int) or isinstance(v, bool):

@@ -152,9 +152,6 @@ class Ledger:
                                 for host, t in data["dispatches"] if host == v.name)
                 v.running = sum(1 for r in data["running"].values() if r["host"] == v.name)
 
-    def running_total(self) -> int:
-        with self._locked() as data:
-            return len(data["running"])
 
     def claim(self, host: str, cap: int) -> bool:
         """Record a dispatch to `host` and this process as running there, unless the

@@ -38,10 +38,10 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
  * directories placeholder and copy fds point into. Calls with `path_arg[nr] >= 0` whose
  * path argument there is absolute, plainly written and routes local under `policy`
  * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties) are
- * resumed too. *fast counts the stops resumed. When it returns a seccomp stop whose
+ * resumed too. When it returns a seccomp stop whose
  * registers it read, they are in *regs and *have_regs is 1 (else 0). */
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast,
+                     int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs);
 

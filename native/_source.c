@@ -354,7 +354,7 @@ static int routes_local(const char *path, const char *policy, int policy_len)
 }
 
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix, long *fast,
+                     int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs)
 {
@@ -400,6 +400,5 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         /* A local fd or path (or none: the kernel will say EBADF): the kernel runs it. */
         if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)
             return pid;
-        (*fast)++;
     }
 }

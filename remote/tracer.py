@@ -77,7 +77,6 @@ class Tracer(Handlers):
         self._copy_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.copy_local)
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
         self._copy_prefix = os.fsencode(fds.copies_dir + "/")
-        self.fast_stops = ffi.new("long *")
         self._have_regs = ffi.new("int *")  # the C wait loop already read this stop's registers
         path_arg = [-1] * FAST_BITS
         for s in self.by_nr.values():
@@ -120,7 +119,7 @@ class Tracer(Handlers):
             pid = lib.qr_wait(status)
         else:
             pid = lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
-                                       self._ph_prefix, self._copy_prefix, self.fast_stops,
+                                       self._ph_prefix, self._copy_prefix,
                                        self._path_arg, self._policy, len(self._policy),
                                        self.regs.raw, self._have_regs)
         if pid < 0:
