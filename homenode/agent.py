@@ -19,10 +19,9 @@ from typing import Any
 
 import psutil
 import zmq
-
-from homenode.config import ClusterConfig, ConfigError, load
-from homenode.placement import HostView
-from syscalls import wire
+from qrun.homenode.config import ClusterConfig, ConfigError, load
+from qrun.homenode.placement import HostView
+from qrun.syscalls import wire
 
 
 def figures(load_file: str | None) -> dict[str, Any]:

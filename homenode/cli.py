@@ -12,11 +12,11 @@ import time
 import uuid
 from typing import Any
 
-from homenode import config, exitcodes, hostlist, launchers
-from homenode.identity import snapshot
-from homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
-from homenode.server import HomeServer, JobFailed, Outcome
-from syscalls.paths import PathPolicy
+from qrun.homenode import config, exitcodes, hostlist, launchers
+from qrun.homenode.identity import snapshot
+from qrun.homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
+from qrun.homenode.server import HomeServer, JobFailed, Outcome
+from qrun.syscalls.paths import PathPolicy
 
 BUILTIN_HOSTS = ("local", "sandbox")
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["hosts"]:
         return hosts_command(args[1:])
     if args[:1] == ["agent"]:
-        from homenode import agent
+        from qrun.homenode import agent
         return agent.main(args[1:])
     opts = parser().parse_args(args)
     cmd = list(opts.command)
@@ -177,7 +177,7 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
     views = views_for(cfg, names)
     ledger = Ledger()
     if (len(views) > 1 or requirements) and cfg.agent_public_key:
-        from homenode import agent  # psutil and friends: only when loads are asked for
+        from qrun.homenode import agent  # psutil and friends: only when loads are asked for
         agent.query(cfg, views)
     else:
         _assume_idle(views)  # one host named explicitly: just go there
@@ -239,7 +239,7 @@ def hosts_command(args: list[str]) -> int:
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
     if cfg.agent_public_key:
-        from homenode import agent
+        from qrun.homenode import agent
         agent.query(cfg, views)
     else:
         _assume_idle(views)  # as a job would: spread round-robin by recent dispatches

@@ -9,7 +9,7 @@ import os
 import signal
 import struct
 
-from native import lib
+from qrun.native import lib
 
 
 class Deputies:

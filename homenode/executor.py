@@ -17,9 +17,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from syscalls import flags as wflags
-from syscalls import structs
-from syscalls.model import (
+from qrun.syscalls import flags as wflags
+from qrun.syscalls import structs
+from qrun.syscalls.model import (
     BufIn,
     BufOut,
     DirFd,
@@ -36,7 +36,7 @@ from syscalls.model import (
     StructOut,
     Syscall,
 )
-from syscalls.table import TABLE
+from qrun.syscalls.table import TABLE
 
 ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine()]
 AT_FDCWD = -100

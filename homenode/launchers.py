@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from homenode import exitcodes
+from qrun.homenode import exitcodes
 
-STUB_COMMAND = [sys.executable, "-m", "remote.stub"]
+STUB_COMMAND = [sys.executable, "-P", "-m", "qrun.remote.stub"]
 
 class LaunchError(Exception):
     def __init__(self, message: str, code: int = exitcodes.LAUNCH) -> None:

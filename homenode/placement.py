@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from homenode.config import ClusterConfig, HostConfig
+from qrun.homenode.config import ClusterConfig, HostConfig
 
 # How long a dispatch counts as virtual load ($QRUN_VIRTUAL_TTL; tests make it long so the
 # formula's outcome does not depend on how fast the machine runs them).

@@ -21,12 +21,11 @@ from typing import Any, BinaryIO
 
 import zmq
 import zmq.auth.thread
-
-from homenode.deputies import Deputies
-from homenode.executor import ARCH as HOME_ARCH
-from homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
-from syscalls import flags as wflags
-from syscalls import wire
+from qrun.homenode.deputies import Deputies
+from qrun.homenode.executor import ARCH as HOME_ARCH
+from qrun.homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
+from qrun.syscalls import flags as wflags
+from qrun.syscalls import wire
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
 

@@ -7,7 +7,7 @@ knows about syscall routing or the wire protocol.
 from __future__ import annotations
 
 try:
-    from native._qrun_native import ffi, lib
+    from qrun.native._qrun_native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only when the extension was never built
     raise ImportError(
         "qrun's native extension is not built; reinstall with `pip install .` "

@@ -9,7 +9,7 @@ HERE = Path(__file__).parent
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "_cdefs.h").read_text())
 ffibuilder.set_source(
-    "native._qrun_native",
+    "qrun.native._qrun_native",
     (HERE / "_source.c").read_text(),
     extra_compile_args=["-O2", "-Wall"],
 )

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-
-from syscalls import wire
+from qrun.syscalls import wire
 
 
 class HomeLost(Exception):

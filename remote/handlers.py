@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from remote.fds import COPY, HOME, LOCAL, Validator
-from remote.tracee import (
+from qrun.remote.fds import COPY, HOME, LOCAL, Validator
+from qrun.remote.tracee import (
     CLONE_VFORK,
     CLONE_VM,
     Memory,
@@ -27,9 +27,9 @@ from remote.tracee import (
     set_ret,
     skip,
 )
-from syscalls import flags as wflags
-from syscalls import structs
-from syscalls.model import (
+from qrun.syscalls import flags as wflags
+from qrun.syscalls import structs
+from qrun.syscalls.model import (
     BufIn,
     BufOut,
     DirFd,
@@ -46,13 +46,13 @@ from syscalls.model import (
     StructOut,
     Syscall,
 )
-from syscalls.paths import normalize
+from qrun.syscalls.paths import normalize
 
 if TYPE_CHECKING:
-    from remote.channel import Rpc
-    from remote.fds import FdSpace
-    from remote.tracee import Proc
-    from syscalls.paths import PathPolicy
+    from qrun.remote.channel import Rpc
+    from qrun.remote.fds import FdSpace
+    from qrun.remote.tracee import Proc
+    from qrun.syscalls.paths import PathPolicy
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000

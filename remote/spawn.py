@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from native import ffi, lib
+from qrun.native import ffi, lib
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],

@@ -22,15 +22,14 @@ import time
 from typing import Any
 
 import zmq
+from qrun.native import ffi, lib
+from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
+from qrun.remote.fds import FdSpace
+from qrun.remote.spawn import exec_error, spawn
+from qrun.remote.tracer import ARCH, Tracer
+from qrun.syscalls import wire
+from qrun.syscalls.paths import PathPolicy
 from zmq.utils.monitor import recv_monitor_message
-
-from native import ffi, lib
-from remote.channel import Credentials, HomeLost, Rpc, connect, try_send
-from remote.fds import FdSpace
-from remote.spawn import exec_error, spawn
-from remote.tracer import ARCH, Tracer
-from syscalls import wire
-from syscalls.paths import PathPolicy
 
 EXIT_STUB_FAILURE = 125
 

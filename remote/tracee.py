@@ -7,7 +7,7 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from native import ffi, lib
+from qrun.native import ffi, lib
 
 CLONE_VM = 0x100
 CLONE_FS = 0x200

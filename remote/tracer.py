@@ -14,16 +14,16 @@ import signal
 import sys
 from collections.abc import Callable
 
-from native import ffi, lib
-from remote.channel import HomeLost, Rpc
-from remote.fds import FdSpace
-from remote.handlers import Handlers
-from remote.spawn import exec_error, spawn
-from remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
-from syscalls import bpf
-from syscalls.model import Route
-from syscalls.paths import PathPolicy
-from syscalls.table import by_number
+from qrun.native import ffi, lib
+from qrun.remote.channel import HomeLost, Rpc
+from qrun.remote.fds import FdSpace
+from qrun.remote.handlers import Handlers
+from qrun.remote.spawn import exec_error, spawn
+from qrun.remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
+from qrun.syscalls import bpf
+from qrun.syscalls.model import Route
+from qrun.syscalls.paths import PathPolicy
+from qrun.syscalls.table import by_number
 
 PTRACE_O_TRACESYSGOOD = 0x1
 PTRACE_O_TRACEFORK = 0x2

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 
-from syscalls.model import Route
-from syscalls.table import TABLE
+from qrun.syscalls.model import Route
+from qrun.syscalls.table import TABLE
 
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 

@@ -8,7 +8,7 @@ neither column (a syscall newer than this table) is trapped and refused with ENO
 
 from __future__ import annotations
 
-from syscalls.model import (
+from qrun.syscalls.model import (
     BufIn,
     BufOut,
     DirFd,

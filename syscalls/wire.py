@@ -11,8 +11,7 @@ import hashlib
 from typing import Any
 
 import msgpack
-
-from syscalls.table import TABLE
+from qrun.syscalls.table import TABLE
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 64 << 20

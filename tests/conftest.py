@@ -61,8 +61,12 @@ import sys as _qr_sys  # noqa: E402
 
 @_hosts_pytest.fixture(scope="session")
 def qrun_cmd() -> list[str]:
-    """The qrun command line as a user would type it, run by this interpreter."""
-    return [_qr_sys.executable, "-m", "homenode.cli"]
+    """The qrun command as a user runs it: the installed console script of this interpreter's
+    environment (not `python -m`, which would put the job's cwd first on sys.path)."""
+    script = _hosts_os.path.join(_hosts_os.path.dirname(_qr_sys.executable), "qrun")
+    if not _hosts_os.access(script, _hosts_os.X_OK):
+        _hosts_pytest.fail(f"{script} is missing: install qrun with ./install.sh", pytrace=False)
+    return [script]
 
 
 @_hosts_pytest.fixture(scope="session")

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import zmq
 from hosts import HostCluster
-
-from homenode import config
-from homenode.placement import Ledger, choose, views_for
+from qrun.homenode import config
+from qrun.homenode.placement import Ledger, choose, views_for
 
 AGENT_PORT = 17781
 
@@ -123,7 +122,7 @@ def agents(cluster_hosts: HostCluster, cluster_state_dir: str) -> Iterator[tuple
     loads = {h.name: d / f"{h.name}.json" for h in cluster_hosts}
     procs = []
     for h in list(cluster_hosts)[:2]:
-        procs.append(h.popen([sys.executable, "-m", "homenode.agent", "--config", str(conf),
+        procs.append(h.popen([sys.executable, "-m", "qrun.homenode.agent", "--config", str(conf),
                               "--bind", f"tcp://{h.ip}:{AGENT_PORT}", "--load-file", str(loads[h.name])]))
     try:
         yield pub, sec, loads

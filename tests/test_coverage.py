@@ -14,9 +14,8 @@ from pathlib import Path
 
 import conformance as conf
 import pytest
-
-from syscalls.model import Route
-from syscalls.table import TABLE, by_number
+from qrun.syscalls.model import Route
+from qrun.syscalls.table import TABLE, by_number
 
 ARCH = "x86_64"
 

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import divergences
 import pytest
-
-from homenode import cli, config, exitcodes
-from syscalls import docs
-from syscalls.model import Level, Route, Syscall
-from syscalls.table import TABLE
+from qrun.homenode import cli, config, exitcodes
+from qrun.syscalls import docs
+from qrun.syscalls.model import Level, Route, Syscall
+from qrun.syscalls.table import TABLE
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = REPO / "docs" / "syscalls.md"
 GUIDE = REPO / "docs" / "guide.md"
-REGENERATE = ".venv/bin/python -m syscalls.docs > docs/syscalls.md"
+REGENERATE = ".venv/bin/python -m qrun.syscalls.docs > docs/syscalls.md"
 
 
 def section(text: str, heading: str) -> str:

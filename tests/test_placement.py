@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-from homenode import agent, config, hostlist
-from homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
+from qrun.homenode import agent, config, hostlist
+from qrun.homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
 
 
 @pytest.mark.parametrize("expr, want", [
@@ -129,7 +128,7 @@ def test_agent_reports_injected_load_over_curve(tmp_path: Path) -> None:
     load_file = tmp_path / "load.json"
     load_file.write_text(json.dumps({"load1": 3.25, "cpus": 6}))
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "homenode.agent", "--config", str(conf),
+    proc = subprocess.Popen([sys.executable, "-m", "qrun.homenode.agent", "--config", str(conf),
                              "--bind", f"tcp://127.0.0.1:{port}", "--load-file", str(load_file)],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -162,7 +161,7 @@ def _free_port() -> int:
 def test_agent_refuses_to_start_without_keys(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text("")
-    r = subprocess.run([sys.executable, "-m", "homenode.agent", "--config", str(conf)],
+    r = subprocess.run([sys.executable, "-m", "qrun.homenode.agent", "--config", str(conf)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "qrun agent --keygen" in r.stderr
@@ -170,7 +169,7 @@ def test_agent_refuses_to_start_without_keys(tmp_path: Path) -> None:
 
 
 def test_bad_host_list_is_a_usage_error(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "homenode.cli", "-w", "node[1-", "--", "true"],
+    r = subprocess.run([sys.executable, "-m", "qrun.homenode.cli", "-w", "node[1-", "--", "true"],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == "qrun: unbalanced '[' in 'node[1-'"
@@ -179,7 +178,7 @@ def test_bad_host_list_is_a_usage_error(tmp_path: Path) -> None:
 def test_hosts_table_without_agents_says_so(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text('[hosts.a]\n[hosts.b]\nresources = { scratch_gb = 5 }\n')
-    r = subprocess.run([sys.executable, "-m", "homenode.cli", "hosts", "--config", str(conf)],
+    r = subprocess.run([sys.executable, "-m", "qrun.homenode.cli", "hosts", "--config", str(conf)],
                        capture_output=True, text=True, timeout=60, env=dict(os.environ, XDG_STATE_HOME=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

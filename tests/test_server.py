@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import zmq
-
-from homenode.server import HomeServer, JobFailed, Keys
-from syscalls import wire
+from qrun.homenode.server import HomeServer, JobFailed, Keys
+from qrun.syscalls import wire
 
 WELCOME: dict[str, Any] = {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o022,
                            "identity": {}, "policy": {"local": [], "home": []},

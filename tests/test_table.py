@@ -6,14 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-
-from homenode.executor import ARCH as HOME_ARCH
-from homenode.executor import FORWARDABLE
-from homenode.server import HomeServer
-from remote.handlers import HANDLERS
-from syscalls import bpf, flags, structs, wire
-from syscalls.model import Route
-from syscalls.table import BY_NAME, TABLE
+from qrun.homenode.executor import ARCH as HOME_ARCH
+from qrun.homenode.executor import FORWARDABLE
+from qrun.homenode.server import HomeServer
+from qrun.remote.handlers import HANDLERS
+from qrun.syscalls import bpf, flags, structs, wire
+from qrun.syscalls.model import Route
+from qrun.syscalls.table import BY_NAME, TABLE
 
 REPO = Path(__file__).resolve().parent.parent
 

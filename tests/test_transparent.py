@@ -284,7 +284,7 @@ def test_signal_to_a_home_pid_reaches_the_remote_process(qrun_prefix: list[str],
 
 
 def test_sandbox_host_is_isolated(qrun_cmd: list[str], workdir: Path) -> None:
-    from homenode.launchers import sandbox_support
+    from qrun.homenode.launchers import sandbox_support
     ok, why = sandbox_support()
     if not ok:
         pytest.skip(why)

@@ -1,0 +1,19 @@
+"""qrun's own code comes from its installation, never from the job's working directory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def test_user_folders_named_like_qrun_packages_are_not_imported(qrun_cmd: list[str], tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    for pkg in ("remote", "native", "syscalls", "homenode", "qrun"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(
+            f"open({str(canary)!r}, 'a').write('{pkg} imported\\n')\n")
+    r = subprocess.run(qrun_cmd + ["--transparent", "--host", "local", "--", "/bin/sh", "-c", "echo ran; ls"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ran", "homenode", "native", "qrun", "remote", "syscalls"]
+    assert not canary.exists(), canary.read_text()
