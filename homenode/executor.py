@@ -101,7 +101,13 @@ def _bytes(v: object, what: str) -> bytes:
     return v
 
 
-def _path(v: object, dirfd_given: bool) -> bytes:
+def wire_path(v: object, dirfd_given: bool, handles: Handles) -> bytes:
+    """A path from the wire. [handle] names that handle's own file, as /proc/self/fd/N names
+    an open file (the job wrote /proc/self/fd/N or /dev/stdout for one of its home fds)."""
+    if isinstance(v, list):
+        if len(v) != 1 or dirfd_given:
+            raise BadRequest("malformed fd path")
+        return f"/proc/self/fd/{handles.fd(v[0])}".encode()
     p = _bytes(v, "path")
     if b"\0" in p:
         raise BadRequest("path contains NUL")
@@ -127,7 +133,7 @@ def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | 
                 c_args.append(ctypes.c_void_p(None))
             else:
                 dirfd_given = i > 0 and isinstance(sc.args[i - 1], DirFd) and args[i - 1] is not None
-                c_args.append(ctypes.c_char_p(_path(v, dirfd_given)))
+                c_args.append(ctypes.c_char_p(wire_path(v, dirfd_given, handles)))
         elif isinstance(kind, Str):
             s = _bytes(v, "string")
             if b"\0" in s:

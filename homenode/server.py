@@ -9,6 +9,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import signal
 import stat
 import struct
@@ -23,7 +24,15 @@ import zmq
 import zmq.auth.thread
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import ARCH as HOME_ARCH
-from qrun.homenode.executor import FORWARDABLE, BadRequest, Handles, execute, is_copyable, stat_to_wire
+from qrun.homenode.executor import (
+    FORWARDABLE,
+    BadRequest,
+    Handles,
+    execute,
+    is_copyable,
+    stat_to_wire,
+    wire_path,
+)
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import wire
 
@@ -100,6 +109,7 @@ class HomeServer:
         self.ctl_backlog: list[bytes] = []
         self.launcher_tail = b""
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
+        self.closed_streams: set[int] = set()
 
     # ---- bootstrap --------------------------------------------------------------------
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
@@ -143,6 +153,8 @@ class HomeServer:
                     last_heard = now
                     outcome = self.receive(started)
                     if outcome is not None:
+                        if err_fd is not None:
+                            self._last_words(launcher, err_fd)
                         return outcome
                 child_exited = False
                 if sig_r in events:
@@ -189,11 +201,23 @@ class HomeServer:
             os.close(sig_r)
             os.close(sig_w)
 
-    def _relay_stderr(self, fd: int) -> bool:
+    def _last_words(self, launcher: subprocess.Popen[bytes], fd: int, wait: float = 3.0) -> None:
+        """Everything the stub (or ssh, srun) still writes after the job's exit reaches the
+        user: relay until the launcher has exited, then what its pipe still holds. Not
+        until EOF: an ssh master left in the background may keep the pipe open."""
+        deadline = time.monotonic() + wait
+        while launcher.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready and not self._relay_stderr(fd):
+                return
+        while self._relay_stderr(fd, drain=True):
+            pass
+
+    def _relay_stderr(self, fd: int, drain: bool = False) -> bool:
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
-            return True
+            return not drain
         if not data:
             return False
         _write_all(2, data)
@@ -254,15 +278,23 @@ class HomeServer:
                     self._send(ident, "in", d=b"")
             self._send(ident, "pong")
         elif kind == "out":
-            fd = 2 if msg["fd"] == 2 else 1
-            _write_all(fd, msg["d"])
-            if self.tee is not None:
-                self.tee.write(msg["d"])
-                self.tee.flush()
+            self._output(2 if msg["fd"] == 2 else 1, msg["d"])
         elif kind == "exit":
             self._send(ident, "bye")
             return Outcome(msg["status"], msg["usage"], msg["host"], time.monotonic() - started)
         return None
+
+    def _output(self, fd: int, data: bytes) -> None:
+        if self.tee is not None:
+            self.tee.write(data)
+            self.tee.flush()
+        if fd in self.closed_streams:
+            return
+        if not _write_all(fd, data):
+            # The reader went away (`qrun ... | head`): the job's next write to this stream
+            # must fail with EPIPE/SIGPIPE as it would at home, so the stub closes its end.
+            self.closed_streams.add(fd)
+            self._send_ctl("closed", fd=fd)
 
     def _hello(self, ident: bytes, msg: dict[str, Any]) -> None:
         if msg["version"] != wire.PROTOCOL_VERSION or msg["digest"] != wire.table_digest():
@@ -318,11 +350,10 @@ class HomeServer:
         """Open as the job asked. Read-only regular files (and exec'd ones) come back as data
         for a local copy; everything else stays open here as a handle. Either way the home
         fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
-        if not isinstance(path, bytes) or b"\0" in path or not isinstance(wflags_, int):
+        if not isinstance(wflags_, int):
             raise BadRequest("open: malformed arguments")
         dirfd = None if handle is None else self.handles.fd(handle)
-        if dirfd is None and not path.startswith(b"/"):
-            raise BadRequest("open: relative path without a directory handle")
+        path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
         fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
         if exec_:
             fl = os.O_RDONLY | os.O_CLOEXEC
@@ -363,11 +394,8 @@ class HomeServer:
                 os.close(fd)
 
     def op_chdir(self, handle: int | None, path: bytes) -> tuple[int, str | None, dict[str, Any]]:
-        if not isinstance(path, bytes) or b"\0" in path:
-            raise BadRequest("chdir: malformed path")
         dirfd = None if handle is None else self.handles.fd(handle)
-        if dirfd is None and not path.startswith(b"/"):
-            raise BadRequest("chdir: relative path without a directory handle")
+        path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
         fd = os.open(path or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
         try:
             if not os.access(f"/proc/self/fd/{fd}", os.X_OK):
@@ -399,6 +427,14 @@ class HomeServer:
         if cmd == fcntl.F_SETFL:
             return fcntl.fcntl(fd, cmd, wflags.open_from_wire(HOME_ARCH, int(arg))), None, {}
         raise BadRequest(f"fcntl: command {cmd} is not forwarded")
+
+    def op_flock(self, handle: int, op: int) -> tuple[int, str | None, dict[str, Any]]:
+        """Never waits: the stub asks with LOCK_NB and waits on its side."""
+        fd = self.handles.fd(handle)
+        if not isinstance(op, int) or op & ~(fcntl.LOCK_SH | fcntl.LOCK_EX | fcntl.LOCK_UN) != fcntl.LOCK_NB:
+            raise BadRequest("flock: malformed operation")
+        fcntl.flock(fd, op)
+        return 0, None, {}
 
     def op_fcntl_lock(self, handle: int, cmd: int,
                       lock: bytes) -> tuple[int, str | None, dict[str, Any]]:
@@ -460,12 +496,14 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write everything; False if the reader has gone (EPIPE) or the fd is unusable."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:
             time.sleep(0.001)
-        except BrokenPipeError:
-            return
+        except OSError:
+            return False
+    return True

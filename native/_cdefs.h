@@ -30,14 +30,14 @@ int qr_cont(int pid, int sig);
 int qr_syscall(int pid, int sig);
 int qr_setoptions(int pid, long opts);
 long qr_geteventmsg(int pid);
-int qr_detach(int pid, int sig);
 int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno */
 /* Like qr_wait, but resumes here, without returning, the seccomp stops of calls in
  * `local_ok` (a bitmap by syscall number) whose first argument is a local fd, and of
  * calls in `copy_ok` whose fd is a local copy. `home_prefix`/`copy_prefix` are the
  * directories placeholder and copy fds point into. Calls with `path_arg[nr] >= 0` whose
  * path argument there is absolute, plainly written and routes local under `policy`
- * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties) are
+ * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties; P and
+ * N prefixes, the latter followed by a digit, are always returned to Python) are
  * resumed too. When it returns a seccomp stop whose
  * registers it read, they are in *regs and *have_regs is 1 (else 0). */
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
@@ -45,5 +45,11 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
                      const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs);
 
-int qr_hide_path(const char *path); /* mount an empty read-only tmpfs over path */
-int qr_private_tmpfs(const char *path); /* mount an empty writable (1777) tmpfs over path */
+/* Mount an empty tmpfs (mount `options`, read-only if `readonly`) over `path`, keeping the
+ * directories in `keep` ("a\0b\0\0", absolute, below path) visible read-only in it. */
+int qr_cover(const char *path, const char *options, int readonly, const char *keep);
+/* At the syscall-exit stop of a call that stood in for syscall `nr`: put back nr and its
+ * arguments and make the thread issue it again; `interrupted` (a signal is pending)
+ * returns ERESTARTSYS instead, so the kernel restarts it or fails it with EINTR exactly as
+ * it would the real call. */
+int qr_restart(int pid, long nr, const unsigned long *args, int interrupted);

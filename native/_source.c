@@ -18,6 +18,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
@@ -33,6 +34,23 @@ struct qr_regs {
 
 #if defined(__x86_64__)
 #define QR_ARCH AUDIT_ARCH_X86_64
+
+int qr_restart(int pid, long nr, const unsigned long *a, int interrupted)
+{
+    struct user_regs_struct u;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &u) < 0)
+        return -errno;
+    u.rdi = a[0]; u.rsi = a[1]; u.rdx = a[2]; u.r10 = a[3]; u.r8 = a[4]; u.r9 = a[5];
+    u.orig_rax = (unsigned long)nr;
+    if (interrupted) {
+        u.rax = (unsigned long)-512L;   /* ERESTARTSYS: the kernel applies SA_RESTART */
+    } else {
+        u.rax = (unsigned long)nr;      /* execute the `syscall` instruction again */
+        u.rip -= 2;
+        u.orig_rax = (unsigned long)-1L;
+    }
+    return ptrace(PTRACE_SETREGS, pid, 0, &u) < 0 ? -errno : 0;
+}
 #elif defined(__aarch64__)
 #define QR_ARCH AUDIT_ARCH_AARCH64
 #else
@@ -234,6 +252,23 @@ int qr_set_ret(int pid, long retval)
     u.regs[0] = (unsigned long)retval;
     return setregset(pid, &u);
 }
+int qr_restart(int pid, long nr, const unsigned long *a, int interrupted)
+{
+    /* The kernel's own restart would reload x0 from the rewritten call's first argument,
+     * so both cases go back to the svc instruction here: a handler then runs first and
+     * the call is made again after it, as with SA_RESTART. */
+    struct user_pt_regs u;
+    int e = getregset(pid, &u);
+    (void)interrupted;
+    if (e < 0)
+        return e;
+    for (int i = 0; i < 6; i++)
+        u.regs[i] = a[i];
+    u.regs[8] = (unsigned long)nr;
+    u.pc -= 4;
+    e = setregset(pid, &u);
+    return e < 0 ? e : set_nr(pid, -1);
+}
 #endif
 
 static long mem_fallback(int pid, unsigned long addr, void *buf, size_t len, int writing)
@@ -292,7 +327,6 @@ long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max)
 int qr_cont(int pid, int sig) { return ptrace(PTRACE_CONT, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
 int qr_syscall(int pid, int sig) { return ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
 int qr_setoptions(int pid, long opts) { return ptrace(PTRACE_SETOPTIONS, pid, 0, (void *)opts) < 0 ? -errno : 0; }
-int qr_detach(int pid, int sig) { return ptrace(PTRACE_DETACH, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
 
 long qr_geteventmsg(int pid)
 {
@@ -313,18 +347,65 @@ int qr_wait(int *status)
     }
 }
 
-int qr_hide_path(const char *path)
+/* mkdir -p of `path` (absolute), with mode 0755 for what it creates. */
+static int make_dirs(const char *path)
 {
-    if (mount("qrun-hidden", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0755") < 0)
-        return -errno;
-    return 0;
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof buf)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                return -errno;
+            *p = c;
+            if (c == 0)
+                return 0;
+        }
+    }
 }
 
-int qr_private_tmpfs(const char *path)
+#define QR_MAX_KEEP 16
+
+int qr_cover(const char *path, const char *options, int readonly, const char *keep)
 {
-    if (mount("qrun-tmp", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-        return -errno;
-    return 0;
+    /* Open what must stay visible before the tmpfs hides it: the bind mounts below are
+     * made from these fds, so they show the original directories. */
+    int fds[QR_MAX_KEEP];
+    const char *names[QR_MAX_KEEP];
+    int nkeep = 0, rc = 0;
+    for (const char *k = keep; k && *k && nkeep < QR_MAX_KEEP; k += strlen(k) + 1) {
+        int fd = open(k, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            continue;               /* nothing there: nothing to keep */
+        fds[nkeep] = fd;
+        names[nkeep++] = k;
+    }
+    if (mount("qrun-cover", path, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    for (int i = 0; i < nkeep; i++) {
+        char src[64];
+        snprintf(src, sizeof src, "/proc/self/fd/%d", fds[i]);
+        if ((rc = make_dirs(names[i])) < 0)
+            goto out;
+        if (mount(src, names[i], NULL, MS_BIND | MS_REC, NULL) < 0) {
+            rc = -errno;
+            goto out;
+        }
+        /* Read-only where the kernel lets us (a user namespace may not): best effort. */
+        mount(NULL, names[i], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+    }
+    if (readonly && mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, options) < 0)
+        rc = -errno;
+out:
+    for (int i = 0; i < nkeep; i++)
+        close(fds[i]);
+    return rc;
 }
 
 /* Whether `path` (absolute, no "." or ".." components, no "//") routes local. */
@@ -341,10 +422,18 @@ static int routes_local(const char *path, const char *policy, int policy_len)
         char kind = p[0];
         const char *prefix = p + 1;
         size_t pl = strlen(prefix);
-        int under = strncmp(path, prefix, pl) == 0 && (path[pl] == 0 || path[pl] == '/' ||
-                                                        (pl == 1 && prefix[0] == '/'));
+        if (strncmp(path, prefix, pl) != 0)
+            continue;
+        if (kind == 'N') {          /* the tracer's when a digit follows (/proc/<pid>) */
+            if (path[pl] >= '0' && path[pl] <= '9')
+                return 0;
+            continue;
+        }
+        int under = path[pl] == 0 || path[pl] == '/' || (pl == 1 && prefix[0] == '/');
         if (!under)
             continue;
+        if (kind == 'P')            /* the tracer's: /proc/self, /dev/fd, ... */
+            return 0;
         if ((long)pl > best || ((long)pl == best && kind == 'H')) {
             best = (long)pl;
             local = kind == 'L';

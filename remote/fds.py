@@ -42,17 +42,23 @@ class FdSpace:
         self.handle_path: dict[int, str] = {}    # handle -> the home file's real path
 
     # -- classification ---------------------------------------------------------------
-    def kind(self, pid: int, fd: int) -> tuple[str, int | str | None]:
+    def kind(self, pid: int, fd: int) -> tuple[str, int | None]:
         if fd < 0:
             return LOCAL, None
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             return LOCAL, None
-        if target.startswith(self._ph_prefix):
-            return HOME, int(target[len(self._ph_prefix):])
-        if target.startswith(self._copies_prefix):
-            return COPY, int(target[len(self._copies_prefix):])
+        return self.classify(target)
+
+    def classify(self, target: str) -> tuple[str, int | None]:
+        """What an fd whose /proc link reads `target` is. A handle whose name was already
+        removed reads "<path> (deleted)": still that handle (home then says EBADF)."""
+        for prefix, kind in ((self._ph_prefix, HOME), (self._copies_prefix, COPY)):
+            if target.startswith(prefix):
+                name = target[len(prefix):].removesuffix(" (deleted)")
+                if name.isdigit():
+                    return kind, int(name)
         return LOCAL, None
 
     def handles_of(self, pid: int) -> set[int]:
@@ -66,10 +72,9 @@ class FdSpace:
                 target = os.readlink(f"/proc/{pid}/fd/{name}")
             except OSError:
                 continue
-            if target.startswith(self._ph_prefix):
-                found.add(int(target[len(self._ph_prefix):]))
-            elif target.startswith(self._copies_prefix):
-                found.add(int(target[len(self._copies_prefix):]))
+            kind, handle = self.classify(target)
+            if handle is not None:
+                found.add(handle)
         return found
 
     # -- placeholders and copies --------------------------------------------------------

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qrun.remote import procpaths
 from qrun.remote.fds import COPY, HOME, LOCAL, Validator
 from qrun.remote.tracee import (
+    CLONE_THREAD,
     CLONE_VFORK,
     CLONE_VM,
     Memory,
     Regs,
     Scratch,
     Thread,
+    restart,
     s32,
     s64,
     set_args,
     set_ret,
+    signal_pending,
     skip,
 )
 from qrun.syscalls import flags as wflags
@@ -47,6 +52,7 @@ from qrun.syscalls.model import (
     Syscall,
 )
 from qrun.syscalls.paths import normalize
+from qrun.syscalls.table import BY_NAME
 
 if TYPE_CHECKING:
     from qrun.remote.channel import Rpc
@@ -66,7 +72,10 @@ F_GETFL, F_SETFL, F_GETLK, F_SETLK, F_SETLKW = 3, 4, 5, 6, 7
 F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
 LOCK_CMDS = (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW)
 WNOWAIT = 0x01000000
+LOCK_NB = 4
+PARK_FIRST, PARK_MAX = 0.001, 0.05   # seconds between a waiting call's tries at home
 NR_OPENAT = {"x86_64": 257, "aarch64": 56}
+NR_NANOSLEEP = {arch: BY_NAME["nanosleep"].number(arch) for arch in ("x86_64", "aarch64")}
 NR_EXECVE = {"x86_64": 59, "aarch64": 221}
 
 
@@ -81,7 +90,19 @@ class Target:
     home: bool
     handle: int | None = None      # home dir handle the path is relative to
     path: str | None = None        # absolute path, or relative to `handle`
-    fixup: str | None = None       # local: absolute path to use instead of a relative one
+    fixup: str | None = None       # local: absolute path to use instead of the one given
+    names_fd: bool = False         # the path names `handle`'s file itself (/proc/self/fd/N)
+    link: str | None = None        # a /proc link whose home value we know (readlink answers it)
+
+    def wire_path(self) -> bytes | list[int] | None:
+        """The path as the home node receives it: [handle] names the handle's own file, as
+        /proc/self/fd/N would at home."""
+        if self.names_fd:
+            return [self.handle or 0]
+        return None if self.path is None else os.fsencode(self.path)
+
+    def wire_dirfd(self) -> int | None:
+        return None if self.names_fd else self.handle
 
 
 class Handlers:
@@ -100,6 +121,7 @@ class Handlers:
     open_handles: set[int]
     pending_handles: set[int]
     reaped_early: set[int]
+    forking: set[int]
     main_pid: int
 
     def home_pid(self, remote: int) -> int:
@@ -111,11 +133,14 @@ class Handlers:
     def sweep_handles(self, only: int | None = None) -> None:
         raise NotImplementedError
 
+    def fork_done(self, tid: int) -> None:
+        raise NotImplementedError
+
     def warn_once(self, key: str, msg: str) -> None:
         raise NotImplementedError
 
     # ---- path resolution ----------------------------------------------------------------
-    def resolve(self, t: Thread, dirfd: int, addr: int, empty_ok: bool) -> Target:
+    def resolve(self, t: Thread, dirfd: int, addr: int, empty_ok: bool, follow: bool = True) -> Target:
         """Where a (dirfd, path) pair leads. Paths are sent home as the job wrote them (only
         made absolute), so trailing slashes and "." keep their kernel meaning; the lexically
         normalized form decides only the route."""
@@ -126,19 +151,70 @@ class Handlers:
             return self._by_dirfd(t, dirfd, "") if empty_ok else Target(False)
         path = os.fsdecode(raw)
         if path.startswith("/"):
-            return Target(self.policy.routes_home(normalize(path)), None, path)
+            return self.resolve_abs(t, path, follow)
         if dirfd == AT_FDCWD:
             joined = t.fs.cwd.rstrip("/") + "/" + path
-            if self.policy.routes_home(normalize(joined)):
-                return Target(True, None, joined)
-            # The tracee's real cwd is an empty local dir while its virtual cwd is at home.
-            fix = joined if self.policy.routes_home(t.fs.cwd) else None
-            return Target(False, None, joined, fix)
+            tg = self.resolve_abs(t, joined, follow)
+            if not tg.home and not tg.fixup and not tg.link and self.policy.routes_home(t.fs.cwd):
+                tg.fixup = joined  # the real cwd is an empty local dir; the virtual one is home's
+            return tg
         kind, ref = self.fds.kind(t.tid, dirfd)
         if kind == HOME:
             assert isinstance(ref, int)
             return Target(True, ref, path)
         return Target(False)  # a local dir fd; or a copy, where the kernel says ENOTDIR
+
+    def resolve_abs(self, t: Thread, path: str, follow: bool = True) -> Target:
+        p = normalize(path)
+        pp = procpaths.parse(p, follow) if p.startswith(("/proc/", "/dev/")) else None
+        if pp is not None:
+            tg = self.proc_target(t, pp, follow)
+            if tg is not None:
+                if tg.fixup == p:
+                    tg.fixup = None  # already what the kernel would resolve
+                return tg
+        return Target(self.policy.routes_home(p), None, path)
+
+    def proc_target(self, t: Thread, pp: procpaths.ProcPath, follow: bool) -> Target | None:
+        """/proc as the job must see it: its own pids are home pids, fds of home files
+        name those files, and exe/cwd/fd links read back as home paths."""
+        if pp.who == "self":
+            remote, tid = t.proc.tgid, pp.task
+        elif pp.who == "thread-self":
+            remote, tid = t.proc.tgid, t.tid
+        else:
+            found = self.to_remote(int(pp.who))
+            if found is None:
+                return None  # not a job process: the host's own /proc entry
+            remote, tid = found, pp.task
+        if tid is not None:
+            tid = self.to_remote(tid) or tid
+        owner = self.threads.get(tid or remote)
+        fd = pp.fd
+        kind, ref = self.fds.kind(tid or remote, fd) if fd is not None else (LOCAL, None)
+        if follow and kind in (HOME, COPY):
+            return Target(True, ref, None, names_fd=True)
+        local = f"/proc/{remote}" + (f"/task/{tid}" if tid else "") + pp.rest
+        link = None
+        if not follow:
+            link = self.home_link(pp, owner, kind, ref)
+        return Target(False, None, local, fixup=local, link=link)
+
+    def home_link(self, pp: procpaths.ProcPath, owner: Thread | None, kind: str,
+                  ref: int | None) -> str | None:
+        """What readlink of a /proc link gives at home, where we know it."""
+        if owner is None:
+            return None
+        if pp.rest == "" and pp.who in ("self", "thread-self"):
+            hp = str(self.home_pid(owner.proc.tgid))
+            return hp if pp.who == "self" else f"{hp}/task/{self.home_pid(owner.tid)}"
+        if pp.rest == "/exe":
+            return owner.proc.exe
+        if pp.rest == "/cwd" and self.policy.routes_home(owner.fs.cwd):
+            return owner.fs.cwd
+        if kind in (HOME, COPY) and ref is not None:
+            return self.fds.handle_path.get(ref)
+        return None
 
     def _by_dirfd(self, t: Thread, dirfd: int, path: str | None) -> Target:
         if dirfd == AT_FDCWD:
@@ -165,7 +241,7 @@ class Handlers:
                 if regs.arg(i) == 0 and not k.null_is_fd:
                     out.append((i, Target(False)))
                     continue
-                out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok)))
+                out.append((i, self.resolve(t, dirfd, regs.arg(i), empty_ok, k.follow)))
         return out
 
     def run_local(self, t: Thread, regs: Regs, sc: Syscall,
@@ -187,6 +263,8 @@ class Handlers:
     def by_path(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         targets = self.targets(t, regs, sc)
         homes = {tg.home for _, tg in targets}
+        if self.answer_link(t, regs, sc, targets):
+            return
         if homes == {False} or not targets:
             self.run_local(t, regs, sc, targets)
         elif homes == {True}:
@@ -195,6 +273,22 @@ class Handlers:
                 self._mirror_truncate(targets[0][1], s64(regs.arg(1)))
         else:
             skip(t.tid, -errno.EXDEV)  # one path at home, the other local
+
+    def answer_link(self, t: Thread, regs: Regs, sc: Syscall, targets: list[tuple[int, Target]]) -> bool:
+        """readlink of a /proc link whose home value we know (exe, cwd, fd of a home file)."""
+        links = [tg.link for _, tg in targets if tg.link is not None]
+        out = [(i, k) for i, k in enumerate(sc.args) if isinstance(k, PathOut)]
+        if not links or not out:
+            return False
+        i, kind = out[0]
+        size = s64(regs.arg(kind.size))
+        if size <= 0:
+            skip(t.tid, -errno.EINVAL)
+            return True
+        data = os.fsencode(links[0])[:size]
+        self.mem.write(t.tid, regs.arg(i), data)
+        skip(t.tid, len(data))
+        return True
 
     def _mirror_truncate(self, tg: Target, length: int) -> None:
         if tg.path and tg.handle is None:
@@ -226,10 +320,10 @@ class Handlers:
             v = regs.arg(i)
             if isinstance(k, DirFd):
                 tg = targets.get(i + 1)
-                wa.append(tg.handle if tg else None)
+                wa.append(tg.wire_dirfd() if tg else None)
             elif isinstance(k, Path):
                 tg = targets.get(i)
-                wa.append(os.fsencode(tg.path) if tg and tg.path is not None else None)
+                wa.append(tg.wire_path() if tg else None)
             elif isinstance(k, Fd):
                 wa.append(handle)
             elif isinstance(k, Flags):
@@ -339,7 +433,7 @@ class Handlers:
             v = self.fds.cached.get(normalize(tg.path))
             if v is not None:
                 known = [v.size, v.mtime_ns, v.ino, v.dev]
-        rep = self.call_home(t, "open", [tg.handle, os.fsencode(tg.path or ""),
+        rep = self.call_home(t, "open", [tg.wire_dirfd(), tg.wire_path() or b"",
                                          wflags.open_to_wire(self.arch, fl), mode, exec_, known, resolve])
         if rep["e"]:
             why = rep["o"].get("why")
@@ -368,6 +462,7 @@ class Handlers:
             cache = self.fds.store_copy(home_path, v, st[2], st[10] * 10**9 + st[11], chunks)
         if exec_:
             self.rpc.pending_close.append(h)  # the new image needs the data, not the fd
+            t.proc.next_exe = home_path
             return cache
         keep = fl & ~(O_CREAT | O_EXCL | O_TRUNC | O_ACCMODE) & 0xFFFFFFFF
         self.install(t, regs, self.fds.link_copy(h, cache, home_path), keep, h)
@@ -405,7 +500,7 @@ class Handlers:
     def h_chdir(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         tg = self.resolve(t, AT_FDCWD, regs.arg(0), False)
         if tg.home:
-            rep = self.call_home(t, "chdir", [tg.handle, os.fsencode(tg.path or "")])
+            rep = self.call_home(t, "chdir", [tg.wire_dirfd(), tg.wire_path() or b""])
             if rep["e"]:
                 skip(t.tid, -_errno_of(rep["e"]))
                 return
@@ -465,6 +560,7 @@ class Handlers:
         else:
             pi, argv_i, env_i = 0, 1, 2
             tg = self.resolve(t, AT_FDCWD, a[0], False)
+        t.proc.next_exe = None
         if not tg.home:
             self.run_local(t, regs, sc, [(pi, tg)])
             return
@@ -489,8 +585,9 @@ class Handlers:
                 new_argv.append(scratch.put_str(parts[1]))
             new_argv.append(scratch.put_str(as_given))
             new_argv += argv[1:]
-            interp_tg = self.resolve_abs(os.fsdecode(interp))
+            interp_tg = self.resolve_abs(t, os.fsdecode(interp))
             exe = interp
+            t.proc.next_exe = None  # /proc/self/exe is the interpreter
             if interp_tg.home:
                 got = self.open_home(t, regs, interp_tg, 0, 0, exec_=True)
                 if got is None:
@@ -504,10 +601,6 @@ class Handlers:
         exe_p = scratch.put_str(os.fsencode(local))
         scratch.commit()
         set_args(t.tid, NR_EXECVE[self.arch], [exe_p, a[argv_i], a[env_i], 0, 0, 0])
-
-    def resolve_abs(self, path: str) -> Target:
-        p = normalize(path)
-        return Target(self.policy.routes_home(p), None, p)
 
     # ---- fd bookkeeping ------------------------------------------------------------------
     def h_close(self, t: Thread, regs: Regs, sc: Syscall) -> None:
@@ -533,15 +626,19 @@ class Handlers:
             else:
                 r = rep["r"]
                 skip(t.tid, wflags.open_from_wire(self.arch, r) if cmd == F_GETFL else r)
-        elif cmd in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW):
+        elif cmd in LOCK_CMDS:
             lock = bytearray(self.mem.read(t.tid, regs.arg(2), 32))
             # At home one process holds every job process's fds, so classic (per-process)
             # locks would never conflict: take open-file-description locks instead (l_pid 0).
-            # And a blocking lock would stall the job's home channel: try, don't wait.
+            # A lock that must wait is tried at home and waited for here (see park).
             home_cmd = {F_GETLK: F_OFD_GETLK, F_SETLK: F_OFD_SETLK, F_SETLKW: F_OFD_SETLK,
                         F_OFD_SETLKW: F_OFD_SETLK}.get(cmd, cmd)
             struct.pack_into("<i", lock, 24, 0)
             rep = self.call_home(t, "fcntl_lock", [ref, home_cmd, bytes(lock)])
+            if rep["e"] in ("EAGAIN", "EACCES") and cmd in (F_SETLKW, F_OFD_SETLKW):
+                self.park(t, regs)
+                return
+            t.wait_delay = 0.0
             if rep["e"]:
                 skip(t.tid, -_errno_of(rep["e"]))
                 return
@@ -552,6 +649,35 @@ class Handlers:
             return  # fd-table operations: the kernel's job
         else:
             skip(t.tid, -errno.EINVAL)
+
+    def h_flock(self, t: Thread, regs: Regs, sc: Syscall) -> None:
+        kind, ref = self.fds.kind(t.tid, s32(regs.arg(0)))
+        if kind == LOCAL:
+            return
+        op = s32(regs.arg(1))
+        rep = self.call_home(t, "flock", [ref, op | LOCK_NB])
+        if rep["e"] == "EAGAIN" and not op & LOCK_NB:
+            self.park(t, regs)
+            return
+        t.wait_delay = 0.0
+        skip(t.tid, -_errno_of(rep["e"]) if rep["e"] else rep["r"])
+
+    def park(self, t: Thread, regs: Regs) -> None:
+        """Let a call that must wait for something at home wait here instead: the thread
+        sleeps locally (in nanosleep, so a signal wakes it), then issues the call again,
+        while the tracer and the home node serve everyone else. A signal that arrived
+        meanwhile makes the call return ERESTARTSYS, so the kernel fails it with EINTR or
+        restarts it per SA_RESTART, exactly as for the real call."""
+        t.wait_delay = min(max(t.wait_delay * 2, PARK_FIRST), PARK_MAX)
+        scratch = Scratch(t.tid, regs.sp, self.mem)
+        ts = scratch.put(struct.pack("<qq", 0, int(t.wait_delay * 1e9)))
+        scratch.commit()
+        nr, args = regs.nr, regs.args()
+        set_args(t.tid, NR_NANOSLEEP[self.arch], [ts, 0, 0, 0, 0, 0])
+
+        def again(th: Thread, ret: int) -> None:
+            restart(th.tid, nr, args, signal_pending(th.tid))
+        t.on_exit = again
 
     def h_ioctl(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         kind, _ = self.fds.kind(t.tid, s32(regs.arg(0)))
@@ -683,8 +809,24 @@ class Handlers:
             t.clone_flags = regs.arg(0)
 
         def forked(th: Thread, ret: int) -> None:
-            if ret > 0:
+            self.fork_done(th.tid)
+            if ret <= 0:
+                return
+            try:
                 set_ret(th.tid, self.home_pid(ret))
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:
+                    raise
+                if th.clone_flags & CLONE_THREAD:
+                    # A thread cannot be taken back alone: it keeps its local tid.
+                    self.warn_once("deputy", "the home node could not make a home pid for a "
+                                             "new thread; it keeps its execution-host tid")
+                    return
+                # No home pid for it (home is out of processes): the fork fails as the
+                # kernel's would, and the child it made goes.
+                os.kill(ret, signal.SIGKILL)
+                set_ret(th.tid, -errno.EAGAIN)
+        self.forking.add(t.tid)
         t.on_exit = forked
 
     def h_wait4(self, t: Thread, regs: Regs, sc: Syscall) -> None:

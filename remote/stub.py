@@ -159,6 +159,13 @@ class StdioPump(threading.Thread):
                 self.in_eof = True
         elif t == "sig":
             self._signal(msg["pid"], msg["sig"])
+        elif t == "closed":
+            # Home's reader of this stream has gone: close our end of the job's pipe, so
+            # its next write fails with EPIPE (SIGPIPE) as it would at home.
+            for fd, stream in list(self.out_fds.items()):
+                if stream == msg["fd"]:
+                    os.close(fd)
+                    del self.out_fds[fd]
 
     def _signal(self, home_pid: int, sig: int) -> None:
         try:
@@ -323,22 +330,32 @@ def wait_status_to_wire(status: int) -> dict[str, Any]:
 
 
 def isolate(opts: argparse.Namespace) -> str | None:
-    """Make this (namespaced) host what the launcher asked for. Runs once everything the
-    stub needs is loaded and both home connections are up, so hiding /tmp or the user's
-    home cannot hide the stub's own interpreter or the home node's socket."""
+    """Make this (namespaced) host what the launcher asked for. Runs once both home
+    connections are up. qrun's own installation stays visible (read-only) wherever it lies
+    below a hidden directory: a module Python loads late must still be there."""
     if opts.hostname:
         socket.sethostname(opts.hostname)
-    if opts.private_tmp:
-        for path in ("/tmp", "/dev/shm"):
-            rc = lib.qr_private_tmpfs(path.encode())
-            if rc < 0:
-                return f"cannot mount a private {path}: {os.strerror(-rc)}"
-    for path in opts.hide:
-        if os.path.isdir(path):
-            rc = lib.qr_hide_path(os.fsencode(path))
-            if rc < 0:
-                return f"cannot hide {path}: {os.strerror(-rc)}"
+    covers = [(p, "mode=1777", False) for p in (("/tmp", "/dev/shm") if opts.private_tmp else ())]
+    covers += [(p, "size=64k,mode=0755", True) for p in opts.hide if os.path.isdir(p)]
+    for path, options, readonly in covers:
+        keep = [k for k in own_installation() if k.startswith(path.rstrip("/") + "/")]
+        rc = lib.qr_cover(os.fsencode(path), options.encode(), int(readonly),
+                          b"".join(os.fsencode(k) + b"\0" for k in keep) + b"\0")
+        if rc < 0:
+            return f"cannot {'hide' if readonly else 'empty'} {path}: {os.strerror(-rc)}"
     return None
+
+
+def own_installation() -> list[str]:
+    """The directories the stub's Python and qrun's packages are loaded from."""
+    import qrun.homenode
+    import qrun.native
+    import qrun.remote
+    import qrun.syscalls
+    dirs = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    dirs |= {os.path.realpath(os.path.dirname(m.__file__ or "")) for m in
+             (qrun.homenode, qrun.native, qrun.remote, qrun.syscalls)}
+    return sorted(d for d in dirs if d != "/")
 
 
 def main(argv: list[str] | None = None) -> int:

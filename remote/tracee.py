@@ -42,7 +42,8 @@ class Proc:
     """A thread group."""
     tgid: int
     parent: int  # remote tgid of the parent, 0 when it is not a job process
-    home_pid: int = 0
+    exe: str | None = None       # home path of the program it runs (None: a local one)
+    next_exe: str | None = None  # what `exe` becomes if the execve in progress succeeds
 
 
 @dataclass
@@ -52,8 +53,8 @@ class Thread:
     fs: FsState
     on_exit: Callable[[Thread, int], None] | None = None  # run at the syscall-exit stop
     clone_flags: int = 0       # flags of the clone/fork this thread is executing
-    home_tid: int = 0
     attached: bool = False     # its initial SIGSTOP has been seen
+    wait_delay: float = 0.0    # a call waiting at home (a lock): seconds until its next try
 
 
 class Regs:
@@ -145,6 +146,27 @@ def set_ret(tid: int, retval: int) -> None:
     rc = lib.qr_set_ret(tid, retval)
     if rc < 0:
         raise OSError(-rc, "set return value")
+
+
+def restart(tid: int, nr: int, args: list[int], interrupted: bool) -> None:
+    rc = lib.qr_restart(tid, nr, ffi.new("unsigned long[6]", [a & (_U64 - 1) for a in args]),
+                        int(interrupted))
+    if rc < 0:
+        raise OSError(-rc, "restart syscall")
+
+
+def signal_pending(tid: int) -> bool:
+    """Whether a signal the thread does not block is pending for it."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk"):
+                    fields[key] = int(value, 16)
+    except (OSError, ValueError):
+        return False
+    return bool((fields.get("SigPnd", 0) | fields.get("ShdPnd", 0)) & ~fields.get("SigBlk", 0))
 
 
 def set_args(tid: int, nr: int, args: list[int]) -> None:

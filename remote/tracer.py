@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from qrun.native import ffi, lib
+from qrun.remote import procpaths
 from qrun.remote.channel import HomeLost, Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.handlers import Handlers
@@ -73,6 +74,10 @@ class Tracer(Handlers):
         self.stopping = False
         self.reaped_early: set[int] = set()
         self.open_handles: set[int] = set()  # home handles we installed placeholders for
+        # Threads inside fork/clone: their new child may already hold the parent's fds
+        # before we hear of it, so no handle is closed while one is in flight.
+        self.forking: set[int] = set()
+        self.sweep_deferred = False
         self._local_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.local_fd_native)
         self._copy_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.copy_local)
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
@@ -85,7 +90,9 @@ class Tracer(Handlers):
                 path_arg[n] = s.local_path_arg
         self._path_arg = ffi.new("signed char[]", path_arg)
         self._policy = b"".join(b"L" + os.fsencode(p) + b"\0" for p in policy.local) + \
-            b"".join(b"H" + os.fsencode(p) + b"\0" for p in policy.home)
+            b"".join(b"H" + os.fsencode(p) + b"\0" for p in policy.home) + \
+            b"".join(b"P" + os.fsencode(p) + b"\0" for p in procpaths.ASK_TRACER) + \
+            b"".join(b"N" + os.fsencode(p) + b"\0" for p in procpaths.ASK_TRACER_NUMBERED)
         self.exec_err_fd = -1
 
     # ---- starting the job ---------------------------------------------------------------
@@ -149,6 +156,7 @@ class Tracer(Handlers):
             elif event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
                 self._adopt(t, lib.qr_geteventmsg(pid))
             elif event == EVENT_EXEC:
+                t.proc.exe = t.proc.next_exe
                 self.sweep_handles()
             elif sig == signal.SIGSTOP and not t.attached:
                 t.attached = True
@@ -216,7 +224,7 @@ class Tracer(Handlers):
         if flags & CLONE_THREAD:
             proc = parent.proc
         else:
-            proc = Proc(child_tid, parent.proc.tgid)
+            proc = Proc(child_tid, parent.proc.tgid, exe=parent.proc.exe)
             self.procs[child_tid] = proc
         fs = parent.fs if flags & CLONE_FS else parent.fs.copy()
         child = Thread(child_tid, proc, fs)
@@ -226,9 +234,15 @@ class Tracer(Handlers):
             child.attached = True
             self.resume(child)
 
+    def fork_done(self, tid: int) -> None:
+        self.forking.discard(tid)
+        if self.sweep_deferred:
+            self.sweep_handles()
+
     def _gone(self, pid: int, status: int) -> None:
         t = self.threads.pop(pid, None)
         self.early.discard(pid)
+        self.forking.discard(pid)
         if pid == self.main_pid:
             self.main_status = status
             self.kill_all()
@@ -281,6 +295,10 @@ class Tracer(Handlers):
         """Close home handles no job process refers to any more."""
         if not self.open_handles:
             return  # nothing to close: skip listing every process's fds (exits are frequent)
+        if self.forking or self.early:
+            self.sweep_deferred = True  # a child we do not know yet may hold any of them
+            return
+        self.sweep_deferred = False
         live: set[int] = set()
         for tgid in self.procs:
             live |= self.fds.handles_of(tgid)

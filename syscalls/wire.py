@@ -31,12 +31,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "rep": {"seq": (int,), "r": (int,), "e": (str, type(None)), "o": (dict,)},
     "out": {"fd": (int,), "d": (bytes,)},
     "in": {"d": (bytes,)},
+    "closed": {"fd": (int,)},   # home's stdout or stderr reader went away
     "sig": {"pid": (int,), "sig": (int,)},
     "ping": {},
     "pong": {},
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
     "bye": {},
-    "warn": {"msg": (str,)},
     "error": {"msg": (str,), "code": (int,)},
     # host agents (qrun agent)
     "load?": {},
