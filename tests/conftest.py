@@ -9,12 +9,20 @@ from hosts import HostCluster as _HostCluster
 from hosts import can_make_hosts as _can_make_hosts
 
 
+def skip_or_fail(reason: str) -> None:
+    """A fixture that cannot be set up skips for a developer, but fails under CI=true:
+    there, a missing piece of the test machine must not pass as a green run."""
+    if _hosts_os.environ.get("CI") == "true":
+        _hosts_pytest.fail(f"CI=true and a fixture cannot be set up: {reason}", pytrace=False)
+    _hosts_pytest.skip(reason)
+
+
 @_hosts_pytest.fixture(scope="session")
 def hosts() -> _HostsIterator[_HostCluster]:
     """Three namespace test hosts h1..h3 (tests/hosts.py); skips where they cannot be built."""
     ok, reason = _can_make_hosts()
     if not ok:
-        _hosts_pytest.skip(reason)
+        skip_or_fail(reason)
     hide = _hidden_on_hosts()
     with _HostCluster(n=3, hide=hide, share=_shared_with_hosts()) as cluster:
         yield cluster
@@ -75,6 +83,16 @@ def qrun_prefix(hosts: _HostCluster, qrun_cmd: list[str]) -> list[str]:
     h = hosts[0]
     return qrun_cmd + ["--transparent", "--timeout", "10", "--via", " ".join(h.nsenter_prefix()),
                        "--home-addr", h.home_ip, "--"]
+
+
+@_hosts_pytest.fixture(params=["local", "h1"])
+def transparent(request: _hosts_pytest.FixtureRequest, qrun_cmd: list[str]) -> list[str]:
+    """`qrun --transparent ... --` in both of the suite's modes: `local` (the stub on this
+    machine: every developer runs it, root or not) and `h1` (a namespace test host whose
+    host name, /tmp and home directory differ from home's; needs root)."""
+    if request.param == "local":
+        return qrun_cmd + ["--transparent", "--timeout", "10", "--host", "local", "--"]
+    return list(request.getfixturevalue("qrun_prefix"))
 # ---- END qrun runtime fixtures ------------------------------------------------------------------
 
 
@@ -113,7 +131,7 @@ def cluster_hosts(cluster_state_dir: str) -> _HostsIterator[_HostCluster]:
     """Three test hosts h1..h3 for `ssh_cluster` and `slurm_cluster` (separate from `hosts`)."""
     ok, reason = _can_make_hosts()
     if not ok:
-        _hosts_pytest.skip(reason)
+        skip_or_fail(reason)
     share = _shared_with_hosts()
     if not any(cluster_state_dir == p or cluster_state_dir.startswith(p + "/") for p in share):
         share.append(cluster_state_dir)
@@ -128,14 +146,14 @@ def ssh_cluster(request: _hosts_pytest.FixtureRequest,
     """An sshd on each of `cluster_hosts`; `ssh -F ssh_cluster.ssh_config h1 ...` from home."""
     missing = _ssh_missing()
     if missing:
-        _hosts_pytest.skip(f"ssh test cluster: {missing}")
+        skip_or_fail(f"ssh test cluster: {missing}")
     # Requested only now so that a machine without sshd does not even build the hosts.
     cluster = request.getfixturevalue("cluster_hosts")
     ssh = _SshCluster(cluster, cluster_state_dir)
     try:
         ssh.start()
     except (_ClusterError, OSError, _ClSubprocessError) as e:
-        _hosts_pytest.skip(f"ssh test cluster could not be set up: {e}")
+        skip_or_fail(f"ssh test cluster could not be set up: {e}")
     try:
         yield ssh
     finally:
@@ -149,13 +167,13 @@ def slurm_cluster(request: _hosts_pytest.FixtureRequest,
     with `env=slurm_cluster.env`."""
     missing = _slurm_missing()
     if missing:
-        _hosts_pytest.skip(f"Slurm test cluster: {missing}")
+        skip_or_fail(f"Slurm test cluster: {missing}")
     cluster = request.getfixturevalue("cluster_hosts")
     slurm = _SlurmCluster(cluster, cluster_state_dir)
     try:
         slurm.start()
     except (_ClusterError, OSError, _ClSubprocessError) as e:
-        _hosts_pytest.skip(f"Slurm test cluster could not be set up: {e}")
+        skip_or_fail(f"Slurm test cluster could not be set up: {e}")
     try:
         yield slurm
     finally:

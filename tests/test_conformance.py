@@ -5,10 +5,10 @@
   whose output is not canonical).
 * ``test_native_static_dynamic_agree``: the static and dynamic build of a C
   probe print the same thing.
-* ``test_probe_under_qrun``: native vs ``[*qrun_prefix, *probe]`` outputs are
-  identical apart from tests/divergences.py, and exit statuses match.  Needs
-  a ``qrun_prefix`` fixture (a list of arguments, provided by conftest.py);
-  skipped when there is none.
+* ``test_probe_under_qrun``: native vs ``[*qrun --transparent ..., *probe]``
+  outputs are identical apart from tests/divergences.py, and exit statuses
+  match, in both modes of the ``transparent`` fixture (conftest.py): ``local``
+  (runs for everyone) and ``h1`` (a namespace test host; needs root).
 """
 
 from __future__ import annotations
@@ -81,11 +81,8 @@ def test_native_static_dynamic_agree(name, request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("probe_id", conf.PROBE_IDS)
-def test_probe_under_qrun(probe_id, request, tmp_path_factory):
-    try:
-        qrun_prefix = request.getfixturevalue("qrun_prefix")
-    except pytest.FixtureLookupError:
-        pytest.skip("qrun runtime fixture not available")
+def test_probe_under_qrun(probe_id, transparent, request, tmp_path_factory):
+    qrun_prefix = transparent
     probe = _probe_or_skip(probe_id, request)
     workdir = _workdir(tmp_path_factory, probe_id)
     native = conf.run_native(probe_id, workdir)
