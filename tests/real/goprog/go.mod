@@ -1,0 +1,3 @@
+module qrunreal/goprog
+
+go 1.19
