@@ -17,6 +17,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from qrun.homenode.schema import BadRequest, for_syscall
+from qrun.homenode.schema import check as check_args
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import structs
 from qrun.syscalls.model import (
@@ -47,10 +49,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 FORWARDABLE: dict[str, Syscall] = {s.name: s for s in TABLE if s.forwardable}
-
-
-class BadRequest(ValueError):
-    """A request that does not fit the table: answered with an error, never executed."""
+_CHECKS = {name: for_syscall(sc) for name, sc in FORWARDABLE.items()}
 
 
 @dataclass
@@ -118,8 +117,7 @@ def wire_path(v: object, dirfd_given: bool, handles: Handles) -> bytes:
 
 def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | None, dict[str, Any]]:
     """Run one regular call. Returns (result, errno name or None, outputs by arg index)."""
-    if len(args) != len(sc.args):
-        raise BadRequest(f"{sc.name}: {len(sc.args)} arguments expected, got {len(args)}")
+    check_args(sc.name, _CHECKS[sc.name], args)
     c_args: list[Any] = []
     outputs: dict[int, tuple[Any, BufOut | PathOut | StructOut]] = {}
     sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent

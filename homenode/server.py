@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import zmq
 import zmq.auth.thread
+from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import ARCH as HOME_ARCH
 from qrun.homenode.executor import (
@@ -110,6 +111,7 @@ class HomeServer:
         self.launcher_tail = b""
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
         self.closed_streams: set[int] = set()
+        self.rejected: set[str] = set()
 
     # ---- bootstrap --------------------------------------------------------------------
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
@@ -281,7 +283,8 @@ class HomeServer:
             self._output(2 if msg["fd"] == 2 else 1, msg["d"])
         elif kind == "exit":
             self._send(ident, "bye")
-            return Outcome(msg["status"], msg["usage"], msg["host"], time.monotonic() - started)
+            return Outcome(exit_status(msg["status"]), exit_usage(msg["usage"]), msg["host"][:255],
+                           time.monotonic() - started)
         return None
 
     def _output(self, fd: int, data: bytes) -> None:
@@ -307,28 +310,42 @@ class HomeServer:
         self._send(ident, "welcome", **self.welcome)
 
     def _request(self, ident: bytes, msg: dict[str, Any]) -> None:
+        """Exactly once: the stub has one request in flight and numbers them 1, 2, ...; a
+        resend of the last one is answered from the cache, anything else out of order is
+        refused without running."""
         seq = msg["seq"]
         if seq == self.last_seq and self.last_reply is not None:
             self.sock.send_multipart([ident, self.last_reply])  # a resend: never run twice
             return
-        if seq < self.last_seq:
+        if seq != self.last_seq + 1:
+            self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return
-        for h in msg.get("close", []) if isinstance(msg.get("close"), list) else []:
-            self.handles.close(h)
-        for hp in msg.get("retire", []) if isinstance(msg.get("retire"), list) else []:
-            self.deputies.retire(hp)
-        umask = msg["umask"] & 0o777
-        os.umask(umask)
         try:
+            for h in schema.each("close", schema.HANDLE, msg.get("close", [])):
+                self.handles.close(h)
+            for hp in schema.each("retire", schema.I32, msg.get("retire", [])):
+                self.deputies.retire(hp)
+            schema.integer(0, 0o777, "umask")(msg["umask"])
+            os.umask(msg["umask"])
             r, e, o = self.dispatch(msg["op"], msg["a"])
-        except BadRequest as exc:
-            sys.stderr.write(f"qrun: rejected a request from the stub: {exc}\n")
+        except (BadRequest, TypeError) as exc:
+            self._reject(f"rejected a request from the stub: {exc}")
             r, e, o = -1, "EINVAL", {}
         except OSError as exc:
             r, e, o = -1, errno.errorcode.get(exc.errno or errno.EIO, "EIO"), {}
+        except Exception as exc:  # a bug must fail the one call, never the home node
+            self._reject(f"internal error executing {msg['op']!r}: {type(exc).__name__}: {exc}")
+            r, e, o = -1, "EIO", {}
         reply = wire.encode("rep", seq=seq, r=r, e=e, o=o)
         self.last_seq, self.last_reply = seq, reply
         self.sock.send_multipart([ident, reply])
+
+    def _reject(self, line: str) -> None:
+        """One line per kind of problem, not a flood from a misbehaving stub."""
+        key = line.split(":", 2)[:2]
+        if len(self.rejected) < 20 and str(key) not in self.rejected:
+            self.rejected.add(str(key))
+            sys.stderr.write(f"qrun: {line}\n")
 
     # ---- operations -------------------------------------------------------------------
     def dispatch(self, op: str, a: list[Any]) -> tuple[int, str | None, dict[str, Any]]:
@@ -339,10 +356,11 @@ class HomeServer:
                 # Where the bytes landed, so the stub can mirror them into a local copy.
                 o["pos"] = os.lseek(self.handles.fd(a[0]), 0, os.SEEK_CUR)
             return r, e, o
-        fn = getattr(self, "op_" + op, None)
-        if fn is None:
+        checks = schema.OPS.get(op)
+        if checks is None:
             raise BadRequest(f"unknown operation {op!r}")
-        return fn(*a) if isinstance(a, list) else fn()
+        fn = getattr(self, "op_" + op)
+        return fn(*schema.check(op, checks, a))  # type: ignore[no-any-return]
 
     def op_open(self, handle: int | None, path: bytes, wflags_: int, mode: int, exec_: bool,
                 known: list[int] | None,
@@ -350,11 +368,13 @@ class HomeServer:
         """Open as the job asked. Read-only regular files (and exec'd ones) come back as data
         for a local copy; everything else stays open here as a handle. Either way the home
         fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
-        if not isinstance(wflags_, int):
-            raise BadRequest("open: malformed arguments")
         dirfd = None if handle is None else self.handles.fd(handle)
         path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
+        if resolve is None and wflags_ >= 2**32:
+            raise BadRequest("open: flags wider than 32 bits")
         fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
+        if resolve is None:
+            fl = ctypes.c_int(fl).value  # open(2) takes a C int
         if exec_:
             fl = os.O_RDONLY | os.O_CLOEXEC
         # Opened non-blocking: opening a FIFO must never stall the one thread serving the
@@ -475,6 +495,34 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> in
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return int(fd)
+
+
+def exit_status(st: dict[str, Any]) -> dict[str, Any]:
+    """How the job ended, as the stub reported it, reduced to fields of the right types: a
+    malformed report is a failed job with a message, not a crash of qrun."""
+    try:
+        if "signal" in st:
+            schema.integer(1, 64, "signal")(st["signal"])
+            out: dict[str, Any] = {"signal": st["signal"], "core": bool(st.get("core"))}
+        else:
+            schema.integer(0, 255, "exit code")(st.get("code"))
+            out = {"code": st["code"]}
+        if "spawn_errno" in st:
+            schema.integer(1, 4095, "errno")(st["spawn_errno"])
+            out["spawn_errno"] = st["spawn_errno"]
+        for key in ("error", "error_kind"):
+            if key in st:
+                if not isinstance(st[key], str) or len(st[key]) > 1000:
+                    raise BadRequest(f"{key}: a short string expected")
+                out[key] = st[key]
+    except BadRequest as exc:
+        return {"code": 1, "error": f"the stub sent a malformed exit report ({exc})", "error_kind": "launch"}
+    return out
+
+
+def exit_usage(u: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb")
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**53}
 
 
 def _stdin_usable() -> bool:

@@ -63,6 +63,11 @@ def host(hosts: _HostCluster) -> _Host:
 # ---- END qrun test hosts ----------------------------------------------------------------------
 
 
+def pytest_addoption(parser: _hosts_pytest.Parser) -> None:
+    parser.addoption("--fuzz-rounds", default="2000",
+                     help="requests the home server fuzz test sends (default 2000; try 50000)")
+
+
 # ---- BEGIN qrun runtime fixtures ----------------------------------------------------------------
 import sys as _qr_sys  # noqa: E402
 

@@ -87,11 +87,11 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(server: Home
                                       ("read", [999, 10, 10]),                # unknown handle
                                       ("mkdir", ["not bytes", 0o755]),        # wrong type
                                       ("mkdir", [b"/x"]),                     # wrong arity
-                                      ("open", [None, b"/a\0b", 0, 0, False, None])], start=1):
+                                      ("open", [None, b"/a\0b", 0, 0, False, None, None])], start=1):
         rep = exchange(server, c, req(seq, op, args))
         assert rep is not None and rep["t"] == "rep" and rep["r"] == -1, op
         assert rep["e"] in ("EINVAL", "EBADF"), (op, rep)
-    rep = exchange(server, c, req(99, "newfstatat", [None, os.fsencode(tmp_path), None, 0]))
+    rep = exchange(server, c, req(7, "newfstatat", [None, os.fsencode(tmp_path), None, 0]))
     assert rep is not None and rep["r"] == 0 and len(rep["o"]["2"]) == 16
 
 
@@ -105,13 +105,85 @@ def test_open_gives_copies_for_reading_and_placeholders_otherwise(server: HomeSe
     c = client(server)
     f = tmp_path / "f"
     f.write_bytes(b"hello")
-    rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None]))
+    rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None, None]))
     assert rep is not None and rep["o"]["kind"] == "copy" and rep["o"]["data"] == b"hello"
-    rep = exchange(server, c, req(2, "open", [None, os.fsencode(f), os.O_WRONLY | os.O_APPEND, 0, False, None]))
+    rep = exchange(server, c, req(2, "open", [None, os.fsencode(f), os.O_WRONLY | os.O_APPEND, 0, False, None, None]))
     assert rep is not None and rep["o"]["kind"] == "placeholder"
     h = rep["o"]["handle"]
     rep = exchange(server, c, req(3, "write", [h, b" world", 6]))
     assert rep is not None and rep["r"] == 6
     assert f.read_bytes() == b"hello world"
-    rep = exchange(server, c, req(4, "open", [None, os.fsencode(f), os.O_RDONLY, 0, True, None]))
+    rep = exchange(server, c, req(4, "open", [None, os.fsencode(f), os.O_RDONLY, 0, True, None, None]))
     assert rep is not None and rep["e"] == "EACCES"  # not executable
+
+
+def test_hostile_requests_are_refused_one_by_one(server: HomeServer, tmp_path: Path) -> None:
+    """Each of these once raised out of the server (and took the job with it)."""
+    c = client(server)
+    canary = os.fsencode(tmp_path / "canary")
+    cases: list[tuple[str, list[Any]]] = [
+        ("open", [None, canary]),                                        # arity
+        ("fetch", [1]), ("fcntl", []), ("deputy", []), ("deputy", ["a", "b"]),
+        ("open", [None, canary, os.O_CREAT | os.O_WRONLY, "abc", False, None, None]),  # str mode
+        ("fcntl", [1, "3", 0]),
+        ("open", [None, canary, 2**40, 0o644, False, None, None]),       # flags too large
+        ("open", [None, canary, -2**63, 0o644, False, None, None]),
+        ("kill", [2**40, 9]), ("kill", [0, 9]), ("kill", [-1, 9]),
+        ("mkdir", [{"a": 1}, 0o755]), ("mkdir", [canary, {"mode": 1}]),  # a dict for a value
+        ("mkdir", [[2**64 - 1], 0o755]), ("mkdir", [[None], 0o755]),         # bad fd paths
+        ("write", [1, b"x", 2**64 - 1]), ("read", [-5, 10, 10]),
+        ("open", [None, canary, 0, 0, "yes", None, None]),
+    ]
+    for seq, (op, args) in enumerate(cases, start=1):
+        rep = exchange(server, c, req(seq, op, args))
+        assert rep is not None and rep["t"] == "rep" and rep["r"] == -1, (op, args, rep)
+        assert rep["e"] in ("EINVAL", "EBADF"), (op, args, rep)
+    assert not os.path.exists(canary)
+    # A sequence number far ahead is refused, and does not make home ignore what follows.
+    rep = exchange(server, c, req(2**64 - 1, "mkdir", [canary, 0o755]))
+    assert rep is not None and rep["e"] == "EINVAL" and not os.path.exists(canary)
+    rep = exchange(server, c, req(len(cases) + 1, "mkdir", [canary, 0o755]))
+    assert rep is not None and rep["r"] == 0 and os.path.isdir(canary)
+
+
+def test_a_malformed_exit_report_is_a_failed_job_not_a_crash(server: HomeServer) -> None:
+    from qrun.homenode.server import exit_status
+    assert exit_status({"code": "7"})["error_kind"] == "launch"
+    assert exit_status({"signal": 2**40})["code"] == 1
+    assert exit_status({"code": 7}) == {"code": 7}
+    assert exit_status({"signal": 9, "core": 0}) == {"signal": 9, "core": False}
+
+
+def test_seeded_fuzz_never_crashes_the_server(server: HomeServer, tmp_path: Path,
+                                              request: pytest.FixtureRequest) -> None:
+    """Random operations with random, mostly wrong arguments: every request gets exactly one
+    reply and the server keeps serving. Paths stay inside tmp_path; kill is left out (a
+    random pid is somebody's process)."""
+    import random
+
+    from qrun.homenode import schema
+    from qrun.homenode.executor import FORWARDABLE
+    rounds = int(request.config.getoption("--fuzz-rounds"))
+    rng = random.Random(1234)
+    base = os.fsencode(tmp_path)
+    ints = [0, 1, 2, 3, -1, 7, 0o755, 2**31, -2**31 - 1, 2**40, 2**63, -2**63, 2**64 - 1]
+    values: list[Any] = [None, True, False, 1.5, "text", b"", b"\0", {"k": 1}, [], [None], [1],
+                         [2**64 - 1], [1, 2], b"x" * 100]
+
+    def value() -> Any:
+        pick = rng.random()
+        if pick < 0.35:
+            return rng.choice(ints)
+        if pick < 0.6:
+            return base + b"/" + rng.choice([b"a", b"b", b"d/e", b"..", b"", b"a/"])
+        return rng.choice(values)
+
+    ops = sorted(FORWARDABLE) + sorted(op for op in schema.OPS if op != "kill")
+    c = client(server)
+    for seq in range(1, rounds + 1):
+        op = rng.choice(ops)
+        args = [value() for _ in range(rng.randint(0, 8))]
+        rep = exchange(server, c, req(seq, op, args))
+        assert rep is not None and rep["t"] == "rep" and rep["seq"] == seq, (op, args, rep)
+    rep = exchange(server, c, req(rounds + 1, "newfstatat", [None, base, None, 0]))
+    assert rep is not None and rep["r"] == 0
