@@ -35,9 +35,14 @@ def figures(load_file: str | None) -> dict[str, Any]:
                 injected = json.load(f)
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read {load_file}: {exc}") from None
+        if not isinstance(injected, dict):
+            raise ValueError(f"cannot read {load_file}: expected a JSON object")
         for key in ("load1", "cpus", "mem_total", "mem_avail"):
             if key in injected:
-                out[key] = float(injected[key]) if key == "load1" else int(injected[key])
+                try:
+                    out[key] = float(injected[key]) if key == "load1" else int(injected[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"cannot read {load_file}: {key} is not a number") from None
     return out
 
 
@@ -120,8 +125,8 @@ def query(cfg: ClusterConfig, views: list[HostView], timeout: float = 0.8) -> No
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="qrun agent", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qrun.homenode.cli import Parser  # one-line usage errors, as for qrun itself
+    ap = Parser(prog="qrun agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="cluster file (default: $QRUN_CONF, ~/.config/qrun/config.toml, "
                                      "/etc/qrun/qrun.toml)")
     ap.add_argument("--bind", help="address to listen on (default: tcp://*:<agent_port>)")

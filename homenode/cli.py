@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from qrun.homenode import config, exitcodes, hostlist, launchers
 from qrun.homenode.identity import snapshot
@@ -19,10 +25,56 @@ from qrun.homenode.server import HomeServer, JobFailed, Outcome
 from qrun.syscalls.paths import PathPolicy
 
 BUILTIN_HOSTS = ("local", "sandbox")
+DISTRIBUTION = "qrun-runtime"
+
+
+def version() -> str:
+    """The installed distribution's version, else the one in the checkout's pyproject.toml."""
+    from importlib import metadata
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line gets one `qrun: ...` line, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exitcodes.USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+class _Version(argparse.Action):
+    """--version, with the version looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        sys.stdout.write(f"qrun {version()}\n")
+        parser.exit(0)
+
+
+def seconds(text: str) -> float:
+    """A --timeout value: a finite number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="qrun",
         usage="qrun [--transparent] [-w HOSTS] [options] [--] CMD [ARGS...]\n"
               "       qrun hosts [--json] [-w HOSTS]\n       qrun agent [--load-file F] [--keygen]",
@@ -32,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
                "failures: " + "; ".join(f"{k} {v}" for k, v in sorted(exitcodes.DOC.items())))
     ap.add_argument("--transparent", action="store_true",
                     help="forward file and identity syscalls to this machine (the home node)")
+    ap.add_argument("--version", action=_Version, help="print `qrun VERSION` and exit")
     where = ap.add_argument_group("where to run")
     where.add_argument("--host", "-w", default=None, metavar="HOSTS",
                        help=f"host or host list (node[1-3,7]); built-in: {', '.join(BUILTIN_HOSTS)}. "
@@ -46,20 +99,23 @@ def parser() -> argparse.ArgumentParser:
                        help="address the stub connects back to (default: the cluster file's, "
                             "else this machine's address on the route to the host)")
     where.add_argument("--require", action="append", default=[], metavar="EXPR",
-                       help="only hosts advertising this resource, e.g. scratch_gb>=100")
+                       help="only hosts of the cluster file advertising this resource, e.g. "
+                            "scratch_gb>=100")
     where.add_argument("--config", metavar="FILE", help="cluster file (default: $QRUN_CONF, "
                        "~/.config/qrun/config.toml, /etc/qrun/qrun.toml)")
     job = ap.add_argument_group("the job")
     job.add_argument("-D", "--chdir", metavar="DIR", help="the job's working directory (default: cwd)")
     job.add_argument("--export", default="ALL", metavar="ALL|NONE|VAR[=val],...",
-                     help="plain execution: the job's environment (default ALL: this one)")
+                     help="plain execution: the job's environment (default ALL: this one; "
+                          "a transparent job always gets this one)")
     job.add_argument("-o", "--output", metavar="FILE", help="also copy all job output into FILE")
     job.add_argument("--local", action="append", default=[], metavar="PATH",
                      help="transparent: PATH (and below) is the execution host's, not forwarded home")
     job.add_argument("--home", action="append", default=[], metavar="PATH",
                      help="transparent: PATH (and below) is forwarded home even inside a local tree")
-    job.add_argument("--timeout", type=float, default=float(os.environ.get("QRUN_TIMEOUT", 30)),
-                     help="seconds of silence after which the other side counts as lost (default 30)")
+    job.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                     help="seconds of silence after which the other side counts as lost "
+                          "(default: $QRUN_TIMEOUT, else 30)")
     job.add_argument("--stub-command", default=os.environ.get("QRUN_STUB"),
                      help="how to run the stub on the execution host (default: this Python's)")
     job.add_argument("-v", "--verbose", action="store_true",
@@ -89,19 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail("missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])",
                     exitcodes.USAGE)
     try:
-        cwd = os.path.realpath(opts.chdir) if opts.chdir else os.getcwd()
-    except OSError as exc:
-        return fail(f"the current directory is not accessible: {exc.strerror}", exitcodes.USAGE)
-    if opts.transparent and (not os.path.isdir(cwd) or not os.access(cwd, os.X_OK)):
-        what = f"-D {opts.chdir}" if opts.chdir else f"the current directory {cwd}"
-        return fail(f"{what}: not an accessible directory", exitcodes.USAGE)
-    try:
+        cwd = working_directory(opts.chdir, opts.transparent)
+        timeout = opts.timeout if opts.timeout is not None else config.env_seconds("QRUN_TIMEOUT", 30.0)
+        stub = stub_command(opts.stub_command)
         export = parse_export(opts.export)
+        if opts.transparent and export["mode"] != "ALL":
+            raise ValueError(f"--export={opts.export}: a --transparent job always gets this environment "
+                             "(--export is for plain execution)")
         requirements = [Requirement.parse(r) for r in opts.require]
         cfg = config.load(opts.config)
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
-    stub = opts.stub_command.split() if opts.stub_command else list(launchers.STUB_COMMAND)
     job = uuid.uuid4().hex[:12]
     ledger: Ledger | None = None
     try:
@@ -110,24 +164,88 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), exc.code)
     except PlacementError as exc:
         return fail(str(exc), exitcodes.NO_HOST)
-    except hostlist.HostListError as exc:
+    except (hostlist.HostListError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
     if opts.transparent:
-        policy = PathPolicy().with_overrides(opts.local, opts.home)
+        try:
+            policy = PathPolicy().with_overrides(opts.local, opts.home)
+        except OSError as exc:  # relative --local/--home paths from a removed directory
+            if ledger is not None:
+                ledger.release()
+            return fail(f"--local/--home: {exc.strerror}", exitcodes.USAGE)
         welcome: dict[str, Any] = {
             "argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(),
             "identity": snapshot(), "policy": policy.to_wire(),
-            "options": {"timeout": opts.timeout, "mode": "transparent"},
+            "options": {"timeout": timeout, "mode": "transparent"},
         }
     else:
         welcome = {"argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(), "identity": {},
                    "policy": {"local": [], "home": []},
-                   "options": {"timeout": opts.timeout, "mode": "plain", "export": export}}
+                   "options": {"timeout": timeout, "mode": "plain", "export": export}}
     try:
-        return run(job, launch, welcome, opts.timeout, opts.verbose, cmd[0], opts.output)
+        return run(job, launch, welcome, timeout, opts.verbose, cmd[0], opts.output)
     finally:
         if ledger is not None:
-            ledger.release()
+            try:
+                ledger.release()
+            except config.ConfigError as exc:
+                fail(str(exc), exitcodes.USAGE)
+
+
+class CwdError(ValueError):
+    pass
+
+
+def working_directory(chdir: str | None, transparent: bool) -> str:
+    """The job's working directory as an absolute, resolved path at home. The current
+    directory must be accessible here in both modes (a deleted or forbidden one says so,
+    instead of failing obscurely on the execution host); a -D directory must be in
+    transparent mode, where it is used at home."""
+    try:
+        cwd = os.path.realpath(chdir) if chdir else os.getcwd()
+    except OSError as exc:  # the current directory was removed (or is unreachable)
+        _cwd_error(None, exc.strerror or str(exc))
+    if chdir and not transparent:
+        return cwd  # plain execution: it must exist on the execution host, not here
+    why = _inaccessible(cwd)
+    if why:
+        if chdir:
+            raise CwdError(f"-D {chdir}: not an accessible directory ({why})")
+        _cwd_error(cwd, why)
+    return cwd
+
+
+def _cwd_error(cwd: str | None, why: str) -> NoReturn:
+    if cwd is None:
+        try:
+            cwd = os.readlink("/proc/self/cwd")
+        except OSError:
+            cwd = os.environ.get("PWD", "")
+    where = f" {cwd}" if cwd else ""
+    raise CwdError(f"the current directory{where} is not accessible: {why}")
+
+
+def _inaccessible(path: str) -> str:
+    """Why `path` cannot be a working directory here ("" if it can)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return os.strerror(errno.ENOTDIR)
+    if not os.access(path, os.X_OK):
+        return os.strerror(errno.EACCES)
+    return ""
+
+
+def stub_command(spec: str | None) -> list[str]:
+    """--stub-command / $QRUN_STUB, split on blanks; unset or empty: this Python's stub."""
+    if not spec:
+        return list(launchers.STUB_COMMAND)
+    words = spec.split()
+    if not words:
+        raise ValueError("--stub-command (or $QRUN_STUB) is blank")
+    return words
 
 
 def parse_export(spec: str) -> dict[str, Any]:
@@ -149,19 +267,25 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
                  cwd: str, requirements: list[Requirement]) -> tuple[launchers.Launch, Ledger | None]:
     """Pick the host and its launcher: "where" is decided here, the stub is always the same."""
     if opts.via:
+        _no_requirements(requirements, "--via")
         addr = opts.home_addr or cfg.home_addr
         if not addr:
             raise launchers.LaunchError("--via needs --home-addr ADDR (or home_addr in the cluster "
                                         "file): where the stub can reach this machine", exitcodes.USAGE)
         return launchers.via(job, stub, opts.via, addr), None
     wanted = hostlist.expand(opts.host) if opts.host else []
-    excluded = set(hostlist.expand(opts.exclude)) if opts.exclude else set()
+    excluded = hostlist.expand(opts.exclude) if opts.exclude else []
     home_addr = opts.home_addr or cfg.home_addr
     if wanted == ["local"]:
+        _no_requirements(requirements, "the local host")
         return launchers.local(job, stub), None
     if wanted == ["sandbox"] or (not wanted and not cfg.hosts and opts.launcher != "slurm"):
+        _no_requirements(requirements, "the sandbox host" if wanted else
+                         "the sandbox host (no cluster file defines hosts)")
         return launchers.sandbox(job, stub, launchers.hidden_paths(cwd)), None
     if opts.launcher == "slurm" and not any(n in cfg.hosts for n in wanted):
+        _no_requirements(requirements, "a node Slurm chooses" if not wanted else
+                         f"{wanted[0]}, which is not in the cluster file")
         if len(wanted) > 1:
             raise launchers.LaunchError("with --launcher slurm, name one node with -w "
                                         "(or none, and Slurm chooses)", exitcodes.USAGE)
@@ -169,7 +293,8 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
                                srun_command=cfg.srun_command, exclude=sorted(excluded)), None
     if not cfg.hosts:
         raise launchers.LaunchError(f"unknown host '{opts.host}' (known: {', '.join(BUILTIN_HOSTS)}; "
-                                    "or use --via PREFIX)", exitcodes.LAUNCH)
+                                    "or use --via PREFIX)", exitcodes.NO_HOST)
+    views_for(cfg, wanted + [n for n in excluded if n not in wanted])  # every name must be known
     names = [n for n in (wanted or list(cfg.hosts)) if n not in excluded]
     if not names:
         raise PlacementError(f"the host list {opts.host or '(all)'} minus {opts.exclude} matches "
@@ -195,6 +320,12 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
         ledger.release()
         raise
     return launch, ledger
+
+
+def _no_requirements(requirements: list[Requirement], where: str) -> None:
+    if requirements:
+        raise launchers.LaunchError(f"--require applies only to the hosts of the cluster file, not to "
+                                    f"{where}", exitcodes.USAGE)
 
 
 def _assume_idle(views: list[HostView]) -> None:
@@ -224,7 +355,7 @@ def _claim(cfg: config.ClusterConfig, ledger: Ledger, views: list[HostView],
 
 
 def hosts_command(args: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="qrun hosts", description="Show the cluster's hosts and their load.")
+    ap = Parser(prog="qrun hosts", description="Show the cluster's hosts and their load.")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("-w", "--host", metavar="HOSTS", help="only these hosts (host list syntax)")
     ap.add_argument("--config", metavar="FILE", help="cluster file")
@@ -234,16 +365,23 @@ def hosts_command(args: list[str]) -> int:
     try:
         cfg = config.load(opts.config)
         names = hostlist.expand(opts.host) if opts.host else list(cfg.hosts)
-        views = views_for(cfg, names)
         requirements = [Requirement.parse(r) for r in opts.require]
+        ledger = Ledger()
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
+    try:
+        views = views_for(cfg, names)
+    except PlacementError as exc:  # an unknown name: the same status as for a job
+        return fail(str(exc), exitcodes.NO_HOST)
     if cfg.agent_public_key:
         from qrun.homenode import agent
         agent.query(cfg, views)
     else:
         _assume_idle(views)  # as a job would: spread round-robin by recent dispatches
-    Ledger().annotate(views)
+    try:
+        ledger.annotate(views)
+    except config.ConfigError as exc:
+        return fail(str(exc), exitcodes.USAGE)
     try:
         choose(views, requirements)
     except PlacementError:
@@ -302,7 +440,10 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
         if server.tee is not None:
             server.tee.close()
         server.close()
-        _stop(proc, grace=5.0)
+        # The job has reported how it ended: the launcher only has to wind down (ssh and
+        # srun exit as soon as the stub has). One that lingers (an ssh that became a
+        # ControlPersist master, a --via wrapper with more to do) is not waited for.
+        _stop(proc, grace=LAUNCHER_GRACE)
         for d in launch.cleanup:
             _rmtree(d)
     return report(outcome, verbose, argv0)
@@ -316,14 +457,15 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
             name = signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
-        sys.stderr.write(f"qrun: job killed by signal {sig} ({name})"
-                         f"{' (core dumped)' if st.get('core') else ''}\n")
+        if sig != signal.SIGPIPE:  # its reader went away: shells say nothing either
+            sys.stderr.write(f"qrun: job killed by signal {sig} ({name})"
+                             f"{' (core dumped)' if st.get('core') else ''}\n")
         code = 128 + sig
     else:
         code = int(st.get("code", 1))
         if st.get("error"):
             sys.stderr.write(f"qrun: {st['error']}\n")
-            code = int(st.get("error_code", exitcodes.LAUNCH))
+            code = exitcodes.BY_KIND.get(str(st.get("error_kind")), exitcodes.LAUNCH)
         elif st.get("spawn_errno"):
             what = "command not found" if code == 127 else os.strerror(int(st["spawn_errno"]))
             sys.stderr.write(f"qrun: {argv0}: {what}\n")
@@ -341,16 +483,30 @@ def _umask() -> int:
     return m
 
 
+LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
+
+
 def _stop(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """Reap the launcher, giving it `grace` seconds to exit by itself, then ending its
+    process group: SIGTERM first (srun then cancels a job that is still pending), SIGKILL
+    half a second later."""
     deadline = time.monotonic() + grace
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    if proc.poll() is None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
-        proc.wait()
+            break
+        try:
+            proc.wait(0.5 if sig == signal.SIGTERM else None)
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
 def _rmtree(path: str) -> None:

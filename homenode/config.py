@@ -20,7 +20,11 @@ Looked up, first found wins: `--config FILE`, $QRUN_CONF, ~/.config/qrun/config.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import shlex
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +70,50 @@ class ClusterConfig:
 
 
 def config_path(cli: str | None = None) -> Path | None:
-    for candidate in (cli, os.environ.get("QRUN_CONF"),
-                      str(Path.home() / ".config" / "qrun" / "config.toml"), str(SYSTEM_FILE)):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-        if candidate and candidate in (cli, os.environ.get("QRUN_CONF")):
-            raise ConfigError(f"cluster file {candidate} does not exist")
+    """The cluster file to use. A file named by --config or $QRUN_CONF must exist; one of
+    the default places that is missing is skipped, but one that exists and cannot be
+    read (a directory, no permission, a loop of symlinks) is an error rather than a
+    silent fall-through to the next place."""
+    named = [c for c in (cli, os.environ.get("QRUN_CONF")) if c]
+    defaults = [str(_home() / ".config" / "qrun" / "config.toml"), str(SYSTEM_FILE)]
+    for candidate in named[:1] or defaults:
+        try:
+            st = os.stat(candidate)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not named:
+                continue
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise ConfigError(f"cluster file {candidate} does not exist") from None
+            raise ConfigError(f"cannot read the cluster file {candidate}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ConfigError(f"cannot read the cluster file {candidate}: it is {what}")
+        return Path(candidate)
     return None
+
+
+def _home() -> Path:
+    try:
+        return Path.home()
+    except (KeyError, RuntimeError):  # no $HOME and no password entry
+        return Path("/nonexistent")
+
+
+def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
+    """A number of seconds from the environment; unset or empty means `default`. Anything
+    else that is not a finite, positive (or, with `zero_ok`, non-negative) number is a
+    ConfigError naming the variable."""
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        kind = "a number of seconds >= 0" if zero_ok else "a number of seconds > 0"
+        raise ConfigError(f"${name}={raw!r}: expected {kind}")
+    return value
 
 
 _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -82,37 +123,72 @@ _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
 
 def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
     cfg = ClusterConfig(source=source)
+    where = f"bad cluster file {source}" if source else "bad cluster file"
     top: dict[str, type | tuple[type, ...]] = {"home_addr": str, "max_jobs_per_user": int, "agent_port": int,
            "agent_public_key": str, "agent_secret_key": str, "ssh_command": str,
            "srun_command": str, "hosts": dict}
     for key, value in data.items():
         if key not in top:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            raise ConfigError(f"{where}: unknown setting {key!r}")
         if not isinstance(value, top[key]) or isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} has the wrong type")
+            raise ConfigError(f"{where}: {key} has the wrong type")
         if key != "hosts":
             setattr(cfg, key, value)
+    _check_top(cfg, where)
     for name, h in data.get("hosts", {}).items():
         if not isinstance(h, dict):
-            raise ConfigError(f"{source}: [hosts.{name}] must be a table")
+            raise ConfigError(f"{where}: [hosts.{name}] must be a table")
         for key, value in h.items():
             want = _HOST_KEYS.get(key)
             if want is None:
-                raise ConfigError(f"{source}: [hosts.{name}] unknown setting {key!r}")
+                raise ConfigError(f"{where}: [hosts.{name}] unknown setting {key!r}")
             if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"{source}: [hosts.{name}] {key} has the wrong type")
+                raise ConfigError(f"{where}: [hosts.{name}] {key} has the wrong type")
         hc = HostConfig(name=name, **{k: v for k, v in h.items() if k != "resources"})
         hc.resources = {}
         for k, v in h.get("resources", {}).items():
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ConfigError(f"{source}: [hosts.{name}] resource {k} must be a number")
+                raise ConfigError(f"{where}: [hosts.{name}] resource {k} must be a number")
             hc.resources[str(k)] = float(v)
         if hc.launcher not in ("ssh", "slurm"):
-            raise ConfigError(f"{source}: [hosts.{name}] launcher must be ssh or slurm")
-        if hc.speed <= 0 or hc.memory <= 0:
-            raise ConfigError(f"{source}: [hosts.{name}] speed and memory must be positive")
+            raise ConfigError(f"{where}: [hosts.{name}] launcher must be ssh or slurm")
+        if not (0 < hc.speed < math.inf and 0 < hc.memory < math.inf):
+            raise ConfigError(f"{where}: [hosts.{name}] speed and memory must be positive")
+        if hc.max_jobs < 0:
+            raise ConfigError(f"{where}: [hosts.{name}] max_jobs must be 0 (no limit) or more")
+        if hc.stub and not hc.stub.split():
+            raise ConfigError(f"{where}: [hosts.{name}] stub is blank (leave it out for the default)")
         cfg.hosts[name] = hc
     return cfg
+
+
+# CURVE keys as `qrun agent --keygen` prints them: 32 bytes in Z85, i.e. 40 characters.
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+def is_curve_key(text: str) -> bool:
+    return len(text) == 40 and set(text) <= _Z85
+
+
+def _check_top(cfg: ClusterConfig, where: str) -> None:
+    """Values of the right type that still cannot work: caught here, with the file's name,
+    instead of as a traceback when a host is contacted."""
+    for key in ("agent_public_key", "agent_secret_key"):
+        value = getattr(cfg, key)
+        if value and not is_curve_key(value):
+            raise ConfigError(f"{where}: {key} is not a CURVE key (40 characters, as printed by "
+                              "`qrun agent --keygen`)")
+    if not 0 < cfg.agent_port < 65536:
+        raise ConfigError(f"{where}: agent_port must be a TCP port (1-65535)")
+    if cfg.max_jobs_per_user < 0:
+        raise ConfigError(f"{where}: max_jobs_per_user must be 0 (no limit) or more")
+    for key in ("ssh_command", "srun_command"):
+        try:
+            words = shlex.split(getattr(cfg, key))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key} cannot be split like a command line ({exc})") from None
+        if not words:
+            raise ConfigError(f"{where}: {key} is empty")
 
 
 def load(cli: str | None = None) -> ClusterConfig:
@@ -122,6 +198,10 @@ def load(cli: str | None = None) -> ClusterConfig:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cluster file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"bad cluster file {path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"bad cluster file {path}: {exc}") from None
     return parse(data, str(path))

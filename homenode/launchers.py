@@ -5,10 +5,14 @@ and where the home server listens; the stub always connects back (Open MPI's spl
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import pwd
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from qrun.homenode import exitcodes
 
 STUB_COMMAND = [sys.executable, "-P", "-m", "qrun.remote.stub"]
+
 
 class LaunchError(Exception):
     def __init__(self, message: str, code: int = exitcodes.LAUNCH) -> None:
@@ -33,6 +38,14 @@ class Launch:
     # Turns the launcher's last stderr lines (when it died before the stub connected) into
     # one clear message and a distinct exit status.
     classify: Callable[[str], tuple[str, int]] | None = None
+    # What qrun is waiting for while the launcher runs and the stub has not connected yet,
+    # for a human: completes "waiting for ...", e.g. "Slurm to start the job (squeue -n
+    # qrun-0123456789ab)". Empty: nothing worth saying (the stub starts at once).
+    waiting_for: str = ""
+    # A command (argv, run without a shell) that cancels the job while it has not started,
+    # e.g. ["scancel", "--name=qrun-0123456789ab", "--user=alice"] for Slurm, where killing
+    # srun can leave a pending job in the queue. None: killing the launcher is enough.
+    cancel: list[str] | None = None
 
 
 def _last_line(tail: str) -> str:
@@ -90,7 +103,7 @@ def _ipc_dir() -> str:
 
 def local(job: str, stub: list[str]) -> Launch:
     d = _ipc_dir()
-    return Launch(stub, f"ipc://{d}/home.sock", "local", [d])
+    return Launch(stub, f"ipc://{d}/home.sock", "local", [d], waiting_for="the stub to start on this machine")
 
 
 def sandbox_support() -> tuple[bool, str]:
@@ -128,18 +141,24 @@ def sandbox(job: str, stub: list[str], hide: list[str]) -> Launch:
         ns[1:1] = ["--user", "--map-root-user"]
     hides = [a for p in hide for a in ("--hide", p)]
     argv = ns + stub + ["--hostname", "sandbox", "--private-tmp"] + hides
-    return Launch(argv, f"ipc://{d}/home.sock", "sandbox", [d])
+    return Launch(argv, f"ipc://{d}/home.sock", "sandbox", [d],
+                  waiting_for="the stub to start in the sandbox")
 
 
 def via(job: str, stub: list[str], prefix: str, home_addr: str) -> Launch:
-    words = shlex.split(prefix)
+    try:
+        words = shlex.split(prefix)
+    except ValueError as exc:
+        raise LaunchError(f"--via {prefix!r}: cannot split it like a command line ({exc})",
+                          exitcodes.USAGE) from None
     if not words:
-        raise LaunchError("--via needs a command prefix, e.g. --via 'ssh node1'")
+        raise LaunchError("--via needs a command prefix, e.g. --via 'ssh node1'", exitcodes.USAGE)
     host = home_addr
     if host.startswith("tcp://"):
         host = host[len("tcp://"):]
     bind = f"tcp://{host}" if ":" in host.rsplit("]", 1)[-1] else f"tcp://{host}:0"
-    return Launch(words + stub, bind, " ".join(words))
+    describe = " ".join(words)
+    return Launch(words + stub, bind, describe, waiting_for=f"`{describe}` to start the stub")
 
 
 def hidden_paths(cwd: str) -> list[str]:
@@ -154,31 +173,156 @@ def hidden_paths(cwd: str) -> list[str]:
 
 def ssh(job: str, stub: list[str], host: str, target: str, home_addr: str,
         ssh_command: str = "ssh") -> Launch:
-    """OpenSSH, multiplexed: the first job opens a master connection that later jobs reuse
-    for ControlPersist seconds, so starting a job costs one round trip instead of a
-    key exchange. The user's own ssh config and keys apply."""
+    """OpenSSH, multiplexed: a master connection to the host, kept for ControlPersist
+    seconds after its last job, carries every job, so starting one costs a round trip
+    instead of a key exchange. The user's own ssh config and keys apply.
+
+    The master is opened by qrun itself (`ssh_master`), one process per host at a time,
+    before the job's own ssh runs: concurrent first jobs would otherwise all race to
+    create the control socket, and the losers print `ControlSocket ... already exists,
+    disabling multiplexing` and pay a key exchange each."""
     cm_dir = os.path.join(os.path.expanduser("~"), ".cache", "qrun")
-    os.makedirs(cm_dir, mode=0o700, exist_ok=True)
-    words = shlex.split(ssh_command) + [
-        "-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", "ControlPersist=60",
-        "-o", f"ControlPath={cm_dir}/ssh-%C", target, "--", shlex.join(stub)]
+    try:
+        os.makedirs(cm_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot create {cm_dir} for ssh's control sockets: {exc.strerror}",
+                          exitcodes.USAGE) from None
+    try:
+        base = shlex.split(ssh_command)
+    except ValueError as exc:
+        raise LaunchError(f"ssh_command cannot be split like a command line ({exc})",
+                          exitcodes.USAGE) from None
     addr = home_addr or route_address(target.rpartition("@")[2])
-    return Launch(words, _tcp_bind(addr), host, classify=classify_ssh(host))
+    control = f"ControlPath={cm_dir}/ssh-%C"
+    words = base + ["-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", "ControlPersist=60",
+                    "-o", control, target, "--", shlex.join(stub)]
+    if not any(w.lower().startswith(("controlmaster", "controlpath")) for w in base[1:]):
+        ssh_master(base, target, host, control, cm_dir)
+    return Launch(words, _tcp_bind(addr), host, classify=classify_ssh(host),
+                  waiting_for=f"ssh to start the stub on {host}")
+
+
+MASTER_TIMEOUT = 60.0   # as long as a stub gets to connect back (HomeServer.connect_timeout)
+
+
+def ssh_master(base: list[str], target: str, host: str, control: str, cm_dir: str) -> None:
+    """Make sure a master connection to `target` is up, opening it if needed under a
+    per-host lock, so that concurrent jobs wait for one master instead of racing. A
+    failure to log in is classified as the job's own ssh failure would be."""
+    opts = ["-o", "BatchMode=yes", "-o", control]
+    check = base + opts + ["-O", "check", target]
+    if _quiet(check) == 0:
+        return
+    key = hashlib.sha256("\0".join(base + [target]).encode()).hexdigest()[:20]
+    with open(os.path.join(cm_dir, f"lock-{key}"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _quiet(check) == 0:
+            return  # another qrun opened it while we waited
+        master = base + ["-o", "BatchMode=yes", "-o", "ControlMaster=yes", "-o", "ControlPersist=60",
+                         "-o", control, "-f", "-N", target]
+        # A file, not a pipe: the master stays in the background with our stderr.
+        with tempfile.TemporaryFile() as err:
+            try:
+                rc = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, timeout=MASTER_TIMEOUT).returncode
+            except OSError as exc:
+                raise LaunchError(f"cannot start the launcher `{base[0]}`: {exc.strerror}") from None
+            except subprocess.TimeoutExpired:
+                raise LaunchError(f"cannot reach {host} (ssh did not log in within {MASTER_TIMEOUT:.0f} s)",
+                                  exitcodes.UNREACHABLE) from None
+            err.seek(0)
+            tail = err.read(1 << 16).decode(errors="replace")
+    if rc != 0:
+        sys.stderr.write(tail)
+        sys.stderr.flush()
+        raise LaunchError(*classify_ssh(host)(tail))
+
+
+def _quiet(argv: list[str]) -> int:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=30).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return -1
 
 
 def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition: str = "",
           srun_command: str = "srun", exclude: list[str] | None = None) -> Launch:
     """srun starts the stub where Slurm decides (or on `host`); inside an allocation it
-    uses that allocation. The stub reports which node it landed on."""
-    words = shlex.split(srun_command) + ["-N1", "-n1", "--quiet", f"--job-name=qrun-{job[:6]}"]
+    uses that allocation. The stub reports which node it landed on.
+
+    srun runs the stub in `/`, which exists on every node: the job's own working
+    directory is set up by the stub (it may not exist on the node at all), and srun's
+    default, the submit directory, would make slurmstepd complain on every job."""
+    name = f"qrun-{job}"
+    try:
+        words = shlex.split(srun_command)
+    except ValueError as exc:
+        raise LaunchError(f"srun_command cannot be split like a command line ({exc})",
+                          exitcodes.USAGE) from None
+    words += ["-N1", "-n1", "--quiet", f"--job-name={name}", "--chdir=/"]
     if host:
         words.append(f"--nodelist={host}")
     if partition:
         words.append(f"--partition={partition}")
     if exclude:
         words.append(f"--exclude={','.join(exclude)}")
-    if not home_addr:
+    allocation = os.environ.get("SLURM_JOB_ID", "")
+    if allocation:
+        # Inside salloc or an sbatch script the stub runs as a step of this allocation and
+        # home is this node, not the submit host that home_addr usually names.
+        addr = allocation_address(home_addr)
+        waiting = f"Slurm to start a step of allocation {allocation} (squeue -s -j {allocation})"
+        cancel = None  # killing srun cancels a step that has not started
+    elif not home_addr:
         raise LaunchError("the slurm launcher needs to know where stubs connect back to: set "
                           "home_addr in the cluster file or pass --home-addr", exitcodes.USAGE)
-    addr = home_addr
-    return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm)
+    else:
+        addr = home_addr
+        waiting = f"Slurm to start the job (squeue -n {name})"
+        cancel = ["scancel", f"--name={name}", f"--user={_user()}"]
+    return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm,
+                  waiting_for=waiting, cancel=cancel)
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def is_local_address(addr: str) -> bool:
+    """Whether this machine can listen on `addr` (an IP address or a name)."""
+    try:
+        infos = socket.getaddrinfo(addr, 0, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(sockaddr)
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def allocation_address(home_addr: str) -> str:
+    """This node's address for stubs started inside the current Slurm allocation:
+    home_addr if it is one of this node's, else the source address of the route to it
+    (the submit host) or to the Slurm controller."""
+    if home_addr and is_local_address(home_addr):
+        return home_addr
+    targets = [home_addr] if home_addr else []
+    # SLURM_WORKING_CLUSTER is NAME:CONTROLLER_ADDR:PORT:... in every job's environment.
+    parts = os.environ.get("SLURM_WORKING_CLUSTER", "").split(":")
+    if len(parts) > 2 and parts[1]:
+        targets.append(parts[1])
+    for target in targets:
+        try:
+            return route_address(target)
+        except LaunchError:
+            continue
+    raise LaunchError("inside a Slurm allocation, qrun could not find this node's address for the "
+                      "stub to connect to: pass --home-addr with an address of this node", exitcodes.USAGE)

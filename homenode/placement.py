@@ -30,12 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qrun.homenode.config import ClusterConfig, HostConfig
+from qrun.homenode.config import ClusterConfig, ConfigError, HostConfig, env_seconds
 
-# How long a dispatch counts as virtual load ($QRUN_VIRTUAL_TTL; tests make it long so the
-# formula's outcome does not depend on how fast the machine runs them).
-VIRTUAL_TTL = float(os.environ.get("QRUN_VIRTUAL_TTL", "20"))
+# How long a dispatch counts as virtual load, by default ($QRUN_VIRTUAL_TTL, read when a
+# Ledger is made; tests make it long so the formula's outcome does not depend on how fast
+# the machine runs them).
+VIRTUAL_TTL = 20.0
 VIRTUAL_JOB = 1.0
+
+
+def virtual_ttl() -> float:
+    """$QRUN_VIRTUAL_TTL, else VIRTUAL_TTL; 0 turns virtual load off. A value that is not a
+    number of seconds >= 0 is a ConfigError (a usage error, not a traceback)."""
+    return env_seconds("QRUN_VIRTUAL_TTL", VIRTUAL_TTL, zero_ok=True)
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
         "==": operator.eq, "=": operator.eq, "!=": operator.ne}
@@ -117,38 +124,39 @@ def choose(views: list[HostView], requirements: list[Requirement]) -> HostView:
 # ---- shared state: recent dispatches and running jobs ----------------------------------
 
 def state_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "qrun" / "placement.json"
 
 
 @dataclass
 class Ledger:
     path: Path = field(default_factory=state_path)
+    ttl: float = field(default_factory=virtual_ttl)
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ConfigError(f"cannot use the state file {self.path} ($XDG_STATE_HOME): "
+                              f"{exc.strerror}") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                data = {}
-            data.setdefault("dispatches", [])
-            data.setdefault("running", {})
-            now = time.time()
-            data["dispatches"] = [d for d in data["dispatches"] if now - d[1] < VIRTUAL_TTL]
-            data["running"] = {pid: r for pid, r in data["running"].items() if _alive(int(pid), r)}
+            data = _sane(self.path, time.time(), self.ttl)
             yield data
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                raise ConfigError(f"cannot write the state file {self.path}: {exc.strerror}") from None
 
     def annotate(self, views: list[HostView]) -> None:
         with self._locked() as data:
             now = time.time()
             for v in views:
-                v.virtual = sum(VIRTUAL_JOB * (1 - (now - t) / VIRTUAL_TTL)
+                v.virtual = sum(VIRTUAL_JOB * (1 - (now - t) / self.ttl)
                                 for host, t in data["dispatches"] if host == v.name)
                 v.running = sum(1 for r in data["running"].values() if r["host"] == v.name)
 
@@ -166,6 +174,26 @@ class Ledger:
     def release(self) -> None:
         with self._locked() as data:
             data["running"].pop(str(os.getpid()), None)
+
+
+def _sane(path: Path, now: float, ttl: float) -> dict[str, Any]:
+    """The state file's content, without what has expired and without anything malformed
+    (a file damaged by hand or by a full disk must not stop every later job)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    dispatches = data.get("dispatches")
+    running = data.get("running")
+    dispatches = [d for d in dispatches if isinstance(d, list) and len(d) == 2 and isinstance(d[0], str)
+                  and isinstance(d[1], int | float)] if isinstance(dispatches, list) else []
+    running = {pid: r for pid, r in running.items() if pid.isdigit() and isinstance(r, dict)
+               and isinstance(r.get("host"), str)} if isinstance(running, dict) else {}
+    data["dispatches"] = [d for d in dispatches if now - d[1] < ttl]
+    data["running"] = {pid: r for pid, r in running.items() if _alive(int(pid), r)}
+    return data
 
 
 def _start_time(pid: int) -> str:

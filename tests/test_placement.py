@@ -122,18 +122,17 @@ def test_cap_on_running_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_agent_reports_injected_load_over_curve(tmp_path: Path) -> None:
     pub, sec = zmq.curve_keypair()
+    port = _free_port()
     conf = tmp_path / "c.toml"
     conf.write_text(f'agent_public_key = "{pub.decode()}"\nagent_secret_key = "{sec.decode()}"\n'
-                    'agent_port = 0\n[hosts.here]\naddress = "127.0.0.1"\n')
+                    f'agent_port = {port}\n[hosts.here]\naddress = "127.0.0.1"\n')
     load_file = tmp_path / "load.json"
     load_file.write_text(json.dumps({"load1": 3.25, "cpus": 6}))
-    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "qrun.homenode.agent", "--config", str(conf),
                              "--bind", f"tcp://127.0.0.1:{port}", "--load-file", str(load_file)],
                             stderr=subprocess.PIPE, text=True)
     try:
         cfg = config.load(str(conf))
-        cfg.agent_port = port
         views = views_for(cfg, ["here"])
         deadline = time.monotonic() + 10
         while views[0].load is None and time.monotonic() < deadline:
@@ -141,7 +140,6 @@ def test_agent_reports_injected_load_over_curve(tmp_path: Path) -> None:
         assert (views[0].load, views[0].cpus) == (3.25, 6)
         # a client that does not know the agent's key learns nothing
         other = config.load(str(conf))
-        other.agent_port = port
         other.agent_public_key = zmq.curve_keypair()[0].decode()
         stranger = views_for(other, ["here"])
         agent.query(other, stranger, timeout=0.5)
