@@ -432,7 +432,7 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        outcome = server.serve(proc, launch.describe, launch.classify)
+        outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

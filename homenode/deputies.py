@@ -21,7 +21,12 @@ class Deputies:
         pid = lib.qr_spawn_deputy(self._report_w, name.encode(errors="replace"))
         if pid < 0:
             raise OSError(-pid, "fork deputy")
-        self.live[pid] = os.pidfd_open(pid)
+        try:
+            self.live[pid] = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)  # untracked, it would outlive the job
+            os.waitpid(pid, 0)
+            raise
         return pid
 
     def read_reports(self) -> list[tuple[int, int]]:

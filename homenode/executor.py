@@ -83,6 +83,9 @@ class Handles:
         if isinstance(h, int) and h in self._by_id:
             os.close(self._by_id.pop(h).fd)
 
+    def __len__(self) -> int:
+        return len(self._by_id)
+
     def close_all(self) -> None:
         for h in list(self._by_id):
             self.close(h)

@@ -9,6 +9,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import select
 import signal
 import stat
@@ -38,6 +39,9 @@ from qrun.syscalls import flags as wflags
 from qrun.syscalls import wire
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
+HANDSHAKE_MS = 5000
+WAIT_NOTICE = 2.0      # seconds without a stub before qrun says what it waits for
+FD_RESERVE = 256       # fds kept free for the job's home files, whoever else connects
 
 
 class JobFailed(Exception):
@@ -98,6 +102,12 @@ class HomeServer:
         self.sock.curve_publickey = self.keys.server_public
         self.sock.curve_secretkey = self.keys.server_secret
         self.sock.setsockopt(zmq.LINGER, 1000)
+        # A stub that reconnects (its old connection half-open) takes its routing id over.
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Unauthenticated connections get a few seconds to finish the CURVE handshake.
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        for name, value in wire.liveness_options().items():
+            self.sock.setsockopt(getattr(zmq, name), value)
         self.sock.bind(self.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.handles = Handles()
@@ -113,6 +123,7 @@ class HomeServer:
         self.closed_streams: set[int] = set()
         self.rejected: set[str] = set()
 
+
     # ---- bootstrap --------------------------------------------------------------------
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
         import json
@@ -123,10 +134,15 @@ class HomeServer:
 
     # ---- main loop --------------------------------------------------------------------
     def serve(self, launcher: subprocess.Popen[bytes], describe: str,
-              classify: Callable[[str], tuple[str, int]] | None = None) -> Outcome:
+              classify: Callable[[str], tuple[str, int]] | None = None,
+              waiting_for: str = "", cancel: list[str] | None = None) -> Outcome:
         """Run the job to its end. The launcher's stderr (ssh's or srun's complaints, the
-        stub's warnings) is passed through, and its tail explains a failed start."""
+        stub's warnings) is passed through, and its tail explains a failed start. While
+        the stub has not connected, `waiting_for` says what we wait for, and giving up
+        (time out, Ctrl-C) runs `cancel`, so a queued job does not start later."""
         started = time.monotonic()
+        announced = False
+        old_limit = _raise_fd_limit()  # the launcher (and so the job) keeps the user's limit
         err_fd = launcher.stderr.fileno() if launcher.stderr is not None else None
         if err_fd is not None:
             os.set_blocking(err_fd, False)
@@ -155,8 +171,7 @@ class HomeServer:
                     last_heard = now
                     outcome = self.receive(started)
                     if outcome is not None:
-                        if err_fd is not None:
-                            self._last_words(launcher, err_fd)
+                        self._last_words(launcher, err_fd, started)
                         return outcome
                 child_exited = False
                 if sig_r in events:
@@ -169,6 +184,10 @@ class HomeServer:
                             self._send_ctl("sig", pid=0, sig=b)
                         if b == signal.SIGINT:
                             last_int = now
+                        if self.hello is None and b in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                            _run_quietly(cancel)
+                            raise JobFailed(f"interrupted while waiting for "
+                                            f"{waiting_for or 'the stub on ' + describe}", 128 + b)
                 if self.deputies.report_fd in events:
                     for home_pid, sig in self.deputies.read_reports():
                         self._send_ctl("sig", pid=home_pid, sig=sig)
@@ -187,7 +206,11 @@ class HomeServer:
                             raise JobFailed(*classify(self.launcher_tail.decode(errors="replace")))
                         raise JobFailed(f"the stub could not be started on {describe} "
                                         f"(launcher exited with status {launcher.returncode})", 125)
+                    if waiting_for and not announced and now - started > WAIT_NOTICE:
+                        sys.stderr.write(f"qrun: waiting for {waiting_for}\n")
+                        announced = True
                     if now - started > self.connect_timeout:
+                        _run_quietly(cancel)
                         raise JobFailed(f"the stub on {describe} did not connect back within "
                                         f"{self.connect_timeout:.0f} s", 125)
                 elif now - last_heard > self.timeout:
@@ -197,22 +220,26 @@ class HomeServer:
                     raise JobFailed(f"the stub on {describe} died before the job ended "
                                     f"(launcher status {launcher.returncode})", 124)
         finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, old_limit)
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
 
-    def _last_words(self, launcher: subprocess.Popen[bytes], fd: int, wait: float = 3.0) -> None:
+    def _last_words(self, launcher: subprocess.Popen[bytes], fd: int | None, started: float,
+                    wait: float = 2.0) -> None:
         """Everything the stub (or ssh, srun) still writes after the job's exit reaches the
-        user: relay until the launcher has exited, then what its pipe still holds. Not
-        until EOF: an ssh master left in the background may keep the pipe open."""
+        user: relay until the launcher has exited, then what its pipe still holds (not
+        until EOF: an ssh master left in the background may keep the pipe open). A resent
+        exit report (our bye was lost) is answered meanwhile."""
         deadline = time.monotonic() + wait
         while launcher.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready and not self._relay_stderr(fd):
-                return
-        while self._relay_stderr(fd, drain=True):
+            ready, _, _ = select.select([] if fd is None else [fd], [], [], 0.05)
+            if ready and fd is not None and not self._relay_stderr(fd):
+                fd = None
+            self.receive(started)
+        while fd is not None and self._relay_stderr(fd, drain=True):
             pass
 
     def _relay_stderr(self, fd: int, drain: bool = False) -> bool:
@@ -333,12 +360,20 @@ class HomeServer:
             r, e, o = -1, "EINVAL", {}
         except OSError as exc:
             r, e, o = -1, errno.errorcode.get(exc.errno or errno.EIO, "EIO"), {}
+            if exc.errno in (errno.EMFILE, errno.ENFILE) and not self._job_uses_the_fds():
+                o = {"busy": True}  # others hold them (a flood of connections): the call waits
         except Exception as exc:  # a bug must fail the one call, never the home node
             self._reject(f"internal error executing {msg['op']!r}: {type(exc).__name__}: {exc}")
             r, e, o = -1, "EIO", {}
         reply = wire.encode("rep", seq=seq, r=r, e=e, o=o)
         self.last_seq, self.last_reply = seq, reply
         self.sock.send_multipart([ident, reply])
+
+    def _job_uses_the_fds(self) -> bool:
+        """Whether the job's own open files are what exhausted the fd limit (then EMFILE is
+        the job's, as natively) rather than connections nobody authenticated yet."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return len(self.handles) + len(self.deputies.live) + FD_RESERVE >= limit
 
     def _reject(self, line: str) -> None:
         """One line per kind of problem, not a flood from a misbehaving stub."""
@@ -495,6 +530,25 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> in
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return int(fd)
+
+
+def _run_quietly(argv: list[str] | None) -> None:
+    if argv:
+        try:
+            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def _raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft fd limit to the hard one (home holds every open file of the job);
+    returns the old limits."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old[1], old[1]))
+    except (ValueError, OSError):
+        pass
+    return old
 
 
 def exit_status(st: dict[str, Any]) -> dict[str, Any]:

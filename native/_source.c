@@ -59,11 +59,18 @@ int qr_restart(int pid, long nr, const unsigned long *a, int interrupted)
 
 int qr_arch(void) { return (int)QR_ARCH; }
 
-static void write_errno_and_exit(int fd, int code)
+#define QR_STEP_SETUP 1
+#define QR_STEP_CWD 2
+#define QR_STEP_PTRACE 3
+#define QR_STEP_SECCOMP 4
+#define QR_STEP_EXEC 5
+
+/* The child's report of what failed before the job ran: which step, and its errno. */
+static void fail_and_exit(int fd, int step, int code)
 {
-    int e = errno;
+    int msg[2] = { step, errno };
     if (fd >= 0) {
-        ssize_t n = write(fd, &e, sizeof e);
+        ssize_t n = write(fd, msg, sizeof msg);
         (void)n;
     }
     _exit(code);
@@ -74,34 +81,38 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const unsigned char *filter, int filter_len, int use_path_search,
                     int traced)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid < 0 ? -errno : pid;
 
     /* Child: only async-signal-safe calls from here on. */
     if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
-        write_errno_and_exit(err_pipe, 126);
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     if (err_pipe > 2 && fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
-        write_errno_and_exit(err_pipe, 126);
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     /* Close everything else the stub had open (zmq sockets, pipes); err_pipe stays,
      * close-on-exec, so a failed exec can report its errno. */
     if (err_pipe > 3)
         syscall(SYS_close_range, 3, (unsigned)err_pipe - 1, 0);
     syscall(SYS_close_range, (unsigned)(err_pipe > 2 ? err_pipe + 1 : 3), ~0U, 0);
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (setpgid(0, 0) < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    /* Dies with the stub; and if the stub is already gone, do not run at all. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     if (cwd && chdir(cwd) < 0)
-        write_errno_and_exit(err_pipe, 126);
+        fail_and_exit(err_pipe, QR_STEP_CWD, 126);
     if (traced) {
         if (ptrace(PTRACE_TRACEME, 0, 0, 0) < 0)
-            _exit(126);
+            fail_and_exit(err_pipe, QR_STEP_PTRACE, 126);
         raise(SIGSTOP); /* the tracer sets its options while we wait here */
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-            write_errno_and_exit(err_pipe, 126);
+            fail_and_exit(err_pipe, QR_STEP_SECCOMP, 126);
         struct sock_fprog prog = { .len = (unsigned short)(filter_len / 8),
                                    .filter = (struct sock_filter *)filter };
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
-            write_errno_and_exit(err_pipe, 126);
+            fail_and_exit(err_pipe, QR_STEP_SECCOMP, 126);
     }
     if (use_path_search) {
         environ = (char **)envp;
@@ -109,7 +120,7 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
     } else {
         execve(path, argv, envp);
     }
-    write_errno_and_exit(err_pipe, errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+    fail_and_exit(err_pipe, QR_STEP_EXEC, errno == ENOENT || errno == ENOTDIR ? 127 : 126);
     return -1;
 }
 

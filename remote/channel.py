@@ -20,6 +20,11 @@ class HomeLost(Exception):
     """The home node stopped answering; the job must not go on without it."""
 
 
+class HomeBusy(Exception):
+    """The home node cannot take the call right now (its fds are held by others): the
+    calling thread waits and asks again, as for a lock."""
+
+
 @dataclass
 class Credentials:
     endpoint: str
@@ -40,6 +45,10 @@ def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
     # With IMMEDIATE and no live connection a send would block forever; time it out so
     # a vanished home node is noticed instead of hanging the stub.
     sock.setsockopt(zmq.SNDTIMEO, 1000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    for name, value in wire.liveness_options().items():
+        sock.setsockopt(getattr(zmq, name), value)
     sock.connect(cred.endpoint)
     return sock
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qrun.remote import procpaths
+from qrun.remote.channel import HomeBusy
 from qrun.remote.fds import COPY, HOME, LOCAL, Validator
 from qrun.remote.tracee import (
     CLONE_THREAD,
@@ -75,7 +76,7 @@ WNOWAIT = 0x01000000
 LOCK_NB = 4
 PARK_FIRST, PARK_MAX = 0.001, 0.05   # seconds between a waiting call's tries at home
 NR_OPENAT = {"x86_64": 257, "aarch64": 56}
-NR_NANOSLEEP = {arch: BY_NAME["nanosleep"].number(arch) for arch in ("x86_64", "aarch64")}
+NR_NANOSLEEP = {arch: BY_NAME["nanosleep"].number(arch) or -1 for arch in ("x86_64", "aarch64")}
 NR_EXECVE = {"x86_64": 59, "aarch64": 221}
 
 
@@ -370,7 +371,10 @@ class Handlers:
         return out
 
     def call_home(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
-        return self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+        rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+        if rep["e"] and rep["o"].get("busy"):
+            raise HomeBusy(op)
+        return rep
 
     def forward(self, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
                 handle: int | None = None) -> tuple[list[Any], dict[str, Any] | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from qrun.native import ffi, lib
 
@@ -32,12 +33,27 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int,
     return pid, r
 
 
-def exec_error(fd: int) -> int:
-    """The errno the job's exec failed with, or 0 if it started."""
+def start_failure(fd: int) -> dict[str, object]:
+    """How the job failed to start, as exit-report fields ({} if it started): the child
+    writes the step that failed and its errno before it exits."""
     try:
-        data = os.read(fd, 4)
+        data = os.read(fd, 8)
     except OSError:
-        return 0
+        return {}
     finally:
         os.close(fd)
-    return int.from_bytes(data, "little") if len(data) == 4 else 0
+    if len(data) != 8:
+        return {}
+    step, err = int.from_bytes(data[:4], "little"), int.from_bytes(data[4:], "little")
+    why = os.strerror(err)
+    if step == lib.QR_STEP_EXEC:
+        return {"spawn_errno": err}
+    if step in (lib.QR_STEP_PTRACE, lib.QR_STEP_SECCOMP):
+        what = "ptrace" if step == lib.QR_STEP_PTRACE else "seccomp filters"
+        return {"error": f"the execution host {socket.gethostname()} forbids {what} ({why}): "
+                         "transparent jobs cannot run there (a container's seccomp profile or "
+                         "kernel.yama.ptrace_scope)", "error_kind": "no_ptrace"}
+    if step == lib.QR_STEP_CWD:
+        return {"error": f"cannot enter the job's working directory on {socket.gethostname()}: {why}",
+                "error_kind": "remote_cwd"}
+    return {"error": f"could not start the job: {why}", "error_kind": "launch"}

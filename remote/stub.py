@@ -25,13 +25,14 @@ import zmq
 from qrun.native import ffi, lib
 from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
-from qrun.remote.spawn import exec_error, spawn
+from qrun.remote.spawn import spawn, start_failure
 from qrun.remote.tracer import ARCH, Tracer
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
 from zmq.utils.monitor import recv_monitor_message
 
 EXIT_STUB_FAILURE = 125
+EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
 
 
 def eprint(msg: str) -> None:
@@ -90,6 +91,7 @@ class StdioPump(threading.Thread):
         self.last_heard = time.monotonic()
         last_ping = 0.0
         bye_deadline: float | None = None
+        last_exit = 0.0
         # A home node that dies closes its connection: notice that within seconds rather
         # than after the silence timeout (which still covers a network that drops packets).
         monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
@@ -107,7 +109,7 @@ class StdioPump(threading.Thread):
                 poller.register(fd, zmq.POLLIN)
             if self.in_fd is not None and (self.in_buf or self.in_eof):
                 poller.register(self.in_fd, zmq.POLLOUT)
-            events = dict(poller.poll(500))
+            events = dict(poller.poll(500 if self.final is None else int(EXIT_RESEND * 1000)))
             now = time.monotonic()
             if monitor in events:
                 while monitor.poll(0):
@@ -135,9 +137,13 @@ class StdioPump(threading.Thread):
                 self._feed()
             if self.wake_r in events:
                 os.read(self.wake_r, 64)
-            if self.final is not None and bye_deadline is None and not self.out_fds:
-                try_send(self.sock, wire.encode("exit", **self.final))
-                bye_deadline = now + 10
+            if self.final is not None and not self.out_fds:
+                # Resent until home says bye: one lost message must not change the outcome.
+                if bye_deadline is None:
+                    bye_deadline, last_exit = now + 10, 0.0
+                if now - last_exit >= EXIT_RESEND:
+                    try_send(self.sock, wire.encode("exit", **self.final))
+                    last_exit = now
             if bye_deadline is not None and now > bye_deadline:
                 return
             if now - last_ping >= 1.0:
@@ -307,7 +313,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
         for fd in stdio:
             os.close(fd)
     if missing_cwd:
-        return report_exit(pump, {"code": 1, "error_code": 122,
+        return report_exit(pump, {"code": 1, "error_kind": "remote_cwd",
                                   "error": f"the working directory {cwd} does not exist on {host}"}, host)
     while True:
         try:
@@ -316,14 +322,11 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
         except InterruptedError:
             continue
     job.kill_all()  # nothing the job left behind outlives it
-    result = wait_status_to_wire(status)
-    err = exec_error(err_fd)
-    if err:
-        result["spawn_errno"] = err
+    result = wait_status_to_wire(status) | start_failure(err_fd)
     return report_exit(pump, result, host)
 
 
-def wait_status_to_wire(status: int) -> dict[str, Any]:
+def wait_status_to_wire(status: int) -> dict[str, object]:
     if os.WIFSIGNALED(status):
         return {"signal": os.WTERMSIG(status), "core": os.WCOREDUMP(status)}
     return {"code": os.WEXITSTATUS(status)}
@@ -466,10 +469,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         return EXIT_STUB_FAILURE
     if pump.home_lost.is_set():
         return EXIT_STUB_FAILURE
-    err = tracer.spawn_error()
-    result = wait_status_to_wire(status)
-    if err:
-        result["spawn_errno"] = err
+    result = wait_status_to_wire(status) | tracer.start_failure()
     return report_exit(pump, result, socket.gethostname())
 
 

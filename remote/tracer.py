@@ -12,14 +12,15 @@ import errno
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 from qrun.native import ffi, lib
 from qrun.remote import procpaths
-from qrun.remote.channel import HomeLost, Rpc
+from qrun.remote.channel import HomeBusy, HomeLost, Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.handlers import Handlers
-from qrun.remote.spawn import exec_error, spawn
+from qrun.remote.spawn import spawn, start_failure
 from qrun.remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
 from qrun.syscalls import bpf
 from qrun.syscalls.model import Route
@@ -106,9 +107,9 @@ class Tracer(Handlers):
         os.umask(self.threads[pid].fs.umask)
         return pid
 
-    def spawn_error(self) -> int:
-        """The errno the job's first exec failed with, or 0 if it started."""
-        return exec_error(self.exec_err_fd)
+    def start_failure(self) -> dict[str, object]:
+        """How the job's first process failed to start ({} if it started)."""
+        return start_failure(self.exec_err_fd)
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> int:
@@ -204,6 +205,8 @@ class Tracer(Handlers):
                 getattr(self, "h_" + sc.handler)(t, regs, sc)
         except HomeLost:
             raise
+        except HomeBusy:
+            self.park(t, regs)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 raise ProcessLookupError from exc
@@ -275,6 +278,12 @@ class Tracer(Handlers):
             if DEBUG:
                 sys.stderr.write(f"[trace]   deputy for {remote} ({name}) ...\n")
             rep = self.rpc.call("deputy", [name], tid=remote)
+            deadline = time.monotonic() + self.rpc.timeout
+            while rep["e"] and rep["o"].get("busy") and time.monotonic() < deadline:
+                # Home's fds are held by others for now. The new process exists already, so
+                # the fork cannot be undone: wait here (heartbeats go on in the stdio thread).
+                time.sleep(0.05)
+                rep = self.rpc.call("deputy", [name], tid=remote)
             if DEBUG:
                 sys.stderr.write(f"[trace]   deputy for {remote} = {rep['r']}\n")
             hp = rep["r"]

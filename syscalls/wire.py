@@ -17,6 +17,20 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE = 64 << 20
 
 
+# Transport liveness, the same on both ends: ZeroMQ heartbeats find a connection that went
+# silent (half-open TCP, a dead NAT entry) within seconds, so the stub's reconnect can take
+# over its routing id at home (ROUTER_HANDOVER) long before the job's --timeout.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
+
+def liveness_options() -> dict[str, int]:
+    """zmq socket options (by name) for both ends of a job's connections."""
+    return {"HEARTBEAT_IVL": HEARTBEAT_IVL_MS, "HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT_MS,
+            "HEARTBEAT_TTL": 2 * HEARTBEAT_TIMEOUT_MS, "TCP_KEEPALIVE": 1,
+            "TCP_KEEPALIVE_IDLE": 10, "TCP_KEEPALIVE_INTVL": 5, "TCP_KEEPALIVE_CNT": 3}
+
+
 class ProtocolError(ValueError):
     pass
 

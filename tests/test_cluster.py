@@ -248,3 +248,44 @@ def test_slurm_down(qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: H
     assert r.returncode == 120, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("qrun: Slurm is not available (")
     assert stubs_left(cluster_hosts) == []
+
+
+def test_a_job_still_queued_in_slurm_is_cancelled_when_qrun_gives_up(
+        qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: HostCluster, tmp_path: Path,
+        env: dict[str, str]) -> None:
+    import signal
+    slurm_env = dict(env, **slurm_cluster.env)  # type: ignore[attr-defined]
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'home_addr = "{cluster_hosts[0].home_ip}"\n')
+
+    def squeue(*args: str) -> str:
+        return subprocess.run(["squeue", "-h", *args], env=slurm_env, capture_output=True, text=True,
+                              timeout=30).stdout
+
+    holder = subprocess.run(["sbatch", "--parsable", "-N3", "--exclusive", "-J", "holder", "-o", "/dev/null",
+                             "--wrap", "sleep 120"], env=slurm_env, capture_output=True, text=True,
+                            timeout=30, cwd="/")
+    assert holder.returncode == 0, holder.stderr
+    hid = holder.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 30
+        while "R" not in squeue("-j", hid, "-o", "%t").split() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc = subprocess.Popen(qrun_cmd + ["--config", str(conf), "--launcher", "slurm", "-D", "/", "--",
+                                            "true"], env=slurm_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        queued = [line for line in squeue("-o", "%j %t").splitlines() if line.startswith("qrun-")]
+        assert queued and queued[0].split()[1] == "PD", squeue("-o", "%j %t")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "waiting for Slurm to start the job" in err, err
+        deadline = time.monotonic() + 15
+        while any(ln.startswith("qrun-") for ln in squeue("-o", "%j").splitlines()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not any(ln.startswith("qrun-") for ln in squeue("-o", "%j").splitlines()), squeue()
+    finally:
+        subprocess.run(["scancel", hid], env=slurm_env, capture_output=True, timeout=30)

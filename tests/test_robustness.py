@@ -302,3 +302,38 @@ def test_large_home_file_checksum_matches(transparent: list[str], workdir: Path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
     assert (workdir / "out.bin").read_bytes() == data
+
+
+NO_PTRACE = r"""
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* Runs argv[1..] where ptrace fails with EPERM, as under a container's seccomp profile. */
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ptrace, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) return 99;
+    execvp(argv[1], argv + 1);
+    return 98;
+}
+"""
+
+
+@needs_gcc
+def test_a_host_that_forbids_ptrace_is_named_with_its_own_exit_code(qrun_cmd: list[str], workdir: Path) -> None:
+    from qrun.homenode import exitcodes
+    wrapper = build(workdir, "noptrace", NO_PTRACE)
+    r = run([str(wrapper), *qrun_cmd, "--transparent", "--host", "local", "--", "true"], cwd=workdir)
+    assert r.returncode == exitcodes.NO_PTRACE, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "forbids ptrace" in lines[0], r.stderr

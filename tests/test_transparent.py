@@ -167,8 +167,9 @@ def test_missing_command_is_a_usage_error(qrun_cmd: list[str]) -> None:
 
 
 def test_unknown_host(qrun_cmd: list[str]) -> None:
+    from qrun.homenode import exitcodes
     r = run(qrun_cmd + ["--transparent", "--host", "nosuchhost", "--", "true"])
-    assert r.returncode == 125
+    assert r.returncode == exitcodes.NO_HOST
     assert r.stderr.strip() == "qrun: unknown host 'nosuchhost' (known: local, sandbox; or use --via PREFIX)"
 
 

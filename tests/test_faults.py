@@ -1,0 +1,249 @@
+"""Faults between the stub and home: lost control messages, half-open connections, floods of
+unauthenticated connections. Every fault is bounded in count and time, and aims only at
+loopback or this suite's own namespace hosts."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from qrun.homenode import cli
+from qrun.homenode.server import HomeServer
+from qrun.syscalls import wire
+
+
+def run(cmd: list[str], cwd: Path | str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+# ---- lost control messages --------------------------------------------------------------
+
+@pytest.mark.parametrize("lost", ["exit", "bye"])
+def test_a_lost_exit_or_bye_does_not_change_the_outcome(lost: str, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    dropped: list[str] = []
+    if lost == "exit":
+        real_message = HomeServer._message
+
+        def drop_first_exit(self: HomeServer, ident: bytes, payload: bytes, started: float) -> Any:
+            if not dropped and wire.decode(payload)["t"] == "exit":
+                dropped.append("exit")
+                return None
+            return real_message(self, ident, payload, started)
+        monkeypatch.setattr(HomeServer, "_message", drop_first_exit)
+    else:
+        real_send = HomeServer._send
+
+        def drop_first_bye(self: HomeServer, ident: bytes, kind: str, **fields: Any) -> None:
+            if kind == "bye" and not dropped:
+                dropped.append("bye")
+                return
+            real_send(self, ident, kind, **fields)
+        monkeypatch.setattr(HomeServer, "_send", drop_first_bye)
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    code = cli.main(["--transparent", "--host", "local", "--timeout", "20", "--", "sh", "-c", "exit 7"])
+    took = time.monotonic() - t0
+    assert dropped == [lost]
+    assert code == 7
+    assert took < 8, f"the job's end took {took:.1f} s"
+
+
+# ---- a stub that reconnects while home still holds its old connection --------------------
+
+def test_a_reconnecting_stub_takes_over_its_routing_id(tmp_path: Path) -> None:
+    """ROUTER_HANDOVER: without it, home keeps the old (half-open) connection's routing id
+    and silently drops everything the new one sends."""
+    srv = HomeServer("job1", {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o022, "identity": {},
+                              "policy": {"local": [], "home": []}, "options": {}},
+                     f"ipc://{tmp_path}/s.sock")
+    try:
+        socks = []
+        for seq in (1, 2):  # the second connects while the first is still connected
+            s = srv.ctx.socket(zmq.DEALER)
+            s.curve_serverkey = srv.keys.server_public
+            s.curve_publickey = srv.keys.client_public
+            s.curve_secretkey = srv.keys.client_secret
+            s.setsockopt(zmq.ROUTING_ID, b"job1:rpc")
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(srv.endpoint)
+            socks.append(s)
+            s.send(wire.encode("req", seq=seq, tid=1, op="newfstatat", a=[None, b"/", None, 0],
+                               umask=0o022))
+            deadline = time.monotonic() + 3
+            got = None
+            while time.monotonic() < deadline and got is None:
+                if srv.sock.poll(20):
+                    srv.receive(time.monotonic())
+                if s.poll(10):
+                    got = wire.decode(s.recv())
+            assert got is not None and got["r"] == 0, f"connection {seq} was not served"
+        for s in socks:
+            s.close()
+    finally:
+        srv.close()
+
+
+STUB_WRAPPER = r"""
+import json, os, sys
+# Test only: point the stub at a proxy instead of home, and tell the proxy where home is.
+proxy_port, note = sys.argv[1], sys.argv[2]
+line = b""
+while not line.endswith(b"\n"):
+    line += os.read(0, 1)
+boot = json.loads(line)
+with open(note, "w") as f:
+    f.write(boot["endpoint"])
+host = boot["endpoint"].rsplit(":", 1)[0]
+boot["endpoint"] = f"{host}:{proxy_port}"
+r, w = os.pipe()
+os.write(w, (json.dumps(boot) + "\n").encode())
+os.close(w)
+os.dup2(r, 0)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+class FreezingProxy:
+    """A TCP relay whose existing connections can be frozen: kept open, nothing relayed,
+    as a connection through a dead NAT or a vanished route looks to both ends."""
+
+    def __init__(self, note: Path) -> None:
+        self.note = note
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen: set[int] = set()
+        self.generation = 0
+        self.accepted = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.generation += 1   # connections of earlier generations stop relaying
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            host, port = self.note.read_text().removeprefix("tcp://").rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            gen = self.generation
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b, gen), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, gen: int) -> None:
+        src.settimeout(0.2)
+        while not self.stop.is_set():
+            if gen != self.generation:
+                time.sleep(0.2)  # frozen: hold the connection, relay nothing
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[FreezingProxy]:
+    p = FreezingProxy(tmp_path / "home-endpoint")
+    yield p
+    p.close()
+
+
+def test_a_job_survives_a_half_open_connection(qrun_cmd: list[str], proxy: FreezingProxy,
+                                               tmp_path: Path) -> None:
+    """Every connection freezes mid-job; the stub's heartbeats notice, it reconnects through
+    the proxy, and the job ends as it would have, well within --timeout."""
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text(STUB_WRAPPER)
+    stub = [sys.executable, str(wrapper), str(proxy.port), str(tmp_path / "home-endpoint"),
+            sys.executable, "-P", "-m", "qrun.remote.stub"]
+    (tmp_path / "f").write_text("home file\n")
+    job = "sleep 1.5; cat f; sleep 6; cat f; echo done > g"
+    cmd = qrun_cmd + ["--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1",
+                      "--stub-command", shlex.join(stub), "--", "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    time.sleep(3.0)
+    before = proxy.accepted
+    proxy.freeze()
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (0, "home file\nhome file\n"), err
+    assert (tmp_path / "g").read_text() == "done\n"
+    assert proxy.accepted > before, "the stub never reconnected (were the connections frozen?)"
+
+
+# ---- a flood of idle, unauthenticated connections ------------------------------------------
+
+def test_a_connection_flood_does_not_starve_the_job(qrun_cmd: list[str], tmp_path: Path) -> None:
+    """1100 idle TCP connections to the home node, at `ulimit -n 512`, while the job opens
+    200 home files at once: the job gets all of them (its calls wait while the
+    connections hold the fds; home drops them when their handshake times out)."""
+    import psutil
+    for i in range(200):
+        (tmp_path / f"in{i}").write_text(f"{i}\n")
+    job = ("sleep 3; /usr/bin/python3 -c \"fs=[open('in%d' % i) for i in range(200)]; "
+           "print(sum(int(f.read()) for f in fs))\"")
+    cmd = ["prlimit", "--nofile=512:512", "--"] + qrun_cmd + [
+        "--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1", "--",
+        "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    port = None
+    deadline = time.monotonic() + 10
+    while port is None and time.monotonic() < deadline:
+        try:
+            listening = [c for c in psutil.Process(proc.pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            listening = []
+        port = listening[0].laddr.port if listening else None
+        time.sleep(0.05)
+    assert port is not None, "qrun never listened"
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            s = socket.socket()
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()  # refused while home stopped listening: that is the point
+                continue
+            flood.append(s)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        for s in flood:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, out) == (0, f"{sum(range(200))}\n"), err
+    assert len(flood) > 100, "the flood never reached home"
+    assert os.path.exists(tmp_path / "in0")
