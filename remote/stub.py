@@ -464,7 +464,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     except HomeLost as exc:
         eprint(f"{exc}; killing the job")
         tracer.kill_all()
-        while tracer.threads:
+        while tracer.threads or tracer.early:
             tracer.dispatch(*tracer.next_event(ffi.new("int *")))
         return EXIT_STUB_FAILURE
     if pump.home_lost.is_set():

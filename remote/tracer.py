@@ -114,7 +114,7 @@ class Tracer(Handlers):
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> int:
         status = ffi.new("int *")
-        while self.threads:
+        while self.threads or (self.stopping and self.early):
             pid, st = self.next_event(status)
             self.dispatch(pid, st)
         assert self.main_status is not None
@@ -146,6 +146,8 @@ class Tracer(Handlers):
             return
         t = self.threads.get(pid)
         if t is None:
+            if self.stopping:
+                _kill(pid)  # born while the job is being taken down: it goes too
             self.early.add(pid)  # its parent's fork event will adopt it
             return
         sig, event = os.WSTOPSIG(status), status >> 16
@@ -264,11 +266,8 @@ class Tracer(Handlers):
     def kill_all(self) -> None:
         """The job ended: no process of it may outlive it."""
         self.stopping = True
-        for tid in list(self.threads):
-            try:
-                os.kill(tid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for tid in [*self.threads, *self.early]:  # early: stopped before we adopted them
+            _kill(tid)
 
     # ---- home pids ---------------------------------------------------------------------
     def home_pid(self, remote: int) -> int:
@@ -332,6 +331,13 @@ def _bitmap(numbers: object) -> bytes:
         if n is not None and 0 <= n < FAST_BITS:
             bits[n // 8] |= 1 << (n % 8)
     return bytes(bits)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _comm(pid: int) -> str:

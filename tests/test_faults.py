@@ -139,6 +139,8 @@ class FreezingProxy:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # closed
             self.accepted += 1
             host, port = self.note.read_text().removeprefix("tcp://").rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))

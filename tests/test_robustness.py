@@ -337,3 +337,34 @@ def test_a_host_that_forbids_ptrace_is_named_with_its_own_exit_code(qrun_cmd: li
     assert r.returncode == exitcodes.NO_PTRACE, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "forbids ptrace" in lines[0], r.stderr
+
+
+# ---- no process outlives its job ------------------------------------------------------------
+
+def leftovers(marker: str) -> list[str]:
+    r = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True, timeout=10)
+    return [line for line in r.stdout.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("sig", [2, 15])
+def test_killing_qrun_during_a_fork_storm_leaves_nothing(transparent: list[str], workdir: Path,
+                                                          sig: int) -> None:
+    """qrun is interrupted while the job forks ~150 processes, 10 times per signal: qrun
+    exits 128+signal and no process of the job is left anywhere (the test hosts share
+    this machine's process table, so pgrep here sees theirs too)."""
+    marker = f"99{os.getpid()}{sig}.5"
+    job = (f"for i in $(seq 50); do sleep {marker} & "
+           f"sh -c 'sleep {marker} & sleep {marker} & exec sleep {marker}' & done; wait")
+    for i in range(10):
+        proc = subprocess.Popen(transparent + ["/bin/sh", "-c", job], cwd=workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(leftovers(marker)) < 5 + 10 * i and time.monotonic() < deadline:
+            time.sleep(0.02)  # interrupt at a different point of the storm each time
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, f"run {i}: {err}"
+        deadline = time.monotonic() + 5
+        while leftovers(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not leftovers(marker), f"run {i}: left behind: {leftovers(marker)[:5]}"
