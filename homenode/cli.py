@@ -113,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
                      help="transparent: PATH (and below) is the execution host's, not forwarded home")
     job.add_argument("--home", action="append", default=[], metavar="PATH",
                      help="transparent: PATH (and below) is forwarded home even inside a local tree")
+    job.add_argument("--home-root", action="append", default=[], metavar="DIR",
+                     help="transparent: the home node serves only paths beneath DIR (repeatable; "
+                          "also home_roots in the cluster file); anything else is refused with EACCES")
     job.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="seconds of silence after which the other side counts as lost "
                           "(default: $QRUN_TIMEOUT, else 30)")
@@ -183,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                    "policy": {"local": [], "home": []},
                    "options": {"timeout": timeout, "mode": "plain", "export": export}}
     try:
-        return run(job, launch, welcome, timeout, opts.verbose, cmd[0], opts.output)
+        roots = home_roots(opts, cfg, launch) if opts.transparent else []
+        if roots is None:
+            return exitcodes.USAGE
+        return run(job, launch, welcome, timeout, opts.verbose, cmd[0], opts.output, roots)
     finally:
         if ledger is not None:
             try:
@@ -316,6 +322,7 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
                                      srun_command=cfg.srun_command)
         else:
             launch = launchers.ssh(job, host_stub, h.name, h.target, home_addr, cfg.ssh_command)
+        launch.home_roots = list(h.home_roots)
     except launchers.LaunchError:
         ledger.release()
         raise
@@ -408,10 +415,21 @@ def hosts_command(args: list[str]) -> int:
     return 0
 
 
+def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
+               launch: launchers.Launch) -> list[str] | None:
+    """--home-root, the cluster file's home_roots and the host's: each an existing directory."""
+    roots = [os.path.abspath(r) for r in opts.home_root] + cfg.home_roots + launch.home_roots
+    for r in roots:
+        if not os.path.isdir(r):
+            fail(f"home root {r}: not a directory", exitcodes.USAGE)
+            return None
+    return roots
+
+
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
-        verbose: bool, argv0: str, output: str | None = None) -> int:
+        verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None) -> int:
     try:
-        server = HomeServer(job, welcome, launch.bind, timeout=timeout)
+        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [])
     except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
         return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
     try:

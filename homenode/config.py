@@ -49,6 +49,7 @@ class HostConfig:
     resources: dict[str, float] = field(default_factory=dict)
     stub: str = ""                   # how to run the stub there (default: this Python's)
     partition: str = ""              # slurm: partition to ask for
+    home_roots: list[str] = field(default_factory=list)  # what its jobs may reach at home
 
     @property
     def target(self) -> str:
@@ -66,6 +67,7 @@ class ClusterConfig:
     agent_secret_key: str = ""
     ssh_command: str = "ssh"
     srun_command: str = "srun"
+    home_roots: list[str] = field(default_factory=list)  # for every host (added to the host's)
     source: str = ""
 
 
@@ -118,7 +120,7 @@ def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
 
 _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "launcher": str, "address": str, "user": str, "speed": (int, float), "memory": (int, float),
-    "max_jobs": int, "resources": dict, "stub": str, "partition": str}
+    "max_jobs": int, "resources": dict, "stub": str, "partition": str, "home_roots": list}
 
 
 def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
@@ -126,7 +128,7 @@ def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
     where = f"bad cluster file {source}" if source else "bad cluster file"
     top: dict[str, type | tuple[type, ...]] = {"home_addr": str, "max_jobs_per_user": int, "agent_port": int,
            "agent_public_key": str, "agent_secret_key": str, "ssh_command": str,
-           "srun_command": str, "hosts": dict}
+           "srun_command": str, "home_roots": list, "hosts": dict}
     for key, value in data.items():
         if key not in top:
             raise ConfigError(f"{where}: unknown setting {key!r}")
@@ -135,6 +137,7 @@ def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
         if key != "hosts":
             setattr(cfg, key, value)
     _check_top(cfg, where)
+    _check_roots(cfg.home_roots, f"{where}: home_roots")
     for name, h in data.get("hosts", {}).items():
         if not isinstance(h, dict):
             raise ConfigError(f"{where}: [hosts.{name}] must be a table")
@@ -156,6 +159,7 @@ def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
             raise ConfigError(f"{where}: [hosts.{name}] speed and memory must be positive")
         if hc.max_jobs < 0:
             raise ConfigError(f"{where}: [hosts.{name}] max_jobs must be 0 (no limit) or more")
+        _check_roots(hc.home_roots, f"{where}: [hosts.{name}] home_roots")
         if hc.stub and not hc.stub.split():
             raise ConfigError(f"{where}: [hosts.{name}] stub is blank (leave it out for the default)")
         cfg.hosts[name] = hc
@@ -168,6 +172,11 @@ _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 def is_curve_key(text: str) -> bool:
     return len(text) == 40 and set(text) <= _Z85
+
+
+def _check_roots(roots: list[str], where: str) -> None:
+    if not all(isinstance(r, str) and r.startswith("/") for r in roots):
+        raise ConfigError(f"{where} must be a list of absolute paths")
 
 
 def _check_top(cfg: ClusterConfig, where: str) -> None:

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from qrun.homenode.resolve import Local, Resolved, Resolver
 from qrun.homenode.schema import BadRequest, for_syscall
 from qrun.homenode.schema import check as check_args
 from qrun.syscalls import flags as wflags
@@ -118,9 +119,33 @@ def wire_path(v: object, dirfd_given: bool, handles: Handles) -> bytes:
     return p
 
 
-def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | None, dict[str, Any]]:
-    """Run one regular call. Returns (result, errno name or None, outputs by arg index)."""
+AT_SYMLINK_NOFOLLOW, AT_SYMLINK_FOLLOW = 0x100, 0x400
+
+
+def _follows(sc: Syscall, kind: Path, args: list[Any]) -> bool:
+    """Whether the call follows a symlink in this path's last component."""
+    at = next((v for k, v in zip(sc.args, args, strict=True)
+               if isinstance(k, Flags) and k.family == "at" and isinstance(v, int)), 0)
+    if not kind.follow:
+        return bool(at & AT_SYMLINK_FOLLOW)  # linkat's old path
+    return not at & AT_SYMLINK_NOFOLLOW
+
+
+def execute(sc: Syscall, args: list[Any], handles: Handles,
+            resolver: Resolver) -> tuple[int, str | None, dict[str, Any]]:
+    """Run one regular call. Returns (result, errno name or None, outputs by arg index).
+    Every path is resolved first (see resolve.py): the call acts on what was checked."""
     check_args(sc.name, _CHECKS[sc.name], args)
+    resolved: list[Resolved] = []
+    try:
+        return _execute(sc, args, handles, resolver, resolved)
+    finally:
+        for r in resolved:
+            r.close()
+
+
+def _execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
+             resolved: list[Resolved]) -> tuple[int, str | None, dict[str, Any]]:
     c_args: list[Any] = []
     outputs: dict[int, tuple[Any, BufOut | PathOut | StructOut]] = {}
     sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent
@@ -132,9 +157,22 @@ def execute(sc: Syscall, args: list[Any], handles: Handles) -> tuple[int, str | 
         elif isinstance(kind, Path):
             if v is None:
                 c_args.append(ctypes.c_void_p(None))
-            else:
-                dirfd_given = i > 0 and isinstance(sc.args[i - 1], DirFd) and args[i - 1] is not None
-                c_args.append(ctypes.c_char_p(wire_path(v, dirfd_given, handles)))
+                continue
+            has_dirfd = i > 0 and isinstance(sc.args[i - 1], DirFd)
+            dirfd_given = has_dirfd and args[i - 1] is not None
+            path = wire_path(v, dirfd_given, handles)
+            if not isinstance(v, list):  # [handle]: a file the job already holds
+                try:
+                    r = resolver.resolve(handles.fd(args[i - 1]) if dirfd_given else None, path,
+                                         _follows(sc, kind, args))
+                except Local as exc:
+                    raise Local(exc.path, i) from None
+                resolved.append(r)
+                if r.path:  # "" is AT_EMPTY_PATH: the directory handle stays
+                    path = r.path
+                    if has_dirfd:
+                        c_args[i - 1] = ctypes.c_long(AT_FDCWD)
+            c_args.append(ctypes.c_char_p(path))
         elif isinstance(kind, Str):
             s = _bytes(v, "string")
             if b"\0" in s:

@@ -46,6 +46,8 @@ class Launch:
     # e.g. ["scancel", "--name=qrun-0123456789ab", "--user=alice"] for Slurm, where killing
     # srun can leave a pending job in the queue. None: killing the launcher is enough.
     cancel: list[str] | None = None
+    # What the chosen host's jobs may reach at home (its home_roots in the cluster file).
+    home_roots: list[str] = field(default_factory=list)
 
 
 def _last_line(tail: str) -> str:

@@ -13,7 +13,6 @@ import resource
 import select
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
@@ -35,8 +34,10 @@ from qrun.homenode.executor import (
     stat_to_wire,
     wire_path,
 )
+from qrun.homenode.resolve import Local, Refused, Resolver
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import wire
+from qrun.syscalls.paths import PathPolicy
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
 HANDSHAKE_MS = 5000
@@ -90,6 +91,7 @@ class HomeServer:
     connect_timeout: float = 60.0
     timeout: float = 30.0
     keys: Keys = field(default_factory=Keys.fresh)
+    roots: list[str] = field(default_factory=list)   # --home-root: all the job may reach
 
     def __post_init__(self) -> None:
         self.ctx = zmq.Context()
@@ -111,6 +113,7 @@ class HomeServer:
         self.sock.bind(self.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.handles = Handles()
+        self.resolver = Resolver(PathPolicy.from_wire(self.welcome["policy"]), self.roots)
         self.deputies = Deputies()
         self.last_seq = 0
         self.last_reply: bytes | None = None
@@ -122,6 +125,7 @@ class HomeServer:
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
         self.closed_streams: set[int] = set()
         self.rejected: set[str] = set()
+        self.refused = 0   # calls the home roots did not allow
 
 
     # ---- bootstrap --------------------------------------------------------------------
@@ -265,7 +269,10 @@ class HomeServer:
         return None
 
     def close(self) -> None:
+        if self.refused > 1:
+            sys.stderr.write(f"qrun: {self.refused} calls in all were refused (outside the home roots)\n")
         self.handles.close_all()
+        self.resolver.close()
         self.deputies.close_all()
         self.auth.stop()
         self.sock.close(linger=200)
@@ -358,6 +365,13 @@ class HomeServer:
         except (BadRequest, TypeError) as exc:
             self._reject(f"rejected a request from the stub: {exc}")
             r, e, o = -1, "EINVAL", {}
+        except Local as exc:  # the path leads into a tree the execution host serves
+            r, e, o = -1, "EXDEV", {"local": [exc.index, exc.path]}
+        except Refused as exc:
+            self.refused += 1
+            if self.refused == 1:
+                sys.stderr.write(f"qrun: refused: {exc} (further refusals are counted at the end)\n")
+            r, e, o = -1, errno.errorcode.get(exc.errno, "EACCES"), {}
         except OSError as exc:
             r, e, o = -1, errno.errorcode.get(exc.errno or errno.EIO, "EIO"), {}
             if exc.errno in (errno.EMFILE, errno.ENFILE) and not self._job_uses_the_fds():
@@ -386,7 +400,7 @@ class HomeServer:
     def dispatch(self, op: str, a: list[Any]) -> tuple[int, str | None, dict[str, Any]]:
         sc = FORWARDABLE.get(op)
         if sc is not None:
-            r, e, o = execute(sc, a, self.handles)
+            r, e, o = execute(sc, a, self.handles, self.resolver)
             if op == "write" and e is None:
                 # Where the bytes landed, so the stub can mirror them into a local copy.
                 o["pos"] = os.lseek(self.handles.fd(a[0]), 0, os.SEEK_CUR)
@@ -404,6 +418,7 @@ class HomeServer:
         for a local copy; everything else stays open here as a handle. Either way the home
         fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
         dirfd = None if handle is None else self.handles.fd(handle)
+        path_arg = path
         path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
         if resolve is None and wflags_ >= 2**32:
             raise BadRequest("open: flags wider than 32 bits")
@@ -416,12 +431,15 @@ class HomeServer:
         # job. Named pipes at home are refused below; for files O_NONBLOCK means nothing.
         asked_nonblock = fl & os.O_NONBLOCK
         fl |= os.O_NONBLOCK
-        if exec_ and not path and dirfd is not None:
-            fd = os.open(f"/proc/self/fd/{dirfd}", fl)  # execveat(fd, "", AT_EMPTY_PATH)
-        elif resolve is not None:
-            fd = _openat2(AT_FDCWD if dirfd is None else dirfd, path, fl, int(mode), int(resolve))
+        if isinstance(path_arg, list) or (exec_ and not path and dirfd is not None):
+            # a file the job already holds ([handle], or execveat of a handle)
+            fd = os.open(path or f"/proc/self/fd/{dirfd}".encode(), fl, int(mode) & 0o7777)
         else:
-            fd = os.open(path, fl, int(mode) & 0o7777, dir_fd=dirfd)
+            if resolve is None:  # open(2)'s leniency, which openat2 does not have
+                fl &= O_PATH_FLAGS if fl & O_PATH else VALID_OPEN_FLAGS
+                mode = int(mode) & 0o7777 if fl & (os.O_CREAT | O_TMPFILE) == os.O_CREAT or \
+                    fl & O_TMPFILE == O_TMPFILE else 0
+            fd = self.resolver.open_file(dirfd, path, fl, int(mode), int(resolve or 0))
         try:
             st = os.fstat(fd)
             o_path = fl & getattr(os, "O_PATH", 0o10000000)
@@ -450,8 +468,13 @@ class HomeServer:
 
     def op_chdir(self, handle: int | None, path: bytes) -> tuple[int, str | None, dict[str, Any]]:
         dirfd = None if handle is None else self.handles.fd(handle)
-        path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
-        fd = os.open(path or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if isinstance(path, list):
+            fd = os.open(wire_path(path, False, self.handles), flags)
+        elif path == b"" and dirfd is not None:
+            fd = os.open(f"/proc/self/fd/{dirfd}", flags)  # fchdir
+        else:
+            fd = self.resolver.open_file(dirfd, path, flags, 0, 0)
         try:
             if not os.access(f"/proc/self/fd/{fd}", os.X_OK):
                 return -1, "EACCES", {}
@@ -470,8 +493,8 @@ class HomeServer:
         return self.deputies.spawn(str(name)[:15]), None, {}
 
     def op_kill(self, pid: int, sig: int) -> tuple[int, str | None, dict[str, Any]]:
-        if not isinstance(pid, int) or not isinstance(sig, int) or pid in (0, -1):
-            raise BadRequest("kill: malformed arguments")
+        if self.roots:
+            raise Refused(errno.EPERM, "with home roots, the job may signal only its own processes")
         os.kill(pid, sig)
         return 0, None, {}
 
@@ -514,22 +537,14 @@ class HomeServer:
             self.stdin_open = False
 
 
-AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-NR_OPENAT2 = 437
-
-
-def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
-    """openat2(2) itself, so its own argument checks and RESOLVE_* rules apply at home."""
-    how = ctypes.create_string_buffer(struct.pack("<QQQ", flags & (2**64 - 1), mode & (2**64 - 1),
-                                                  resolve & (2**64 - 1)), 24)
-    fd = _libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(path), how,
-                       ctypes.c_long(24))
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return int(fd)
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+O_PATH_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # all O_PATH keeps
+# What open(2) takes and openat2(2) insists on (include/linux/fcntl.h VALID_OPEN_FLAGS).
+VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
+                    | os.O_NONBLOCK | os.O_DSYNC | 0o20000 | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
+                    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | O_PATH | O_TMPFILE | os.O_SYNC)
 
 
 def _run_quietly(argv: list[str] | None) -> None:

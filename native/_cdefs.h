@@ -59,3 +59,6 @@ int qr_cover(const char *path, const char *options, int readonly, const char *ke
  * returns ERESTARTSYS instead, so the kernel restarts it or fails it with EINTR exactly as
  * it would the real call. */
 int qr_restart(int pid, long nr, const unsigned long *args, int interrupted);
+
+/* openat2(2) itself (how: a struct open_how of `size` bytes); returns the fd or -errno. */
+int qr_openat2(int dirfd, const char *path, const void *how, size_t size);

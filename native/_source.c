@@ -358,6 +358,12 @@ int qr_wait(int *status)
     }
 }
 
+int qr_openat2(int dirfd, const char *path, const void *how, size_t size)
+{
+    long fd = syscall(SYS_openat2, dirfd, path, how, size);
+    return fd < 0 ? -errno : (int)fd;
+}
+
 /* mkdir -p of `path` (absolute), with mode 0755 for what it creates. */
 static int make_dirs(const char *path)
 {

@@ -20,6 +20,16 @@ class HomeLost(Exception):
     """The home node stopped answering; the job must not go on without it."""
 
 
+class GoLocal(Exception):
+    """Home found that the path leads into a tree this host serves (a home symlink into
+    /usr, a --local directory reached through `..`): run the call here, on `path`."""
+
+    def __init__(self, index: int, path: str) -> None:
+        super().__init__(path)
+        self.index = index
+        self.path = path
+
+
 class HomeBusy(Exception):
     """The home node cannot take the call right now (its fds are held by others): the
     calling thread waits and asks again, as for a lock."""

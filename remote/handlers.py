@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qrun.remote import procpaths
-from qrun.remote.channel import HomeBusy
+from qrun.remote.channel import GoLocal, HomeBusy
 from qrun.remote.fds import COPY, HOME, LOCAL, Validator
 from qrun.remote.tracee import (
     CLONE_THREAD,
@@ -374,7 +374,16 @@ class Handlers:
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
         if rep["e"] and rep["o"].get("busy"):
             raise HomeBusy(op)
+        local = rep["o"].get("local") if rep["e"] else None
+        if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):
+            raise GoLocal(int(local[0]), local[1])
         return rep
+
+    def go_local(self, t: Thread, regs: Regs, sc: Syscall, g: GoLocal) -> None:
+        """Run the call here after all, on the path home found it leads to."""
+        paths = [i for i, k in enumerate(sc.args) if isinstance(k, Path)]
+        i = g.index if g.index in paths else paths[0]
+        self.run_local(t, regs, sc, [(i, Target(False, None, g.path, fixup=g.path))])
 
     def forward(self, t: Thread, regs: Regs, sc: Syscall, targets: dict[int, Target],
                 handle: int | None = None) -> tuple[list[Any], dict[str, Any] | None]:
@@ -503,8 +512,13 @@ class Handlers:
     # ---- cwd -----------------------------------------------------------------------------
     def h_chdir(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         tg = self.resolve(t, AT_FDCWD, regs.arg(0), False)
+        rep = None
         if tg.home:
-            rep = self.call_home(t, "chdir", [tg.wire_dirfd(), tg.wire_path() or b""])
+            try:
+                rep = self.call_home(t, "chdir", [tg.wire_dirfd(), tg.wire_path() or b""])
+            except GoLocal as g:  # a home link into a tree this host serves
+                tg = Target(False, None, g.path, fixup=g.path)
+        if rep is not None:
             if rep["e"]:
                 skip(t.tid, -_errno_of(rep["e"]))
                 return
@@ -593,7 +607,10 @@ class Handlers:
             exe = interp
             t.proc.next_exe = None  # /proc/self/exe is the interpreter
             if interp_tg.home:
-                got = self.open_home(t, regs, interp_tg, 0, 0, exec_=True)
+                try:
+                    got = self.open_home(t, regs, interp_tg, 0, 0, exec_=True)
+                except GoLocal as g:
+                    got = g.path  # a home link to the execution host's interpreter
                 if got is None:
                     return
                 exe = os.fsencode(got)

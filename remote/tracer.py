@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from qrun.native import ffi, lib
 from qrun.remote import procpaths
-from qrun.remote.channel import HomeBusy, HomeLost, Rpc
+from qrun.remote.channel import GoLocal, HomeBusy, HomeLost, Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.handlers import Handlers
 from qrun.remote.spawn import spawn, start_failure
@@ -209,6 +209,8 @@ class Tracer(Handlers):
             raise
         except HomeBusy:
             self.park(t, regs)
+        except GoLocal as g:
+            self.go_local(t, regs, sc, g)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 raise ProcessLookupError from exc
