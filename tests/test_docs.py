@@ -122,7 +122,7 @@ CLUSTER = REPO / "docs" / "cluster.md"
 HABITS = REPO / "docs" / "habits.md"
 
 # How docs/cluster.md names the type each validator in homenode/config.py accepts.
-_TYPE_WORDS = {"str": "string", "int": "integer", "int|float": "number", "dict": "table"}
+_TYPE_WORDS = {"str": "string", "int": "integer", "int|float": "number", "dict": "table", "list": "list"}
 
 
 def doc_section(path: Path, heading: str) -> str:

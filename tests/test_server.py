@@ -187,3 +187,31 @@ def test_seeded_fuzz_never_crashes_the_server(server: HomeServer, tmp_path: Path
         assert rep is not None and rep["t"] == "rep" and rep["seq"] == seq, (op, args, rep)
     rep = exchange(server, c, req(rounds + 1, "newfstatat", [None, base, None, 0]))
     assert rep is not None and rep["r"] == 0
+
+
+def test_seeded_decoder_fuzz_raises_only_protocol_errors(request: pytest.FixtureRequest) -> None:
+    """Random bytes and mutated real messages: decode returns a checked message or raises
+    ProtocolError, nothing else."""
+    import random
+    rng = random.Random(99)
+    seeds = [wire.encode("req", seq=1, tid=1, op="open", a=[None, b"/x", 0, 0, False, None, None], umask=18),
+             wire.encode("exit", status={"code": 0}, usage={}, host="h"),
+             wire.encode("out", fd=1, d=b"data"), wire.encode("hello", job="j", arch="x86_64", digest="d",
+                                                             version=1, host="h", pid=1)]
+    rounds = int(request.config.getoption("--fuzz-rounds"))
+    decoded = 0
+    for _ in range(rounds):
+        if rng.random() < 0.3:
+            data = rng.randbytes(rng.randint(0, 64))
+        else:
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        try:
+            msg = wire.decode(data)
+        except wire.ProtocolError:
+            continue
+        decoded += 1
+        assert isinstance(msg, dict) and isinstance(msg["t"], str)
+    assert decoded > 0, "no mutation survived decoding: the fuzz explored nothing"

@@ -409,12 +409,13 @@ def test_sandbox_as_an_unprivileged_user(qrun_cmd: list[str]) -> None:
     runuser = shutil.which("runuser")
     if os.geteuid() != 0 or not runuser:
         pytest.skip("needs root (to become an unprivileged user) and runuser")
-    probe = subprocess.run([runuser, "-u", "nobody", "--", qrun_cmd[0], "-c", "import homenode"],
+    python = str(Path(qrun_cmd[0]).parent / "python")  # the interpreter of qrun's environment
+    probe = subprocess.run([runuser, "-u", "nobody", "--", python, "-c", "import qrun.homenode"],
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"this checkout is not readable by nobody: {probe.stderr.strip()[-200:]}")
-    ok, why = subprocess.run([runuser, "-u", "nobody", "--", qrun_cmd[0], "-c",
-                              "from homenode.launchers import sandbox_support as s; ok, w = s(); print(ok, w)"],
+    ok, why = subprocess.run([runuser, "-u", "nobody", "--", python, "-c",
+                              "from qrun.homenode.launchers import sandbox_support as s; ok, w = s(); print(ok, w)"],
                              capture_output=True, text=True, timeout=60).stdout.partition(" ")[::2]
     if ok != "True":
         pytest.skip(why.strip() or "no user namespaces")
