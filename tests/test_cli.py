@@ -460,11 +460,17 @@ def test_deleted_current_directory(site: Site, mode: list[str]) -> None:
 def test_unreadable_current_directory(shared_root: Path, qrun_cmd: list[str], mode: list[str]) -> None:
     locked = shared_root / "locked"
     locked.mkdir()
-    argv = as_other_user(qrun_cmd + [*mode, "-w", "local", "--", "pwd"])
-    locked.chmod(0)
+    argv = qrun_cmd + [*mode, "-w", "local", "--", "pwd"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRUN_")}
     env.update(HOME=str(shared_root), XDG_STATE_HOME=str(shared_root))
-    r = subprocess.run(argv, cwd=locked, env=env, capture_output=True, text=True, timeout=60)
+    if os.geteuid() == 0:  # root enters any directory: qrun runs as nobody, started inside it
+        argv = as_other_user(argv)
+        locked.chmod(0)
+        r = subprocess.run(argv, cwd=locked, env=env, capture_output=True, text=True, timeout=60)
+    else:  # its owner steps in first, then locks it behind itself
+        argv = ["sh", "-c", 'cd "$0" && chmod 0 . && exec "$@"', str(locked), *argv]
+        r = subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=60)
+        locked.chmod(0o700)
     assert r.returncode == USAGE
     assert one_line(r) == f"qrun: the current directory {locked} is not accessible: Permission denied"
 

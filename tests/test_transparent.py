@@ -57,7 +57,8 @@ def test_the_job_sees_home_not_the_host(qrun_prefix: list[str], hosts: HostClust
 
 
 @pytest.mark.skipif(not BUSYBOX, reason="busybox (busybox-static) is not installed")
-def test_busybox_script_reads_home_files_and_writes_home_tmp(qrun_prefix: list[str], workdir: Path) -> None:
+def test_busybox_script_reads_home_files_and_writes_home_tmp(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     data = workdir / "data"
     data.mkdir()
     for i in range(20):
@@ -85,7 +86,8 @@ ls {out} | wc -l
 
 
 @pytest.mark.skipif(not GCC or not shutil.which("make"), reason="gcc and make are needed")
-def test_make_and_gcc_build_a_project_at_home(qrun_prefix: list[str], tmp_path: Path) -> None:
+def test_make_and_gcc_build_a_project_at_home(transparent: list[str], tmp_path: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     src = tmp_path / "proj"
     src.mkdir()
     (src / "util.h").write_text("int scale(int);\n")
@@ -104,7 +106,8 @@ def test_make_and_gcc_build_a_project_at_home(qrun_prefix: list[str], tmp_path: 
     assert run([str(src / "prog")]).stdout == "42\n"
 
 
-def test_python_script_runs_with_its_home_path(qrun_prefix: list[str], workdir: Path) -> None:
+def test_python_script_runs_with_its_home_path(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     script = workdir / "s.py"
     script.write_text("#!/usr/bin/python3\nimport os, socket, sys, json\n"
                       "json.dump({'file': __file__, 'cwd': os.getcwd(), 'host': socket.gethostname(),"
@@ -120,7 +123,8 @@ def test_python_script_runs_with_its_home_path(qrun_prefix: list[str], workdir: 
 
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
-def test_static_multithreaded_binary(qrun_prefix: list[str], workdir: Path) -> None:
+def test_static_multithreaded_binary(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     exe = compile_c(workdir, "t", r'''
 #include <pthread.h>
 #include <stdio.h>
@@ -173,7 +177,8 @@ def test_unknown_host(qrun_cmd: list[str]) -> None:
     assert r.stderr.strip() == "qrun: unknown host 'nosuchhost' (known: local, sandbox; or use --via PREFIX)"
 
 
-def test_command_not_found(qrun_prefix: list[str], workdir: Path) -> None:
+def test_command_not_found(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     r = run(qrun_prefix + ["no-such-command-qrun"], cwd=workdir)
     assert r.returncode == 127
     assert "qrun: no-such-command-qrun: command not found" in r.stderr.splitlines()
@@ -240,14 +245,16 @@ def test_network_cut_mid_job_kills_the_job_and_says_so(qrun_cmd: list[str], host
     assert r.stdout.strip() == ""
 
 
-def test_exit_status_and_signals(qrun_prefix: list[str], workdir: Path) -> None:
+def test_exit_status_and_signals(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     assert run(qrun_prefix + ["/bin/sh", "-c", "exit 42"], cwd=workdir).returncode == 42
     r = run(qrun_prefix + ["/bin/sh", "-c", "kill -USR1 $$"], cwd=workdir)
     assert r.returncode == 128 + signal.SIGUSR1
     assert r.stderr.strip().endswith("qrun: job killed by signal 10 (SIGUSR1)")
 
 
-def test_stdin_streams_through(qrun_prefix: list[str], workdir: Path) -> None:
+def test_stdin_streams_through(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     data = "".join(f"{i}\n" for i in range(20000))
     r = subprocess.run(qrun_prefix + ["/bin/sh", "-c", "tee copy | sort -n | tail -1; wc -l < copy"], input=data,
                        capture_output=True, text=True, cwd=workdir, timeout=60)
@@ -255,7 +262,8 @@ def test_stdin_streams_through(qrun_prefix: list[str], workdir: Path) -> None:
     assert r.stdout.split() == ["19999", "20000"]
 
 
-def test_signal_at_home_reaches_the_job(qrun_prefix: list[str], workdir: Path) -> None:
+def test_signal_at_home_reaches_the_job(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     script = "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.1; done"
     proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -267,7 +275,8 @@ def test_signal_at_home_reaches_the_job(qrun_prefix: list[str], workdir: Path) -
     assert proc.returncode == 5
 
 
-def test_signal_to_a_home_pid_reaches_the_remote_process(qrun_prefix: list[str], workdir: Path) -> None:
+def test_signal_to_a_home_pid_reaches_the_remote_process(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     script = "trap 'echo got-usr1; exit 0' USR1; echo $$ > pid; while :; do sleep 0.1; done"
     proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -325,7 +334,8 @@ int main(void) {
 
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
-def test_unsupported_calls_fail_with_an_errno_and_one_warning(qrun_prefix: list[str], workdir: Path) -> None:
+def test_unsupported_calls_fail_with_an_errno_and_one_warning(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     exe = compile_c(workdir, "d", DENIED_C)
     r = run(qrun_prefix + [str(exe)], cwd=workdir)
     assert r.returncode == 0, r.stderr
@@ -380,7 +390,8 @@ def test_stub_killed_mid_job_takes_the_job_with_it(qrun_prefix: list[str], hosts
     assert _job_processes(hosts, marker) == []  # PTRACE_O_EXITKILL
 
 
-def test_ctrl_c_reaches_the_job_and_twice_stops_it(qrun_prefix: list[str], workdir: Path) -> None:
+def test_ctrl_c_reaches_the_job_and_twice_stops_it(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     script = "trap 'echo got-int' INT; echo ready; while :; do sleep 0.1; done"
     proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", script], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -396,7 +407,8 @@ def test_ctrl_c_reaches_the_job_and_twice_stops_it(qrun_prefix: list[str], workd
     assert proc.returncode == 128 + signal.SIGKILL, err
 
 
-def test_chdir_option_sets_the_job_cwd(qrun_prefix: list[str], workdir: Path) -> None:
+def test_chdir_option_sets_the_job_cwd(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     sub = workdir / "sub dir"
     sub.mkdir()
     (sub / "here").write_text("yes\n")
@@ -468,7 +480,8 @@ int main(void) {
 
 
 @pytest.mark.skipif(not GCC, reason="gcc is needed")
-def test_record_locks_exclude_and_home_fifos_fail_fast(qrun_prefix: list[str], workdir: Path) -> None:
+def test_record_locks_exclude_and_home_fifos_fail_fast(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     exe = compile_c(workdir, "l", LOCKS_C)
     os.mkfifo(workdir / "fifo")
     started = time.monotonic()
@@ -480,7 +493,8 @@ def test_record_locks_exclude_and_home_fifos_fail_fast(qrun_prefix: list[str], w
     assert time.monotonic() - started < 30
 
 
-def test_sigkill_to_a_home_pid_kills_the_remote_process(qrun_prefix: list[str], workdir: Path) -> None:
+def test_sigkill_to_a_home_pid_kills_the_remote_process(transparent: list[str], workdir: Path) -> None:
+    qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
     # SIGKILL cannot be caught by the deputy: its death at home is what gets relayed
     proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", "echo $$ > pid; exec sleep 60"], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
