@@ -36,19 +36,27 @@ class Deputies:
             return []
         return [struct.unpack_from("<ii", data, i) for i in range(0, len(data) - 7, 8)]
 
-    def killed(self) -> list[int]:
-        """Deputies that died without being retired: someone sent them SIGKILL."""
-        dead = []
+    def changes(self) -> list[tuple[int, int]]:
+        """(home pid, signal) to relay for what happened to deputies that cannot be caught:
+        SIGKILL (the deputy is gone), SIGSTOP (it stays stopped here, as its remote process
+        will there) and the SIGCONT that ends such a stop."""
+        out = []
         for pid in list(self.live):
             try:
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
             except ChildProcessError:
                 done, status = pid, 0
-            if done:
+            if not done:
+                continue
+            if os.WIFSTOPPED(status):
+                out.append((pid, signal.SIGSTOP))
+            elif os.WIFCONTINUED(status):
+                out.append((pid, signal.SIGCONT))
+            else:
                 os.close(self.live.pop(pid))
                 if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-                    dead.append(pid)
-        return dead
+                    out.append((pid, signal.SIGKILL))
+        return out
 
     def retire(self, pid: object) -> None:
         if not isinstance(pid, int) or pid not in self.live:

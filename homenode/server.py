@@ -41,6 +41,8 @@ from qrun.syscalls.paths import PathPolicy
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
 HANDSHAKE_MS = 5000
+CTL_RESEND = 1.0       # seconds before an unacknowledged control message is sent again
+CTL_WINDOW = 64        # control messages (stdin chunks of 64 KiB) in flight at most
 WAIT_NOTICE = 2.0      # seconds without a stub before qrun says what it waits for
 FD_RESERVE = 256       # fds kept free for the job's home files, whoever else connects
 
@@ -120,12 +122,14 @@ class HomeServer:
         self.ctl_id: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.stdin_open = True
-        self.ctl_backlog: list[bytes] = []
+        self.ctl_n = 0                                    # control messages sent so far
+        self.unacked: dict[int, list[Any]] = {}           # n -> [frame, last sent]
         self.launcher_tail = b""
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
         self.closed_streams: set[int] = set()
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
+        self.woke = 0.0    # when qrun last went on after being stopped with its job
 
 
     # ---- bootstrap --------------------------------------------------------------------
@@ -165,15 +169,17 @@ class HomeServer:
                 poller.register(self.sock, zmq.POLLIN)
                 poller.register(sig_r, zmq.POLLIN)
                 poller.register(self.deputies.report_fd, zmq.POLLIN)
-                if self.ctl_id is not None and self.stdin_open:
-                    poller.register(0, zmq.POLLIN)
+                if self.ctl_id is not None and self.stdin_open and len(self.unacked) < CTL_WINDOW:
+                    poller.register(0, zmq.POLLIN)  # (flow control: the stub acknowledges)
                 if err_fd is not None:
                     poller.register(err_fd, zmq.POLLIN)
                 events = dict(poller.poll(500))
                 now = time.monotonic()
+                self._resend_ctl(now)
                 if self.sock in events:
                     last_heard = now
                     outcome = self.receive(started)
+                    last_heard = max(last_heard, self.woke)  # not silent: we were stopped
                     if outcome is not None:
                         self._last_words(launcher, err_fd, started)
                         return outcome
@@ -188,6 +194,8 @@ class HomeServer:
                             self._send_ctl("sig", pid=0, sig=b)
                         if b == signal.SIGINT:
                             last_int = now
+                        if b == signal.SIGCONT:
+                            last_heard = now  # qrun itself was stopped: that was no silence
                         if self.hello is None and b in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                             _run_quietly(cancel)
                             raise JobFailed(f"interrupted while waiting for "
@@ -196,8 +204,8 @@ class HomeServer:
                     for home_pid, sig in self.deputies.read_reports():
                         self._send_ctl("sig", pid=home_pid, sig=sig)
                 if child_exited:  # not per message: that was a waitpid for every deputy
-                    for home_pid in self.deputies.killed():
-                        self._send_ctl("sig", pid=home_pid, sig=signal.SIGKILL)
+                    for home_pid, sig in self.deputies.changes():
+                        self._send_ctl("sig", pid=home_pid, sig=sig)
                 if 0 in events:
                     self._pump_stdin()
                 if err_fd is not None and err_fd in events and not self._relay_stderr(err_fd):
@@ -284,10 +292,27 @@ class HomeServer:
         self.sock.send_multipart([ident, wire.encode(kind, **fields)])
 
     def _send_ctl(self, kind: str, **fields: Any) -> None:
+        """Signals, stdin and stream closes reach the stub exactly once and in order: each is
+        numbered and resent every second until the stub's ping acknowledges it (a message
+        on a connection that dies, e.g. while qrun was stopped, would be lost)."""
+        self.ctl_n += 1
+        frame = wire.encode(kind, n=self.ctl_n, **fields)
+        self.unacked[self.ctl_n] = [frame, time.monotonic()]
+        if self.ctl_id is not None:
+            self.sock.send_multipart([self.ctl_id, frame])
+
+    def _resend_ctl(self, now: float) -> None:
         if self.ctl_id is None:
-            self.ctl_backlog.append(wire.encode(kind, **fields))  # sent once it says hello
-        else:
-            self._send(self.ctl_id, kind, **fields)
+            return
+        for entry in self.unacked.values():
+            if now - entry[1] >= CTL_RESEND:
+                self.sock.send_multipart([self.ctl_id, entry[0]])
+                entry[1] = now
+
+    def _acked(self, ack: object) -> None:
+        if isinstance(ack, int) and not isinstance(ack, bool):
+            for n in [n for n in self.unacked if n <= ack]:
+                del self.unacked[n]
 
     def _message(self, ident: bytes, payload: bytes, started: float) -> Outcome | None:
         job, _, role = ident.decode(errors="replace").partition(":")
@@ -304,17 +329,22 @@ class HomeServer:
         elif kind == "req":
             self._request(ident, msg)
         elif kind == "ping":
+            self._acked(msg.get("ack"))
             if self.ctl_id is None:
                 self.ctl_id = ident
-                for frame in self.ctl_backlog:
+                for frame, _ in self.unacked.values():
                     self.sock.send_multipart([ident, frame])
-                self.ctl_backlog.clear()
                 if not _stdin_usable():
                     self.stdin_open = False
-                    self._send(ident, "in", d=b"")
+                    self._send_ctl("in", d=b"")
             self._send(ident, "pong")
         elif kind == "out":
             self._output(2 if msg["fd"] == 2 else 1, msg["d"])
+        elif kind == "state" and msg["stopped"]:
+            # The job stopped (Ctrl-Z, SIGTSTP, SIGSTOP): so does qrun, and its shell takes
+            # over; `fg` (SIGCONT) wakes qrun, which passes SIGCONT on to the job.
+            os.kill(os.getpid(), signal.SIGSTOP)
+            self.woke = time.monotonic()
         elif kind == "exit":
             self._send(ident, "bye")
             return Outcome(exit_status(msg["status"]), exit_usage(msg["usage"]), msg["host"][:255],

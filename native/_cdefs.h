@@ -20,7 +20,7 @@ int qr_arch(void);               /* AUDIT_ARCH_* of this build */
 int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
                     const unsigned char *filter, int filter_len, int use_path_search,
-                    int traced);
+                    long ptrace_options);   /* 0: not traced; else PTRACE_SEIZE with these */
 int qr_spawn_deputy(int report_fd, const char *name);
 
 int qr_get_regs(int pid, struct qr_regs *r);
@@ -34,7 +34,7 @@ long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max);
 
 int qr_cont(int pid, int sig);
 int qr_syscall(int pid, int sig);
-int qr_setoptions(int pid, long opts);
+int qr_listen(int pid);          /* PTRACE_LISTEN: keep a group-stop, let SIGCONT end it */
 long qr_geteventmsg(int pid);
 int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno */
 /* Like qr_wait, but resumes here, without returning, the seccomp stops of calls in

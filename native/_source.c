@@ -79,14 +79,47 @@ static void fail_and_exit(int fd, int step, int code)
 int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
                     const unsigned char *filter, int filter_len, int use_path_search,
-                    int traced)
+                    long ptrace_options)
 {
+    int traced = ptrace_options != 0;
+    int sync[2] = { -1, -1 };
+    if (traced && pipe2(sync, O_CLOEXEC) < 0)
+        return -errno;
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid != 0)
-        return pid < 0 ? -errno : pid;
+    if (pid < 0) {
+        int e = errno;
+        if (traced) { close(sync[0]); close(sync[1]); }
+        return -e;
+    }
+    if (pid > 0) {
+        if (!traced)
+            return pid;
+        /* PTRACE_SEIZE, not TRACEME: group-stops are then told apart (PTRACE_EVENT_STOP)
+         * and can be kept with PTRACE_LISTEN, so job control works. The child waits on
+         * `sync` until it is seized; if it cannot be, it is killed and says why. */
+        close(sync[0]);
+        if (ptrace(PTRACE_SEIZE, pid, 0, (void *)ptrace_options) < 0) {
+            int msg[2] = { QR_STEP_PTRACE, errno };
+            ssize_t n = write(err_pipe, msg, sizeof msg);
+            (void)n;
+            kill(pid, SIGKILL);
+        } else {
+            ssize_t n = write(sync[1], "g", 1);
+            (void)n;
+        }
+        close(sync[1]);
+        return pid;
+    }
 
     /* Child: only async-signal-safe calls from here on. */
+    if (traced) {
+        char go;
+        close(sync[1]);
+        if (read(sync[0], &go, 1) != 1)
+            _exit(126);                 /* not seized: the stub says why */
+        close(sync[0]);
+    }
     if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
         fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     if (err_pipe > 2 && fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
@@ -104,9 +137,6 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
     if (cwd && chdir(cwd) < 0)
         fail_and_exit(err_pipe, QR_STEP_CWD, 126);
     if (traced) {
-        if (ptrace(PTRACE_TRACEME, 0, 0, 0) < 0)
-            fail_and_exit(err_pipe, QR_STEP_PTRACE, 126);
-        raise(SIGSTOP); /* the tracer sets its options while we wait here */
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
             fail_and_exit(err_pipe, QR_STEP_SECCOMP, 126);
         struct sock_fprog prog = { .len = (unsigned short)(filter_len / 8),
@@ -131,6 +161,10 @@ static void deputy_handler(int sig)
     int32_t msg[2] = { (int32_t)getpid(), sig };
     ssize_t n = write(deputy_report_fd, msg, sizeof msg);
     (void)n;
+    /* qrun stops when the job does; a SIGCONT sent to the job's pid must wake it too, or
+     * nobody would pass the SIGCONT on. */
+    if (sig == SIGCONT)
+        kill(getppid(), SIGCONT);
 }
 
 int qr_spawn_deputy(int report_fd, const char *name)
@@ -337,7 +371,7 @@ long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max)
 
 int qr_cont(int pid, int sig) { return ptrace(PTRACE_CONT, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
 int qr_syscall(int pid, int sig) { return ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
-int qr_setoptions(int pid, long opts) { return ptrace(PTRACE_SETOPTIONS, pid, 0, (void *)opts) < 0 ? -errno : 0; }
+int qr_listen(int pid) { return ptrace(PTRACE_LISTEN, pid, 0, 0) < 0 ? -errno : 0; }
 
 long qr_geteventmsg(int pid)
 {

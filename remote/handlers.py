@@ -137,6 +137,9 @@ class Handlers:
     def fork_done(self, tid: int) -> None:
         raise NotImplementedError
 
+    def reap(self, remote: int, keep: bool = False) -> int:
+        raise NotImplementedError
+
     def warn_once(self, key: str, msg: str) -> None:
         raise NotImplementedError
 
@@ -865,9 +868,7 @@ class Handlers:
                 raw = self.mem.read(th.tid, infop + 16, 4)
                 pid = struct.unpack("<i", raw)[0]
                 if pid > 0:
-                    self.mem.write(th.tid, infop + 16, struct.pack("<i", self.home_pid(pid)))
-                    if not keeps_child:
-                        self.reaped(pid)
+                    self.mem.write(th.tid, infop + 16, struct.pack("<i", self.reap(pid, keeps_child)))
         t.on_exit = waited
 
     def _wait_common(self, t: Thread, regs: Regs, pid_index: int) -> None:
@@ -875,8 +876,7 @@ class Handlers:
 
         def waited(th: Thread, ret: int) -> None:
             if ret > 0:
-                set_ret(th.tid, self.home_pid(ret))
-                self.reaped(ret)
+                set_ret(th.tid, self.reap(ret))
         t.on_exit = waited
 
     def reaped(self, pid: int) -> None:

@@ -9,11 +9,12 @@ from qrun.native import ffi, lib
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-          seccomp_filter: bytes | None) -> tuple[int, int]:
+          seccomp_filter: bytes | None, ptrace_options: int = 0) -> tuple[int, int]:
     """Fork and exec argv with env in cwd on the given stdin/stdout/stderr. With a filter,
-    the child stops for the tracer (PTRACE_TRACEME) and installs it before exec.
+    the calling thread seizes the child (PTRACE_SEIZE with `ptrace_options`: it becomes
+    the tracer) before the child installs the filter and execs.
 
-    Returns (pid, fd): the fd yields the errno of a failed exec (4 bytes), or EOF."""
+    Returns (pid, fd): the fd tells how the job failed to start (see start_failure)."""
     c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
     c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
     search = "/" not in argv[0]
@@ -25,7 +26,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int,
     pid = lib.qr_spawn_traced(os.fsencode(argv[0]), ffi.new("char *[]", c_args + [ffi.NULL]),
                               ffi.new("char *[]", c_env + [ffi.NULL]), os.fsencode(cwd),
                               stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search),
-                              int(seccomp_filter is not None))
+                              ptrace_options if seccomp_filter is not None else 0)
     os.close(w)
     if pid < 0:
         os.close(r)

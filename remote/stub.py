@@ -70,8 +70,13 @@ class StdioPump(threading.Thread):
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.final: dict[str, Any] | None = None
         self.home_lost = threading.Event()
+        self.told_stopped = False
+        self.ctl_seen = 0   # home's control messages handled, in order (acknowledged in pings)
         self.last_heard = time.monotonic()
         self.done = threading.Event()
+
+    def wake(self) -> None:
+        os.write(self.wake_w, b"x")
 
     def finish(self, exit_msg: dict[str, Any]) -> None:
         self.final = exit_msg
@@ -97,7 +102,7 @@ class StdioPump(threading.Thread):
         monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
         disconnected_at: float | None = None
         grace = min(3.0, self.timeout)
-        try_send(self.sock, wire.encode("ping"))
+        try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
         for fd in self.out_fds:
             os.set_blocking(fd, False)
         while True:
@@ -124,12 +129,15 @@ class StdioPump(threading.Thread):
                 self.tracer.kill_all()
                 return
             if self.sock in events:
+                seen = self.ctl_seen
                 while self.sock.poll(0):
                     msg = wire.decode(self.sock.recv())
                     self.last_heard = now
                     self._control(msg)
                     if msg["t"] == "bye":
                         return
+                if self.ctl_seen != seen:  # acknowledge at once: home holds them until then
+                    try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
             for fd in list(self.out_fds):
                 if fd in events:
                     self._drain(fd)
@@ -147,8 +155,15 @@ class StdioPump(threading.Thread):
             if bye_deadline is not None and now > bye_deadline:
                 return
             if now - last_ping >= 1.0:
-                try_send(self.sock, wire.encode("ping"))
+                try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
                 last_ping = now
+            stopped = self.tracer.job_stopped
+            if stopped != self.told_stopped:
+                # Home stops too (its shell gets the prompt back) and says nothing meanwhile.
+                try_send(self.sock, wire.encode("state", stopped=stopped))
+                self.told_stopped = stopped
+            if stopped:
+                self.last_heard = now  # a stopped job does not miss its stopped home node
             if now - self.last_heard > self.timeout:
                 eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); "
                        "killing the job")
@@ -158,6 +173,11 @@ class StdioPump(threading.Thread):
 
     def _control(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
+        n = msg.get("n")
+        if isinstance(n, int):
+            if n != self.ctl_seen + 1:
+                return  # a resend of one we had, or one after a lost one: it comes again
+            self.ctl_seen = n
         if t == "in":
             if msg["d"]:
                 self.in_buf += msg["d"]
@@ -239,6 +259,14 @@ class PlainJob:
     def __init__(self) -> None:
         self.main_pid = 0
         self.remote_of: dict[int, int] = {}
+
+    @property
+    def job_stopped(self) -> bool:
+        try:
+            with open(f"/proc/{self.main_pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
+        except (OSError, IndexError):
+            return False
 
     def kill_all(self) -> None:
         if self.main_pid:
@@ -454,6 +482,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
 
     tracer = Tracer(rpc, fds, policy, welcome["identity"], warn)
     pump, stdio = start_stdio(ctl, timeout, tracer)
+    tracer.on_stop_change = pump.wake
     try:
         tracer.spawn(argv, env, cwd, real_cwd, stdio)
     finally:

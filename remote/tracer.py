@@ -38,7 +38,8 @@ OPTIONS = (PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
            | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP
            | PTRACE_O_EXITKILL)
 
-EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP = 1, 2, 3, 4, 7
+EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
+STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 
 DEBUG = bool(os.environ.get("QRUN_DEBUG_TRACE"))
@@ -79,6 +80,9 @@ class Tracer(Handlers):
         # before we hear of it, so no handle is closed while one is in flight.
         self.forking: set[int] = set()
         self.sweep_deferred = False
+        self.stopped: set[int] = set()   # thread groups in a group-stop
+        self.zombies: dict[int, int] = {}  # exited, not yet reaped: remote pid -> its home pid
+        self.on_stop_change: Callable[[], None] = lambda: None  # the main process stopped or went on
         self._local_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.local_fd_native)
         self._copy_ok = _bitmap(s.number(ARCH) for s in self.by_nr.values() if s.copy_local)
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
@@ -99,11 +103,11 @@ class Tracer(Handlers):
     # ---- starting the job ---------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, real_cwd: str,
               stdio: tuple[int, int, int]) -> int:
-        pid, self.exec_err_fd = spawn(argv, env, real_cwd, stdio, bpf.assemble(ARCH))
+        pid, self.exec_err_fd = spawn(argv, env, real_cwd, stdio, bpf.assemble(ARCH), OPTIONS)
         self.main_pid = pid
         proc = Proc(pid, 0)
         self.procs[pid] = proc
-        self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)))
+        self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)), attached=True)
         os.umask(self.threads[pid].fs.umask)
         return pid
 
@@ -161,11 +165,16 @@ class Tracer(Handlers):
             elif event == EVENT_EXEC:
                 t.proc.exe = t.proc.next_exe
                 self.sweep_handles()
-            elif sig == signal.SIGSTOP and not t.attached:
-                t.attached = True
-                if pid == self.main_pid:
-                    lib.qr_setoptions(pid, OPTIONS)
+            elif event == EVENT_STOP:
+                if sig in STOP_SIGNALS:
+                    self.group_stop(t)  # stopped, and stays so until SIGCONT
+                    return
+                t.attached = True  # a new child's first stop (or an interrupt): go on
             else:
+                if sig == signal.SIGCONT and t.proc.tgid in self.stopped:
+                    self.stopped.discard(t.proc.tgid)
+                    if t.proc.tgid == self.main_pid:
+                        self.on_stop_change()
                 self.resume(t, sig)  # signal-delivery stop: deliver the signal
                 return
         except HomeLost:
@@ -173,6 +182,21 @@ class Tracer(Handlers):
         except ProcessLookupError:
             return  # killed under our feet (SIGKILL); its exit status follows
         self.resume(t)
+
+    def group_stop(self, t: Thread) -> None:
+        """A job process was stopped (SIGSTOP, SIGTSTP, ...): keep it stopped, and let the
+        kernel's SIGCONT end the stop, as for an untraced process."""
+        self.stopped.add(t.proc.tgid)
+        if t.proc.tgid == self.main_pid:
+            self.on_stop_change()
+        rc = lib.qr_listen(t.tid)
+        if rc < 0 and rc != -errno.ESRCH:
+            raise OSError(-rc, "PTRACE_LISTEN")
+
+    @property
+    def job_stopped(self) -> bool:
+        """Whether the job's main process is stopped (home may be stopped as well)."""
+        return self.main_pid in self.stopped
 
     def resume(self, t: Thread, sig: int = 0) -> None:
         rc = lib.qr_syscall(t.tid, sig) if t.on_exit else lib.qr_cont(t.tid, sig)
@@ -250,6 +274,7 @@ class Tracer(Handlers):
         t = self.threads.pop(pid, None)
         self.early.discard(pid)
         self.forking.discard(pid)
+        self.stopped.discard(pid)
         if pid == self.main_pid:
             self.main_status = status
             self.kill_all()
@@ -262,7 +287,12 @@ class Tracer(Handlers):
             self.retire(pid)
             self.procs.pop(pid, None)
         else:
-            self.procs.pop(pid, None)  # retired when its parent reaps it
+            # A zombie until its parent reaps it. Its pid may be reused by a new child
+            # before that, so its home pid is kept apart for the wait that reaps it.
+            self.procs.pop(pid, None)
+            hp = self.home_of.pop(pid, None)
+            if hp is not None:
+                self.zombies[pid] = hp  # (remote_of keeps it: the wait names it by hp)
         self.sweep_handles()
 
     def kill_all(self) -> None:
@@ -273,6 +303,8 @@ class Tracer(Handlers):
 
     # ---- home pids ---------------------------------------------------------------------
     def home_pid(self, remote: int) -> int:
+        if remote not in self.threads and remote in self.zombies:
+            return self.zombies[remote]  # exited already (e.g. before its parent's fork returned)
         hp = self.home_of.get(remote)
         if hp is None:
             name = _comm(remote)
@@ -292,6 +324,20 @@ class Tracer(Handlers):
                 raise OSError(errno.EAGAIN, "no deputy")
             self.home_of[remote] = hp
             self.remote_of[hp] = remote
+        return hp
+
+    def reap(self, remote: int, keep: bool = False) -> int:
+        """The home pid of a child a wait just returned (and reaped, unless `keep`)."""
+        hp = self.zombies.get(remote)
+        if hp is None:
+            hp = self.home_pid(remote)
+            if not keep:
+                self.reaped(remote)
+        elif not keep:
+            del self.zombies[remote]
+            if self.remote_of.get(hp) == remote:
+                del self.remote_of[hp]
+            self.rpc.pending_retire.append(hp)
         return hp
 
     def retire(self, remote: int) -> None:

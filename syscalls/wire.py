@@ -46,6 +46,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "out": {"fd": (int,), "d": (bytes,)},
     "in": {"d": (bytes,)},
     "closed": {"fd": (int,)},   # home's stdout or stderr reader went away
+    "state": {"stopped": (bool,)},  # the job's main process stopped, or went on
     "sig": {"pid": (int,), "sig": (int,)},
     "ping": {},
     "pong": {},

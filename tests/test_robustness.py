@@ -368,3 +368,65 @@ def test_killing_qrun_during_a_fork_storm_leaves_nothing(transparent: list[str],
         while leftovers(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not leftovers(marker), f"run {i}: left behind: {leftovers(marker)[:5]}"
+
+
+# ---- job control without a terminal ------------------------------------------------------
+
+def proc_states(marker: str) -> list[str]:
+    out = []
+    for pid in [int(p) for p in subprocess.run(["pgrep", "-f", f"^sleep {marker}"], capture_output=True,
+                                               text=True).stdout.split()]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                out.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            pass
+    return out
+
+
+def test_sigtstp_stops_the_whole_job_and_qrun_until_sigcont(transparent: list[str], workdir: Path) -> None:
+    """A stopped job stays stopped (longer than --timeout, with qrun stopped too, as a shell
+    wants), and SIGCONT lets it finish."""
+    import signal
+    marker = f"2.{os.getpid()}7"
+    prefix = list(transparent)
+    prefix[prefix.index("--timeout") + 1] = "2"
+    proc = subprocess.Popen(prefix + ["/bin/sh", "-c", f"sleep {marker} & sleep {marker}; wait; echo done"],
+                            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while len(proc_states(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTSTP)
+    time.sleep(1)
+    # Under ptrace a stopped process shows as t (tracing stop) rather than T.
+    assert proc_states(marker) and set(proc_states(marker)) <= {"T", "t"}, proc_states(marker)
+    with open(f"/proc/{proc.pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] == "T", "qrun did not stop with its job"
+    time.sleep(3.5)  # longer than --timeout and than the sleeps
+    assert proc.poll() is None and set(proc_states(marker)) <= {"T", "t"} and proc_states(marker)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, "done\n"), err
+
+
+def test_sigstop_and_sigcont_to_a_home_pid_reach_the_remote_process(transparent: list[str],
+                                                                    workdir: Path) -> None:
+    import signal
+    job = "echo $$ > pid; i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo $i >> count; sleep 0.05; done; echo done"
+    proc = subprocess.Popen(transparent + ["/bin/sh", "-c", job], cwd=workdir, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not (workdir / "count").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    home_pid = int((workdir / "pid").read_text())
+    os.kill(home_pid, signal.SIGSTOP)
+    time.sleep(0.5)
+    stopped_at = len((workdir / "count").read_text().split())
+    time.sleep(1.0)
+    assert len((workdir / "count").read_text().split()) == stopped_at, "the remote process went on"
+    assert stopped_at < 40
+    os.kill(home_pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, "done\n"), err
+    assert len((workdir / "count").read_text().split()) == 40
