@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from qrun.homenode import config, exitcodes, hostlist, launchers
+from qrun.homenode import config, exitcodes, hostlist, launchers, terminal
 from qrun.homenode.identity import snapshot
 from qrun.homenode.placement import HostView, Ledger, PlacementError, Requirement, choose, views_for
 from qrun.homenode.server import HomeServer, JobFailed, Outcome
@@ -108,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     job.add_argument("--export", default="ALL", metavar="ALL|NONE|VAR[=val],...",
                      help="plain execution: the job's environment (default ALL: this one; "
                           "a transparent job always gets this one)")
+    job.add_argument("--pty", action="store_true",
+                     help="run the job on a pseudo-terminal of the execution host (editors, REPLs, "
+                          "shells); qrun's terminal is in raw mode meanwhile")
     job.add_argument("-o", "--output", metavar="FILE", help="also copy all job output into FILE")
     job.add_argument("--local", action="append", default=[], metavar="PATH",
                      help="transparent: PATH (and below) is the execution host's, not forwarded home")
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.transparent and export["mode"] != "ALL":
             raise ValueError(f"--export={opts.export}: a --transparent job always gets this environment "
                              "(--export is for plain execution)")
+        if opts.pty and not os.isatty(0):
+            raise ValueError("--pty needs a terminal on qrun's standard input")
         requirements = [Requirement.parse(r) for r in opts.require]
         cfg = config.load(opts.config)
     except (ValueError, PlacementError, config.ConfigError) as exc:
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         welcome = {"argv": cmd, "env": dict(os.environ), "cwd": cwd, "umask": _umask(), "identity": {},
                    "policy": {"local": [], "home": []},
                    "options": {"timeout": timeout, "mode": "plain", "export": export}}
+    if opts.pty:
+        welcome["options"]["pty"] = terminal.describe(0)
     try:
         roots = home_roots(opts, cfg, launch) if opts.transparent else []
         if roots is None:

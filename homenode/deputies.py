@@ -40,7 +40,7 @@ class Deputies:
         """(home pid, signal) to relay for what happened to deputies that cannot be caught:
         SIGKILL (the deputy is gone), SIGSTOP (it stays stopped here, as its remote process
         will there) and the SIGCONT that ends such a stop."""
-        out = []
+        out: list[tuple[int, int]] = []
         for pid in list(self.live):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
@@ -49,13 +49,13 @@ class Deputies:
             if not done:
                 continue
             if os.WIFSTOPPED(status):
-                out.append((pid, signal.SIGSTOP))
+                out.append((pid, int(signal.SIGSTOP)))
             elif os.WIFCONTINUED(status):
-                out.append((pid, signal.SIGCONT))
+                out.append((pid, int(signal.SIGCONT)))
             else:
                 os.close(self.live.pop(pid))
                 if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-                    out.append((pid, signal.SIGKILL))
+                    out.append((pid, int(signal.SIGKILL)))
         return out
 
     def retire(self, pid: object) -> None:

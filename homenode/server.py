@@ -35,6 +35,8 @@ from qrun.homenode.executor import (
     wire_path,
 )
 from qrun.homenode.resolve import Local, Refused, Resolver
+from qrun.homenode.terminal import RawMode
+from qrun.homenode.terminal import size as terminal_size
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
@@ -130,6 +132,7 @@ class HomeServer:
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
         self.woke = 0.0    # when qrun last went on after being stopped with its job
+        self.raw: RawMode | None = None   # qrun's terminal, with --pty
 
 
     # ---- bootstrap --------------------------------------------------------------------
@@ -150,6 +153,9 @@ class HomeServer:
         (time out, Ctrl-C) runs `cancel`, so a queued job does not start later."""
         started = time.monotonic()
         announced = False
+        if self.welcome["options"].get("pty"):
+            self.raw = RawMode(0)
+            self.raw.enter()
         old_limit = _raise_fd_limit()  # the launcher (and so the job) keeps the user's limit
         err_fd = launcher.stderr.fileno() if launcher.stderr is not None else None
         if err_fd is not None:
@@ -190,6 +196,8 @@ class HomeServer:
                         if b == signal.SIGINT and now - last_int < 1.0:
                             # A second Ctrl-C within a second: stop at once, as srun does.
                             self._send_ctl("sig", pid=0, sig=signal.SIGKILL)
+                        elif b == signal.SIGWINCH and self.raw is not None:
+                            self._send_winch()  # the job's pty follows; its kernel says SIGWINCH
                         elif b in forwarded:
                             self._send_ctl("sig", pid=0, sig=b)
                         if b == signal.SIGINT:
@@ -232,6 +240,8 @@ class HomeServer:
                     raise JobFailed(f"the stub on {describe} died before the job ended "
                                     f"(launcher status {launcher.returncode})", 124)
         finally:
+            if self.raw is not None:
+                self.raw.restore()  # on every way out: job done, failed, qrun interrupted
             resource.setrlimit(resource.RLIMIT_NOFILE, old_limit)
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
@@ -301,6 +311,10 @@ class HomeServer:
         if self.ctl_id is not None:
             self.sock.send_multipart([self.ctl_id, frame])
 
+    def _send_winch(self) -> None:
+        rows, cols = terminal_size(0)
+        self._send_ctl("winch", rows=rows, cols=cols)
+
     def _resend_ctl(self, now: float) -> None:
         if self.ctl_id is None:
             return
@@ -343,8 +357,13 @@ class HomeServer:
         elif kind == "state" and msg["stopped"]:
             # The job stopped (Ctrl-Z, SIGTSTP, SIGSTOP): so does qrun, and its shell takes
             # over; `fg` (SIGCONT) wakes qrun, which passes SIGCONT on to the job.
+            if self.raw is not None:
+                self.raw.restore()
             os.kill(os.getpid(), signal.SIGSTOP)
             self.woke = time.monotonic()
+            if self.raw is not None:
+                self.raw.enter()
+                self._send_winch()  # the job redraws its screen
         elif kind == "exit":
             self._send(ident, "bye")
             return Outcome(exit_status(msg["status"]), exit_usage(msg["usage"]), msg["host"][:255],

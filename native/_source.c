@@ -15,6 +15,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -79,7 +80,7 @@ static void fail_and_exit(int fd, int step, int code)
 int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
                     const unsigned char *filter, int filter_len, int use_path_search,
-                    long ptrace_options)
+                    long ptrace_options, int terminal)
 {
     int traced = ptrace_options != 0;
     int sync[2] = { -1, -1 };
@@ -129,7 +130,9 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
     if (err_pipe > 3)
         syscall(SYS_close_range, 3, (unsigned)err_pipe - 1, 0);
     syscall(SYS_close_range, (unsigned)(err_pipe > 2 ? err_pipe + 1 : 3), ~0U, 0);
-    if (setpgid(0, 0) < 0)
+    /* Its own process group; with a terminal (stdin is a pty), its own session with the
+     * pty as controlling terminal, so job control and Ctrl-C work inside it. */
+    if (terminal ? setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0 : setpgid(0, 0) < 0)
         fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     /* Dies with the stub; and if the stub is already gone, do not run at all. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)

@@ -74,6 +74,7 @@ F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
 LOCK_CMDS = (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW)
 WNOWAIT = 0x01000000
 LOCK_NB = 4
+TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429  # the same on x86_64 and aarch64
 PARK_FIRST, PARK_MAX = 0.001, 0.05   # seconds between a waiting call's tries at home
 NR_OPENAT = {"x86_64": 257, "aarch64": 56}
 NR_NANOSLEEP = {arch: BY_NAME["nanosleep"].number(arch) or -1 for arch in ("x86_64", "aarch64")}
@@ -707,6 +708,23 @@ class Handlers:
         kind, _ = self.fds.kind(t.tid, s32(regs.arg(0)))
         if kind == HOME:
             skip(t.tid, -errno.ENOTTY)  # home placeholders are files and directories
+            return
+        cmd, arg = regs.arg(1) & 0xFFFFFFFF, regs.arg(2)
+        if cmd == TIOCSPGRP:  # a shell giving the terminal to a job: it names a home pgid
+            pgid = struct.unpack("<i", self.mem.read(t.tid, arg, 4))[0]
+            remote = self.to_remote(pgid)
+            if remote is not None:
+                scratch = Scratch(t.tid, regs.sp, self.mem)
+                args = regs.args()
+                args[2] = scratch.put(struct.pack("<i", remote))
+                scratch.commit()
+                set_args(t.tid, regs.nr, args)
+        elif cmd in (TIOCGPGRP, TIOCGSID):
+            def got(th: Thread, ret: int) -> None:
+                if ret == 0:
+                    remote = struct.unpack("<i", self.mem.read(th.tid, arg, 4))[0]
+                    self.mem.write(th.tid, arg, struct.pack("<i", self.to_home(remote)))
+            t.on_exit = got
 
     def h_no_home_fd(self, t: Thread, regs: Regs, sc: Syscall) -> None:
         for i, k in enumerate(sc.args):

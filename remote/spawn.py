@@ -9,7 +9,8 @@ from qrun.native import ffi, lib
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
-          seccomp_filter: bytes | None, ptrace_options: int = 0) -> tuple[int, int]:
+          seccomp_filter: bytes | None, ptrace_options: int = 0,
+          terminal: bool = False) -> tuple[int, int]:
     """Fork and exec argv with env in cwd on the given stdin/stdout/stderr. With a filter,
     the calling thread seizes the child (PTRACE_SEIZE with `ptrace_options`: it becomes
     the tracer) before the child installs the filter and execs.
@@ -26,7 +27,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int,
     pid = lib.qr_spawn_traced(os.fsencode(argv[0]), ffi.new("char *[]", c_args + [ffi.NULL]),
                               ffi.new("char *[]", c_env + [ffi.NULL]), os.fsencode(cwd),
                               stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search),
-                              ptrace_options if seccomp_filter is not None else 0)
+                              ptrace_options if seccomp_filter is not None else 0, int(terminal))
     os.close(w)
     if pid < 0:
         os.close(r)

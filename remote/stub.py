@@ -8,6 +8,7 @@ secret ever appears on a command line. Everything after that line is not read.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
@@ -15,8 +16,10 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
+import termios
 import threading
 import time
 from typing import Any
@@ -71,6 +74,7 @@ class StdioPump(threading.Thread):
         self.final: dict[str, Any] | None = None
         self.home_lost = threading.Event()
         self.told_stopped = False
+        self.pty: int | None = None   # the pty master, when the job has a terminal
         self.ctl_seen = 0   # home's control messages handled, in order (acknowledged in pings)
         self.last_heard = time.monotonic()
         self.done = threading.Event()
@@ -185,6 +189,8 @@ class StdioPump(threading.Thread):
                 self.in_eof = True
         elif t == "sig":
             self._signal(msg["pid"], msg["sig"])
+        elif t == "winch" and self.pty is not None:
+            set_winsize(self.pty, msg["rows"], msg["cols"])  # the kernel tells the job (SIGWINCH)
         elif t == "closed":
             # Home's reader of this stream has gone: close our end of the job's pipe, so
             # its next write fails with EPIPE (SIGPIPE) as it would at home.
@@ -209,6 +215,8 @@ class StdioPump(threading.Thread):
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
             return
+        except OSError:  # EIO: a pty whose every slave end is closed (the job is gone)
+            data = b""
         if data:
             # Blocking here is flow control (the home node is slow); a dead home node is
             # caught by the silence timer, which the send timeout lets run.
@@ -287,22 +295,37 @@ def login_env() -> dict[str, str]:
             "PATH": "/usr/local/bin:/usr/bin:/bin"}
 
 
-def plain_env(welcome: dict[str, Any]) -> dict[str, str]:
+def plain_env(welcome: dict[str, Any], pty: dict[str, Any] | None = None) -> dict[str, str]:
     """--export: ALL is home's environment; NONE a fresh login environment of this host;
-    a list is that plus the named variables (with home's or the given values)."""
+    a list is that plus the named variables (with home's or the given values). A job on
+    a terminal always gets home's TERM."""
     export = welcome["options"].get("export", {"mode": "ALL"})
     if export.get("mode") == "ALL":
         return {str(k): str(v) for k, v in welcome["env"].items()}
     env = login_env()
+    if pty is not None and pty.get("term"):
+        env["TERM"] = str(pty["term"])
     if export.get("mode") == "LIST":
         env.update({str(k): str(v) for k, v in export.get("vars", {}).items()})
     return env
 
 
-def start_stdio(ctl: zmq.Socket, timeout: float,
-                job: Tracer | PlainJob) -> tuple[StdioPump, tuple[int, int, int]]:
-    """The job's stdin/stdout/stderr pipes, relayed home by a running pump; returns the
-    job's ends (the caller closes them once the job has them)."""
+def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
+                pty: dict[str, Any] | None = None) -> tuple[StdioPump, tuple[int, int, int]]:
+    """The job's stdin/stdout/stderr (pipes, or one pty of the given size), relayed home by
+    a running pump; returns the job's ends (the caller closes them once the job has them)."""
+    if pty is not None:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        os.set_inheritable(slave, False)
+        set_winsize(master, int(pty.get("rows", 24)), int(pty.get("cols", 80)))
+        os.set_blocking(master, False)
+        writer = os.dup(master)  # closed at home's end of input; the pty itself stays
+        os.set_inheritable(writer, False)
+        pump = StdioPump(ctl, timeout, {master: 1}, writer, job)  # type: ignore[arg-type]
+        pump.pty = master
+        pump.start()
+        return pump, (slave, os.dup(slave), os.dup(slave))
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -310,6 +333,11 @@ def start_stdio(ctl: zmq.Socket, timeout: float,
     pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
     pump.start()
     return pump, (in_r, out_w, err_w)
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(0, min(rows, 65535)),
+                                                     max(0, min(cols, 65535)), 0, 0))
 
 
 def report_exit(pump: StdioPump, status: dict[str, Any], host: str) -> int:
@@ -328,12 +356,14 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
     host = socket.gethostname()
     os.umask(int(welcome["umask"]))
     job = PlainJob()
-    pump, stdio = start_stdio(ctl, timeout, job)
+    pty = welcome["options"].get("pty")
+    pump, stdio = start_stdio(ctl, timeout, job, pty)
     try:
         # (closed before any report: the pump sends the exit once the job's ends are shut)
         missing_cwd = not os.path.isdir(cwd)
         if not missing_cwd:
-            job.main_pid, err_fd = spawn(argv, plain_env(welcome), cwd, stdio, None)
+            job.main_pid, err_fd = spawn(argv, plain_env(welcome, pty), cwd, stdio, None,
+                                         terminal=pty is not None)
     except OSError as exc:
         eprint(f"cannot fork: {exc.strerror}")
         return EXIT_STUB_FAILURE
@@ -481,10 +511,11 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         eprint(msg)
 
     tracer = Tracer(rpc, fds, policy, welcome["identity"], warn)
-    pump, stdio = start_stdio(ctl, timeout, tracer)
+    pty = welcome["options"].get("pty")
+    pump, stdio = start_stdio(ctl, timeout, tracer, pty)
     tracer.on_stop_change = pump.wake
     try:
-        tracer.spawn(argv, env, cwd, real_cwd, stdio)
+        tracer.spawn(argv, env, cwd, real_cwd, stdio, terminal=pty is not None)
     finally:
         for fd in stdio:
             os.close(fd)

@@ -47,6 +47,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "in": {"d": (bytes,)},
     "closed": {"fd": (int,)},   # home's stdout or stderr reader went away
     "state": {"stopped": (bool,)},  # the job's main process stopped, or went on
+    "winch": {"rows": (int,), "cols": (int,)},  # home's terminal changed size (--pty)
     "sig": {"pid": (int,), "sig": (int,)},
     "ping": {},
     "pong": {},
