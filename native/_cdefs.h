@@ -21,7 +21,8 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
                     const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
                     const unsigned char *filter, int filter_len, int use_path_search,
                     long ptrace_options,    /* 0: not traced; else PTRACE_SEIZE with these */
-                    int terminal);          /* stdin is a pty: a new session, it the ctty */
+                    int terminal,           /* stdin is a pty: a session leader owns it */
+                    int *leader);           /* out: the child to wait for (the job, or that leader) */
 int qr_spawn_deputy(int report_fd, const char *name);
 
 int qr_get_regs(int pid, struct qr_regs *r);

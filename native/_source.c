@@ -77,64 +77,18 @@ static void fail_and_exit(int fd, int step, int code)
     _exit(code);
 }
 
-int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
-                    const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
-                    const unsigned char *filter, int filter_len, int use_path_search,
-                    long ptrace_options, int terminal)
+/* The job's own process: wait to be seized, then set up and exec. Never returns. */
+static void job_child(const char *path, char *const argv[], char *const envp[], const char *cwd,
+                      int err_pipe, const unsigned char *filter, int filter_len,
+                      int use_path_search, int traced, int sync_fd, pid_t parent)
 {
-    int traced = ptrace_options != 0;
-    int sync[2] = { -1, -1 };
-    if (traced && pipe2(sync, O_CLOEXEC) < 0)
-        return -errno;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        if (traced) { close(sync[0]); close(sync[1]); }
-        return -e;
-    }
-    if (pid > 0) {
-        if (!traced)
-            return pid;
-        /* PTRACE_SEIZE, not TRACEME: group-stops are then told apart (PTRACE_EVENT_STOP)
-         * and can be kept with PTRACE_LISTEN, so job control works. The child waits on
-         * `sync` until it is seized; if it cannot be, it is killed and says why. */
-        close(sync[0]);
-        if (ptrace(PTRACE_SEIZE, pid, 0, (void *)ptrace_options) < 0) {
-            int msg[2] = { QR_STEP_PTRACE, errno };
-            ssize_t n = write(err_pipe, msg, sizeof msg);
-            (void)n;
-            kill(pid, SIGKILL);
-        } else {
-            ssize_t n = write(sync[1], "g", 1);
-            (void)n;
-        }
-        close(sync[1]);
-        return pid;
-    }
-
-    /* Child: only async-signal-safe calls from here on. */
     if (traced) {
         char go;
-        close(sync[1]);
-        if (read(sync[0], &go, 1) != 1)
+        if (read(sync_fd, &go, 1) != 1)
             _exit(126);                 /* not seized: the stub says why */
-        close(sync[0]);
+        close(sync_fd);
     }
-    if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
-        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
-    if (err_pipe > 2 && fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
-        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
-    /* Close everything else the stub had open (zmq sockets, pipes); err_pipe stays,
-     * close-on-exec, so a failed exec can report its errno. */
-    if (err_pipe > 3)
-        syscall(SYS_close_range, 3, (unsigned)err_pipe - 1, 0);
-    syscall(SYS_close_range, (unsigned)(err_pipe > 2 ? err_pipe + 1 : 3), ~0U, 0);
-    /* Its own process group; with a terminal (stdin is a pty), its own session with the
-     * pty as controlling terminal, so job control and Ctrl-C work inside it. */
-    if (terminal ? setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0 : setpgid(0, 0) < 0)
-        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
-    /* Dies with the stub; and if the stub is already gone, do not run at all. */
+    /* Dies with its parent; and if that is already gone, does not run at all. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
         fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     if (cwd && chdir(cwd) < 0)
@@ -154,6 +108,128 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
         execve(path, argv, envp);
     }
     fail_and_exit(err_pipe, QR_STEP_EXEC, errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+}
+
+/* With a terminal: the session leader that owns the pty, with the job in a process group
+ * of its own in the foreground. A job that led the session itself would be an orphaned
+ * process group, and the kernel ignores Ctrl-Z (SIGTSTP) for those. It ends as the job
+ * ends, with the same status. */
+static void session_leader(int pid_pipe, int err_pipe, int sync_fd, const char *path,
+                           char *const argv[], char *const envp[], const char *cwd,
+                           const unsigned char *filter, int filter_len, int use_path_search,
+                           int traced)
+{
+    if (setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    pid_t me = getpid();
+    pid_t job = fork();
+    if (job < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    if (job == 0) {
+        close(pid_pipe);
+        sigset_t ttou, old;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        sigprocmask(SIG_BLOCK, &ttou, &old);
+        if (setpgid(0, 0) < 0 || tcsetpgrp(0, getpid()) < 0)
+            fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        job_child(path, argv, envp, cwd, err_pipe, filter, filter_len, use_path_search,
+                  traced, sync_fd, me);
+    }
+    ssize_t n = write(pid_pipe, &job, sizeof job);
+    (void)n;
+    close(pid_pipe);
+    if (sync_fd >= 0)
+        close(sync_fd);
+    close(err_pipe);
+    int st;
+    while (waitpid(job, &st, 0) < 0) {
+        if (errno != EINTR)
+            _exit(126);
+    }
+    if (WIFSIGNALED(st)) {
+        signal(WTERMSIG(st), SIG_DFL);
+        kill(getpid(), WTERMSIG(st));
+        _exit(128 + WTERMSIG(st));
+    }
+    _exit(WEXITSTATUS(st));
+}
+
+int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
+                    const char *cwd, int fd_in, int fd_out, int fd_err, int err_pipe,
+                    const unsigned char *filter, int filter_len, int use_path_search,
+                    long ptrace_options, int terminal, int *leader)
+{
+    int traced = ptrace_options != 0;
+    int sync[2] = { -1, -1 }, pids[2] = { -1, -1 };
+    if (traced && pipe2(sync, O_CLOEXEC) < 0)
+        return -errno;
+    if (terminal && pipe2(pids, O_CLOEXEC) < 0) {
+        int e = errno;
+        if (traced) { close(sync[0]); close(sync[1]); }
+        return -e;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        if (traced) { close(sync[0]); close(sync[1]); }
+        if (terminal) { close(pids[0]); close(pids[1]); }
+        return -e;
+    }
+    if (pid > 0) {
+        pid_t job = pid;
+        *leader = pid;
+        if (terminal) {
+            close(pids[1]);
+            if (read(pids[0], &job, sizeof job) != sizeof job)
+                job = pid;              /* the leader failed; it says why on err_pipe */
+            close(pids[0]);
+        }
+        if (!traced)
+            return job;
+        /* PTRACE_SEIZE, not TRACEME: group-stops are then told apart (PTRACE_EVENT_STOP)
+         * and can be kept with PTRACE_LISTEN, so job control works. The job waits on
+         * `sync` until it is seized; if it cannot be, it is killed and says why. */
+        close(sync[0]);
+        if (ptrace(PTRACE_SEIZE, job, 0, (void *)ptrace_options) < 0) {
+            int msg[2] = { QR_STEP_PTRACE, errno };
+            ssize_t n = write(err_pipe, msg, sizeof msg);
+            (void)n;
+            kill(job, SIGKILL);
+        } else {
+            ssize_t n = write(sync[1], "g", 1);
+            (void)n;
+        }
+        close(sync[1]);
+        return job;
+    }
+
+    /* Child: only async-signal-safe calls from here on. */
+    if (traced)
+        close(sync[1]);
+    if (terminal)
+        close(pids[0]);
+    if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    /* Keep err_pipe (close-on-exec, so a failed exec can report), sync and the pid pipe;
+     * close everything else the stub had open (zmq sockets, pipes). */
+    int keep[3] = { err_pipe, traced ? sync[0] : -1, terminal ? pids[1] : -1 };
+    for (int fd = 3; fd < 1024; fd++) {
+        if (fd != keep[0] && fd != keep[1] && fd != keep[2])
+            close(fd);
+    }
+    syscall(SYS_close_range, 1024, ~0U, 0);
+    if (fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    if (terminal)
+        session_leader(pids[1], err_pipe, traced ? sync[0] : -1, path, argv, envp, cwd,
+                       filter, filter_len, use_path_search, traced);
+    if (setpgid(0, 0) < 0)
+        fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
+    job_child(path, argv, envp, cwd, err_pipe, filter, filter_len, use_path_search, traced,
+              traced ? sync[0] : -1, parent);
     return -1;
 }
 

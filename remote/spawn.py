@@ -10,12 +10,17 @@ from qrun.native import ffi, lib
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int],
           seccomp_filter: bytes | None, ptrace_options: int = 0,
-          terminal: bool = False) -> tuple[int, int]:
+          terminal: bool = False) -> tuple[int, int, int]:
     """Fork and exec argv with env in cwd on the given stdin/stdout/stderr. With a filter,
     the calling thread seizes the child (PTRACE_SEIZE with `ptrace_options`: it becomes
     the tracer) before the child installs the filter and execs.
 
-    Returns (pid, fd): the fd tells how the job failed to start (see start_failure)."""
+    With `terminal` (stdio is a pty) a small session leader owns the pty and the job runs
+    in its own foreground process group under it, as under a login shell.
+
+    Returns (job pid, pid to wait for, fd): the second is the job itself, or with a
+    terminal the session leader, which ends with the job's status; the fd tells how the
+    job failed to start (see start_failure)."""
     c_args = [ffi.new("char[]", os.fsencode(a)) for a in argv]
     c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()]
     search = "/" not in argv[0]
@@ -24,15 +29,16 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int,
         os.environ["PATH"] = env.get("PATH", "/usr/bin:/bin")
     filt = seccomp_filter or b""
     r, w = os.pipe2(os.O_CLOEXEC)
+    leader = ffi.new("int *")
     pid = lib.qr_spawn_traced(os.fsencode(argv[0]), ffi.new("char *[]", c_args + [ffi.NULL]),
                               ffi.new("char *[]", c_env + [ffi.NULL]), os.fsencode(cwd),
                               stdio[0], stdio[1], stdio[2], w, filt, len(filt), int(search),
-                              ptrace_options if seccomp_filter is not None else 0, int(terminal))
+                              ptrace_options if seccomp_filter is not None else 0, int(terminal), leader)
     os.close(w)
     if pid < 0:
         os.close(r)
         raise OSError(-pid, "fork")
-    return pid, r
+    return pid, int(leader[0]), r
 
 
 def start_failure(fd: int) -> dict[str, object]:

@@ -362,8 +362,8 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
         # (closed before any report: the pump sends the exit once the job's ends are shut)
         missing_cwd = not os.path.isdir(cwd)
         if not missing_cwd:
-            job.main_pid, err_fd = spawn(argv, plain_env(welcome, pty), cwd, stdio, None,
-                                         terminal=pty is not None)
+            job.main_pid, wait_pid, err_fd = spawn(argv, plain_env(welcome, pty), cwd, stdio, None,
+                                                   terminal=pty is not None)
     except OSError as exc:
         eprint(f"cannot fork: {exc.strerror}")
         return EXIT_STUB_FAILURE
@@ -375,7 +375,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
                                   "error": f"the working directory {cwd} does not exist on {host}"}, host)
     while True:
         try:
-            _, status = os.waitpid(job.main_pid, 0)
+            _, status = os.waitpid(wait_pid, 0)
             break
         except InterruptedError:
             continue

@@ -103,7 +103,7 @@ class Tracer(Handlers):
     # ---- starting the job ---------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str, real_cwd: str,
               stdio: tuple[int, int, int], terminal: bool = False) -> int:
-        pid, self.exec_err_fd = spawn(argv, env, real_cwd, stdio, bpf.assemble(ARCH), OPTIONS, terminal)
+        pid, _, self.exec_err_fd = spawn(argv, env, real_cwd, stdio, bpf.assemble(ARCH), OPTIONS, terminal)
         self.main_pid = pid
         proc = Proc(pid, 0)
         self.procs[pid] = proc

@@ -100,6 +100,7 @@ def test_job_control_inside_a_remote_shell(pane: Pane, qrun_pty: str) -> None:
     assert "no job control" not in text, text
     pane.line("kill -9 %1 %2; exit")
     pane.line("exit")
+    time.sleep(1.5)  # typeahead while qrun ends would still go to the job
     pane.line("echo done:$?")
     pane.wait_for(lambda t: "done:" in t)
 
@@ -123,3 +124,20 @@ def test_pty_needs_a_terminal(qrun_cmd: list[str]) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip() == "qrun: --pty needs a terminal on qrun's standard input"
+
+
+def test_ctrl_z_stops_the_job_and_qrun_and_fg_resumes_both(pane: Pane, qrun_pty: str) -> None:
+    pane.line(f"{qrun_pty} /usr/bin/python3 -q")
+    pane.wait_for(lambda t: ">>>" in t)
+    pane.line("x = 21")
+    time.sleep(0.5)
+    pane.keys("C-z")
+    pane.wait_for(lambda t: "Stopped" in t)  # the home shell has its prompt back
+    pane.line("fg")
+    time.sleep(1.5)
+    pane.line("print(x * 2, 'resumed')")
+    pane.wait_for(lambda t: "42 resumed" in t)
+    pane.keys("C-d")
+    time.sleep(1.5)
+    pane.line("echo back:$?")
+    pane.wait_for(lambda t: "back:0" in t)
