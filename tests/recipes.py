@@ -44,6 +44,7 @@ RECIPES: dict[str, tuple[str, ...] | str] = {
     "qrun --via 'ssh host' --home-addr ADDR -- cmd args": (FAKE, SSH),
     "qrun -w host -- sh -c 'cmd1 \\| cmd2'": (FAKE, SSH),
     "qrun … < /dev/null": (FAKE, SSH),
+    "qrun --pty -- cmd": "not run here: it needs a terminal; tests/test_pty.py runs --pty jobs in tmux",
     # docs/cluster.md
     "qrun hosts": (FAKE, SSH),
     "qrun agent --keygen": (FAKE,),
