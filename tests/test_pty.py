@@ -141,3 +141,32 @@ def test_ctrl_z_stops_the_job_and_qrun_and_fg_resumes_both(pane: Pane, qrun_pty:
     time.sleep(1.5)
     pane.line("echo back:$?")
     pane.wait_for(lambda t: "back:0" in t)
+
+
+@pytest.mark.skipif(not shutil.which("vi"), reason="vi is not installed")
+def test_vi_edits_and_saves_a_home_file(pane: Pane, qrun_cmd: list[str], tmp_path: Path) -> None:
+    qrun = shlex.join(qrun_cmd + ["--transparent", "--host", "local", "--pty", "--", "vi", "notes.txt"])
+    pane.line(qrun)
+    time.sleep(2.5)
+    pane.keys("i", "hello from vi", "Escape")
+    time.sleep(0.5)
+    pane.keys(":wq", "Enter")
+    time.sleep(2)
+    assert (tmp_path / "notes.txt").read_text() == "hello from vi\n"
+    text = pane.text()
+    assert "Output is not to a terminal" not in text and "Input is not from a terminal" not in text
+
+
+def test_the_terminal_is_restored_after_the_job_is_killed(pane: Pane, qrun_cmd: list[str],
+                                                          tmp_path: Path) -> None:
+    before, after = tmp_path / "before", tmp_path / "after"
+    pane.line(f"stty -g > {before}")
+    marker = f"77{uuid.uuid4().int % 10**6}"
+    qrun = shlex.join(qrun_cmd + ["--host", "local", "--pty", "--", "sleep", marker])
+    pane.line(qrun)
+    time.sleep(2.5)
+    subprocess.run(["pkill", "-KILL", "-f", f"^sleep {marker}"], timeout=10)
+    time.sleep(1.5)
+    pane.line(f"stty -g > {after}; echo saved")
+    pane.wait_for(lambda t: "saved" in t)
+    assert after.read_text() == before.read_text()
