@@ -476,7 +476,10 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
 
 def report(o: Outcome, verbose: bool, argv0: str) -> int:
     st = o.status
-    if "signal" in st:
+    if st.get("error"):  # the job never ran (e.g. the host forbids ptrace): that, not its status
+        sys.stderr.write(f"qrun: {st['error']}\n")
+        code = exitcodes.BY_KIND.get(str(st.get("error_kind")), exitcodes.LAUNCH)
+    elif "signal" in st:
         sig = int(st["signal"])
         try:
             name = signal.Signals(sig).name
@@ -488,10 +491,7 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
         code = 128 + sig
     else:
         code = int(st.get("code", 1))
-        if st.get("error"):
-            sys.stderr.write(f"qrun: {st['error']}\n")
-            code = exitcodes.BY_KIND.get(str(st.get("error_kind")), exitcodes.LAUNCH)
-        elif st.get("spawn_errno"):
+        if st.get("spawn_errno"):
             what = "command not found" if code == 127 else os.strerror(int(st["spawn_errno"]))
             sys.stderr.write(f"qrun: {argv0}: {what}\n")
     if verbose:
