@@ -35,6 +35,7 @@ from qrun.syscalls.paths import PathPolicy
 from zmq.utils.monitor import recv_monitor_message
 
 EXIT_STUB_FAILURE = 125
+STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
 EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
 
 
@@ -127,7 +128,10 @@ class StdioPump(threading.Thread):
                         disconnected_at = disconnected_at or now
                     elif event == zmq.EVENT_CONNECTED:
                         disconnected_at = None
-            if disconnected_at is not None and now - disconnected_at > grace and bye_deadline is None:
+            # A stopped job's home node may be stopped too (qrun stops with its job): give it
+            # long enough to be resumed before counting it as gone.
+            allowed = STOPPED_GRACE if self.told_stopped else grace
+            if disconnected_at is not None and now - disconnected_at > allowed and bye_deadline is None:
                 eprint(f"the home node closed the connection ({grace:.0f} s ago); killing the job")
                 self.home_lost.set()
                 self.tracer.kill_all()
