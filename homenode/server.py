@@ -131,7 +131,6 @@ class HomeServer:
         self.closed_streams: set[int] = set()
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
-        self.woke = 0.0    # when qrun last went on after being stopped with its job
         self.raw: RawMode | None = None   # qrun's terminal, with --pty
 
 
@@ -185,7 +184,6 @@ class HomeServer:
                 if self.sock in events:
                     last_heard = now
                     outcome = self.receive(started)
-                    last_heard = max(last_heard, self.woke)  # not silent: we were stopped
                     if outcome is not None:
                         self._last_words(launcher, err_fd, started)
                         return outcome
@@ -359,8 +357,7 @@ class HomeServer:
             # over; `fg` (SIGCONT) wakes qrun, which passes SIGCONT on to the job.
             if self.raw is not None:
                 self.raw.restore()
-            os.kill(os.getpid(), signal.SIGSTOP)
-            self.woke = time.monotonic()
+            os.kill(os.getpid(), signal.SIGSTOP)  # (its SIGCONT resets the silence timer)
             if self.raw is not None:
                 self.raw.enter()
                 self._send_winch()  # the job redraws its screen

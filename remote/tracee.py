@@ -53,7 +53,6 @@ class Thread:
     fs: FsState
     on_exit: Callable[[Thread, int], None] | None = None  # run at the syscall-exit stop
     clone_flags: int = 0       # flags of the clone/fork this thread is executing
-    attached: bool = False     # its initial SIGSTOP has been seen
     wait_delay: float = 0.0    # a call waiting at home (a lock): seconds until its next try
 
 

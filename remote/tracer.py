@@ -107,7 +107,7 @@ class Tracer(Handlers):
         self.main_pid = pid
         proc = Proc(pid, 0)
         self.procs[pid] = proc
-        self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)), attached=True)
+        self.threads[pid] = Thread(pid, proc, FsState(cwd, os.umask(0o022)))
         os.umask(self.threads[pid].fs.umask)
         return pid
 
@@ -169,7 +169,7 @@ class Tracer(Handlers):
                 if sig in STOP_SIGNALS:
                     self.group_stop(t)  # stopped, and stays so until SIGCONT
                     return
-                t.attached = True  # a new child's first stop (or an interrupt): go on
+                # otherwise a new child's first stop (or an interrupt): it goes on below
             else:
                 if sig == signal.SIGCONT and t.proc.tgid in self.stopped:
                     self.stopped.discard(t.proc.tgid)
@@ -262,7 +262,6 @@ class Tracer(Handlers):
         self.threads[child_tid] = child
         if child_tid in self.early:
             self.early.discard(child_tid)
-            child.attached = True
             self.resume(child)
 
     def fork_done(self, tid: int) -> None:
