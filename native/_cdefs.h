@@ -29,6 +29,10 @@ int qr_get_regs(int pid, struct qr_regs *r);
 int qr_set_args(int pid, long nr, const unsigned long *args);
 int qr_skip(int pid, long retval);
 int qr_set_ret(int pid, long retval);
+/* At a syscall-exit stop: put back the arguments (and number) a rewritten call had when the
+ * job made it, keeping its result. The syscall ABI preserves argument registers, and a call
+ * the kernel restarts is then the job's own again. */
+int qr_restore_args(int pid, long nr, const unsigned long *args);
 
 long qr_read_mem(int pid, unsigned long addr, void *buf, size_t len);
 long qr_write_mem(int pid, unsigned long addr, const void *buf, size_t len);

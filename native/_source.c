@@ -314,6 +314,13 @@ int qr_set_ret(int pid, long retval)
     return ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax),
                   (void *)retval) < 0 ? -errno : 0;
 }
+
+int qr_restore_args(int pid, long nr, const unsigned long *a)
+{
+    /* At the exit stop rax holds the result and is kept; orig_rax is what the kernel
+     * issues again if it restarts the call. */
+    return qr_set_args(pid, nr, a);
+}
 #elif defined(__aarch64__)
 static int getregset(int pid, struct user_pt_regs *u)
 {
@@ -375,6 +382,20 @@ int qr_set_ret(int pid, long retval)
         return e;
     u.regs[0] = (unsigned long)retval;
     return setregset(pid, &u);
+}
+int qr_restore_args(int pid, long nr, const unsigned long *a)
+{
+    /* x0 is both the first argument and the result: it keeps the result. A restart by the
+     * kernel reloads x0 from orig_x0, which ptrace cannot set, so there the first argument
+     * stays the rewritten one. */
+    struct user_pt_regs u;
+    int e = getregset(pid, &u);
+    if (e < 0)
+        return e;
+    for (int i = 1; i < 6; i++)
+        u.regs[i] = a[i];
+    e = setregset(pid, &u);
+    return e < 0 ? e : set_nr(pid, (int)nr);
 }
 int qr_restart(int pid, long nr, const unsigned long *a, int interrupted)
 {

@@ -28,7 +28,7 @@ from qrun.remote.tracee import (
     restart,
     s32,
     s64,
-    set_args,
+    rewrite,
     set_ret,
     signal_pending,
     skip,
@@ -262,7 +262,7 @@ class Handlers:
             if i > 0 and isinstance(sc.args[i - 1], DirFd):
                 args[i - 1] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
         scratch.commit()
-        set_args(t.tid, regs.nr, args)
+        rewrite(t, regs, regs.nr, args)
 
     # ---- regular routes ----------------------------------------------------------------
     def by_path(self, t: Thread, regs: Regs, sc: Syscall) -> None:
@@ -503,7 +503,7 @@ class Handlers:
         scratch = Scratch(t.tid, regs.sp, self.mem)
         p = scratch.put_str(os.fsencode(local_path))
         scratch.commit()
-        set_args(t.tid, NR_OPENAT[self.arch], [AT_FDCWD, p, fl, 0, 0, 0])
+        rewrite(t, regs, NR_OPENAT[self.arch], [AT_FDCWD, p, fl, 0, 0, 0])
         self.open_handles.add(handle)
         self.pending_handles.add(handle)
 
@@ -621,11 +621,11 @@ class Handlers:
             argv_p = scratch.put_ptrs(new_argv)
             exe_p = scratch.put_str(exe)
             scratch.commit()
-            set_args(t.tid, NR_EXECVE[self.arch], [exe_p, argv_p, a[env_i], 0, 0, 0])
+            rewrite(t, regs, NR_EXECVE[self.arch], [exe_p, argv_p, a[env_i], 0, 0, 0])
             return
         exe_p = scratch.put_str(os.fsencode(local))
         scratch.commit()
-        set_args(t.tid, NR_EXECVE[self.arch], [exe_p, a[argv_i], a[env_i], 0, 0, 0])
+        rewrite(t, regs, NR_EXECVE[self.arch], [exe_p, a[argv_i], a[env_i], 0, 0, 0])
 
     # ---- fd bookkeeping ------------------------------------------------------------------
     def h_close(self, t: Thread, regs: Regs, sc: Syscall) -> None:
@@ -698,7 +698,7 @@ class Handlers:
         ts = scratch.put(struct.pack("<qq", 0, int(t.wait_delay * 1e9)))
         scratch.commit()
         nr, args = regs.nr, regs.args()
-        set_args(t.tid, NR_NANOSLEEP[self.arch], [ts, 0, 0, 0, 0, 0])
+        rewrite(t, regs, NR_NANOSLEEP[self.arch], [ts, 0, 0, 0, 0, 0])
 
         def again(th: Thread, ret: int) -> None:
             restart(th.tid, nr, args, signal_pending(th.tid))
@@ -718,7 +718,7 @@ class Handlers:
                 args = regs.args()
                 args[2] = scratch.put(struct.pack("<i", remote))
                 scratch.commit()
-                set_args(t.tid, regs.nr, args)
+                rewrite(t, regs, regs.nr, args)
         elif cmd in (TIOCGPGRP, TIOCGSID):
             def got(th: Thread, ret: int) -> None:
                 if ret == 0:
@@ -918,7 +918,7 @@ class Handlers:
                 args[i] = (r if v > 0 else -r) & 0xFFFFFFFFFFFFFFFF
                 changed = True
         if changed:
-            set_args(t.tid, regs.nr, args)
+            rewrite(t, regs, regs.nr, args)
         return ours
 
     def h_kill(self, t: Thread, regs: Regs, sc: Syscall) -> None:

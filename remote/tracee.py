@@ -54,6 +54,13 @@ class Thread:
     on_exit: Callable[[Thread, int], None] | None = None  # run at the syscall-exit stop
     clone_flags: int = 0       # flags of the clone/fork this thread is executing
     wait_delay: float = 0.0    # a call waiting at home (a lock): seconds until its next try
+    # The job's own (nr, args) of the call in progress, if qrun rewrote them: put back at
+    # the exit stop (see `rewrite`).
+    rewritten: tuple[int, list[int]] | None = None
+
+    @property
+    def wants_exit_stop(self) -> bool:
+        return self.on_exit is not None or self.rewritten is not None
 
 
 class Regs:
@@ -148,8 +155,7 @@ def set_ret(tid: int, retval: int) -> None:
 
 
 def restart(tid: int, nr: int, args: list[int], interrupted: bool) -> None:
-    rc = lib.qr_restart(tid, nr, ffi.new("unsigned long[6]", [a & (_U64 - 1) for a in args]),
-                        int(interrupted))
+    rc = lib.qr_restart(tid, nr, _words(args), int(interrupted))
     if rc < 0:
         raise OSError(-rc, "restart syscall")
 
@@ -168,10 +174,31 @@ def signal_pending(tid: int) -> bool:
     return bool((fields.get("SigPnd", 0) | fields.get("ShdPnd", 0)) & ~fields.get("SigBlk", 0))
 
 
-def set_args(tid: int, nr: int, args: list[int]) -> None:
-    rc = lib.qr_set_args(tid, nr, ffi.new("unsigned long[6]", [a & (_U64 - 1) for a in args]))
+def _words(args: list[int]) -> object:
+    return ffi.new("unsigned long[6]", [a & (_U64 - 1) for a in args])
+
+
+def rewrite(t: Thread, regs: Regs, nr: int, args: list[int]) -> None:
+    """Make the kernel run (nr, args) for the call `t` is stopped in. The job's own number
+    and arguments come back at the exit stop: the syscall ABI keeps argument registers
+    (inline `syscall` code relies on that), and a call the kernel restarts after a signal
+    must reach the handlers as the job made it, not as already rewritten (a home pid
+    translated twice names some other process)."""
+    if t.rewritten is None:
+        t.rewritten = (regs.nr, regs.args())
+    rc = lib.qr_set_args(t.tid, nr, _words(args))
     if rc < 0:
         raise OSError(-rc, "set syscall arguments")
+
+
+def restore_args(t: Thread) -> None:
+    """At the exit stop: undo `rewrite`, keeping the call's result."""
+    if t.rewritten is None:
+        return
+    (nr, args), t.rewritten = t.rewritten, None
+    rc = lib.qr_restore_args(t.tid, nr, _words(args))
+    if rc < 0 and rc != -errno.ESRCH:
+        raise OSError(-rc, "restore syscall arguments")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from qrun.remote.channel import GoLocal, HomeBusy, HomeLost, Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.handlers import Handlers
 from qrun.remote.spawn import spawn, start_failure
-from qrun.remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, skip
+from qrun.remote.tracee import CLONE_FS, CLONE_THREAD, FsState, Proc, Regs, Thread, restore_args, skip
 from qrun.syscalls import bpf
 from qrun.syscalls.model import Route
 from qrun.syscalls.paths import PathPolicy
@@ -163,6 +163,7 @@ class Tracer(Handlers):
             elif event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
                 self._adopt(t, lib.qr_geteventmsg(pid))
             elif event == EVENT_EXEC:
+                t.rewritten = None  # a new program: its registers are its own
                 t.proc.exe = t.proc.next_exe
                 self.sweep_handles()
             elif event == EVENT_STOP:
@@ -199,9 +200,10 @@ class Tracer(Handlers):
         return self.main_pid in self.stopped
 
     def resume(self, t: Thread, sig: int = 0) -> None:
-        rc = lib.qr_syscall(t.tid, sig) if t.on_exit else lib.qr_cont(t.tid, sig)
+        exit_stop = t.wants_exit_stop
+        rc = lib.qr_syscall(t.tid, sig) if exit_stop else lib.qr_cont(t.tid, sig)
         if DEBUG:
-            sys.stderr.write(f"[trace]   resume {t.tid} sig={sig} syscall={bool(t.on_exit)} rc={rc}\n")
+            sys.stderr.write(f"[trace]   resume {t.tid} sig={sig} syscall={exit_stop} rc={rc}\n")
         if rc < 0 and rc != -errno.ESRCH:
             raise OSError(-rc, "ptrace resume")
 
@@ -247,8 +249,10 @@ class Tracer(Handlers):
 
     def _syscall_exit(self, t: Thread) -> None:
         cb, t.on_exit = t.on_exit, None
+        ret = self.regs.load(t.tid).ret
+        restore_args(t)
         if cb is not None:
-            cb(t, self.regs.load(t.tid).ret)
+            cb(t, ret)
 
     def _adopt(self, parent: Thread, child_tid: int) -> None:
         flags = parent.clone_flags
