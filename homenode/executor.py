@@ -9,44 +9,23 @@ be executed, and every value is type-checked first.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import platform
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qrun.homenode.resolve import Local, Resolved, Resolver
 from qrun.homenode.schema import BadRequest, for_syscall
 from qrun.homenode.schema import check as check_args
-from qrun.syscalls import flags as wflags
-from qrun.syscalls import structs
-from qrun.syscalls.model import (
-    BufIn,
-    BufOut,
-    DirFd,
-    Fd,
-    Flags,
-    Int,
-    IovIn,
-    IovOut,
-    Path,
-    PathOut,
-    Pid,
-    Str,
-    StructIn,
-    StructOut,
-    Syscall,
-)
+from qrun.native import ffi, lib
+from qrun.syscalls.abi import AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
+from qrun.syscalls.codecs import codec
+from qrun.syscalls.model import DirFd, Flags, Path, Syscall
 from qrun.syscalls.table import TABLE
 
 ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine()]
-AT_FDCWD = -100
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 FORWARDABLE: dict[str, Syscall] = {s.name: s for s in TABLE if s.forwardable}
 _CHECKS = {name: for_syscall(sc) for name, sc in FORWARDABLE.items()}
@@ -106,7 +85,6 @@ def wire_path(v: object, dirfd_given: bool, handles: Handles) -> bytes:
     return p
 
 
-AT_SYMLINK_NOFOLLOW, AT_SYMLINK_FOLLOW = 0x100, 0x400
 
 
 def _follows(sc: Syscall, kind: Path, args: list[Any]) -> bool:
@@ -131,81 +109,87 @@ def execute(sc: Syscall, args: list[Any], handles: Handles,
             r.close()
 
 
+@dataclass
+class _Call:
+    """One call being built at home: the codecs ask it for fds, resolved paths and buffers
+    (kept alive here until the call returns)."""
+    sc: Syscall
+    args: list[Any]
+    handles: Handles
+    resolver: Resolver
+    resolved: list[Resolved]
+    arch: str = ARCH
+    c_args: list[int] = field(default_factory=list)
+    sizes: dict[int, int] = field(default_factory=dict)  # lengths set by the buffer actually sent
+    keep: list[Any] = field(default_factory=list)
+
+    def fd(self, handle: object) -> int:
+        return self.handles.fd(handle)
+
+    def dirfd(self, i: int, handle: object) -> int:
+        return AT_FDCWD if handle is None else self.handles.fd(handle)
+
+    def path(self, i: int, v: object) -> int:
+        if v is None:
+            return 0
+        dirfd_given = i > 0 and isinstance(self.sc.args[i - 1], DirFd) and self.args[i - 1] is not None
+        p = wire_path(v, dirfd_given, self.handles)
+        if not isinstance(v, list):  # [handle]: a file the job already holds
+            try:
+                kind = self.sc.args[i]
+                assert isinstance(kind, Path)
+                r = self.resolver.resolve(self.handles.fd(self.args[i - 1]) if dirfd_given else None,
+                                          p, _follows(self.sc, kind, self.args))
+            except Local as exc:
+                raise Local(exc.path, i) from None
+            self.resolved.append(r)
+            if r.path:  # "" is AT_EMPTY_PATH: the directory handle stays
+                p = r.path
+                if i > 0 and isinstance(self.sc.args[i - 1], DirFd):
+                    self.c_args[i - 1] = AT_FDCWD
+        return self.address(self.buffer(p + b"\0"))
+
+    def buffer(self, content: bytes | int) -> Any:
+        buf = ffi.new("char[]", content)
+        self.keep.append(buf)
+        return buf
+
+    def address(self, buf: Any) -> int:
+        return int(ffi.cast("intptr_t", buf))
+
+    def contents(self, buf: Any, size: int | None = None) -> bytes:
+        return ffi.buffer(buf, size)[:] if size is not None else ffi.buffer(buf)[:]
+
+    def size_is(self, i: int, n: int) -> None:
+        self.sizes[i] = n
+
+
 def _execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
              resolved: list[Resolved]) -> tuple[int, str | None, dict[str, Any]]:
-    c_args: list[Any] = []
-    outputs: dict[int, tuple[Any, BufOut | PathOut | StructOut]] = {}
-    sizes: dict[int, int] = {}  # length arguments overridden by the buffer actually sent
+    call = _Call(sc, args, handles, resolver, resolved)
+    outputs: dict[int, Any] = {}
     for i, (kind, v) in enumerate(zip(sc.args, args, strict=True)):
-        if isinstance(kind, Fd):
-            c_args.append(ctypes.c_long(handles.fd(v)))
-        elif isinstance(kind, DirFd):
-            c_args.append(ctypes.c_long(AT_FDCWD if v is None else handles.fd(v)))
-        elif isinstance(kind, Path):
-            if v is None:
-                c_args.append(ctypes.c_void_p(None))
-                continue
-            has_dirfd = i > 0 and isinstance(sc.args[i - 1], DirFd)
-            dirfd_given = has_dirfd and args[i - 1] is not None
-            path = wire_path(v, dirfd_given, handles)
-            if not isinstance(v, list):  # [handle]: a file the job already holds
-                try:
-                    r = resolver.resolve(handles.fd(args[i - 1]) if dirfd_given else None, path,
-                                         _follows(sc, kind, args))
-                except Local as exc:
-                    raise Local(exc.path, i) from None
-                resolved.append(r)
-                if r.path:  # "" is AT_EMPTY_PATH: the directory handle stays
-                    path = r.path
-                    if has_dirfd:
-                        c_args[i - 1] = ctypes.c_long(AT_FDCWD)
-            c_args.append(ctypes.c_char_p(path))
-        # (every value below was checked against the call's schema: types and ranges)
-        elif isinstance(kind, Str):
-            c_args.append(ctypes.c_char_p(v))
-        elif isinstance(kind, Flags):
-            c_args.append(ctypes.c_long(wflags.open_from_wire(ARCH, v) if kind.family == "open" else v))
-        elif isinstance(kind, (Int, Pid)):
-            c_args.append(ctypes.c_long(v))
-        elif isinstance(kind, BufIn):
-            c_args.append(ctypes.create_string_buffer(v, len(v)))
-            sizes[kind.size] = len(v)
-        elif isinstance(kind, (BufOut, PathOut)):
-            n = v
-            buf = ctypes.create_string_buffer(n)
-            c_args.append(buf)
-            outputs[i] = (buf, kind)
-            sizes[kind.size] = n
-        elif isinstance(kind, StructIn):
-            if v is None:
-                c_args.append(ctypes.c_void_p(None))
-            else:
-                if len(v) != structs.SIZES[ARCH][kind.type]:
-                    raise BadRequest(f"{kind.type}: wrong size")
-                c_args.append(ctypes.create_string_buffer(v, len(v)))
-        elif isinstance(kind, StructOut):
-            buf = ctypes.create_string_buffer(structs.SIZES[ARCH][kind.type])
-            c_args.append(buf)
-            outputs[i] = (buf, kind)
-        elif isinstance(kind, (IovIn, IovOut)):
-            raise BadRequest(f"{sc.name}: iovec calls are sent as their plain forms")
-    for i, n in sizes.items():
-        c_args[i] = ctypes.c_long(n)
+        call.c_args.append(0)
+        call.c_args[i], buf = codec(kind).to_c(kind, i, v, call)
+        if buf is not None:
+            outputs[i] = buf
+    for i, n in call.sizes.items():
+        call.c_args[i] = n
     nr = sc.number(ARCH)
     if nr is None:
         raise BadRequest(f"{sc.name} does not exist on this home node's architecture ({ARCH})")
-    ctypes.set_errno(0)
-    ret = _syscall(ctypes.c_long(nr), *c_args)
+    words = ffi.new("long[6]", [_word(a) for a in call.c_args] + [0] * (6 - len(call.c_args)))
+    ret = lib.qr_raw_syscall(nr, words)
     if ret < 0:
-        e = ctypes.get_errno()
-        return -1, errno.errorcode.get(e, "EIO"), {}
-    out: dict[str, Any] = {}
-    for i, (buf, out_kind) in outputs.items():
-        if isinstance(out_kind, StructOut):
-            out[str(i)] = structs.struct_to_wire(ARCH, out_kind.type, buf.raw)
-        else:
-            out[str(i)] = buf.raw[:ret]
+        return -1, errno.errorcode.get(-ret, "EIO"), {}
+    out = {str(i): codec(sc.args[i]).output(sc.args[i], call, buf, ret) for i, buf in outputs.items()}
     return ret, None, out
+
+
+def _word(v: int) -> int:
+    """A C long from any 64-bit pattern (flags and addresses may use the top bit)."""
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def stat_to_wire(st: os.stat_result) -> list[int]:
@@ -219,4 +203,4 @@ def stat_to_wire(st: os.stat_result) -> list[int]:
 def is_copyable(st: os.stat_result, flags: int) -> bool:
     """Read-only opens of regular files become local copies on the execution host."""
     return (stat.S_ISREG(st.st_mode) and flags & os.O_ACCMODE == os.O_RDONLY
-            and not flags & getattr(os, "O_PATH", 0o10000000))
+            and not flags & os.O_PATH)

@@ -9,101 +9,31 @@ home node's own operations declare theirs in `OPS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from qrun.syscalls.model import (
-    BufIn,
-    BufOut,
-    DirFd,
-    Fd,
-    Flags,
-    Int,
-    IovIn,
-    IovOut,
-    Path,
-    PathOut,
-    Pid,
-    Str,
-    StructIn,
-    StructOut,
-    Syscall,
+from qrun.syscalls.codecs import codec
+from qrun.syscalls.model import Syscall
+from qrun.syscalls.wirecheck import (  # noqa: F401 - part of this module's interface
+    HANDLE,
+    I32,
+    I64,
+    MAX_BUF,
+    MAX_FETCH,
+    MAX_STR,
+    SIZE,
+    STRING,
+    U32,
+    BadRequest,
+    Check,
+    boolean,
+    data,
+    integer,
+    list_of,
+    nothing,
+    optional,
+    path,
 )
-
-MAX_BUF = 8 << 20       # largest buffer a single call moves (the stub splits larger ones)
-MAX_STR = 4096          # PATH_MAX, and the longest string argument we pass on
-MAX_FETCH = 64 << 20
-
-
-class BadRequest(ValueError):
-    """A request that does not fit its schema: answered with an error, never executed."""
-
-
-Check = Callable[[object], None]
-
-
-def integer(lo: int, hi: int, what: str = "integer") -> Check:
-    def check(v: object) -> None:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise BadRequest(f"{what} expected, got {type(v).__name__}")
-        if not lo <= v <= hi:
-            raise BadRequest(f"{what} out of range: {v}")
-    return check
-
-
-def optional(inner: Check) -> Check:
-    def check(v: object) -> None:
-        if v is not None:
-            inner(v)
-    return check
-
-
-def boolean(v: object) -> None:
-    if not isinstance(v, bool):
-        raise BadRequest("boolean expected")
-
-
-def data(max_len: int, nul_ok: bool = True, exact: int | None = None) -> Check:
-    def check(v: object) -> None:
-        if not isinstance(v, bytes):
-            raise BadRequest(f"bytes expected, got {type(v).__name__}")
-        if len(v) > max_len or (exact is not None and len(v) != exact):
-            raise BadRequest(f"{len(v)} bytes where at most {exact or max_len} fit")
-        if not nul_ok and b"\0" in v:
-            raise BadRequest("string contains NUL")
-    return check
-
-
-HANDLE = integer(1, 2**62, "handle")
-I32 = integer(-2**31, 2**31 - 1)
-U32 = integer(0, 2**32 - 1)
-I64 = integer(-2**63, 2**63 - 1)
-SIZE = integer(0, 2**62)
-STRING = data(MAX_STR, nul_ok=False)
-
-
-def path(v: object) -> None:
-    """A path: bytes without NUL, or [handle] (that handle's own file, see executor)."""
-    if isinstance(v, list):
-        if len(v) != 1:
-            raise BadRequest("an fd path is [handle]")
-        HANDLE(v[0])
-        return
-    STRING(v)
-
-
-def list_of(inner: Check, n: int) -> Check:
-    def check(v: object) -> None:
-        if not isinstance(v, list) or len(v) != n:
-            raise BadRequest(f"a list of {n} expected")
-        for x in v:
-            inner(x)
-    return check
-
-
-def nothing(v: object) -> None:
-    if v is not None:
-        raise BadRequest("nothing expected")
 
 
 def _kill_pid(v: object) -> None:
@@ -112,7 +42,7 @@ def _kill_pid(v: object) -> None:
         raise BadRequest("kill: pid 0 and -1 are the job's own business")
 
 
-# The home node's own operations (HomeServer.op_<name>), argument by argument.
+# The home node's own operations (HomeOps.op_<name>), argument by argument.
 OPS: dict[str, tuple[Check, ...]] = {
     # flags and mode are 64-bit for openat2 (open_how), 32-bit otherwise
     "open": (optional(HANDLE), path, integer(0, 2**64 - 1, "flags"), integer(0, 2**64 - 1, "mode"), boolean,
@@ -132,38 +62,8 @@ def _name(v: object) -> None:
         raise BadRequest("a process name (a short string) expected")
 
 
-def _kind_check(kind: object) -> Check:
-    if isinstance(kind, Fd):
-        return HANDLE
-    if isinstance(kind, DirFd):
-        return optional(HANDLE)
-    if isinstance(kind, Path):
-        return optional(path)
-    if isinstance(kind, Str):
-        return STRING
-    if isinstance(kind, Flags):
-        return U32
-    if isinstance(kind, Int):
-        return I64
-    if isinstance(kind, Pid):
-        return I32
-    if isinstance(kind, BufIn):
-        return data(MAX_BUF)
-    if isinstance(kind, (BufOut, PathOut)):
-        return integer(0, MAX_BUF, "buffer size")
-    if isinstance(kind, StructIn):
-        return optional(data(4096))
-    if isinstance(kind, StructOut):
-        return nothing
-    if isinstance(kind, (IovIn, IovOut)):
-        def refuse(v: object) -> None:
-            raise BadRequest("iovec calls are sent as their plain forms")
-        return refuse
-    raise AssertionError(f"no check for argument kind {kind!r}")
-
-
 def for_syscall(sc: Syscall) -> tuple[Check, ...]:
-    return tuple(_kind_check(k) for k in sc.args)
+    return tuple(codec(k).checker(k) for k in sc.args)
 
 
 def check(name: str, checks: Sequence[Check], args: object) -> list[Any]:

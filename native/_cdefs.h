@@ -68,3 +68,13 @@ int qr_restart(int pid, long nr, const unsigned long *args, int interrupted);
 
 /* openat2(2) itself (how: a struct open_how of `size` bytes); returns the fd or -errno. */
 int qr_openat2(int dirfd, const char *path, const void *how, size_t size);
+
+/* ---- path policy, on its own ----------------------------------------------------------
+ * The decision qr_wait_filtered() makes for a path argument, as a pure function: 0 when
+ * the wait loop would run the call locally, 1 when it would not (the path routes home
+ * under `policy`, or it is one the tracer decides: not absolute, not plainly written, under
+ * a P prefix, or an N prefix followed by a digit). */
+int qr_policy_routes_home(const char *path, const char *policy, int policy_len);
+
+/* The home node's generic executor: syscall(nr, a[0..5]); the result or -errno. */
+long qr_raw_syscall(long nr, const long *args);

@@ -642,3 +642,23 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
             return pid;
     }
 }
+
+/* ---- path policy, on its own ----------------------------------------------------------
+ * The wait loop's path decision as a pure function, so that tests can hold it against
+ * qrun.syscalls.paths.PathPolicy (tests/test_table_sources.py). It is routes_local()
+ * itself, the code qr_wait_filtered() calls: nothing is duplicated. */
+int qr_policy_routes_home(const char *path, const char *policy, int policy_len)
+{
+    return !routes_local(path, policy, policy_len);
+}
+/* ---- end of path policy ---------------------------------------------------------------- */
+
+/* ---- the home node's raw system calls ------------------------------------------------ */
+
+/* syscall(2) with six word-sized arguments (pointers passed as their addresses); returns
+ * the result, or -errno. */
+long qr_raw_syscall(long nr, const long *a)
+{
+    long r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    return r < 0 ? -errno : r;
+}

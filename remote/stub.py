@@ -28,8 +28,10 @@ import zmq
 from qrun.native import ffi, lib
 from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
+from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
-from qrun.remote.tracer import ARCH, Tracer
+from qrun.remote.trace import CallTrace, select
+from qrun.remote.tracer import ARCH, DEBUG, Tracer
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
 from zmq.utils.monitor import recv_monitor_message
@@ -208,7 +210,7 @@ class StdioPump(threading.Thread):
             if home_pid == 0:
                 os.killpg(self.tracer.main_pid, sig)
             else:
-                remote = self.tracer.remote_of.get(home_pid)
+                remote = self.tracer.remote_pid(home_pid)
                 if remote is not None:
                     os.kill(remote, sig)
         except (ProcessLookupError, PermissionError, ValueError):
@@ -514,7 +516,13 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     def warn(msg: str) -> None:
         eprint(msg)
 
-    tracer = Tracer(rpc, fds, policy, welcome["identity"], warn)
+    job = Job.build(rpc, fds, policy, welcome["identity"], ARCH, warn, debug=DEBUG)
+    trace_spec = welcome["options"].get("trace")
+    trace = None
+    if isinstance(trace_spec, str):
+        mark = "\x1eqrun-trace " if welcome["options"].get("trace_marked") else ""
+        trace = CallTrace(select(trace_spec), sys.stderr, job.pids.to_home, lambda: rpc.seq, mark)
+    tracer = Tracer(job, trace)
     pty = welcome["options"].get("pty")
     pump, stdio = start_stdio(ctl, timeout, tracer, pty)
     tracer.on_stop_change = pump.wake

@@ -81,14 +81,6 @@ def _route(sc: Syscall) -> str:
     return sc.route.value
 
 
-def _idempotent(sc: Syscall) -> str:
-    if sc.route in (Route.BY_PATH, Route.BY_FD):
-        return "yes" if sc.idempotent else "no"
-    if sc.route is Route.IRREGULAR and not sc.idempotent:
-        return "no"
-    return "—"
-
-
 def _note(sc: Syscall) -> str:
     parts = []
     if sc.home_as:
@@ -126,12 +118,12 @@ def _family(tag: str, entries: list[Syscall]) -> list[str]:
     lines = [
         f"## {title}",
         "",
-        "| syscall | x86_64 nr | aarch64 nr | route | level | idempotent | note |",
-        "|---|---:|---:|---|---|---|---|",
+        "| syscall | x86_64 nr | aarch64 nr | route | level | note |",
+        "|---|---:|---:|---|---|---|",
     ]
     for sc in entries:
         lines.append(f"| `{sc.name}` | {_nr(sc.x86_64)} | {_nr(sc.aarch64)} | {_route(sc)} | "
-                     f"{sc.level.value} | {_idempotent(sc)} | {_note(sc)} |")
+                     f"{sc.level.value} | {_note(sc)} |")
     return lines
 
 
@@ -153,10 +145,8 @@ def render(table: list[Syscall] | None = None) -> str:
         "  trapped and fails with ENOSYS and one warning line.",
         "- Calls through another ABI on the same kernel (i386 `int 0x80`, x86_64's x32) are",
         "  refused with ENOSYS by the filter itself.",
-        "- **idempotent** says whether executing the call twice at home would be harmless. It is",
-        "  shown for the calls the generic executor forwards, and as `no` for the irregular",
-        "  calls the table marks as not idempotent. Whatever it says, a resent request is",
-        "  answered from the home node's reply cache and never executed twice.",
+        "- Every forwarded call is executed at home exactly once: a resent request is answered",
+        "  from the home node's reply cache.",
         "- Each trapped call is listed once, under the most specific of its family tags",
         "  (an fd call on a home file is tagged both `desc` and `file` and is listed under",
         "  `desc`).",

@@ -8,7 +8,7 @@ built out of these types; nothing about one syscall is written down twice.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Route(enum.Enum):
@@ -112,20 +112,41 @@ class Pid:
     """A pid in the job's (home) pid space; translated to the execution host's."""
 
 
-ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut
-           | PathOut | Pid)
+@dataclass(frozen=True)
+class Addr:
+    """A user-space address the call keeps or writes later (set_tid_address, wait4's status):
+    passed through, never read by qrun."""
 
-# Fixed structure sizes on the 64-bit architectures we support. `stat` differs between
-# x86_64 and aarch64 and is converted through a portable form; the others share one layout.
-STRUCT_SIZES: dict[str, int] = {
-    "stat": 144,  # x86_64 and aarch64 sizes happen to agree; the layouts do not
-    "statx": 256,
-    "statfs": 120,
-    "timespec2": 32,
-    "timeval2": 32,
-    "utimbuf": 16,
-    "flock": 32,
-}
+
+@dataclass(frozen=True)
+class Argv:
+    """A NULL-terminated array of string pointers (execve's argv and envp)."""
+
+
+@dataclass(frozen=True)
+class Id:
+    """A user or group id the job asks to take (the set*id family)."""
+
+
+@dataclass(frozen=True)
+class IdOut:
+    """A pointer to one user or group id the kernel fills (getresuid)."""
+
+
+@dataclass(frozen=True)
+class IdList:
+    """An array of group ids the kernel reads; `count` is the index of its length."""
+    count: int
+
+
+@dataclass(frozen=True)
+class IdListOut:
+    """An array of group ids the kernel fills; `count` is the index of its capacity."""
+    count: int
+
+
+ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut
+           | PathOut | Pid | Addr | Argv | Id | IdOut | IdList | IdListOut)
 
 # ---- tags: classes a user can name (strace's %file style) -------------------------------
 
@@ -142,7 +163,6 @@ class Syscall:
     args: tuple[ArgKind, ...] = ()
     route: Route = Route.LOCAL
     tags: frozenset[str] = frozenset()
-    idempotent: bool = True
     handler: str = ""        # IRREGULAR/IDENTITY: name of the code that handles it
     errno: str = ""          # DENY: the errno returned
     home_as: str = ""        # forwarded calls: the syscall the home node executes instead
@@ -150,7 +170,12 @@ class Syscall:
     local_fd_native: bool = False  # on a local fd (arg 0) the call simply runs: decided in C
     level: Level = Level.FULL
     note: str = ""
-    extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    # Identity calls: the fields of the job's home identity they answer, in argument order
+    # (getresuid: uid, euid, euid), or the one they return (getuid: uid).
+    answer: tuple[str, ...] = ()
+    # Forwarded calls that change a home file's data: how local copies of it are kept in
+    # step ("truncate" by path, "ftruncate", "write" at the file position, "pwrite").
+    updates_copies: str = ""
 
     @property
     def trapped(self) -> bool:

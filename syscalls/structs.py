@@ -1,45 +1,113 @@
-"""Kernel structures that cross the wire.
+"""Kernel structures qrun reads, writes or sends, by name, for both architectures.
 
-`stat` has a different layout on x86_64 and aarch64, so it travels in a portable form (a
-list of 16 integers in FIELDS order); the other structures we pass have one 64-bit layout.
+Every layout a handler or the home node needs is here, so no offset is written anywhere
+else. `stat` differs between x86_64 and aarch64 and travels in a portable form (a list of
+16 integers in STAT_FIELDS order); the other structures share one 64-bit layout and travel
+as their bytes.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 STAT_FIELDS = ("dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize",
                "blocks", "atime", "atime_ns", "mtime", "mtime_ns", "ctime", "ctime_ns")
 
-_STAT_X86_64 = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
-_STAT_AARCH64 = struct.Struct("<QQIIIIQ8xqi4xqqQqQqQ8x")
 
-SIZES: dict[str, dict[str, int]] = {
-    "x86_64": {"stat": _STAT_X86_64.size, "statx": 256, "statfs": 120, "timespec2": 32,
-               "timeval2": 32, "utimbuf": 16, "flock": 32, "open_how": 24},
-    "aarch64": {"stat": _STAT_AARCH64.size, "statx": 256, "statfs": 120, "timespec2": 32,
-                "timeval2": 32, "utimbuf": 16, "flock": 32, "open_how": 24},
+@dataclass(frozen=True)
+class Layout:
+    """One C structure: its struct format and field names (padding has no name)."""
+    fmt: str
+    fields: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return struct.calcsize(self.fmt)
+
+    def unpack(self, raw: bytes) -> dict[str, int]:
+        return dict(zip(self.fields, struct.unpack_from(self.fmt, raw), strict=True))
+
+    def pack(self, **values: int) -> bytes:
+        return struct.pack(self.fmt, *(values.get(f, 0) for f in self.fields))
+
+    def offset(self, name: str) -> int:
+        """Where field `name` starts (for reading or patching one field in place)."""
+        before, named = self.fmt[0], 0
+        for code in _codes(self.fmt[1:]):
+            if code[-1] != "x":
+                if self.fields[named] == name:
+                    return struct.calcsize(before)
+                named += 1
+            before += code
+        raise KeyError(name)
+
+    def field_format(self, name: str) -> str:
+        codes = [c for c in _codes(self.fmt[1:]) if c[-1] != "x"]
+        return self.fmt[0] + codes[self.fields.index(name)]
+
+
+def _codes(fmt: str) -> list[str]:
+    """'hh4xq' -> ['h', 'h', '4x', 'q'] (a count sticks to its code)."""
+    out, count = [], ""
+    for ch in fmt:
+        if ch.isdigit():
+            count += ch
+        else:
+            out.append(count + ch)
+            count = ""
+    return out
+
+
+def _opaque(size: int) -> Layout:
+    return Layout(f"<{size}s", ("raw",))
+
+
+_STAT_X86_64 = Layout("<QQQIIIiQqqqqqqqqq24x",
+                      ("dev", "ino", "nlink", "mode", "uid", "gid", "pad", "rdev", "size", "blksize",
+                       "blocks", "atime", "atime_ns", "mtime", "mtime_ns", "ctime", "ctime_ns"))
+_STAT_AARCH64 = Layout("<QQIIIIQ8xqi4xqqQqQqQ8x",
+                       ("dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize",
+                        "blocks", "atime", "atime_ns", "mtime", "mtime_ns", "ctime", "ctime_ns"))
+_COMMON: dict[str, Layout] = {
+    "statx": _opaque(256),
+    "statfs": _opaque(120),
+    "timespec2": _opaque(32),
+    "timeval2": _opaque(32),
+    "utimbuf": _opaque(16),
+    "flock": Layout("<hh4xqqi4x", ("type", "whence", "start", "len", "pid")),
+    "open_how": Layout("<QQQ", ("flags", "mode", "resolve")),
+    "iovec": Layout("<QQ", ("base", "len")),
+    "timespec": Layout("<qq", ("sec", "nsec")),
+    "siginfo": Layout("<iii4xii104x", ("signo", "errno", "code", "pid", "uid")),
+    "clone_args": Layout("<QQQQQQQQQQQ", ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal",
+                                          "stack", "stack_size", "tls", "set_tid", "set_tid_size",
+                                          "cgroup")),
+    "utsname": Layout("<65s65s65s65s65s65s", ("sysname", "nodename", "release", "version",
+                                              "machine", "domainname")),
+    "id": Layout("<I", ("value",)),          # uid_t / gid_t
+    "pid": Layout("<i", ("value",)),         # pid_t in memory (TIOCGPGRP and the like)
+    "pointer": Layout("<Q", ("value",)),
 }
+LAYOUTS: dict[str, dict[str, Layout]] = {
+    "x86_64": {"stat": _STAT_X86_64, **_COMMON},
+    "aarch64": {"stat": _STAT_AARCH64, **_COMMON},
+}
+SIZES: dict[str, dict[str, int]] = {arch: {name: lay.size for name, lay in by.items()}
+                                    for arch, by in LAYOUTS.items()}
+
+
+def layout(arch: str, name: str) -> Layout:
+    return LAYOUTS[arch][name]
 
 
 def stat_to_wire(arch: str, raw: bytes) -> list[int]:
-    if arch == "x86_64":
-        (dev, ino, nlink, mode, uid, gid, _pad, rdev, size, blksize, blocks,
-         at, atn, mt, mtn, ct, ctn) = _STAT_X86_64.unpack(raw[:_STAT_X86_64.size])
-    else:
-        (dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks,
-         at, atn, mt, mtn, ct, ctn) = _STAT_AARCH64.unpack(raw[:_STAT_AARCH64.size])
-    return [dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks,
-            at, atn, mt, mtn, ct, ctn]
+    st = LAYOUTS[arch]["stat"].unpack(raw)
+    return [st[f] for f in STAT_FIELDS]
 
 
 def stat_from_wire(arch: str, v: list[int]) -> bytes:
-    dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks, at, atn, mt, mtn, ct, ctn = v
-    if arch == "x86_64":
-        return _STAT_X86_64.pack(dev, ino, nlink, mode, uid, gid, 0, rdev, size, blksize,
-                                 blocks, at, atn, mt, mtn, ct, ctn)
-    return _STAT_AARCH64.pack(dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks,
-                              at, atn, mt, mtn, ct, ctn)
+    return LAYOUTS[arch]["stat"].pack(**dict(zip(STAT_FIELDS, v, strict=True)))
 
 
 def struct_to_wire(arch: str, type_: str, raw: bytes) -> object:

@@ -9,11 +9,17 @@ neither column (a syscall newer than this table) is trapped and refused with ENO
 from __future__ import annotations
 
 from qrun.syscalls.model import (
+    Addr,
+    Argv,
     BufIn,
     BufOut,
     DirFd,
     Fd,
     Flags,
+    Id,
+    IdList,
+    IdListOut,
+    IdOut,
     Int,
     IovIn,
     IovOut,
@@ -36,6 +42,7 @@ MEMORY, NETWORK, IPC, TIME, SYSTEM, CREDS = (frozenset({t}) for t in ("memory", 
 
 INT, ATFLAGS, OFLAGS = Int(), Flags("at"), Flags("open")
 FD, DIRFD, PATH, LPATH, STR, PID = Fd(), DirFd(), Path(), Path(follow=False), Str(), Pid()
+ADDR, ARGV, ID, IDOUT = Addr(), Argv(), Id(), IdOut()
 
 TABLE: list[Syscall] = []
 
@@ -44,55 +51,58 @@ def A(*kinds: object) -> tuple:  # noqa: N802 - part of the table's notation
     return tuple(kinds)
 
 
-def P(name: str, x: int | None, a: int | None, args: tuple, idem: bool = True,  # noqa: N802
-      note: str = "", level: Level = FULL, tags: frozenset[str] = FILE) -> None:
-    """Path call: forwarded when its path routes home."""
-    TABLE.append(Syscall(name, x, a, args, Route.BY_PATH, tags, idem, note=note, level=level))
+def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
+      note: str = "", level: Level = FULL, tags: frozenset[str] = FILE, updates: str = "") -> None:
+    """Path call: forwarded when its path routes home. `updates`: see Syscall.updates_copies."""
+    TABLE.append(Syscall(name, x, a, args, Route.BY_PATH, tags, note=note, level=level,
+                         updates_copies=updates))
 
 
-def F(name: str, x: int | None, a: int | None, args: tuple, idem: bool = True,  # noqa: N802
+def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
       home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
-      copy: bool = False) -> None:
+      copy: bool = False, updates: str = "") -> None:
     """Fd call: forwarded when its fd is a home file. `copy`: on a read-only local copy it runs
     locally (the data path); everything else about a copied file is asked of home."""
-    TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags | FILE, idem, home_as=home_as,
-                         note=note, level=level, copy_local=copy, local_fd_native=True))
+    TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags | FILE, home_as=home_as,
+                         note=note, level=level, copy_local=copy, local_fd_native=True,
+                         updates_copies=updates))
 
 
 def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802
-      tags: frozenset[str], idem: bool = True, errno: str = "", note: str = "",
-      level: Level = FULL, local_fd: bool = False) -> None:
+      tags: frozenset[str], errno: str = "", note: str = "",
+      level: Level = FULL, local_fd: bool = False, answer: tuple[str, ...] = ()) -> None:
     """Irregular call: handled by the code named `handler`. `local_fd`: on a local fd
     (argument 0) the handler would do nothing, so the call runs without it."""
-    TABLE.append(Syscall(name, x, a, args, Route.IRREGULAR, tags, idem, handler=handler,
-                         errno=errno, note=note, level=level, local_fd_native=local_fd))
+    TABLE.append(Syscall(name, x, a, args, Route.IRREGULAR, tags, handler=handler,
+                         errno=errno, note=note, level=level, local_fd_native=local_fd,
+                         answer=answer))
 
 
 def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741, E743
-      note: str = "") -> None:
-    """Identity call: answered from the job's home identity."""
-    TABLE.append(Syscall(name, x, a, args, Route.IDENTITY, IDENT, True, handler=handler,
-                         note=note))
+      answer: tuple[str, ...] = (), note: str = "") -> None:
+    """Identity call: answered from the job's home identity (`answer` names its fields)."""
+    TABLE.append(Syscall(name, x, a, args, Route.IDENTITY, IDENT, handler=handler,
+                         note=note, answer=answer))
 
 
 def D(name: str, x: int | None, a: int | None, errno: str, tags: frozenset[str],  # noqa: N802
       note: str = "") -> None:
     """Denied call: fails with `errno` and one warning line."""
-    TABLE.append(Syscall(name, x, a, (), Route.DENY, tags, True, errno=errno, note=note,
+    TABLE.append(Syscall(name, x, a, (), Route.DENY, tags, errno=errno, note=note,
                          level=DENIED))
 
 
 def L(name: str, x: int | None, a: int | None, tags: frozenset[str]) -> None:  # noqa: N802
     """Local call: never trapped."""
-    TABLE.append(Syscall(name, x, a, (), Route.LOCAL, tags, True, level=LOCAL_LEVEL))
+    TABLE.append(Syscall(name, x, a, (), Route.LOCAL, tags, level=LOCAL_LEVEL))
 
 
 # fmt: off
 # ---- open family: home files become local copies or placeholders ------------------------
-X("open",              2, None, "open", A(PATH, OFLAGS, INT), FILE, idem=False)
-X("openat",          257,   56, "open", A(DIRFD, PATH, OFLAGS, INT), FILE, idem=False)
-X("openat2",         437,  437, "open", A(DIRFD, PATH, StructIn("open_how"), INT), FILE, idem=False, note="executed as openat2 at home, so its checks and RESOLVE_* rules apply there")
-X("creat",            85, None, "open", A(PATH, INT), FILE, idem=False)
+X("open",              2, None, "open", A(PATH, OFLAGS, INT), FILE)
+X("openat",          257,   56, "open", A(DIRFD, PATH, OFLAGS, INT), FILE)
+X("openat2",         437,  437, "openat2", A(DIRFD, PATH, StructIn("open_how"), INT), FILE, note="executed as openat2 at home, so its checks and RESOLVE_* rules apply there")
+X("creat",            85, None, "creat", A(PATH, INT), FILE)
 # ---- path calls: forwarded when the path routes home -----------------------------------
 P("stat",              4, None, A(PATH, StructOut("stat")))
 P("lstat",             6, None, A(LPATH, StructOut("stat")))
@@ -101,18 +111,18 @@ P("statx",           332,  291, A(DIRFD, PATH, ATFLAGS, INT, StructOut("statx"))
 P("access",           21, None, A(PATH, INT))
 P("faccessat",       269,   48, A(DIRFD, PATH, INT))
 P("faccessat2",      439,  439, A(DIRFD, PATH, INT, ATFLAGS))
-P("mkdir",            83, None, A(LPATH, INT), idem=False)
-P("mkdirat",         258,   34, A(DIRFD, LPATH, INT), idem=False)
-P("rmdir",            84, None, A(LPATH,), idem=False)
-P("unlink",           87, None, A(LPATH,), idem=False)
-P("unlinkat",        263,   35, A(DIRFD, LPATH, ATFLAGS), idem=False)
-P("rename",           82, None, A(LPATH, LPATH), idem=False)
-P("renameat",        264,   38, A(DIRFD, LPATH, DIRFD, LPATH), idem=False)
-P("renameat2",       316,  276, A(DIRFD, LPATH, DIRFD, LPATH, Flags("rename")), idem=False)
-P("link",             86, None, A(LPATH, LPATH), idem=False)
-P("linkat",          265,   37, A(DIRFD, LPATH, DIRFD, LPATH, ATFLAGS), idem=False)
-P("symlink",          88, None, A(STR, LPATH), idem=False)
-P("symlinkat",       266,   36, A(STR, DIRFD, LPATH), idem=False)
+P("mkdir",            83, None, A(LPATH, INT))
+P("mkdirat",         258,   34, A(DIRFD, LPATH, INT))
+P("rmdir",            84, None, A(LPATH,))
+P("unlink",           87, None, A(LPATH,))
+P("unlinkat",        263,   35, A(DIRFD, LPATH, ATFLAGS))
+P("rename",           82, None, A(LPATH, LPATH))
+P("renameat",        264,   38, A(DIRFD, LPATH, DIRFD, LPATH))
+P("renameat2",       316,  276, A(DIRFD, LPATH, DIRFD, LPATH, Flags("rename")))
+P("link",             86, None, A(LPATH, LPATH))
+P("linkat",          265,   37, A(DIRFD, LPATH, DIRFD, LPATH, ATFLAGS))
+P("symlink",          88, None, A(STR, LPATH))
+P("symlinkat",       266,   36, A(STR, DIRFD, LPATH))
 P("readlink",         89, None, A(LPATH, PathOut(2), INT))
 P("readlinkat",      267,   78, A(DIRFD, LPATH, PathOut(3), INT))
 P("chmod",            90, None, A(PATH, INT))
@@ -125,47 +135,47 @@ P("utime",           132, None, A(PATH, StructIn("utimbuf")))
 P("utimes",          235, None, A(PATH, StructIn("timeval2")))
 P("futimesat",       261, None, A(DIRFD, PATH, StructIn("timeval2")))
 P("utimensat",       280,   88, A(DIRFD, Path(null_is_fd=True), StructIn("timespec2"), ATFLAGS), note="a NULL path (futimens) routes by the fd")
-P("truncate",         76,   45, A(PATH, INT))
+P("truncate",         76,   45, A(PATH, INT), updates="truncate")
 P("statfs",          137,   43, A(PATH, StructOut("statfs")))
-P("mknod",           133, None, A(LPATH, INT, INT), idem=False)
-P("mknodat",         259,   33, A(DIRFD, LPATH, INT, INT), idem=False)
+P("mknod",           133, None, A(LPATH, INT, INT))
+P("mknodat",         259,   33, A(DIRFD, LPATH, INT, INT))
 P("getxattr",        191,    8, A(PATH, STR, BufOut(3), INT))
 P("lgetxattr",       192,    9, A(LPATH, STR, BufOut(3), INT))
 P("listxattr",       194,   11, A(PATH, BufOut(2), INT))
 P("llistxattr",      195,   12, A(LPATH, BufOut(2), INT))
 P("setxattr",        188,    5, A(PATH, STR, BufIn(3), INT, INT))
 P("lsetxattr",       189,    6, A(LPATH, STR, BufIn(3), INT, INT))
-P("removexattr",     197,   14, A(PATH, STR), idem=False)
-P("lremovexattr",    198,   15, A(LPATH, STR), idem=False)
+P("removexattr",     197,   14, A(PATH, STR))
+P("lremovexattr",    198,   15, A(LPATH, STR))
 # ---- cwd and exec: virtual cwd, home binaries run from validated local copies ------------
 X("chdir",            80,   49, "chdir", A(PATH,), FILE)
 X("fchdir",           81,   50, "fchdir", A(FD,), FILE)
 X("getcwd",           79,   17, "getcwd", A(PathOut(1), INT), FILE)
-X("execve",           59,  221, "execve", A(PATH, INT, INT), FILE | PROCESS, note="home binaries run from a local copy; home #! scripts keep their home path as $0")
-X("execveat",        322,  281, "execve", A(DIRFD, PATH, INT, INT, ATFLAGS), FILE | PROCESS)
+X("execve",           59,  221, "execve", A(PATH, ARGV, ARGV), FILE | PROCESS, note="home binaries run from a local copy; home #! scripts keep their home path as $0")
+X("execveat",        322,  281, "execve", A(DIRFD, PATH, ARGV, ARGV, ATFLAGS), FILE | PROCESS)
 X("umask",            95,  166, "umask", A(INT,), FILE, note="also applied to files the home node creates")
 # ---- fd calls: forwarded when the fd is a home placeholder --------------------------------
-F("read",              0,   63, A(FD, BufOut(2), INT), idem=False, copy=True)
-F("write",             1,   64, A(FD, BufIn(2), INT), idem=False)
+F("read",              0,   63, A(FD, BufOut(2), INT), copy=True)
+F("write",             1,   64, A(FD, BufIn(2), INT), updates="write")
 F("pread64",          17,   67, A(FD, BufOut(2), INT, INT), copy=True)
-F("pwrite64",         18,   68, A(FD, BufIn(2), INT, INT))
-F("readv",            19,   65, A(FD, IovOut(2), INT), idem=False, home_as="read", copy=True)
-F("writev",           20,   66, A(FD, IovIn(2), INT), idem=False, home_as="write")
+F("pwrite64",         18,   68, A(FD, BufIn(2), INT, INT), updates="pwrite")
+F("readv",            19,   65, A(FD, IovOut(2), INT), home_as="read", copy=True)
+F("writev",           20,   66, A(FD, IovIn(2), INT), home_as="write")
 F("preadv",          295,   69, A(FD, IovOut(2), INT, INT, INT), home_as="pread64", copy=True)
 F("pwritev",         296,   70, A(FD, IovIn(2), INT, INT, INT), home_as="pwrite64")
 F("preadv2",         327,  286, A(FD, IovOut(2), INT, INT, INT, INT), home_as="pread64", level=PARTIAL, note="RWF_* flags and offset -1 are not supported on home files", copy=True)
 F("pwritev2",        328,  287, A(FD, IovIn(2), INT, INT, INT, INT), home_as="pwrite64", level=PARTIAL, note="RWF_* flags and offset -1 are not supported on home files")
-F("lseek",             8,   62, A(FD, INT, INT), idem=False, copy=True)
+F("lseek",             8,   62, A(FD, INT, INT), copy=True)
 F("fstat",             5,   80, A(FD, StructOut("stat")))
-F("ftruncate",        77,   46, A(FD, INT))
+F("ftruncate",        77,   46, A(FD, INT), updates="ftruncate")
 F("fsync",            74,   82, A(FD,))
 F("fdatasync",        75,   83, A(FD,))
 F("syncfs",          306,  267, A(FD,))
 F("sync_file_range", 277,   84, A(FD, INT, INT, INT))
 F("fchmod",           91,   52, A(FD, INT))
 F("fchown",           93,   55, A(FD, INT, INT))
-F("getdents64",      217,   61, A(FD, BufOut(2), INT), idem=False)
-F("getdents",         78, None, A(FD, BufOut(2), INT), idem=False)
+F("getdents64",      217,   61, A(FD, BufOut(2), INT))
+F("getdents",         78, None, A(FD, BufOut(2), INT))
 F("fstatfs",         138,   44, A(FD, StructOut("statfs")))
 F("fallocate",       285,   47, A(FD, INT, INT, INT))
 F("fadvise64",       221,  223, A(FD, INT, INT, INT), copy=True)
@@ -173,7 +183,7 @@ F("readahead",       187,  213, A(FD, INT, INT), copy=True)
 F("fgetxattr",       193,   10, A(FD, STR, BufOut(3), INT))
 F("flistxattr",      196,   13, A(FD, BufOut(2), INT))
 F("fsetxattr",       190,    7, A(FD, STR, BufIn(3), INT, INT))
-F("fremovexattr",    199,   16, A(FD, STR), idem=False)
+F("fremovexattr",    199,   16, A(FD, STR))
 X("fcntl",            72,   25, "fcntl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds: F_GETFL/F_SETFL and record locks are forwarded (F_SETLKW waits in the job, as flock does), fd flags and dups stay local; leases and F_NOTIFY fail with EINVAL", local_fd=True)
 X("ioctl",            16,   29, "ioctl", A(FD, INT, INT), DESC, level=PARTIAL, note="on home fds every request fails with ENOTTY (they are files and directories); on a terminal, the process group and session ids of TIOCGPGRP, TIOCSPGRP and TIOCGSID are home pids")
 X("close",             3,   57, "close", A(FD,), DESC, local_fd=True)
@@ -187,33 +197,33 @@ X("tee",             276,   77, "no_home_fd", A(FD, FD, INT, INT), DESC, errno="
 I("getpid",           39,  172, "getpid")
 I("getppid",         110,  173, "getppid")
 I("gettid",          186,  178, "gettid")
-I("getuid",          102,  174, "uid")
-I("geteuid",         107,  175, "uid")
-I("getgid",          104,  176, "gid")
-I("getegid",         108,  177, "gid")
-I("getresuid",       118,  148, "getresuid", A(INT, INT, INT))
-I("getresgid",       120,  150, "getresgid", A(INT, INT, INT))
-I("getgroups",       115,  158, "getgroups", A(INT, INT))
-I("uname",            63,  160, "uname", A(INT,))
-I("getpgid",         121,  155, "group_of", A(PID,))
-I("getpgrp",         111, None, "group_of")
-I("getsid",          124,  156, "group_of", A(PID,))
-I("set_tid_address", 218,   96, "set_tid_address", A(INT,))
+I("getuid",          102,  174, "id", answer=("uid",))
+I("geteuid",         107,  175, "id", answer=("euid",))
+I("getgid",          104,  176, "id", answer=("gid",))
+I("getegid",         108,  177, "id", answer=("egid",))
+I("getresuid",       118,  148, "put_ids", A(IDOUT, IDOUT, IDOUT), answer=("uid", "euid", "euid"))
+I("getresgid",       120,  150, "put_ids", A(IDOUT, IDOUT, IDOUT), answer=("gid", "egid", "egid"))
+I("getgroups",       115,  158, "getgroups", A(INT, IdListOut(0)))
+I("uname",            63,  160, "uname", A(StructOut("utsname"),))
+I("getpgid",         121,  155, "getpgid", A(PID,))
+I("getpgrp",         111, None, "getpgid")
+I("getsid",          124,  156, "getsid", A(PID,))
+I("set_tid_address", 218,   96, "set_tid_address", A(ADDR,))
 I("setsid",          112,  157, "setsid")
 # ---- processes and signals: followed, and their pids translated ---------------------------
 X("fork",             57, None, "fork", A(), PROCESS)
-X("vfork",            58, None, "fork", A(), PROCESS)
-X("clone",            56,  220, "fork", A(INT, INT, INT, INT, INT), PROCESS)
-X("clone3",          435,  435, "fork", A(INT, INT), PROCESS)
-X("wait4",            61,  260, "wait4", A(PID, INT, INT, INT), PROCESS, level=PARTIAL, note="rusage is the execution host's")
-X("waitid",          247,   95, "waitid", A(INT, PID, INT, INT, INT), PROCESS)
+X("vfork",            58, None, "vfork", A(), PROCESS)
+X("clone",            56,  220, "clone", A(Flags("clone"), ADDR, ADDR, ADDR, ADDR), PROCESS)
+X("clone3",          435,  435, "clone3", A(StructIn("clone_args"), INT), PROCESS)
+X("wait4",            61,  260, "wait4", A(PID, ADDR, INT, ADDR), PROCESS, level=PARTIAL, note="rusage is the execution host's")
+X("waitid",          247,   95, "waitid", A(INT, PID, StructOut("siginfo"), INT, ADDR), PROCESS)
 X("kill",             62,  129, "kill", A(PID, INT), SIGNAL, note="a home pid outside the job is signalled at home")
-X("tkill",           200,  130, "tkill", A(PID, INT), SIGNAL)
-X("tgkill",          234,  131, "tgkill", A(PID, PID, INT), SIGNAL)
-X("rt_sigqueueinfo", 129,  138, "kill", A(PID, INT, INT), SIGNAL, level=PARTIAL, note="only job processes")
-X("rt_tgsigqueueinfo", 297, 240, "tgkill", A(PID, PID, INT, INT), SIGNAL, level=PARTIAL, note="only job processes")
-X("pidfd_open",      434,  434, "pidfd_open", A(PID, INT), PROCESS | SIGNAL, level=PARTIAL, note="only job processes")
-X("setpgid",         109,  154, "setpgid", A(PID, PID), PROCESS)
+X("tkill",           200,  130, "pids", A(PID, INT), SIGNAL)
+X("tgkill",          234,  131, "pids", A(PID, PID, INT), SIGNAL)
+X("rt_sigqueueinfo", 129,  138, "pids", A(PID, INT, StructIn("siginfo")), SIGNAL, errno="EPERM", level=PARTIAL, note="only job processes")
+X("rt_tgsigqueueinfo", 297, 240, "pids", A(PID, PID, INT, StructIn("siginfo")), SIGNAL, level=PARTIAL, note="only job processes")
+X("pidfd_open",      434,  434, "pids", A(PID, INT), PROCESS | SIGNAL, level=PARTIAL, note="only job processes")
+X("setpgid",         109,  154, "pids", A(PID, PID), PROCESS)
 # ---- refused: would escape the home view or cannot be honoured remotely --------------------
 D("chroot",          161,   51, "EPERM", FILE, "the job's root is the home node's")
 D("mount",           165,   40, "EPERM", FILE)
@@ -236,15 +246,15 @@ D("unshare",         272,   97, "EPERM", PROCESS, "new namespaces would leave th
 D("setns",           308,  268, "EPERM", PROCESS, "new namespaces would leave the job's home view")
 D("sethostname",     170,  161, "EPERM", SYSTEM, "the job's host name is the home node's")
 D("setdomainname",   171,  162, "EPERM", SYSTEM, "the job's host name is the home node's")
-X("setuid",          105,  146, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setgid",          106,  144, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setreuid",        113,  145, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setregid",        114,  143, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setresuid",       117,  147, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setresgid",       119,  149, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setgroups",       116,  159, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setfsuid",        122,  151, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
-X("setfsgid",        123,  152, "setid", A(INT, INT, INT), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setuid",          105,  146, "setid", A(ID,), CREDS, answer=("uid", "euid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setgid",          106,  144, "setid", A(ID,), CREDS, answer=("gid", "egid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setreuid",        113,  145, "setid", A(ID, ID), CREDS, answer=("uid", "euid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setregid",        114,  143, "setid", A(ID, ID), CREDS, answer=("gid", "egid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setresuid",       117,  147, "setid", A(ID, ID, ID), CREDS, answer=("uid", "euid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setresgid",       119,  149, "setid", A(ID, ID, ID), CREDS, answer=("gid", "egid"), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setgroups",       116,  159, "setgroups", A(INT, IdList(0)), CREDS, note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setfsuid",        122,  151, "setfsid", A(ID,), CREDS, answer=("euid",), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
+X("setfsgid",        123,  152, "setfsid", A(ID,), CREDS, answer=("egid",), note="succeeds only when it keeps the job's home ids; otherwise EPERM")
 D("reboot",          169,  142, "EPERM", SYSTEM)
 D("kexec_load",      246,  104, "EPERM", SYSTEM)
 D("init_module",     175,  105, "EPERM", SYSTEM)

@@ -78,19 +78,19 @@ def test_every_trapped_entry_is_in_the_page() -> None:
 def test_render_groups_by_tag_and_counts() -> None:
     fake = [
         Syscall("alpha", 1, 2, route=Route.BY_PATH, tags=frozenset({"file"})),
-        Syscall("beta", 3, None, route=Route.BY_FD, tags=frozenset({"desc", "file"}), idempotent=False),
+        Syscall("beta", 3, None, route=Route.BY_FD, tags=frozenset({"desc", "file"})),
         Syscall("gamma", 5, 6, route=Route.DENY, tags=frozenset({"system"}), errno="EPERM",
                 level=Level.DENIED, note="a | note"),
         Syscall("delta", 7, 8, route=Route.LOCAL, tags=frozenset({"memory"}), level=Level.LOCAL),
     ]
     page = docs.render(fake)
-    assert "| `alpha` | 1 | 2 | by-path | full | yes |" in page
+    assert "| `alpha` | 1 | 2 | by-path | full |  |" in page
     # listed once, under its most specific tag
     assert page.count("`beta`") == 1
     assert "`beta`" in section(page, docs.SECTION_TITLES["desc"])
-    assert "| `gamma` | 5 | 6 | deny (EPERM) | denied | — | a \\| note |" in page
+    assert "| `gamma` | 5 | 6 | deny (EPERM) | denied | a \\| note |" in page
     assert section(page, "Untrapped (local)").strip().endswith("`delta`")
-    assert "| `beta` | 3 | — | by-fd | full | no |" in page
+    assert "| `beta` | 3 | — | by-fd | full |  |" in page
     for row in ("| full | 2 |", "| denied | 1 |", "| local | 1 |", "| by-path | 1 |", "| by-fd | 1 |",
                 "| deny | 1 |"):
         assert row in page, row

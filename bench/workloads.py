@@ -1,0 +1,79 @@
+"""The workloads W1..W6 (defined in bench/README.md), as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, Ctx
+from .modes import Mode
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    unit: str
+    # timing "program": the arguments of one bench/workloads.c workload (its first word is the
+    # tag of its RESULT line); "wall" (whole process) and "spawn" (whole process, per start):
+    # the full command.
+    command: Callable[[Ctx, Mode], list[str]]
+    higher_is_better: bool = False
+    heavy: bool = False             # runs alone, warmed up once natively (page cache, compiler)
+    timing: str = "program"
+    cwd: Callable[[Ctx, Mode], Path] | None = None
+    prepare: Callable[[Ctx], None] | None = None
+    check: Callable[[Ctx], str | None] | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Light in-program workloads share one process per run, so a slow-starting mode
+        (qrun starts two Python interpreters) is started once per run, not once per workload."""
+        return self.timing == "program" and not self.heavy
+
+
+def _budget(c: Ctx) -> str:
+    return str(c.cfg.budget_ms)
+
+
+def _remove_out(c: Ctx) -> None:
+    c.out.unlink(missing_ok=True)
+
+
+def _clean_proj(c: Ctx) -> None:
+    for f in c.proj.glob("*.o"):
+        f.unlink()
+    (c.proj / "prog").unlink(missing_ok=True)
+
+
+def _built(c: Ctx) -> str | None:
+    return None if (c.proj / "prog").exists() else "make left no program behind"
+
+
+def workloads(cfg: Config) -> list[Workload]:
+    return [
+        Workload("W1", "stat() of a home file", "µs",
+                 lambda c, m: ["stat", str(m.path(c.small)), _budget(c)]),
+        Workload("W1b", "open + read 4 KiB + close of a home file", "µs",
+                 lambda c, m: ["orc", str(m.path(c.small)), _budget(c)]),
+        Workload("W2", f"read {cfg.big_mib} MiB home file, 1 MiB reads", "MB/s",
+                 lambda c, m: ["read", str(m.path(c.big))],
+                 higher_is_better=True, heavy=True),
+        Workload("W2w", f"write {cfg.big_mib} MiB home file, 1 MiB writes", "MB/s",
+                 lambda c, m: ["write", str(m.path(c.out)), str(c.cfg.big_mib)],
+                 higher_is_better=True, heavy=True, prepare=_remove_out),
+        Workload("W3", f"make -j2, {cfg.make_files} C files at home", "s",
+                 lambda c, m: ["make", "-s", "-j2"], heavy=True, timing="wall",
+                 cwd=lambda c, m: m.path(c.proj), prepare=_clean_proj, check=_built),
+        Workload("W4", "untrapped syscall (clock_gettime)", "ns",
+                 lambda c, m: ["clock", _budget(c)]),
+        Workload("W4r", "read 4 KiB of a local fd (/dev/zero)", "ns",
+                 lambda c, m: ["rdzero", _budget(c)]),
+        Workload("W5", "start of /bin/true, whole process", "ms",
+                 lambda c, m: ["/bin/true"], timing="spawn"),
+        Workload("W5b", "fork+exec+wait /bin/true in the job", "ms",
+                 lambda c, m: ["spawn", "/bin/true", _budget(c)]),
+        Workload("W6", "pipe round trip between two job processes", "µs",
+                 lambda c, m: ["pingpong", _budget(c)]),
+    ]

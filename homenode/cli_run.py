@@ -1,0 +1,134 @@
+"""Running a job once its host is chosen: what the stub is told, the home server and the
+launcher, and cleaning up after them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from qrun.homenode import config, exitcodes, launchers, terminal
+from qrun.homenode.cli_options import JobSettings
+from qrun.homenode.cli_report import fail, report
+from qrun.homenode.identity import snapshot
+from qrun.homenode.server import HomeServer, JobFailed
+from qrun.syscalls.paths import PathPolicy
+
+LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
+
+
+def welcome_for(opts: argparse.Namespace, cmd: list[str], settings: JobSettings,
+                policy: PathPolicy | None) -> dict[str, Any]:
+    """What the stub is told about the job; `policy` for a transparent one."""
+    if policy is not None:
+        welcome: dict[str, Any] = {
+            "argv": cmd, "env": dict(os.environ), "cwd": settings.cwd, "umask": _umask(),
+            "identity": snapshot(), "policy": policy.to_wire(),
+            "options": {"timeout": settings.timeout, "mode": "transparent"},
+        }
+    else:
+        welcome = {"argv": cmd, "env": dict(os.environ), "cwd": settings.cwd, "umask": _umask(),
+                   "identity": {}, "policy": {"local": [], "home": []},
+                   "options": {"timeout": settings.timeout, "mode": "plain", "export": settings.export}}
+    if opts.pty:
+        welcome["options"]["pty"] = terminal.describe(0)
+    if opts.trace is not None:
+        welcome["options"]["trace"] = opts.trace
+        welcome["options"]["trace_marked"] = bool(opts.trace_file)
+    return welcome
+
+
+def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
+               launch: launchers.Launch) -> list[str] | None:
+    """--home-root, the cluster file's home_roots and the host's: each an existing directory."""
+    roots = [os.path.abspath(r) for r in opts.home_root] + cfg.home_roots + launch.home_roots
+    for r in roots:
+        if not os.path.isdir(r):
+            fail(f"home root {r}: not a directory", exitcodes.USAGE)
+            return None
+    return roots
+
+
+def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
+        verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
+        trace_file: str | None = None) -> int:
+    try:
+        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [])
+    except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
+        return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
+    try:
+        server.tee = open(output, "ab") if output else None  # noqa: SIM115 - closed below
+    except OSError as exc:
+        server.close()
+        return fail(f"-o {output}: {exc.strerror}", exitcodes.USAGE)
+    try:
+        server.trace_fd = os.open(trace_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                  0o666) if trace_file else None
+    except OSError as exc:
+        server.close()
+        return fail(f"--trace-file {trace_file}: {exc.strerror}", exitcodes.USAGE)
+    try:
+        proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        server.close()
+        return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
+    try:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(server.bootstrap_line())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel)
+    except JobFailed as exc:
+        _stop(proc)
+        return fail(str(exc), exc.code)
+    finally:
+        if server.tee is not None:
+            server.tee.close()
+        server.close()
+        # The job has reported how it ended: the launcher only has to wind down (ssh and
+        # srun exit as soon as the stub has). One that lingers (an ssh that became a
+        # ControlPersist master, a --via wrapper with more to do) is not waited for.
+        _stop(proc, grace=LAUNCHER_GRACE)
+        for d in launch.cleanup:
+            _rmtree(d)
+    return report(outcome, verbose, argv0)
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """Reap the launcher, giving it `grace` seconds to exit by itself, then ending its
+    process group: SIGTERM first (srun then cancels a job that is still pending), SIGKILL
+    half a second later."""
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(0.5 if sig == signal.SIGTERM else None)
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""Control messages from home to the stub: signals, stdin and stream closes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+from qrun.syscalls import wire
+
+CTL_RESEND = 1.0       # seconds before an unacknowledged control message is sent again
+CTL_WINDOW = 64        # control messages (stdin chunks of 64 KiB) in flight at most
+
+
+class ControlChannel:
+    """Signals, stdin and stream closes reach the stub exactly once and in order: each is
+    numbered and resent every second until the stub's ping acknowledges it (a message
+    on a connection that dies, e.g. while qrun was stopped, would be lost)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.ident: bytes | None = None                  # the stub's control connection, once pinged
+        self.n = 0                                       # control messages sent so far
+        self.unacked: dict[int, list[Any]] = {}          # n -> [frame, last sent]
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.n += 1
+        frame = wire.encode(kind, n=self.n, **fields)
+        self.unacked[self.n] = [frame, time.monotonic()]
+        if self.ident is not None:
+            self.sock.send_multipart([self.ident, frame])
+
+    def resend(self, now: float) -> None:
+        if self.ident is None:
+            return
+        for entry in self.unacked.values():
+            if now - entry[1] >= CTL_RESEND:
+                self.sock.send_multipart([self.ident, entry[0]])
+                entry[1] = now
+
+    def acked(self, ack: object) -> None:
+        if isinstance(ack, int) and not isinstance(ack, bool):
+            for n in [n for n in self.unacked if n <= ack]:
+                del self.unacked[n]
+
+    def attach(self, ident: bytes) -> None:
+        """The stub's first ping names its control connection: what waited goes out now."""
+        self.ident = ident
+        for frame, _ in self.unacked.values():
+            self.sock.send_multipart([ident, frame])
+
+    def has_room(self) -> bool:
+        """Whether more may be sent now (flow control: the stub acknowledges)."""
+        return self.ident is not None and len(self.unacked) < CTL_WINDOW

@@ -1,0 +1,204 @@
+"""The operations the home server runs for the job: forwarded table entries through the
+generic executor, and the named operations (`op_<name>`) it cannot express."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from qrun.homenode import schema
+from qrun.homenode.deputies import Deputies
+from qrun.homenode.executor import ARCH as HOME_ARCH
+from qrun.homenode.executor import (
+    FORWARDABLE,
+    BadRequest,
+    Handles,
+    execute,
+    is_copyable,
+    stat_to_wire,
+    wire_path,
+)
+from qrun.homenode.resolve import Refused, Resolver
+from qrun.syscalls import flags as wflags
+
+Reply = tuple[int, str | None, dict[str, Any]]   # result, errno name, extra fields
+
+INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
+
+_libc = ctypes.CDLL(None, use_errno=True)
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+O_PATH_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # all O_PATH keeps
+# What open(2) takes and openat2(2) insists on (include/linux/fcntl.h VALID_OPEN_FLAGS).
+VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
+                    | os.O_NONBLOCK | os.O_DSYNC | 0o20000 | os.O_DIRECT | 0o100000 | os.O_DIRECTORY
+                    | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | O_PATH | O_TMPFILE | os.O_SYNC)
+
+
+@dataclass
+class HomeOps:
+    handles: Handles
+    resolver: Resolver
+    deputies: Deputies
+    roots: list[str]   # --home-root: all the job may reach
+
+    def dispatch(self, op: str, a: list[Any]) -> Reply:
+        sc = FORWARDABLE.get(op)
+        if sc is not None:
+            r, e, o = execute(sc, a, self.handles, self.resolver)
+            if op == "write" and e is None:
+                # Where the bytes landed, so the stub can mirror them into a local copy.
+                o["pos"] = os.lseek(self.handles.fd(a[0]), 0, os.SEEK_CUR)
+            return r, e, o
+        checks = schema.OPS.get(op)
+        if checks is None:
+            raise BadRequest(f"unknown operation {op!r}")
+        fn = getattr(self, "op_" + op)
+        return fn(*schema.check(op, checks, a))  # type: ignore[no-any-return]
+
+    def op_open(self, handle: int | None, path: bytes, wflags_: int, mode: int, exec_: bool,
+                known: list[int] | None, resolve: int | None = None) -> Reply:
+        """Open as the job asked. Read-only regular files (and exec'd ones) come back as data
+        for a local copy; everything else stays open here as a handle. Either way the home
+        fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
+        dirfd = None if handle is None else self.handles.fd(handle)
+        path_arg = path
+        path = wire_path(path, dirfd is not None, self.handles) if path != b"" else path
+        fl, asked_nonblock = _open_flags(wflags_, exec_, resolve)
+        if isinstance(path_arg, list) or (exec_ and not path and dirfd is not None):
+            # a file the job already holds ([handle], or execveat of a handle)
+            fd = os.open(path or f"/proc/self/fd/{dirfd}".encode(), fl, int(mode) & 0o7777)
+        else:
+            if resolve is None:  # open(2)'s leniency, which openat2 does not have
+                fl, mode = _lenient(fl, mode)
+            fd = self.resolver.open_file(dirfd, path, fl, int(mode), int(resolve or 0))
+        try:
+            r, e, o = _opened(fd, fl, asked_nonblock, exec_, known)
+            if r == 0:
+                o["handle"] = self.handles.add(fd, o["path"])
+                fd = -1
+            return r, e, o
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def op_chdir(self, handle: int | None, path: bytes) -> Reply:
+        dirfd = None if handle is None else self.handles.fd(handle)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if isinstance(path, list):
+            fd = os.open(wire_path(path, False, self.handles), flags)
+        elif path == b"" and dirfd is not None:
+            fd = os.open(f"/proc/self/fd/{dirfd}", flags)  # fchdir
+        else:
+            fd = self.resolver.open_file(dirfd, path, flags, 0, 0)
+        try:
+            if not os.access(f"/proc/self/fd/{fd}", os.X_OK):
+                return -1, "EACCES", {}
+            return 0, None, {"path": os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))}
+        finally:
+            os.close(fd)
+
+    def op_fetch(self, handle: int, offset: int, size: int) -> Reply:
+        """A chunk of a file being copied to the execution host (one pread, one copy)."""
+        if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0:
+            raise BadRequest("fetch: malformed arguments")
+        data = os.pread(self.handles.fd(handle), min(size, 64 << 20), offset)
+        return len(data), None, {"data": data}
+
+    def op_deputy(self, name: str) -> Reply:
+        return self.deputies.spawn(str(name)[:15]), None, {}
+
+    def op_kill(self, pid: int, sig: int) -> Reply:
+        if self.roots:
+            raise Refused(errno.EPERM, "with home roots, the job may signal only its own processes")
+        os.kill(pid, sig)
+        return 0, None, {}
+
+    def op_fcntl(self, handle: int, cmd: int, arg: int) -> Reply:
+        fd = self.handles.fd(handle)
+        if cmd == fcntl.F_GETFL:
+            return wflags.open_to_wire(HOME_ARCH, fcntl.fcntl(fd, cmd)), None, {}
+        if cmd == fcntl.F_SETFL:
+            return fcntl.fcntl(fd, cmd, wflags.open_from_wire(HOME_ARCH, int(arg))), None, {}
+        raise BadRequest(f"fcntl: command {cmd} is not forwarded")
+
+    def op_flock(self, handle: int, op: int) -> Reply:
+        """Never waits: the stub asks with LOCK_NB and waits on its side."""
+        fd = self.handles.fd(handle)
+        if not isinstance(op, int) or op & ~(fcntl.LOCK_SH | fcntl.LOCK_EX | fcntl.LOCK_UN) != fcntl.LOCK_NB:
+            raise BadRequest("flock: malformed operation")
+        fcntl.flock(fd, op)
+        return 0, None, {}
+
+    def op_fcntl_lock(self, handle: int, cmd: int, lock: bytes) -> Reply:
+        fd = self.handles.fd(handle)
+        if cmd not in (fcntl.F_GETLK, fcntl.F_SETLK, 36, 37) or not isinstance(lock, bytes) \
+                or len(lock) != 32:
+            raise BadRequest("fcntl: malformed lock request")
+        buf = ctypes.create_string_buffer(lock, 32)
+        r = _libc.fcntl(fd, cmd, buf)
+        if r < 0:
+            return -1, errno.errorcode.get(ctypes.get_errno(), "EIO"), {}
+        return r, None, {"2": buf.raw}
+
+
+def _open_flags(wflags_: int, exec_: bool, resolve: int | None) -> tuple[int, int]:
+    """The home open flags for the job's wire flags, and whether the job asked O_NONBLOCK."""
+    if resolve is None and wflags_ >= 2**32:
+        raise BadRequest("open: flags wider than 32 bits")
+    fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
+    if resolve is None:
+        fl = ctypes.c_int(fl).value  # open(2) takes a C int
+    if exec_:
+        fl = os.O_RDONLY | os.O_CLOEXEC
+    # Opened non-blocking: opening a FIFO must never stall the one thread serving the
+    # job. Named pipes at home are refused below; for files O_NONBLOCK means nothing.
+    asked_nonblock = fl & os.O_NONBLOCK
+    return fl | os.O_NONBLOCK, asked_nonblock
+
+
+def _lenient(fl: int, mode: int) -> tuple[int, int]:
+    """open(2) ignores unknown flags, and the mode unless it creates a file."""
+    fl &= O_PATH_FLAGS if fl & O_PATH else VALID_OPEN_FLAGS
+    mode = int(mode) & 0o7777 if fl & (os.O_CREAT | O_TMPFILE) == os.O_CREAT or \
+        fl & O_TMPFILE == O_TMPFILE else 0
+    return fl, mode
+
+
+def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int] | None) -> Reply:
+    """The open reply for the file just opened as `fd` (still to be kept as a handle)."""
+    st = os.fstat(fd)
+    o_path = fl & getattr(os, "O_PATH", 0o10000000)
+    if stat.S_ISFIFO(st.st_mode) and not o_path:
+        return -1, "EOPNOTSUPP", {"why": "named pipes at home are not supported"}
+    if not asked_nonblock and not o_path:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+    if exec_ and (not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK)):
+        return -1, "EACCES", {}
+    if exec_ or is_copyable(st, fl):
+        o: dict[str, Any] = {"kind": "copy", "path": real, "stat": stat_to_wire(st)}
+        if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+            o["fresh"] = True
+        elif st.st_size <= INLINE_MAX:
+            # Read to EOF, not st_size: /proc and /sys files report size 0.
+            o["data"] = _read_all(fd, INLINE_MAX if st.st_size == 0 else st.st_size)
+    else:
+        o = {"kind": "placeholder", "path": real}
+    return 0, None, o
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, got = [], 0
+    while got < size:
+        b = os.pread(fd, size - got, got)
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)

@@ -1,0 +1,70 @@
+"""The C wait loop's share of the table: which stops it may settle without Python.
+
+Calls on local fds that need nothing from the tracer, and path calls whose (absolute)
+path the policy keeps local, are resumed inside `qr_wait_filtered` (about half the cost of
+a stop handled in Python). Everything it is given is computed here from the syscall table
+and the same PathPolicy the Python side uses, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+
+from qrun.native import ffi, lib
+from qrun.remote import procpaths
+from qrun.remote.fds import FdSpace
+from qrun.remote.tracee import Regs
+from qrun.syscalls.model import Syscall
+from qrun.syscalls.paths import PathPolicy
+
+FAST_BITS = 1024
+
+
+def policy_bytes(policy: PathPolicy) -> bytes:
+    """The path policy as the C loop reads it: kind letter, prefix, NUL, for each entry
+    (L local, H home, P and N: /proc and /dev paths only the tracer may decide)."""
+    def entries(kind: bytes, prefixes: list[str]) -> bytes:
+        return b"".join(kind + os.fsencode(p) + b"\0" for p in prefixes)
+    return (entries(b"L", policy.local) + entries(b"H", policy.home)
+            + entries(b"P", list(procpaths.ASK_TRACER)) + entries(b"N", list(procpaths.ASK_TRACER_NUMBERED)))
+
+
+def _bitmap(numbers: object) -> bytes:
+    bits = bytearray(FAST_BITS // 8)
+    for n in numbers:  # type: ignore[attr-defined]
+        if n is not None and 0 <= n < FAST_BITS:
+            bits[n // 8] |= 1 << (n % 8)
+    return bytes(bits)
+
+
+class FastPath:
+    def __init__(self, arch: str, by_nr: dict[int, Syscall], fds: FdSpace, policy: PathPolicy,
+                 regs: Regs, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.regs = regs
+        calls = list(by_nr.values())
+        self._local_ok = _bitmap(s.number(arch) for s in calls if s.local_fd_native)
+        self._copy_ok = _bitmap(s.number(arch) for s in calls if s.copy_local)
+        self._ph_prefix = os.fsencode(fds.ph_dir + "/")
+        self._copy_prefix = os.fsencode(fds.copies_dir + "/")
+        self._have_regs = ffi.new("int *")  # the C wait loop already read this stop's registers
+        path_arg = [-1] * FAST_BITS
+        for s in calls:
+            n = s.number(arch)
+            if n is not None and n < FAST_BITS:
+                path_arg[n] = s.local_path_arg
+        self._path_arg = ffi.new("signed char[]", path_arg)
+        self._policy = policy_bytes(policy)
+
+    @property
+    def have_regs(self) -> bool:
+        return bool(self._have_regs[0])
+
+    def wait(self, status: object) -> int:
+        if not self.enabled:
+            self._have_regs[0] = 0
+            return int(lib.qr_wait(status))
+        return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
+                                        self._ph_prefix, self._copy_prefix, self._path_arg,
+                                        self._policy, len(self._policy), self.regs.raw,
+                                        self._have_regs))

@@ -1,0 +1,150 @@
+"""The regular routes: a call whose path (BY_PATH) or fd (BY_FD) is home's is marshalled by
+its argument kinds' codecs, executed at home, and its outputs written back; otherwise the
+kernel runs it here (with relative paths made absolute where the virtual cwd needs it)."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrun.remote.fds import COPY, HOME, LOCAL
+from qrun.remote.job import Job, errno_of
+from qrun.remote.resolver import Target
+from qrun.remote.stop import Stop
+from qrun.syscalls.abi import AT_FDCWD
+from qrun.syscalls.codecs import codec, scatter
+from qrun.syscalls.model import DirFd, IovIn, IovOut, Path, PathOut
+from qrun.syscalls.paths import normalize
+from qrun.syscalls.table import BY_NAME
+
+
+@dataclass
+class Outgoing:
+    """What marshalling needs besides the registers (see codecs.Outgoing)."""
+    targets: dict[int, Target]
+    handle: int | None = None
+    iov: list[tuple[int, int]] = field(default_factory=list)
+
+    def wire_path(self, i: int) -> bytes | list[int] | None:
+        tg = self.targets.get(i)
+        return tg.wire_path() if tg else None
+
+    def wire_dirfd(self, i: int) -> int | None:
+        tg = self.targets.get(i)
+        return tg.wire_dirfd() if tg else None
+
+
+def by_path(s: Stop, job: Job) -> None:
+    targets = job.paths.targets(s)
+    homes = {tg.home for _, tg in targets}
+    if answer_link(s, targets):
+        return
+    if homes == {False} or not targets:
+        run_local(s, targets)
+    elif homes == {True}:
+        wa, rep = forward(s, job, Outgoing(dict(targets)))
+        if rep is not None and s.sc.updates_copies == "truncate":
+            tg = targets[0][1]
+            if tg.path and tg.handle is None:
+                job.fds.mirror(normalize(tg.path), None, 0, truncate=s.larg(1))
+    else:
+        s.skip(-errno.EXDEV)  # one path at home, the other local
+
+
+def by_fd(s: Stop, job: Job) -> None:
+    kind, ref = job.fds.kind(s.tid, s.sarg(0))
+    if kind == LOCAL or (kind == COPY and s.sc.copy_local):
+        return  # a local fd, or the data path of a local copy: the kernel runs it
+    assert isinstance(ref, int)
+    wa, rep = forward(s, job, Outgoing({}, handle=ref))
+    if rep is not None and kind == HOME:
+        _update_copies(s, job, ref, wa, rep)
+
+
+def _update_copies(s: Stop, job: Job, ref: int, wa: list[Any], rep: dict[str, Any]) -> None:
+    """Keep this host's local copies of a home file in step with a write through a
+    placeholder (another process of the job may hold a copy)."""
+    how = BY_NAME[s.sc.home_as].updates_copies if s.sc.home_as else s.sc.updates_copies
+    home_path = job.fds.handle_path.get(ref)
+    if not how or home_path is None:
+        return
+    n = rep["r"]
+    if how == "ftruncate":
+        job.fds.mirror(home_path, None, 0, truncate=wa[1])
+    elif n > 0:
+        at = rep["o"].get("pos", n) - n if how == "write" else wa[3]
+        job.fds.mirror(home_path, wa[1][:n], at)
+
+
+def answer_link(s: Stop, targets: list[tuple[int, Target]]) -> bool:
+    """readlink of a /proc link whose home value we know (exe, cwd, fd of a home file)."""
+    links = [tg.link for _, tg in targets if tg.link is not None]
+    out = [(i, k) for i, k in enumerate(s.sc.args) if isinstance(k, PathOut)]
+    if not links or not out:
+        return False
+    i, kind = out[0]
+    size = s.larg(kind.size)
+    if size <= 0:
+        s.skip(-errno.EINVAL)
+        return True
+    data = links[0].encode()[:size]
+    s.write(s.arg(i), data)
+    s.skip(len(data))
+    return True
+
+
+def run_local(s: Stop, targets: list[tuple[int, Target]]) -> None:
+    """Let the kernel run the call, with relative paths made absolute where needed."""
+    fixes = [(i, tg.fixup) for i, tg in targets if tg.fixup]
+    if not fixes:
+        return
+    scratch = s.scratch()
+    args = s.args()
+    for i, fix in fixes:
+        args[i] = scratch.put_str(fix.encode())
+        if i > 0 and isinstance(s.sc.args[i - 1], DirFd):
+            args[i - 1] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+    scratch.commit()
+    s.rewrite(s.regs.nr, args)
+
+
+def go_local(s: Stop, index: int, path: str) -> None:
+    """Run the call here after all, on the path home found it leads to."""
+    paths = [i for i, k in enumerate(s.sc.args) if isinstance(k, Path)]
+    i = index if index in paths else paths[0]
+    run_local(s, [(i, Target(False, None, path, fixup=path))])
+
+
+def marshal(s: Stop, out: Outgoing) -> list[Any]:
+    """The wire arguments, one codec per argument kind. Calls executed at home in their
+    plain form (readv as read) send the plain form's arguments: an iovec's codec gives
+    the one gathered buffer, and its count becomes that buffer's length."""
+    wa = [codec(k).encode(k, i, s, out) for i, k in enumerate(s.sc.args)]
+    if s.sc.home_as:
+        for i, k in enumerate(s.sc.args):
+            if isinstance(k, (IovIn, IovOut)):
+                wa[k.count] = len(wa[i]) if isinstance(wa[i], bytes) else wa[i]
+        wa = wa[:len(BY_NAME[s.sc.home_as].args)]
+    return wa
+
+
+def forward(s: Stop, job: Job, out: Outgoing) -> tuple[list[Any], dict[str, Any] | None]:
+    """Execute at home; returns the wire arguments and the reply (None on failure)."""
+    wa = marshal(s, out)
+    rep = job.call(s.t, s.sc.home_as or s.sc.name, wa)
+    if rep["e"]:
+        s.skip(-errno_of(rep["e"]))
+        return wa, None
+    for key, value in rep["o"].items():
+        if not key.isdigit() or int(key) >= len(s.sc.args):
+            continue  # extra facts for the stub itself (e.g. the write position)
+        i = int(key)
+        kind = s.sc.args[i]
+        if isinstance(kind, IovOut):
+            if isinstance(value, bytes):
+                scatter(s, out.iov, value)
+        else:
+            codec(kind).decode(kind, i, s, value)
+    s.skip(rep["r"])
+    return wa, rep

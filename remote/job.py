@@ -1,0 +1,64 @@
+"""The job's services, handed to every handler: the home channel, the fd space, the pid
+map, the handle sweeper, path resolution and the job's home identity."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrun.remote.channel import GoLocal, HomeBusy, Rpc
+from qrun.remote.fds import FdSpace
+from qrun.remote.handles import HandleSweeper
+from qrun.remote.pids import PidMap
+from qrun.remote.procs import ProcessTable
+from qrun.remote.resolver import Resolver
+from qrun.remote.tracee import Memory, Thread
+from qrun.syscalls.paths import PathPolicy
+
+
+def errno_of(name: str | None) -> int:
+    """The errno number of a reply's errno name (EIO for anything unknown)."""
+    value = getattr(errno, name or "", None)
+    return value if isinstance(value, int) else errno.EIO
+
+
+@dataclass
+class Job:
+    rpc: Rpc
+    fds: FdSpace
+    policy: PathPolicy
+    identity: dict[str, Any]
+    arch: str
+    table: ProcessTable
+    pids: PidMap
+    handles: HandleSweeper
+    paths: Resolver
+    warn_sink: Callable[[str], None]
+    warned: set[str] = field(default_factory=set)
+    mem: Memory = field(default_factory=Memory)
+
+    @classmethod
+    def build(cls, rpc: Rpc, fds: FdSpace, policy: PathPolicy, identity: dict[str, Any], arch: str,
+              warn: Callable[[str], None], debug: bool = False) -> Job:
+        table = ProcessTable()
+        pids = PidMap(rpc, table, debug)
+        return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table),
+                   Resolver(fds, policy, pids, table), warn)
+
+    def call(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
+        """Ask the home node. Raises HomeBusy (wait and ask again) or GoLocal (the path
+        leads to a tree this host serves)."""
+        rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+        if rep["e"] and rep["o"].get("busy"):
+            raise HomeBusy(op)
+        local = rep["o"].get("local") if rep["e"] else None
+        if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):
+            raise GoLocal(int(local[0]), local[1])
+        return rep
+
+    def warn_once(self, key: str, msg: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.warn_sink(msg)

@@ -1,0 +1,79 @@
+"""One stopped system call, as handlers see it: the thread, its registers, its memory.
+
+Handlers read arguments and tracee memory through a Stop and end the call through it:
+`skip` answers the call without running it, `rewrite` makes the kernel run another call
+(the job's own arguments come back at the exit stop), `then` asks for the exit stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite, set_ret, skip
+from qrun.syscalls.codecs import s32, s64
+from qrun.syscalls.model import Syscall
+
+
+@dataclass
+class Stop:
+    t: Thread
+    regs: Regs
+    sc: Syscall
+    mem: Memory
+    arch: str
+
+    @property
+    def tid(self) -> int:
+        return self.t.tid
+
+    def arg(self, i: int) -> int:
+        return self.regs.arg(i)
+
+    def sarg(self, i: int) -> int:
+        """Argument i as a C int."""
+        return s32(self.regs.arg(i))
+
+    def larg(self, i: int) -> int:
+        """Argument i as a C long."""
+        return s64(self.regs.arg(i))
+
+    def args(self) -> list[int]:
+        return self.regs.args()
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.mem.read(self.t.tid, addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.mem.write(self.t.tid, addr, data)
+
+    def cstr(self, addr: int) -> bytes:
+        return self.mem.cstr(self.t.tid, addr)
+
+    def ptr_array(self, addr: int) -> list[int]:
+        return self.mem.ptr_array(self.t.tid, addr)
+
+    def scratch(self) -> Scratch:
+        return Scratch(self.t.tid, self.regs.sp, self.mem)
+
+    def skip(self, ret: int) -> None:
+        """The call does not run; it returns `ret` (-errno for an error)."""
+        skip(self.t.tid, ret)
+
+    def rewrite(self, nr: int, args: list[int]) -> None:
+        rewrite(self.t, self.regs, nr, args)
+
+    def then(self, cb: Callable[[Thread, int], None]) -> None:
+        """Run cb(thread, result) at the call's exit stop."""
+        self.t.on_exit = cb
+
+    def number_of(self, name: str) -> int:
+        """This architecture's number of another table call (for rewrites)."""
+        from qrun.syscalls.table import BY_NAME
+        nr = BY_NAME[name].number(self.arch)
+        assert nr is not None, f"{name} does not exist on {self.arch}"
+        return nr
+
+
+def set_result(t: Thread, ret: int) -> None:
+    set_ret(t.tid, ret)

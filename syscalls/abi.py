@@ -1,0 +1,31 @@
+"""Linux ABI constants the handlers and the home node name, written once.
+
+They are the same on x86_64 and aarch64 (open(2) flags that differ are converted by
+`syscalls.flags`); struct layouts are in `syscalls.structs`, syscall numbers in the table.
+"""
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+
+O_ACCMODE, O_WRONLY = 0o3, 0o1
+O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL = 0, 1, 2, 3, 4
+F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+F_DUPFD_CLOEXEC = 1030
+LOCK_NB = 4
+
+WNOWAIT = 0x01000000
+P_PID, P_PGID = 1, 2
+
+CLONE_VM, CLONE_FS, CLONE_FILES = 0x100, 0x200, 0x400
+CLONE_VFORK, CLONE_THREAD = 0x4000, 0x10000
+
+TIOCGPGRP, TIOCSPGRP, TIOCGSID = 0x540F, 0x5410, 0x5429
+
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
