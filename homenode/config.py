@@ -123,47 +123,55 @@ _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_jobs": int, "resources": dict, "stub": str, "partition": str, "home_roots": list}
 
 
+_TOP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "home_addr": str, "max_jobs_per_user": int, "agent_port": int, "agent_public_key": str,
+    "agent_secret_key": str, "ssh_command": str, "srun_command": str, "home_roots": list,
+    "hosts": dict}
+
+
+def _check_types(items: dict[str, Any], allowed: dict[str, type | tuple[type, ...]], where: str) -> None:
+    for key, value in items.items():
+        want = allowed.get(key)
+        if want is None:
+            raise ConfigError(f"{where} unknown setting {key!r}")
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"{where} {key} has the wrong type")
+
+
 def parse(data: dict[str, Any], source: str = "") -> ClusterConfig:
     cfg = ClusterConfig(source=source)
     where = f"bad cluster file {source}" if source else "bad cluster file"
-    top: dict[str, type | tuple[type, ...]] = {"home_addr": str, "max_jobs_per_user": int, "agent_port": int,
-           "agent_public_key": str, "agent_secret_key": str, "ssh_command": str,
-           "srun_command": str, "home_roots": list, "hosts": dict}
+    _check_types(data, _TOP_KEYS, f"{where}:")
     for key, value in data.items():
-        if key not in top:
-            raise ConfigError(f"{where}: unknown setting {key!r}")
-        if not isinstance(value, top[key]) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} has the wrong type")
         if key != "hosts":
             setattr(cfg, key, value)
     _check_top(cfg, where)
     _check_roots(cfg.home_roots, f"{where}: home_roots")
     for name, h in data.get("hosts", {}).items():
-        if not isinstance(h, dict):
-            raise ConfigError(f"{where}: [hosts.{name}] must be a table")
-        for key, value in h.items():
-            want = _HOST_KEYS.get(key)
-            if want is None:
-                raise ConfigError(f"{where}: [hosts.{name}] unknown setting {key!r}")
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"{where}: [hosts.{name}] {key} has the wrong type")
-        hc = HostConfig(name=name, **{k: v for k, v in h.items() if k != "resources"})
-        hc.resources = {}
-        for k, v in h.get("resources", {}).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ConfigError(f"{where}: [hosts.{name}] resource {k} must be a number")
-            hc.resources[str(k)] = float(v)
-        if hc.launcher not in ("ssh", "slurm"):
-            raise ConfigError(f"{where}: [hosts.{name}] launcher must be ssh or slurm")
-        if not (0 < hc.speed < math.inf and 0 < hc.memory < math.inf):
-            raise ConfigError(f"{where}: [hosts.{name}] speed and memory must be positive")
-        if hc.max_jobs < 0:
-            raise ConfigError(f"{where}: [hosts.{name}] max_jobs must be 0 (no limit) or more")
-        _check_roots(hc.home_roots, f"{where}: [hosts.{name}] home_roots")
-        if hc.stub and not hc.stub.split():
-            raise ConfigError(f"{where}: [hosts.{name}] stub is blank (leave it out for the default)")
-        cfg.hosts[name] = hc
+        cfg.hosts[name] = _host(name, h, f"{where}: [hosts.{name}]")
     return cfg
+
+
+def _host(name: str, h: object, where: str) -> HostConfig:
+    if not isinstance(h, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_types(h, _HOST_KEYS, where)
+    hc = HostConfig(name=name, **{k: v for k, v in h.items() if k != "resources"})
+    hc.resources = {}
+    for k, v in h.get("resources", {}).items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ConfigError(f"{where} resource {k} must be a number")
+        hc.resources[str(k)] = float(v)
+    if hc.launcher not in ("ssh", "slurm"):
+        raise ConfigError(f"{where} launcher must be ssh or slurm")
+    if not (0 < hc.speed < math.inf and 0 < hc.memory < math.inf):
+        raise ConfigError(f"{where} speed and memory must be positive")
+    if hc.max_jobs < 0:
+        raise ConfigError(f"{where} max_jobs must be 0 (no limit) or more")
+    _check_roots(hc.home_roots, f"{where} home_roots")
+    if hc.stub and not hc.stub.split():
+        raise ConfigError(f"{where} stub is blank (leave it out for the default)")
+    return hc
 
 
 # CURVE keys as `qrun agent --keygen` prints them: 32 bytes in Z85, i.e. 40 characters.

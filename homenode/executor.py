@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +19,10 @@ from qrun.homenode.resolve import Local, Resolved, Resolver
 from qrun.homenode.schema import BadRequest, for_syscall
 from qrun.homenode.schema import check as check_args
 from qrun.native import ffi, lib
-from qrun.syscalls.abi import AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
+from qrun.syscalls.abi import ARCH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
 from qrun.syscalls.codecs import codec
 from qrun.syscalls.model import DirFd, Flags, Path, Syscall
 from qrun.syscalls.table import TABLE
-
-ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine()]
 
 FORWARDABLE: dict[str, Syscall] = {s.name: s for s in TABLE if s.forwardable}
 _CHECKS = {name: for_syscall(sc) for name, sc in FORWARDABLE.items()}
@@ -190,14 +187,6 @@ def _word(v: int) -> int:
     """A C long from any 64-bit pattern (flags and addresses may use the top bit)."""
     v &= (1 << 64) - 1
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def stat_to_wire(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
-            st.st_size, st.st_blksize, st.st_blocks,
-            st.st_atime_ns // 10**9, st.st_atime_ns % 10**9,
-            st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
-            st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9]
 
 
 def is_copyable(st: os.stat_result, flags: int) -> bool:

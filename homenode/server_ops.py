@@ -3,7 +3,6 @@ generic executor, and the named operations (`op_<name>`) it cannot express."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -13,24 +12,24 @@ from typing import Any
 
 from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
-from qrun.homenode.executor import ARCH as HOME_ARCH
 from qrun.homenode.executor import (
     FORWARDABLE,
     BadRequest,
     Handles,
     execute,
     is_copyable,
-    stat_to_wire,
     wire_path,
 )
 from qrun.homenode.resolve import Refused, Resolver
+from qrun.syscalls import abi, structs
 from qrun.syscalls import flags as wflags
+from qrun.syscalls.abi import ARCH as HOME_ARCH
+from qrun.syscalls.codecs import s32
 
 Reply = tuple[int, str | None, dict[str, Any]]   # result, errno name, extra fields
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
 
-_libc = ctypes.CDLL(None, use_errno=True)
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 O_PATH_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # all O_PATH keeps
@@ -137,14 +136,14 @@ class HomeOps:
 
     def op_fcntl_lock(self, handle: int, cmd: int, lock: bytes) -> Reply:
         fd = self.handles.fd(handle)
-        if cmd not in (fcntl.F_GETLK, fcntl.F_SETLK, 36, 37) or not isinstance(lock, bytes) \
-                or len(lock) != 32:
+        if cmd not in (abi.F_GETLK, abi.F_SETLK, abi.F_OFD_GETLK, abi.F_OFD_SETLK) \
+                or not isinstance(lock, bytes) or len(lock) != structs.SIZES[HOME_ARCH]["flock"]:
             raise BadRequest("fcntl: malformed lock request")
-        buf = ctypes.create_string_buffer(lock, 32)
-        r = _libc.fcntl(fd, cmd, buf)
-        if r < 0:
-            return -1, errno.errorcode.get(ctypes.get_errno(), "EIO"), {}
-        return r, None, {"2": buf.raw}
+        try:
+            out = fcntl.fcntl(fd, cmd, lock)  # fills a copy of the struct (F_GETLK)
+        except OSError as exc:
+            return -1, errno.errorcode.get(exc.errno or 0, "EIO"), {}
+        return 0, None, {"2": out}
 
 
 def _open_flags(wflags_: int, exec_: bool, resolve: int | None) -> tuple[int, int]:
@@ -153,7 +152,7 @@ def _open_flags(wflags_: int, exec_: bool, resolve: int | None) -> tuple[int, in
         raise BadRequest("open: flags wider than 32 bits")
     fl = wflags.open_from_wire(HOME_ARCH, wflags_) | os.O_CLOEXEC
     if resolve is None:
-        fl = ctypes.c_int(fl).value  # open(2) takes a C int
+        fl = s32(fl)  # open(2) takes a C int
     if exec_:
         fl = os.O_RDONLY | os.O_CLOEXEC
     # Opened non-blocking: opening a FIFO must never stall the one thread serving the
@@ -182,7 +181,7 @@ def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int]
     if exec_ and (not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK)):
         return -1, "EACCES", {}
     if exec_ or is_copyable(st, fl):
-        o: dict[str, Any] = {"kind": "copy", "path": real, "stat": stat_to_wire(st)}
+        o: dict[str, Any] = {"kind": "copy", "path": real, "stat": structs.stat_result_to_wire(st)}
         if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
             o["fresh"] = True
         elif st.st_size <= INLINE_MAX:

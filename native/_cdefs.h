@@ -1,12 +1,6 @@
 /* Declarations exposed to Python through cffi (parsed by cffi, not by a C compiler). */
 
-struct qr_regs {
-    long nr;                    /* syscall number at a seccomp stop */
-    unsigned long args[6];
-    unsigned long sp;
-    unsigned long ip;
-    long ret;                   /* return-value register */
-};
+/* struct qr_regs: see _types.h */
 
 int qr_arch(void);               /* AUDIT_ARCH_* of this build */
 
@@ -51,11 +45,22 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
  * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties; P and
  * N prefixes, the latter followed by a digit, are always returned to Python) are
  * resumed too. When it returns a seccomp stop whose
- * registers it read, they are in *regs and *have_regs is 1 (else 0). */
+ * registers it read, they are in *regs and *have_regs is 1 (else 0). What it read to
+ * decide travels with the stop, so Python neither reads nor decides it again: *seen_kind
+ * is QR_SEEN_PATH (seen holds the path argument, which does not route local),
+ * QR_SEEN_FD_LINK (seen holds the /proc link of the first argument's fd, a placeholder
+ * or a copy), or QR_SEEN_NONE. */
+#define QR_SEEN_NONE ...
+#define QR_SEEN_PATH ...
+#define QR_SEEN_FD_LINK ...
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
                      int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
-                     struct qr_regs *regs, int *have_regs);
+                     struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
+                     int *seen_kind);
+/* Answer the call a seccomp stop is in with `retval` without running it, and resume the
+ * thread (to its exit stop if `to_exit`): one call, with no register read. */
+int qr_skip_resume(int pid, long retval, int to_exit);
 
 /* Mount an empty tmpfs (mount `options`, read-only if `readonly`) over `path`, keeping the
  * directories in `keep` ("a\0b\0\0", absolute, below path) visible read-only in it. */

@@ -25,13 +25,7 @@
 #include <sys/user.h>
 #include <sys/wait.h>
 
-struct qr_regs {
-    long nr;
-    unsigned long args[6];
-    unsigned long sp;
-    unsigned long ip;
-    long ret;
-};
+/* struct qr_regs comes first, from _types.h (see build.py). */
 
 #if defined(__x86_64__)
 #define QR_ARCH AUDIT_ARCH_X86_64
@@ -65,6 +59,10 @@ int qr_arch(void) { return (int)QR_ARCH; }
 #define QR_STEP_PTRACE 3
 #define QR_STEP_SECCOMP 4
 #define QR_STEP_EXEC 5
+
+#define QR_SEEN_NONE 0
+#define QR_SEEN_PATH 1
+#define QR_SEEN_FD_LINK 2
 
 /* The child's report of what failed before the job ran: which step, and its errno. */
 static void fail_and_exit(int fd, int step, int code)
@@ -315,6 +313,16 @@ int qr_set_ret(int pid, long retval)
                   (void *)retval) < 0 ? -errno : 0;
 }
 
+int qr_skip_resume(int pid, long retval, int to_exit)
+{
+    /* Two words of the register file, not all of it: the stop's registers were read
+     * already, and nothing else changes. */
+    if (ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, orig_rax), (void *)-1L) < 0 ||
+        ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax), (void *)retval) < 0)
+        return -errno;
+    return ptrace(to_exit ? PTRACE_SYSCALL : PTRACE_CONT, pid, 0, 0) < 0 ? -errno : 0;
+}
+
 int qr_restore_args(int pid, long nr, const unsigned long *a)
 {
     /* At the exit stop rax holds the result and is kept; orig_rax is what the kernel
@@ -383,6 +391,14 @@ int qr_set_ret(int pid, long retval)
     u.regs[0] = (unsigned long)retval;
     return setregset(pid, &u);
 }
+int qr_skip_resume(int pid, long retval, int to_exit)
+{
+    int e = qr_skip(pid, retval);
+    if (e < 0)
+        return e;
+    return ptrace(to_exit ? PTRACE_SYSCALL : PTRACE_CONT, pid, 0, 0) < 0 ? -errno : 0;
+}
+
 int qr_restore_args(int pid, long nr, const unsigned long *a)
 {
     /* x0 is both the first argument and the result: it keeps the result. A restart by the
@@ -593,16 +609,29 @@ static int routes_local(const char *path, const char *policy, int policy_len)
     return local;
 }
 
+/* Hand a stop to Python with what was read to decide it. */
+static int seen_as(int pid, int kind, const char *what, size_t n, char *seen, int seen_size,
+                   int *seen_kind)
+{
+    if (n + 1 > (size_t)seen_size)
+        return pid;                  /* too long to pass on: Python reads it again */
+    memcpy(seen, what, n + 1);
+    *seen_kind = kind;
+    return pid;
+}
+
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
                      int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
-                     struct qr_regs *regs, int *have_regs)
+                     struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
+                     int *seen_kind)
 {
     size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
     char path[64], target[4096];
     struct qr_regs r;
     for (;;) {
         *have_regs = 0;
+        *seen_kind = QR_SEEN_NONE;
         int pid = qr_wait(status);
         if (pid < 0)
             return pid;
@@ -620,8 +649,10 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         int pa = path_arg[nr];
         if (pa >= 0) {
             long n = qr_read_cstr(pid, r.args[pa], target, sizeof target);
-            if (n <= 0 || !routes_local(target, policy, policy_len))
+            if (n <= 0)
                 return pid;
+            if (!routes_local(target, policy, policy_len))
+                return seen_as(pid, QR_SEEN_PATH, target, (size_t)n, seen, seen_size, seen_kind);
         } else {
             if (!(local_ok[nr / 8] & (1 << (nr % 8))))
                 return pid;
@@ -630,11 +661,11 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
             ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
             if (n > 0) {
                 target[n] = 0;
-                if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)
-                    return pid;                     /* a home placeholder */
+                if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)   /* a home placeholder */
+                    return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)n, seen, seen_size, seen_kind);
                 if ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0 &&
-                    !(copy_ok[nr / 8] & (1 << (nr % 8))))
-                    return pid;                     /* a copy, and not its data path */
+                    !(copy_ok[nr / 8] & (1 << (nr % 8))))      /* a copy, and not its data path */
+                    return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)n, seen, seen_size, seen_kind);
             }
         }
         /* A local fd or path (or none: the kernel will say EBADF): the kernel runs it. */

@@ -7,10 +7,11 @@ from cffi import FFI
 HERE = Path(__file__).parent
 
 ffibuilder = FFI()
-ffibuilder.cdef((HERE / "_cdefs.h").read_text())
+TYPES = (HERE / "_types.h").read_text()   # defined once, in front of both
+ffibuilder.cdef(TYPES + (HERE / "_cdefs.h").read_text())
 ffibuilder.set_source(
     "qrun.native._qrun_native",
-    (HERE / "_source.c").read_text(),
+    TYPES + (HERE / "_source.c").read_text(),
     extra_compile_args=["-O2", "-Wall"],
 )
 

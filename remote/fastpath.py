@@ -55,16 +55,24 @@ class FastPath:
                 path_arg[n] = s.local_path_arg
         self._path_arg = ffi.new("signed char[]", path_arg)
         self._policy = policy_bytes(policy)
+        self._seen = ffi.new("char[]", 4096)
+        self._seen_kind = ffi.new("int *")
 
     @property
     def have_regs(self) -> bool:
         return bool(self._have_regs[0])
 
+    def seen(self) -> tuple[int, bytes]:
+        """What the C loop read to decide the stop it returned: (QR_SEEN_*, the bytes)."""
+        kind = int(self._seen_kind[0])
+        return kind, (ffi.string(self._seen) if kind != lib.QR_SEEN_NONE else b"")
+
     def wait(self, status: object) -> int:
         if not self.enabled:
             self._have_regs[0] = 0
+            self._seen_kind[0] = lib.QR_SEEN_NONE
             return int(lib.qr_wait(status))
         return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
                                         self._ph_prefix, self._copy_prefix, self._path_arg,
                                         self._policy, len(self._policy), self.regs.raw,
-                                        self._have_regs))
+                                        self._have_regs, self._seen, 4096, self._seen_kind))

@@ -53,7 +53,7 @@ def by_path(s: Stop, job: Job) -> None:
 
 
 def by_fd(s: Stop, job: Job) -> None:
-    kind, ref = job.fds.kind(s.tid, s.sarg(0))
+    kind, ref = job.fd_kind(s, 0)
     if kind == LOCAL or (kind == COPY and s.sc.copy_local):
         return  # a local fd, or the data path of a local copy: the kernel runs it
     assert isinstance(ref, int)

@@ -14,6 +14,7 @@ from qrun.remote.handles import HandleSweeper
 from qrun.remote.pids import PidMap
 from qrun.remote.procs import ProcessTable
 from qrun.remote.resolver import Resolver
+from qrun.remote.stop import Stop
 from qrun.remote.tracee import Memory, Thread
 from qrun.syscalls.paths import PathPolicy
 
@@ -57,6 +58,13 @@ class Job:
         if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):
             raise GoLocal(int(local[0]), local[1])
         return rep
+
+    def fd_kind(self, s: Stop, i: int) -> tuple[str, int | None]:
+        """What argument i's fd is (LOCAL, HOME or COPY, and its handle); for the first
+        argument the C loop may have read its /proc link already."""
+        if i == 0 and s.seen_fd_link is not None:
+            return self.fds.classify(s.seen_fd_link)
+        return self.fds.kind(s.tid, s.sarg(i))
 
     def warn_once(self, key: str, msg: str) -> None:
         if key not in self.warned:

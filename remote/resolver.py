@@ -72,7 +72,7 @@ class Resolver:
             return self._by_dirfd(s.t, dirfd, "") if empty_ok else Target(False)
         path = os.fsdecode(raw)
         if path.startswith("/"):
-            return self.resolve_abs(s.t, path, follow)
+            return self.resolve_abs(s.t, path, follow, s.known_home(addr))
         if dirfd == AT_FDCWD:
             joined = s.t.fs.cwd.rstrip("/") + "/" + path
             tg = self.resolve_abs(s.t, joined, follow)
@@ -85,8 +85,12 @@ class Resolver:
             return Target(True, ref, path)
         return Target(False)  # a local dir fd; or a copy, where the kernel says ENOTDIR
 
-    def resolve_abs(self, t: Thread, path: str, follow: bool = True) -> Target:
+    def resolve_abs(self, t: Thread, path: str, follow: bool = True, known_home: bool = False) -> Target:
+        """`known_home`: the C loop found the path does not route local; a plainly written
+        path outside /proc and /dev then routes home, without asking the policy again."""
         p = normalize(path)
+        if known_home and p == path and not p.startswith(("/proc/", "/dev/")):
+            return Target(True, None, path)
         pp = procpaths.parse(p, follow) if p.startswith(("/proc/", "/dev/")) else None
         if pp is not None:
             tg = self._proc_target(t, pp, follow)

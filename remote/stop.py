@@ -8,9 +8,9 @@ Handlers read arguments and tracee memory through a Stop and end the call throug
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite, set_ret, skip
+from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite, set_ret
 from qrun.syscalls.codecs import s32, s64
 from qrun.syscalls.model import Syscall
 
@@ -22,6 +22,12 @@ class Stop:
     sc: Syscall
     mem: Memory
     arch: str
+    # What the C wait loop already read for this stop (see fastpath.py): the path argument
+    # at `seen_addr`, which it found does not route local, or the first fd's /proc link.
+    seen_path: bytes | None = None
+    seen_addr: int = 0
+    seen_fd_link: str | None = None
+    result: int | None = field(default=None, init=False)  # the answer `skip` gave, if any
 
     @property
     def tid(self) -> int:
@@ -48,7 +54,13 @@ class Stop:
         self.mem.write(self.t.tid, addr, data)
 
     def cstr(self, addr: int) -> bytes:
+        if self.seen_path is not None and addr == self.seen_addr:
+            return self.seen_path
         return self.mem.cstr(self.t.tid, addr)
+
+    def known_home(self, addr: int) -> bool:
+        """Whether the C loop found the path at `addr` does not route local."""
+        return self.seen_path is not None and addr == self.seen_addr
 
     def ptr_array(self, addr: int) -> list[int]:
         return self.mem.ptr_array(self.t.tid, addr)
@@ -57,8 +69,9 @@ class Stop:
         return Scratch(self.t.tid, self.regs.sp, self.mem)
 
     def skip(self, ret: int) -> None:
-        """The call does not run; it returns `ret` (-errno for an error)."""
-        skip(self.t.tid, ret)
+        """The call does not run; it returns `ret` (-errno for an error). Applied when the
+        tracer resumes the thread, in the same C call (the last answer given wins)."""
+        self.result = ret
 
     def rewrite(self, nr: int, args: list[int]) -> None:
         rewrite(self.t, self.regs, nr, args)

@@ -8,7 +8,6 @@ secret ever appears on a command line. Everything after that line is not read.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import pwd
@@ -16,11 +15,8 @@ import resource
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
-import termios
-import threading
 import time
 from typing import Any
 
@@ -30,20 +26,13 @@ from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
+from qrun.remote.stdio import StdioPump, eprint, set_winsize
 from qrun.remote.trace import CallTrace, select
 from qrun.remote.tracer import ARCH, DEBUG, Tracer
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
-from zmq.utils.monitor import recv_monitor_message
 
 EXIT_STUB_FAILURE = 125
-STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
-EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
-
-
-def eprint(msg: str) -> None:
-    sys.stderr.write(f"qrun-stub: {msg}\n")
-    sys.stderr.flush()
 
 
 def read_bootstrap() -> Credentials:
@@ -58,196 +47,6 @@ def read_bootstrap() -> Credentials:
     d = json.loads(line)
     return Credentials(endpoint=d["endpoint"], server_key=d["server_key"].encode(),
                        public=d["public"].encode(), secret=d["secret"].encode(), job=d["job"])
-
-
-class StdioPump(threading.Thread):
-    """Moves the job's stdio and home's signals over the control connection."""
-
-    def __init__(self, sock: zmq.Socket, timeout: float, out_fds: dict[int, int], in_fd: int,
-                 tracer: Tracer) -> None:
-        super().__init__(daemon=True, name="qrun-stdio")
-        self.sock = sock
-        self.timeout = timeout
-        self.out_fds = dict(out_fds)  # pipe read end -> stream number
-        self.in_fd: int | None = in_fd
-        self.in_buf = bytearray()
-        self.in_eof = False
-        self.tracer = tracer
-        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.final: dict[str, Any] | None = None
-        self.home_lost = threading.Event()
-        self.told_stopped = False
-        self.pty: int | None = None   # the pty master, when the job has a terminal
-        self.ctl_seen = 0   # home's control messages handled, in order (acknowledged in pings)
-        self.last_heard = time.monotonic()
-        self.done = threading.Event()
-
-    def wake(self) -> None:
-        os.write(self.wake_w, b"x")
-
-    def finish(self, exit_msg: dict[str, Any]) -> None:
-        self.final = exit_msg
-        os.write(self.wake_w, b"x")
-
-    def run(self) -> None:
-        try:
-            self._loop()
-        except Exception as exc:  # never die silently: the job would hang on a full pipe
-            eprint(f"stdio relay failed: {exc}")
-            self.home_lost.set()
-            self.tracer.kill_all()
-        finally:
-            self.done.set()
-
-    def _loop(self) -> None:
-        self.last_heard = time.monotonic()
-        last_ping = 0.0
-        bye_deadline: float | None = None
-        last_exit = 0.0
-        # A home node that dies closes its connection: notice that within seconds rather
-        # than after the silence timeout (which still covers a network that drops packets).
-        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
-        disconnected_at: float | None = None
-        grace = min(3.0, self.timeout)
-        try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
-        for fd in self.out_fds:
-            os.set_blocking(fd, False)
-        while True:
-            poller = zmq.Poller()
-            poller.register(self.sock, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
-            poller.register(self.wake_r, zmq.POLLIN)
-            for fd in self.out_fds:
-                poller.register(fd, zmq.POLLIN)
-            if self.in_fd is not None and (self.in_buf or self.in_eof):
-                poller.register(self.in_fd, zmq.POLLOUT)
-            events = dict(poller.poll(500 if self.final is None else int(EXIT_RESEND * 1000)))
-            now = time.monotonic()
-            if monitor in events:
-                while monitor.poll(0):
-                    event = recv_monitor_message(monitor)["event"]
-                    if event == zmq.EVENT_DISCONNECTED:
-                        disconnected_at = disconnected_at or now
-                    elif event == zmq.EVENT_CONNECTED:
-                        disconnected_at = None
-            # A stopped job's home node may be stopped too (qrun stops with its job): give it
-            # long enough to be resumed before counting it as gone.
-            allowed = STOPPED_GRACE if self.told_stopped else grace
-            if disconnected_at is not None and now - disconnected_at > allowed and bye_deadline is None:
-                eprint(f"the home node closed the connection ({grace:.0f} s ago); killing the job")
-                self.home_lost.set()
-                self.tracer.kill_all()
-                return
-            if self.sock in events:
-                seen = self.ctl_seen
-                while self.sock.poll(0):
-                    msg = wire.decode(self.sock.recv())
-                    self.last_heard = now
-                    self._control(msg)
-                    if msg["t"] == "bye":
-                        return
-                if self.ctl_seen != seen:  # acknowledge at once: home holds them until then
-                    try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
-            for fd in list(self.out_fds):
-                if fd in events:
-                    self._drain(fd)
-            if self.in_fd is not None and self.in_fd in events:
-                self._feed()
-            if self.wake_r in events:
-                os.read(self.wake_r, 64)
-            if self.final is not None and not self.out_fds:
-                # Resent until home says bye: one lost message must not change the outcome.
-                if bye_deadline is None:
-                    bye_deadline, last_exit = now + 10, 0.0
-                if now - last_exit >= EXIT_RESEND:
-                    try_send(self.sock, wire.encode("exit", **self.final))
-                    last_exit = now
-            if bye_deadline is not None and now > bye_deadline:
-                return
-            if now - last_ping >= 1.0:
-                try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
-                last_ping = now
-            stopped = self.tracer.job_stopped
-            if stopped != self.told_stopped:
-                # Home stops too (its shell gets the prompt back) and says nothing meanwhile.
-                try_send(self.sock, wire.encode("state", stopped=stopped))
-                self.told_stopped = stopped
-            if stopped:
-                self.last_heard = now  # a stopped job does not miss its stopped home node
-            if now - self.last_heard > self.timeout:
-                eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); "
-                       "killing the job")
-                self.home_lost.set()
-                self.tracer.kill_all()
-                return
-
-    def _control(self, msg: dict[str, Any]) -> None:
-        t = msg["t"]
-        n = msg.get("n")
-        if isinstance(n, int):
-            if n != self.ctl_seen + 1:
-                return  # a resend of one we had, or one after a lost one: it comes again
-            self.ctl_seen = n
-        if t == "in":
-            if msg["d"]:
-                self.in_buf += msg["d"]
-            else:
-                self.in_eof = True
-        elif t == "sig":
-            self._signal(msg["pid"], msg["sig"])
-        elif t == "winch" and self.pty is not None:
-            set_winsize(self.pty, msg["rows"], msg["cols"])  # the kernel tells the job (SIGWINCH)
-        elif t == "closed":
-            # Home's reader of this stream has gone: close our end of the job's pipe, so
-            # its next write fails with EPIPE (SIGPIPE) as it would at home.
-            for fd, stream in list(self.out_fds.items()):
-                if stream == msg["fd"]:
-                    os.close(fd)
-                    del self.out_fds[fd]
-
-    def _signal(self, home_pid: int, sig: int) -> None:
-        try:
-            if home_pid == 0:
-                os.killpg(self.tracer.main_pid, sig)
-            else:
-                remote = self.tracer.remote_pid(home_pid)
-                if remote is not None:
-                    os.kill(remote, sig)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
-
-    def _drain(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: a pty whose every slave end is closed (the job is gone)
-            data = b""
-        if data:
-            # Blocking here is flow control (the home node is slow); a dead home node is
-            # caught by the silence timer, which the send timeout lets run.
-            while not try_send(self.sock, wire.encode("out", fd=self.out_fds[fd], d=data)):
-                if time.monotonic() - self.last_heard > self.timeout:
-                    return
-        else:
-            os.close(fd)
-            del self.out_fds[fd]
-
-    def _feed(self) -> None:
-        fd = self.in_fd
-        assert fd is not None
-        try:
-            if self.in_buf:
-                n = os.write(fd, self.in_buf[:1 << 16])
-                del self.in_buf[:n]
-            if not self.in_buf and self.in_eof:
-                os.close(fd)
-                self.in_fd = None
-        except BrokenPipeError:  # the job closed its stdin: drop the rest, as a pipe would
-            os.close(fd)
-            self.in_fd = None
-        except BlockingIOError:
-            pass
 
 
 def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
@@ -272,7 +71,9 @@ class PlainJob:
 
     def __init__(self) -> None:
         self.main_pid = 0
-        self.remote_of: dict[int, int] = {}
+
+    def remote_pid(self, home_pid: int) -> int | None:
+        return None  # a plain job's processes have no home pids: signals go to its group
 
     @property
     def job_stopped(self) -> bool:
@@ -339,11 +140,6 @@ def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
     pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
     pump.start()
     return pump, (in_r, out_w, err_w)
-
-
-def set_winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(0, min(rows, 65535)),
-                                                     max(0, min(cols, 65535)), 0, 0))
 
 
 def report_exit(pump: StdioPump, status: dict[str, Any], host: str) -> int:

@@ -16,6 +16,8 @@ from typing import IO
 
 from qrun.remote.stop import Stop
 from qrun.remote.tracee import Thread
+from qrun.syscalls import abi
+from qrun.syscalls import flags as wflags
 from qrun.syscalls import model as m
 from qrun.syscalls.codecs import s64
 from qrun.syscalls.model import Route, Syscall
@@ -131,10 +133,33 @@ def _arg(s: Stop, i: int, kind: object) -> str:
         fd = s.sarg(i)
         return "AT_FDCWD" if isinstance(kind, m.DirFd) and fd == -100 else str(fd)
     if isinstance(kind, m.Flags):
-        return hex(v & 0xFFFFFFFF)
+        return _flags(kind.family, s.arch, v)
     if isinstance(kind, m.Int):
         return str(s.larg(i))
     return "NULL" if v == 0 else hex(v)
+
+
+# at-flags: python-ptrace has no table of them.
+_AT_FLAGS = ((abi.AT_SYMLINK_NOFOLLOW, "AT_SYMLINK_NOFOLLOW"), (0x200, "AT_REMOVEDIR"),
+             (abi.AT_SYMLINK_FOLLOW, "AT_SYMLINK_FOLLOW"), (0x800, "AT_NO_AUTOMOUNT"),
+             (abi.AT_EMPTY_PATH, "AT_EMPTY_PATH"))
+
+
+def _flags(family: str, arch: str, v: int) -> str:
+    """Flag words by name, as strace shows them; python-ptrace's tables for open(2) and
+    clone(2) flags (whose bits it knows in x86_64's numbering: the wire's)."""
+    from ptrace.syscall.posix_arg import CLONE_FLAGS_BITMASK, OPEN_FLAGS_BITMASK
+    from ptrace.tools import readBits
+    v &= 0xFFFFFFFF
+    if family == "open":
+        names = readBits(wflags.open_to_wire(arch, v), OPEN_FLAGS_BITMASK)
+        if not names or names[0] not in ("O_WRONLY", "O_RDWR"):
+            names.insert(0, "O_RDONLY")
+        return "|".join(names)
+    table = {"clone": CLONE_FLAGS_BITMASK, "at": _AT_FLAGS}.get(family)
+    if table is None or v == 0:
+        return hex(v) if v else "0"
+    return "|".join(readBits(v, table))
 
 
 def _quote(raw: bytes, limit: int = 64) -> str:

@@ -27,6 +27,7 @@ from qrun.remote.stop import Stop
 from qrun.remote.trace import CallTrace
 from qrun.remote.tracee import FsState, Proc, Regs, Thread, restore_args, skip
 from qrun.syscalls import abi, bpf
+from qrun.syscalls.abi import ARCH
 from qrun.syscalls.model import Route, Syscall
 from qrun.syscalls.table import by_number
 
@@ -46,7 +47,6 @@ STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 
 DEBUG = bool(os.environ.get("QRUN_DEBUG_TRACE"))
-ARCH = {0xC000003E: "x86_64", 0xC00000B7: "aarch64"}[lib.qr_arch() & 0xFFFFFFFF]
 
 
 class Tracer:
@@ -142,7 +142,7 @@ class Tracer:
     def _stop(self, t: Thread, sig: int, event: int) -> bool:
         """Act on one stop; True if the thread was resumed (or left stopped) already."""
         if event == EVENT_SECCOMP:
-            self._seccomp(t)
+            return self._seccomp(t)
         elif sig == SYSCALL_STOP:
             self._syscall_exit(t)
         elif event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE):
@@ -180,26 +180,43 @@ class Tracer:
             raise OSError(-rc, "PTRACE_LISTEN")
 
     def resume(self, t: Thread, sig: int = 0) -> None:
-        exit_stop = t.wants_exit_stop or (self.trace is not None and self.trace.waiting(t.tid))
-        rc = lib.qr_syscall(t.tid, sig) if exit_stop else lib.qr_cont(t.tid, sig)
+        rc = lib.qr_syscall(t.tid, sig) if self._wants_exit(t) else lib.qr_cont(t.tid, sig)
         if rc < 0 and rc != -errno.ESRCH:
             raise OSError(-rc, "ptrace resume")
 
+    def _wants_exit(self, t: Thread) -> bool:
+        return t.wants_exit_stop or (self.trace is not None and self.trace.waiting(t.tid))
+
     # ---- system call stops ---------------------------------------------------------------
-    def _seccomp(self, t: Thread) -> None:
+    def _seccomp(self, t: Thread) -> bool:
+        """Handle a trapped call; True if the thread was resumed already."""
         regs = self.regs if self.fast.have_regs else self.regs.load(t.tid)
         sc = self.by_nr.get(regs.nr)
         if sc is None:
             self.job.warn_once(f"syscall {regs.nr}", f"unsupported syscall number {regs.nr}: ENOSYS")
             skip(t.tid, -errno.ENOSYS)
-            return
+            return False
         s = Stop(t, regs, sc, self.job.mem, ARCH)
+        self._seen(s)
         if self.trace is not None:
             self.trace.begin(s, self.job.rpc.seq)
         if self.stopping:
             s.skip(-errno.EINTR)
-            return
-        self._handle(s)
+        else:
+            self._handle(s)
+        if s.result is None:
+            return False
+        rc = lib.qr_skip_resume(t.tid, s.result, int(self._wants_exit(t)))
+        if rc < 0 and rc != -errno.ESRCH:
+            raise OSError(-rc, "skip and resume")
+        return True
+
+    def _seen(self, s: Stop) -> None:
+        kind, data = self.fast.seen()
+        if kind == lib.QR_SEEN_PATH and s.sc.local_path_arg >= 0:
+            s.seen_path, s.seen_addr = data, s.arg(s.sc.local_path_arg)
+        elif kind == lib.QR_SEEN_FD_LINK:
+            s.seen_fd_link = data.decode("utf-8", "surrogateescape")
 
     def _handle(self, s: Stop) -> None:
         try:

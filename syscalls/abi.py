@@ -4,6 +4,12 @@ They are the same on x86_64 and aarch64 (open(2) flags that differ are converted
 `syscalls.flags`); struct layouts are in `syscalls.structs`, syscall numbers in the table.
 """
 
+import platform
+
+# This machine's architecture, as the table names it (the one place that asks).
+ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(platform.machine(),
+                                                                         platform.machine())
+
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_SYMLINK_FOLLOW = 0x400

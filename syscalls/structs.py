@@ -8,8 +8,10 @@ as their bytes.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 STAT_FIELDS = ("dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize",
                "blocks", "atime", "atime_ns", "mtime", "mtime_ns", "ctime", "ctime_ns")
@@ -25,7 +27,7 @@ class Layout:
     def size(self) -> int:
         return struct.calcsize(self.fmt)
 
-    def unpack(self, raw: bytes) -> dict[str, int]:
+    def unpack(self, raw: bytes) -> dict[str, Any]:
         return dict(zip(self.fields, struct.unpack_from(self.fmt, raw), strict=True))
 
     def pack(self, **values: int) -> bytes:
@@ -104,6 +106,15 @@ def layout(arch: str, name: str) -> Layout:
 def stat_to_wire(arch: str, raw: bytes) -> list[int]:
     st = LAYOUTS[arch]["stat"].unpack(raw)
     return [st[f] for f in STAT_FIELDS]
+
+
+def stat_result_to_wire(st: os.stat_result) -> list[int]:
+    """The wire form of a stat the home node made with os.stat."""
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+            st.st_size, st.st_blksize, st.st_blocks,
+            st.st_atime_ns // 10**9, st.st_atime_ns % 10**9,
+            st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
+            st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9]
 
 
 def stat_from_wire(arch: str, v: list[int]) -> bytes:

@@ -38,7 +38,7 @@ from pathlib import Path
 try:  # tests/ may or may not be a package, depending on the runner's layout
     from . import divergences as _divergences
 except ImportError:
-    import divergences as _divergences
+    import divergences as _divergences  # type: ignore[no-redef]
 
 Divergence = _divergences.Divergence
 

@@ -47,7 +47,7 @@ def _shared_with_hosts() -> list[str]:
     import sys
 
     repo = _hosts_os.path.dirname(_hosts_os.path.dirname(_hosts_os.path.realpath(__file__)))
-    out = []
+    out: list[str] = []
     for p in (repo, _hosts_os.path.realpath(sys.prefix)):
         if p.startswith("/tmp/") and not any(p == q or p.startswith(q + "/") for q in out):
             out.append(p)

@@ -440,6 +440,36 @@ def test_export_with_transparent(site: Site) -> None:
         assert (r.returncode, r.stdout) == (0, "home's\n"), r.stderr
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--trace=%nosuch"], "qrun: --trace=%nosuch: unknown class %nosuch"),
+    (["--trace=nosuchcall"], "qrun: --trace=nosuchcall: unknown system call 'nosuchcall'"),
+    (["--trace=mmap"], "qrun: --trace=mmap: mmap is never trapped (it runs untouched on the execution host)"),
+    (["--trace-file", "x"], "qrun: --trace-file needs --trace"),
+])
+def test_bad_trace_selections(site: Site, args: list[str], says: str) -> None:
+    r = site.run(["--transparent", *args, "-w", "local", "--", "true"])
+    assert r.returncode == USAGE
+    assert one_line(r).startswith(says), r.stderr
+
+
+def test_trace_shows_routes_and_results_and_can_go_to_a_file(site: Site, tmp_path: Path) -> None:
+    (tmp_path / "here").write_text("x\n")
+    r = site.run(["--transparent", "--trace=%file,!close", "-w", "local", "--", "sh", "-c",
+                  "cat here; cat missing; true"], cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "x\n", r.stderr
+    lines = r.stderr.splitlines()
+    assert any('openat(AT_FDCWD, "here"' in ln and "= 3 <home>" in ln for ln in lines), r.stderr
+    assert any('"missing"' in ln and "-1 ENOENT" in ln and "<home>" in ln for ln in lines), r.stderr
+    assert not any(ln.split("] ", 1)[-1].startswith("close(") for ln in lines), r.stderr
+    assert all(ln.startswith("[pid ") for ln in lines if "<home>" in ln or "<local>" in ln)
+    out = tmp_path / "trace.txt"
+    r = site.run(["--transparent", "--trace=openat", "--trace-file", str(out), "-w", "local", "--",
+                  "cat", "here"], cwd=tmp_path)
+    assert r.returncode == 0 and "openat(" not in r.stderr, r.stderr
+    traced = out.read_text().splitlines()
+    assert traced and all(ln.startswith("[pid ") and "openat(" in ln for ln in traced), traced
+
+
 # ---- 4. the current directory ------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", [[], ["--transparent"]])

@@ -148,11 +148,11 @@ def test_jobs_land_where_the_formula_says(qrun_cmd: list[str], ssh_cluster: obje
     table = {row["host"]: row for row in json.loads(hosts_json.stdout)}
     assert table["h3"]["state"] == "silent" and table["h1"]["load"] == 3.0 and table["h2"]["cpus"] == 4
     assert table["h2"]["score"] == 0.05 and table["h1"]["score"] == 0.75 and table["h3"]["score"] is None
-    text = subprocess.run(qrun_cmd + ["hosts", "--config", str(conf)], capture_output=True, text=True,
-                          env=env, timeout=60).stdout.splitlines()
-    assert text[0].split() == ["HOST", "STATE", "LOAD", "CPUS", "SPEED", "MEM", "RUNNING", "MAX", "SCORE",
+    shown = subprocess.run(qrun_cmd + ["hosts", "--config", str(conf)], capture_output=True, text=True,
+                           env=env, timeout=60).stdout.splitlines()
+    assert shown[0].split() == ["HOST", "STATE", "LOAD", "CPUS", "SPEED", "MEM", "RUNNING", "MAX", "SCORE",
                                "LAUNCHER", "RESOURCES", "NOTE"]
-    rows = {line.split()[0]: line.split() for line in text[1:]}
+    rows = {line.split()[0]: line.split() for line in shown[1:]}
     assert rows["h2"][:4] == ["h2", "up", "0.40", "4"] and rows["h2"][4] == "2"
     assert rows["h3"][:3] == ["h3", "silent", "-"] and rows["h3"][-2:] == ["agent", "silent"]
 

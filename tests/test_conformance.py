@@ -21,8 +21,8 @@ try:  # tests/ may or may not be a package
     from . import conformance as conf
     from . import divergences
 except ImportError:
-    import conformance as conf
-    import divergences
+    import conformance as conf  # type: ignore[no-redef]
+    import divergences  # type: ignore[no-redef]
 
 
 @pytest.fixture(scope="session")

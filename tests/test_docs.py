@@ -4,8 +4,6 @@ table, and the user guide documents every exit status and every allowed divergen
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import re
 import tomllib
 from pathlib import Path
@@ -158,27 +156,13 @@ def mentions(text: str, option: str) -> bool:
 
 def config_keys() -> tuple[dict[str, str], dict[str, str]]:
     """The top-level and per-host keys homenode/config.py accepts, each with its type
-    (`str`, `int`, `int|float`, `dict`). The top-level ones are the `top` dict inside
-    config.parse()."""
-    def type_name(node: ast.expr) -> str:
-        if isinstance(node, ast.Tuple):
-            return "|".join(type_name(e) for e in node.elts)
-        assert isinstance(node, ast.Name), ast.dump(node)
-        return node.id
-
-    fn = next(n for n in ast.walk(ast.parse(inspect.getsource(config)))
-              if isinstance(n, ast.FunctionDef) and n.name == "parse")
-    top: dict[str, str] = {}
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-            if isinstance(target, ast.Name) and target.id == "top" and isinstance(node.value, ast.Dict):
-                top = {ast.literal_eval(k): type_name(v)
-                       for k, v in zip(node.value.keys, node.value.values, strict=True) if k is not None}
-    assert "hosts" in top, "could not find the `top` dict in homenode/config.py's parse()"
-    host = {k: "|".join(t.__name__ for t in v) if isinstance(v, tuple) else v.__name__
-            for k, v in config._HOST_KEYS.items()}
-    return top, host
+    (`str`, `int`, `int|float`, `dict`)."""
+    def names(keys: dict[str, type | tuple[type, ...]]) -> dict[str, str]:
+        return {k: "|".join(t.__name__ for t in v) if isinstance(v, tuple) else v.__name__
+                for k, v in keys.items()}
+    top = names(config._TOP_KEYS)
+    assert "hosts" in top
+    return top, names(config._HOST_KEYS)
 
 
 def test_config_keys_are_the_ones_parse_accepts() -> None:

@@ -87,6 +87,7 @@ class FakeStop:
         self.skipped: int | None = None
         self.rewritten: tuple[int, list[int]] | None = None
         self.on_exit: Callable[[Thread, int], None] | None = None
+        self.seen_fd_link: str | None = None   # nothing read ahead by a C loop here
 
     tid = property(lambda self: self.t.tid)
 
@@ -114,8 +115,11 @@ class FakeStop:
         end = self.memory.index(b"\0", addr - BASE)
         return bytes(self.memory[addr - BASE:end])
 
+    def known_home(self, addr: int) -> bool:
+        return False
+
     def ptr_array(self, addr: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while (p := int.from_bytes(self.read(addr + 8 * len(out), 8), "little")) != 0:
             out.append(p)
         return out

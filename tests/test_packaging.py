@@ -17,3 +17,21 @@ def test_user_folders_named_like_qrun_packages_are_not_imported(qrun_cmd: list[s
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["ran", "homenode", "native", "qrun", "remote", "syscalls"]
     assert not canary.exists(), canary.read_text()
+
+
+def test_every_package_directory_is_installed() -> None:
+    """pyproject lists packages by name: a new subpackage left out would be missing from a
+    wheel (an editable install hides that)."""
+    import tomllib
+    repo = Path(__file__).resolve().parent.parent
+    cfg = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    dirs = cfg["package-dir"]
+    found = set()
+    for name, folder in dirs.items():
+        for init in (repo / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(repo / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed
+    data = cfg["package-data"]["qrun.native"]
+    assert set(data) == {p.name for p in (repo / "native").iterdir() if p.suffix in (".h", ".c")}

@@ -110,12 +110,12 @@ def test_job_control_inside_a_remote_shell(pane: Pane, qrun_pty: str) -> None:
     pane.wait_for(lambda t: "done:" in t)
 
 
-def test_the_terminal_is_restored_after_qrun_is_terminated(pane: Pane, qrun_cmd: str, tmp_path: Path) -> None:
+def test_the_terminal_is_restored_after_qrun_is_terminated(pane: Pane, qrun_cmd: list[str], tmp_path: Path) -> None:
     before = tmp_path / "before"
     after = tmp_path / "after"
     pane.line(f"stty -g > {before}")
-    qrun = shlex.join(qrun_cmd + ["--transparent", "--host", "local", "--pty", "--", "sleep", "30"])
-    pane.line(f"{qrun} & sleep 1; fg")
+    job = shlex.join(qrun_cmd + ["--transparent", "--host", "local", "--pty", "--", "sleep", "30"])
+    pane.line(f"{job} & sleep 1; fg")
     time.sleep(2.5)
     subprocess.run(["pkill", "-TERM", "-f", "qrun --transparent --host local --pty -- sleep 30"], timeout=10)
     pane.line("")

@@ -82,12 +82,13 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(server: Home
     c = client(server)
     rep = exchange(server, c, b"\x00garbage")
     assert rep is not None and rep["t"] == "error" and "protocol error" in rep["msg"]
-    for seq, (op, args) in enumerate([("execve", [b"/bin/sh", 0, 0]),         # not forwardable
+    cases: list[tuple[str, list[Any]]] = [("execve", [b"/bin/sh", 0, 0]),         # not forwardable
                                       ("mkdir", [b"relative", 0o755]),        # relative, no handle
                                       ("read", [999, 10, 10]),                # unknown handle
                                       ("mkdir", ["not bytes", 0o755]),        # wrong type
                                       ("mkdir", [b"/x"]),                     # wrong arity
-                                      ("open", [None, b"/a\0b", 0, 0, False, None, None])], start=1):
+                                      ("open", [None, b"/a\0b", 0, 0, False, None, None])]
+    for seq, (op, args) in enumerate(cases, start=1):
         rep = exchange(server, c, req(seq, op, args))
         assert rep is not None and rep["t"] == "rep" and rep["r"] == -1, op
         assert rep["e"] in ("EINVAL", "EBADF"), (op, rep)
@@ -204,10 +205,10 @@ def test_seeded_decoder_fuzz_raises_only_protocol_errors(request: pytest.Fixture
         if rng.random() < 0.3:
             data = rng.randbytes(rng.randint(0, 64))
         else:
-            data = bytearray(rng.choice(seeds))
+            mutable = bytearray(rng.choice(seeds))
             for _ in range(rng.randint(1, 4)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            data = bytes(data)
+                mutable[rng.randrange(len(mutable))] = rng.randrange(256)
+            data = bytes(mutable)
         try:
             msg = wire.decode(data)
         except wire.ProtocolError:

@@ -327,7 +327,7 @@ def test_the_wait_loop_and_path_policy_agree(name: str) -> None:
         # What the tracer makes of a path the loop left to it: its normalized form.
         norm = normalize(path)
         if deferred and not tracer_decides(norm) and c_routes_home(norm, raw) is not home:
-            wrong.append((path, f"C on {norm!r} not local={not home}", f"Python home={home}"))
+            wrong.append((path, f"C on {norm!r} not local={not home}", f"Python home={home}", "normalized"))
     assert wrong[:20] == [], f"{len(wrong)} disagreements"
     # the random paths reach every outcome, so the agreement means something
     assert min(seen.values()) >= 250, seen

@@ -25,7 +25,7 @@ HOME_LOCK_CMD = {abi.F_GETLK: abi.F_OFD_GETLK, abi.F_SETLK: abi.F_OFD_SETLK,
 
 
 def h_close(s: Stop, job: Job) -> None:
-    kind, ref = job.fds.kind(s.tid, s.sarg(0))
+    kind, ref = job.fd_kind(s, 0)
     if kind in (HOME, COPY):
         def closed(th: Thread, ret: int, h: int = int(ref or 0)) -> None:
             job.handles.sweep(only=h)
@@ -37,7 +37,7 @@ def h_close_range(s: Stop, job: Job) -> None:
 
 
 def h_fcntl(s: Stop, job: Job) -> None:
-    kind, ref = job.fds.kind(s.tid, s.sarg(0))
+    kind, ref = job.fd_kind(s, 0)
     cmd = s.sarg(1)
     if kind == LOCAL or (kind == COPY and cmd not in LOCK_CMDS) or cmd in FD_TABLE_CMDS:
         return  # a local fd, a copy's own flags, or the fd table: the kernel's
@@ -77,7 +77,7 @@ def _record_lock(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
 
 
 def h_flock(s: Stop, job: Job) -> None:
-    kind, ref = job.fds.kind(s.tid, s.sarg(0))
+    kind, ref = job.fd_kind(s, 0)
     if kind == LOCAL:
         return
     op = s.sarg(1)
@@ -90,7 +90,7 @@ def h_flock(s: Stop, job: Job) -> None:
 
 
 def h_ioctl(s: Stop, job: Job) -> None:
-    kind, _ = job.fds.kind(s.tid, s.sarg(0))
+    kind, _ = job.fd_kind(s, 0)
     if kind == HOME:
         s.skip(-errno.ENOTTY)  # home placeholders are files and directories
         return
@@ -116,6 +116,6 @@ def h_no_home_fd(s: Stop, job: Job) -> None:
     """Calls that move data between two fds in the kernel: with a home fd they fail with
     the table's errno, so callers fall back to read and write."""
     for i, k in enumerate(s.sc.args):
-        if isinstance(k, Fd) and job.fds.kind(s.tid, s.sarg(i))[0] == HOME:
+        if isinstance(k, Fd) and job.fd_kind(s, i)[0] == HOME:
             s.skip(-errno_of(s.sc.errno))
             return

@@ -1,0 +1,269 @@
+"""The stub's stdio thread: moves the job's stdio, home's signals and stdin, heartbeats
+and the exit report over the control connection, while the tracer thread serves calls."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import sys
+import termios
+import threading
+import time
+from typing import Any, Protocol
+
+import zmq
+from qrun.remote.channel import try_send
+from qrun.syscalls import wire
+from zmq.utils.monitor import recv_monitor_message
+
+STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
+EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
+
+
+class JobControl(Protocol):
+    """What the pump needs of the job: the tracer's, or a plain job's."""
+    main_pid: int
+
+    @property
+    def job_stopped(self) -> bool: ...
+    def kill_all(self) -> None: ...
+    def remote_pid(self, home_pid: int) -> int | None: ...
+
+
+def eprint(msg: str) -> None:
+    sys.stderr.write(f"qrun-stub: {msg}\n")
+    sys.stderr.flush()
+
+
+class StdioPump(threading.Thread):
+    """Moves the job's stdio and home's signals over the control connection."""
+
+    def __init__(self, sock: zmq.Socket, timeout: float, out_fds: dict[int, int], in_fd: int,
+                 tracer: JobControl) -> None:
+        super().__init__(daemon=True, name="qrun-stdio")
+        self.sock = sock
+        self.timeout = timeout
+        self.out_fds = dict(out_fds)  # pipe read end -> stream number
+        self.in_fd: int | None = in_fd
+        self.in_buf = bytearray()
+        self.in_eof = False
+        self.tracer = tracer
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.final: dict[str, Any] | None = None
+        self.home_lost = threading.Event()
+        self.told_stopped = False
+        self.pty: int | None = None   # the pty master, when the job has a terminal
+        self.ctl_seen = 0   # home's control messages handled, in order (acknowledged in pings)
+        self.last_heard = time.monotonic()
+        self.done = threading.Event()
+        self.last_ping = 0.0
+        self.last_exit = 0.0
+        self.bye_deadline: float | None = None
+        self.disconnected_at: float | None = None
+        self.grace = min(3.0, timeout)
+        self._polled: set[int] = set(out_fds)
+        self._polled_in: int | None = None
+
+    def wake(self) -> None:
+        os.write(self.wake_w, b"x")
+
+    def finish(self, exit_msg: dict[str, Any]) -> None:
+        self.final = exit_msg
+        os.write(self.wake_w, b"x")
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # never die silently: the job would hang on a full pipe
+            eprint(f"stdio relay failed: {exc}")
+            self.home_lost.set()
+            self.tracer.kill_all()
+        finally:
+            self.done.set()
+
+    def _loop(self) -> None:
+        self.last_heard = time.monotonic()
+        # A home node that dies closes its connection: notice that within seconds rather
+        # than after the silence timeout (which still covers a network that drops packets).
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+        for fd in self.out_fds:
+            os.set_blocking(fd, False)
+        poller = zmq.Poller()   # built once; fds leave it as they close
+        for item in (self.sock, monitor, self.wake_r, *self.out_fds):
+            poller.register(item, zmq.POLLIN)
+        try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
+        while True:
+            self._sync(poller)
+            events = dict(poller.poll(500 if self.final is None else int(EXIT_RESEND * 1000)))
+            now = time.monotonic()
+            if monitor in events:
+                self._connection_events(monitor, now)
+            if self._home_gone(now) or (self.sock in events and self._receive(now)):
+                return
+            self._move_stdio(events)
+            if self._exit_report(now):
+                return
+            self._keep_alive(now)
+            if self._silent_too_long(now):
+                return
+
+    def _sync(self, poller: zmq.Poller) -> None:
+        """Keep the poller in step with the fds still open and whether stdin has data."""
+        for fd in self._polled - set(self.out_fds):
+            poller.unregister(fd)
+        self._polled = set(self.out_fds)
+        want_in = self.in_fd if self.in_fd is not None and (self.in_buf or self.in_eof) else None
+        if want_in != self._polled_in:
+            if self._polled_in is not None:
+                poller.unregister(self._polled_in)
+            if want_in is not None:
+                poller.register(want_in, zmq.POLLOUT)
+            self._polled_in = want_in
+
+    def _connection_events(self, monitor: zmq.Socket, now: float) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnected_at = self.disconnected_at or now
+            elif event == zmq.EVENT_CONNECTED:
+                self.disconnected_at = None
+
+    def _home_gone(self, now: float) -> bool:
+        # A stopped job's home node may be stopped too (qrun stops with its job): give it
+        # long enough to be resumed before counting it as gone.
+        allowed = STOPPED_GRACE if self.told_stopped else self.grace
+        if self.disconnected_at is None or now - self.disconnected_at <= allowed or self.bye_deadline:
+            return False
+        eprint(f"the home node closed the connection ({self.grace:.0f} s ago); killing the job")
+        self._give_up()
+        return True
+
+    def _receive(self, now: float) -> bool:
+        """Handle home's messages; True once home said bye."""
+        seen = self.ctl_seen
+        while self.sock.poll(0):
+            msg = wire.decode(self.sock.recv())
+            self.last_heard = now
+            self._control(msg)
+            if msg["t"] == "bye":
+                return True
+        if self.ctl_seen != seen:  # acknowledge at once: home holds them until then
+            try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
+        return False
+
+    def _move_stdio(self, events: dict[Any, int]) -> None:
+        for fd in list(self.out_fds):
+            if fd in events:
+                self._drain(fd)
+        if self.in_fd is not None and self.in_fd in events:
+            self._feed()
+        if self.wake_r in events:
+            os.read(self.wake_r, 64)
+
+    def _exit_report(self, now: float) -> bool:
+        """Resend how the job ended until home says bye (one lost message must not change
+        the outcome); True when home stays silent past the deadline."""
+        if self.final is not None and not self.out_fds:
+            if self.bye_deadline is None:
+                self.bye_deadline, self.last_exit = now + 10, 0.0
+            if now - self.last_exit >= EXIT_RESEND:
+                try_send(self.sock, wire.encode("exit", **self.final))
+                self.last_exit = now
+        return self.bye_deadline is not None and now > self.bye_deadline
+
+    def _keep_alive(self, now: float) -> None:
+        if now - self.last_ping >= 1.0:
+            try_send(self.sock, wire.encode("ping", ack=self.ctl_seen))
+            self.last_ping = now
+        stopped = self.tracer.job_stopped
+        if stopped != self.told_stopped:
+            # Home stops too (its shell gets the prompt back) and says nothing meanwhile.
+            try_send(self.sock, wire.encode("state", stopped=stopped))
+            self.told_stopped = stopped
+        if stopped:
+            self.last_heard = now  # a stopped job does not miss its stopped home node
+
+    def _silent_too_long(self, now: float) -> bool:
+        if now - self.last_heard <= self.timeout:
+            return False
+        eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); killing the job")
+        self._give_up()
+        return True
+
+    def _give_up(self) -> None:
+        self.home_lost.set()
+        self.tracer.kill_all()
+
+    def _control(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        n = msg.get("n")
+        if isinstance(n, int):
+            if n != self.ctl_seen + 1:
+                return  # a resend of one we had, or one after a lost one: it comes again
+            self.ctl_seen = n
+        if t == "in":
+            if msg["d"]:
+                self.in_buf += msg["d"]
+            else:
+                self.in_eof = True
+        elif t == "sig":
+            self._signal(msg["pid"], msg["sig"])
+        elif t == "winch" and self.pty is not None:
+            set_winsize(self.pty, msg["rows"], msg["cols"])  # the kernel tells the job (SIGWINCH)
+        elif t == "closed":
+            # Home's reader of this stream has gone: close our end of the job's pipe, so
+            # its next write fails with EPIPE (SIGPIPE) as it would at home.
+            for fd, stream in list(self.out_fds.items()):
+                if stream == msg["fd"]:
+                    os.close(fd)
+                    del self.out_fds[fd]
+
+    def _signal(self, home_pid: int, sig: int) -> None:
+        try:
+            if home_pid == 0:
+                os.killpg(self.tracer.main_pid, sig)
+            else:
+                remote = self.tracer.remote_pid(home_pid)
+                if remote is not None:
+                    os.kill(remote, sig)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+
+    def _drain(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: a pty whose every slave end is closed (the job is gone)
+            data = b""
+        if data:
+            # Blocking here is flow control (the home node is slow); a dead home node is
+            # caught by the silence timer, which the send timeout lets run.
+            while not try_send(self.sock, wire.encode("out", fd=self.out_fds[fd], d=data)):
+                if time.monotonic() - self.last_heard > self.timeout:
+                    return
+        else:
+            os.close(fd)
+            del self.out_fds[fd]
+
+    def _feed(self) -> None:
+        fd = self.in_fd
+        assert fd is not None
+        try:
+            if self.in_buf:
+                n = os.write(fd, self.in_buf[:1 << 16])
+                del self.in_buf[:n]
+            if not self.in_buf and self.in_eof:
+                os.close(fd)
+                self.in_fd = None
+        except BrokenPipeError:  # the job closed its stdin: drop the rest, as a pipe would
+            os.close(fd)
+            self.in_fd = None
+        except BlockingIOError:
+            pass
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(0, min(rows, 65535)),
+                                                     max(0, min(cols, 65535)), 0, 0))
