@@ -35,6 +35,11 @@ class HomeBusy(Exception):
     calling thread waits and asks again, as for a lock."""
 
 
+def is_busy(rep: dict[str, Any]) -> bool:
+    """Whether a reply says home could not take the call for now (see HomeBusy)."""
+    return bool(rep["e"]) and bool(rep["o"].get("busy"))
+
+
 @dataclass
 class Credentials:
     endpoint: str

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qrun.remote.channel import GoLocal, HomeBusy, Rpc
+from qrun.remote.channel import GoLocal, HomeBusy, Rpc, is_busy
 from qrun.remote.fds import FdSpace
 from qrun.remote.handles import HandleSweeper
 from qrun.remote.pids import PidMap
@@ -52,7 +52,7 @@ class Job:
         """Ask the home node. Raises HomeBusy (wait and ask again) or GoLocal (the path
         leads to a tree this host serves)."""
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
-        if rep["e"] and rep["o"].get("busy"):
+        if is_busy(rep):
             raise HomeBusy(op)
         local = rep["o"].get("local") if rep["e"] else None
         if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):

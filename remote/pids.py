@@ -7,7 +7,7 @@ import errno
 import sys
 import time
 
-from qrun.remote.channel import Rpc
+from qrun.remote.channel import Rpc, is_busy
 from qrun.remote.procs import ProcessTable
 
 
@@ -36,7 +36,7 @@ class PidMap:
         name = _comm(remote)
         rep = self.rpc.call("deputy", [name], tid=remote)
         deadline = time.monotonic() + self.rpc.timeout
-        while rep["e"] and rep["o"].get("busy") and time.monotonic() < deadline:
+        while is_busy(rep) and time.monotonic() < deadline:
             # Home's fds are held by others for now. The new process exists already, so
             # the fork cannot be undone: wait here (heartbeats go on in the stdio thread).
             time.sleep(0.05)

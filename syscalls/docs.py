@@ -147,9 +147,9 @@ def render(table: list[Syscall] | None = None) -> str:
         "  refused with ENOSYS by the filter itself.",
         "- Every forwarded call is executed at home exactly once: a resent request is answered",
         "  from the home node's reply cache.",
-        "- Each trapped call is listed once, under the most specific of its family tags",
-        "  (an fd call on a home file is tagged both `desc` and `file` and is listed under",
-        "  `desc`).",
+        "- Each trapped call is listed once, under the most specific of its family tags.",
+        "  The tags are strace's classes, and `qrun --trace=%file` selects by them: `file`",
+        "  for calls that name a path, `desc` for calls on an fd.",
         "",
     ]
     out += _summary(entries)

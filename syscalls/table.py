@@ -8,94 +8,11 @@ neither column (a syscall newer than this table) is trapped and refused with ENO
 
 from __future__ import annotations
 
-from qrun.syscalls.model import (
-    Addr,
-    Argv,
-    BufIn,
-    BufOut,
-    DirFd,
-    Fd,
-    Flags,
-    Id,
-    IdList,
-    IdListOut,
-    IdOut,
-    Int,
-    IovIn,
-    IovOut,
-    Level,
-    Path,
-    PathOut,
-    Pid,
-    Route,
-    Str,
-    StructIn,
-    StructOut,
-    Syscall,
-)
-
-FULL, PARTIAL, LOCAL_LEVEL, DENIED = Level.FULL, Level.PARTIAL, Level.LOCAL, Level.DENIED
-
-# Tags double as the user's selection language (`--trace=%file`), as in strace.
-FILE, DESC, PROCESS, SIGNAL, IDENT = (frozenset({t}) for t in ("file", "desc", "process", "signal", "identity"))
-MEMORY, NETWORK, IPC, TIME, SYSTEM, CREDS = (frozenset({t}) for t in ("memory", "network", "ipc", "time", "system", "creds"))
-
-INT, ATFLAGS, OFLAGS = Int(), Flags("at"), Flags("open")
-FD, DIRFD, PATH, LPATH, STR, PID = Fd(), DirFd(), Path(), Path(follow=False), Str(), Pid()
-ADDR, ARGV, ID, IDOUT = Addr(), Argv(), Id(), IdOut()
-
-TABLE: list[Syscall] = []
-
-
-def A(*kinds: object) -> tuple:  # noqa: N802 - part of the table's notation
-    return tuple(kinds)
-
-
-def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
-      note: str = "", level: Level = FULL, tags: frozenset[str] = FILE, updates: str = "") -> None:
-    """Path call: forwarded when its path routes home. `updates`: see Syscall.updates_copies."""
-    TABLE.append(Syscall(name, x, a, args, Route.BY_PATH, tags, note=note, level=level,
-                         updates_copies=updates))
-
-
-def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
-      home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
-      copy: bool = False, updates: str = "") -> None:
-    """Fd call: forwarded when its fd is a home file. `copy`: on a read-only local copy it runs
-    locally (the data path); everything else about a copied file is asked of home."""
-    TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags | FILE, home_as=home_as,
-                         note=note, level=level, copy_local=copy, local_fd_native=True,
-                         updates_copies=updates))
-
-
-def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802
-      tags: frozenset[str], errno: str = "", note: str = "",
-      level: Level = FULL, local_fd: bool = False, answer: tuple[str, ...] = ()) -> None:
-    """Irregular call: handled by the code named `handler`. `local_fd`: on a local fd
-    (argument 0) the handler would do nothing, so the call runs without it."""
-    TABLE.append(Syscall(name, x, a, args, Route.IRREGULAR, tags, handler=handler,
-                         errno=errno, note=note, level=level, local_fd_native=local_fd,
-                         answer=answer))
-
-
-def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741, E743
-      answer: tuple[str, ...] = (), note: str = "") -> None:
-    """Identity call: answered from the job's home identity (`answer` names its fields)."""
-    TABLE.append(Syscall(name, x, a, args, Route.IDENTITY, IDENT, handler=handler,
-                         note=note, answer=answer))
-
-
-def D(name: str, x: int | None, a: int | None, errno: str, tags: frozenset[str],  # noqa: N802
-      note: str = "") -> None:
-    """Denied call: fails with `errno` and one warning line."""
-    TABLE.append(Syscall(name, x, a, (), Route.DENY, tags, errno=errno, note=note,
-                         level=DENIED))
-
-
-def L(name: str, x: int | None, a: int | None, tags: frozenset[str]) -> None:  # noqa: N802
-    """Local call: never trapped."""
-    TABLE.append(Syscall(name, x, a, (), Route.LOCAL, tags, level=LOCAL_LEVEL))
-
+# The notation (route helpers, argument kinds, tags) is star-imported so that each line
+# below reads as data.
+from qrun.syscalls.model import *  # noqa: F403
+from qrun.syscalls.notation import *  # noqa: F403
+from qrun.syscalls.notation import TABLE
 
 # fmt: off
 # ---- open family: home files become local copies or placeholders ------------------------

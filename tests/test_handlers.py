@@ -16,7 +16,7 @@ import pytest
 from qrun.remote.calls import HANDLERS
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
-from qrun.remote.tracee import FsState, Proc, Thread
+from qrun.remote.tracee import FsState, Proc, Scratch, Thread
 from qrun.remote.tracer import ARCH, route
 from qrun.syscalls import model, structs
 from qrun.syscalls.codecs import CODECS
@@ -58,23 +58,14 @@ class Regs:
         return list(self._args)
 
 
-class FakeScratch:
+class FakeMemory:
+    """The Memory interface Scratch writes through, over a FakeStop's bytearray."""
+
     def __init__(self, stop: FakeStop) -> None:
-        self.stop, self.top = stop, BASE + 0x7000
+        self.stop = stop
 
-    def put(self, data: bytes) -> int:
-        self.top -= (len(data) + 15) & ~15
-        self.stop.write(self.top, data)
-        return self.top
-
-    def put_str(self, s: bytes) -> int:
-        return self.put(s + b"\0")
-
-    def put_ptrs(self, ptrs: list[int]) -> int:
-        return self.put(b"".join(p.to_bytes(8, "little") for p in ptrs + [0]))
-
-    def commit(self) -> None:
-        pass
+    def write(self, tid: int, addr: int, data: bytes) -> None:
+        self.stop.write(addr, data)
 
 
 class FakeStop:
@@ -124,8 +115,8 @@ class FakeStop:
             out.append(p)
         return out
 
-    def scratch(self) -> FakeScratch:
-        return FakeScratch(self)
+    def scratch(self) -> Scratch:
+        return Scratch(self.tid, self.regs.sp, FakeMemory(self))  # type: ignore[arg-type]
 
     def skip(self, ret: int) -> None:
         self.skipped = ret
