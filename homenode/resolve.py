@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass, field
 
 from qrun.native import ffi, lib
+from qrun.syscalls import structs
+from qrun.syscalls.abi import ARCH, AT_FDCWD, O_PATH
 from qrun.syscalls.paths import PathPolicy, normalize
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
-O_PATH = getattr(os, "O_PATH", 0o10000000)
-AT_FDCWD = -100
 HOME_PROC = "/proc"
 
 
@@ -60,8 +59,9 @@ class Resolved:
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    how = ffi.new("char[]", struct.pack("<QQQ", flags & (2**64 - 1), mode & (2**64 - 1), resolve))
-    fd = lib.qr_openat2(dirfd, path, how, 24)
+    lay = structs.layout(ARCH, "open_how")
+    raw = lay.pack(flags=flags & (2**64 - 1), mode=mode & (2**64 - 1), resolve=resolve)
+    fd = lib.qr_openat2(dirfd, path, ffi.new("char[]", raw), lay.size)
     if fd < 0:
         raise OSError(-fd, os.strerror(-fd))
     return int(fd)

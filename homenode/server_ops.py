@@ -24,14 +24,14 @@ from qrun.homenode.resolve import Refused, Resolver
 from qrun.syscalls import abi, structs
 from qrun.syscalls import flags as wflags
 from qrun.syscalls.abi import ARCH as HOME_ARCH
+from qrun.syscalls.abi import O_PATH
 from qrun.syscalls.codecs import s32
 
 Reply = tuple[int, str | None, dict[str, Any]]   # result, errno name, extra fields
 
 INLINE_MAX = 1 << 20   # files up to this size travel inside the open reply
 
-O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
-O_PATH = getattr(os, "O_PATH", 0o10000000)
+O_TMPFILE = os.O_TMPFILE
 O_PATH_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # all O_PATH keeps
 # What open(2) takes and openat2(2) insists on (include/linux/fcntl.h VALID_OPEN_FLAGS).
 VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND
@@ -172,7 +172,7 @@ def _lenient(fl: int, mode: int) -> tuple[int, int]:
 def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int] | None) -> Reply:
     """The open reply for the file just opened as `fd` (still to be kept as a handle)."""
     st = os.fstat(fd)
-    o_path = fl & getattr(os, "O_PATH", 0o10000000)
+    o_path = fl & O_PATH
     if stat.S_ISFIFO(st.st_mode) and not o_path:
         return -1, "EOPNOTSUPP", {"why": "named pipes at home are not supported"}
     if not asked_nonblock and not o_path:

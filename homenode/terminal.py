@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 import termios
 import tty
 from typing import Any
 
+from qrun.syscalls import structs
+from qrun.syscalls.abi import ARCH
+
 
 def size(fd: int) -> tuple[int, int]:
     try:
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+        lay = structs.layout(ARCH, "winsize")
+        ws = lay.unpack(fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * lay.size))
+        rows, cols = ws["rows"], ws["cols"]
         return rows, cols
     except OSError:
         return 24, 80

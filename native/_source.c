@@ -75,6 +75,17 @@ static void fail_and_exit(int fd, int step, int code)
     _exit(code);
 }
 
+/* close_range(lo, hi), or one close at a time where the kernel has no close_range (before
+ * 5.9): no fd of the stub may leak into the job or a deputy. */
+static void close_fds(unsigned lo, unsigned hi)
+{
+    if (lo > hi || syscall(SYS_close_range, lo, hi, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = lo; fd <= (long)hi && fd < (max > 0 ? max : 65536); fd++)
+        close((int)fd);
+}
+
 /* The job's own process: wait to be seized, then set up and exec. Never returns. */
 static void job_child(const char *path, char *const argv[], char *const envp[], const char *cwd,
                       int err_pipe, const unsigned char *filter, int filter_len,
@@ -218,7 +229,7 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
         if (fd != keep[0] && fd != keep[1] && fd != keep[2])
             close(fd);
     }
-    syscall(SYS_close_range, 1024, ~0U, 0);
+    close_fds(1024, ~0U);
     if (fcntl(err_pipe, F_SETFD, FD_CLOEXEC) < 0)
         fail_and_exit(err_pipe, QR_STEP_SETUP, 126);
     if (terminal)
@@ -246,13 +257,18 @@ static void deputy_handler(int sig)
 
 int qr_spawn_deputy(int report_fd, const char *name)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid < 0 ? -errno : pid;
     deputy_report_fd = report_fd;
-    /* Own process group: terminal signals reach qrun, which forwards them once. */
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Dies with qrun; a qrun that died before the prctl took effect is seen as a new
+     * parent, and the deputy goes at once instead of living on. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+        _exit(1);
+    /* Own process group: terminal signals reach qrun, which forwards them once. A deputy
+     * still in qrun's group is only less tidy: it never fails the job. */
+    (void)setpgid(0, 0);
     if (name)
         prctl(PR_SET_NAME, name, 0, 0, 0);
     struct sigaction sa;
@@ -268,8 +284,8 @@ int qr_spawn_deputy(int report_fd, const char *name)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    syscall(SYS_close_range, 3, (unsigned)report_fd - 1, 0);
-    syscall(SYS_close_range, (unsigned)report_fd + 1, ~0U, 0);
+    close_fds(3, (unsigned)report_fd - 1);
+    close_fds((unsigned)report_fd + 1, ~0U);
     for (;;)
         pause();
 }

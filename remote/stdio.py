@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 import sys
 import termios
 import threading
@@ -14,7 +13,8 @@ from typing import Any, Protocol
 
 import zmq
 from qrun.remote.channel import try_send
-from qrun.syscalls import wire
+from qrun.syscalls import structs, wire
+from qrun.syscalls.abi import ARCH
 from zmq.utils.monitor import recv_monitor_message
 
 STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
@@ -265,5 +265,6 @@ class StdioPump(threading.Thread):
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(0, min(rows, 65535)),
-                                                     max(0, min(cols, 65535)), 0, 0))
+    lay = structs.layout(ARCH, "winsize")
+    fcntl.ioctl(fd, termios.TIOCSWINSZ,
+                lay.pack(rows=max(0, min(rows, 65535)), cols=max(0, min(cols, 65535))))
