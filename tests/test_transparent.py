@@ -179,9 +179,21 @@ def test_unknown_host(qrun_cmd: list[str]) -> None:
 
 def test_command_not_found(transparent: list[str], workdir: Path) -> None:
     qrun_prefix = transparent  # both modes: local (everyone) and a namespace host (root)
-    r = run(qrun_prefix + ["no-such-command-qrun"], cwd=workdir)
+    # A PATH every user can search: a directory of it the user may not enter makes the
+    # search end in EACCES (126), natively as under qrun (execvp's rule), which is tested below.
+    env = dict(os.environ, PATH="/usr/local/bin:/usr/bin:/bin")
+    r = run(qrun_prefix + ["no-such-command-qrun"], cwd=workdir, env=env)
     assert r.returncode == 127
     assert "qrun: no-such-command-qrun: command not found" in r.stderr.splitlines()
+    locked = workdir / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        env["PATH"] = f"{locked}:/usr/bin:/bin"
+        native = run(["env", "no-such-command-qrun"], cwd=workdir, env=env)
+        r = run(qrun_prefix + ["no-such-command-qrun"], cwd=workdir, env=env)
+        assert r.returncode == native.returncode, (r.stderr, native.stderr)
+    finally:
+        locked.chmod(0o755)
 
 
 def test_unreachable_launcher(qrun_cmd: list[str]) -> None:
