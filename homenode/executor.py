@@ -155,7 +155,10 @@ class _Call:
         return int(ffi.cast("intptr_t", buf))
 
     def contents(self, buf: Any, size: int | None = None) -> bytes:
-        return ffi.buffer(buf, size)[:] if size is not None else ffi.buffer(buf)[:]
+        """At most the buffer's own bytes: a size probe (listxattr(p, NULL, 0)) returns
+        more than it was given room for, and home memory past it must never travel."""
+        room = ffi.sizeof(buf)
+        return ffi.buffer(buf, room if size is None else max(0, min(size, room)))[:]
 
     def size_is(self, i: int, n: int) -> None:
         self.sizes[i] = n

@@ -5,6 +5,7 @@ kernel runs it here (with relative paths made absolute where the virtual cwd nee
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,7 @@ def answer_link(s: Stop, targets: list[tuple[int, Target]]) -> bool:
     if size <= 0:
         s.skip(-errno.EINVAL)
         return True
-    data = links[0].encode()[:size]
+    data = os.fsencode(links[0])[:size]
     s.write(s.arg(i), data)
     s.skip(len(data))
     return True
@@ -102,7 +103,7 @@ def run_local(s: Stop, targets: list[tuple[int, Target]]) -> None:
     scratch = s.scratch()
     args = s.args()
     for i, fix in fixes:
-        args[i] = scratch.put_str(fix.encode())
+        args[i] = scratch.put_str(os.fsencode(fix))
         if i > 0 and isinstance(s.sc.args[i - 1], DirFd):
             args[i - 1] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
     scratch.commit()

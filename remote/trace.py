@@ -78,6 +78,10 @@ class CallTrace:
         self.rpc_seq = rpc_seq
         self._pending: dict[int, _Pending] = {}
 
+    def forget(self, tid: int) -> None:
+        """The thread is gone in the middle of a call (killed, or exec by another thread)."""
+        self._pending.pop(tid, None)
+
     def waiting(self, tid: int) -> bool:
         """Whether the thread's traced call still needs its exit stop."""
         return tid in self._pending

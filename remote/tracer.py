@@ -264,6 +264,8 @@ class Tracer:
     def _gone(self, pid: int, status: int) -> None:
         table = self.table
         t = table.threads.pop(pid, None)
+        if self.trace is not None:
+            self.trace.forget(pid)
         table.early.discard(pid)
         table.forking.discard(pid)
         table.stopped.discard(pid)

@@ -193,7 +193,7 @@ class Syscall:
         paths, and chdir (which moves the virtual cwd), do not qualify."""
         paths = [i for i, k in enumerate(self.args) if isinstance(k, Path)]
         plain = self.route is Route.BY_PATH or (self.route is Route.IRREGULAR and
-                                                self.handler in ("open", "execve") and
+                                                self.handler in ("open", "creat", "openat2", "execve") and
                                                 self.name != "execveat")
         return paths[0] if plain and len(paths) == 1 else -1
 

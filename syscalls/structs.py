@@ -90,7 +90,7 @@ _COMMON: dict[str, Layout] = {
     "id": Layout("<I", ("value",)),          # uid_t / gid_t
     "pid": Layout("<i", ("value",)),         # pid_t in memory (TIOCGPGRP and the like)
     "pointer": Layout("<Q", ("value",)),
-    "winsize": Layout("HHHH", ("rows", "cols", "xpixel", "ypixel")),
+    "winsize": Layout("<HHHH", ("rows", "cols", "xpixel", "ypixel")),
 }
 LAYOUTS: dict[str, dict[str, Layout]] = {
     "x86_64": {"stat": _STAT_X86_64, **_COMMON},

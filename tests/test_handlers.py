@@ -305,3 +305,29 @@ def test_no_code_outside_the_table_branches_on_a_syscall_s_name() -> None:
                 if pattern.search(line):
                     found.append(f"{f.relative_to(root)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_a_size_probe_never_sends_home_memory(tmp_path: Path) -> None:
+    """listxattr(p, NULL, 0) returns the size it would need: only the zero bytes the
+    buffer holds may travel back."""
+    from qrun.homenode.executor import FORWARDABLE, Handles, execute
+    from qrun.homenode.resolve import Resolver
+    f = tmp_path / "xf"
+    f.write_text("x")
+    try:
+        os.setxattr(f, "user.qrun_probe", b"v" * 40)
+    except OSError as exc:
+        pytest.skip(f"user xattrs unsupported here: {exc}")
+    ret, err, out = execute(FORWARDABLE["listxattr"], [os.fsencode(f), 0, 0], Handles(),
+                            Resolver(PathPolicy(local=[], home=["/"])))
+    assert err is None and ret >= len("user.qrun_probe") and out == {"1": b""}
+
+
+def test_a_path_that_is_not_utf8_is_passed_on_as_bytes(env: Any) -> None:
+    """A relative path from the (home) cwd into a local tree is made absolute for the
+    kernel; a name that is not UTF-8 keeps its bytes."""
+    job, chan, t, mem = env
+    s = FakeStop("stat", [put(mem, BASE + 0x100, b"../../../tmp/local/caf\xe9\0"), BASE + 0x400], t, mem)
+    route(s, job)  # type: ignore[arg-type]
+    assert chan.calls == [] and s.skipped is None and s.rewritten is not None
+    assert s.cstr(s.rewritten[1][0]) == b"/home/u/work/../../../tmp/local/caf\xe9"
