@@ -39,6 +39,7 @@ class Ctx:
     big: Path               # W2 input
     out: Path               # W2w output
     proj: Path              # W3 project
+    lua: Path | None = None  # W3l: the Lua 5.4.6 tree from ../shared/data (None: not there)
 
 
 def ctx_wrap(ctx: Ctx, argv: list[str]) -> list[str]:

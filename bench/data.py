@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 from .commands import run
@@ -81,4 +82,16 @@ def prepare_data(cfg: Config, work: Path, exe: Path) -> Ctx:
     write_big(big, cfg.big_mib)
     proj = home / "proj"
     make_project(proj, cfg.make_files)
-    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj)
+    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home))
+
+
+LUA_TAR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lua-5.4.6.tar"
+
+
+def unpack_lua(home: Path) -> Path | None:
+    """The Lua 5.4.6 tree (../shared/data), unpacked at home for the real-project build."""
+    if not LUA_TAR.is_file():
+        return None
+    with tarfile.open(LUA_TAR) as tar:
+        tar.extractall(home, filter="data")
+    return home / "lua"

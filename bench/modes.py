@@ -9,10 +9,13 @@ from typing import Protocol
 
 from .commands import apt_hint, run
 from .config import Ctx, ctx_wrap
-from .sshfs import SshfsView
+from .sshfs import NO_CACHE, SshfsView
 
 REPO = Path(__file__).resolve().parent.parent
-MODE_NAMES = ("native", "qrun", "qrun-sandbox", "strace", "strace-seccomp", "proot", "sshfs")
+MODE_NAMES = ("native", "qrun", "qrun-sandbox", "strace", "strace-seccomp", "proot", "proot-5.4", "sshfs",
+              "sshfs-nocache")
+# Upstream PRoot 5.4 built with its seccomp filter (Debian's proot has none): ../shared/data.
+PROOT_54 = REPO.parent / "shared" / "data" / "proot-5.4-seccomp"
 EXTRA_MODES = ("qrun-1cpu",)   # only when asked for with --modes
 
 
@@ -82,7 +85,11 @@ def all_modes() -> dict[str, Mode]:
         "strace-seccomp": Mode("strace-seccomp",
                                ["strace", "-f", "--seccomp-bpf", "-e", "trace=%file", "-o", "/dev/null"],
                                "strace"),
-        "proot": Mode("proot", ["proot"], "proot"),
-        "sshfs": Mode("sshfs", [], "sshfs", "data via sshfs localhost:DIR (default options)",
+        "proot": Mode("proot", ["proot"], "proot", "Debian's proot (no seccomp filter)"),
+        "proot-5.4": Mode("proot-5.4", [str(PROOT_54)], "libtalloc2",
+                          "upstream proot 5.4 with its seccomp filter"),
+        "sshfs": Mode("sshfs", [], "sshfs", "data via sshfs from a private sshd on loopback (default caches)",
                       view=SshfsView()),
+        "sshfs-nocache": Mode("sshfs-nocache", [], "sshfs",
+                              f"the same with every cache off ({NO_CACHE})", view=SshfsView(cache=False)),
     }

@@ -51,6 +51,22 @@ def _built(c: Ctx) -> str | None:
     return None if (c.proj / "prog").exists() else "make left no program behind"
 
 
+def _clean_lua(c: Ctx) -> None:
+    if c.lua is not None:
+        for f in [*c.lua.glob("*.o"), *c.lua.glob("*.a"), c.lua / "lua"]:
+            f.unlink(missing_ok=True)
+
+
+def _lua_built(c: Ctx) -> str | None:
+    if c.lua is None:
+        return "the Lua tree (../shared/data/lua-5.4.6.tar) is not there"
+    return None if (c.lua / "lua").exists() else "make left no lua binary behind"
+
+
+def _lua_dir(c: Ctx, m: Mode) -> Path:
+    return m.path(c.lua if c.lua is not None else c.proj)
+
+
 def workloads(cfg: Config) -> list[Workload]:
     return [
         Workload("W1", "stat() of a home file", "µs",
@@ -66,6 +82,9 @@ def workloads(cfg: Config) -> list[Workload]:
         Workload("W3", f"make -j2, {cfg.make_files} C files at home", "s",
                  lambda c, m: ["make", "-s", "-j2"], heavy=True, timing="wall",
                  cwd=lambda c, m: m.path(c.proj), prepare=_clean_proj, check=_built),
+        Workload("W3l", "make -j2 of Lua 5.4.6 at home", "s",
+                 lambda c, m: ["make", "-s", "-j2"], heavy=True, timing="wall",
+                 cwd=_lua_dir, prepare=_clean_lua, check=_lua_built),
         Workload("W4", "untrapped syscall (clock_gettime)", "ns",
                  lambda c, m: ["clock", _budget(c)]),
         Workload("W4r", "read 4 KiB of a local fd (/dev/zero)", "ns",

@@ -19,12 +19,18 @@ TMUX = shutil.which("tmux")
 class Pane:
     def __init__(self, cwd: Path) -> None:
         self.name = f"qrun-{uuid.uuid4().hex[:8]}"
-        self.tmux(["new-session", "-d", "-s", self.name, "-x", "100", "-y", "30",
-                   f"cd {shlex.quote(str(cwd))} && exec bash --norc --noprofile -i"])
-        self.wait_for(lambda text: "$" in text or "#" in text)
+        # A tmux server of its own (-L): a new session never races the exit of the server
+        # whose last session the previous test killed.
+        r = subprocess.run([TMUX or "tmux", "-L", self.name, "new-session", "-d", "-s", self.name,
+                            "-x", "100", "-y", "30",
+                            f"cd {shlex.quote(str(cwd))} && exec bash --norc --noprofile -i"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"tmux new-session failed: {r.stderr}"
+        self.wait_for(lambda text: "$" in text or "#" in text, timeout=30)
 
     def tmux(self, args: list[str]) -> str:
-        return subprocess.run([TMUX or "tmux", *args], capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run([TMUX or "tmux", "-L", self.name, *args], capture_output=True, text=True,
+                              timeout=10).stdout
 
     def keys(self, *keys: str) -> None:
         self.tmux(["send-keys", "-t", self.name, *keys])
