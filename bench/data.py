@@ -93,5 +93,9 @@ def unpack_lua(home: Path) -> Path | None:
     if not LUA_TAR.is_file():
         return None
     with tarfile.open(LUA_TAR) as tar:
-        tar.extractall(home, filter="data")
+        members = tar.getmembers()
+        if any(m.name.startswith("/") or ".." in m.name.split("/") or not (m.isfile() or m.isdir())
+               for m in members):
+            return None  # not the plain source tree it should be: no W3l
+        tar.extractall(home, members)  # (this Python's tarfile may predate extraction filters)
     return home / "lua"
