@@ -20,7 +20,7 @@ from qrun.homenode.schema import BadRequest, for_syscall
 from qrun.homenode.schema import check as check_args
 from qrun.native import ffi, lib
 from qrun.syscalls.abi import ARCH, AT_FDCWD, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW
-from qrun.syscalls.codecs import codec
+from qrun.syscalls.codecs import codec, s64
 from qrun.syscalls.model import DirFd, Flags, Path, Syscall
 from qrun.syscalls.table import TABLE
 
@@ -178,18 +178,13 @@ def _execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
     nr = sc.number(ARCH)
     if nr is None:
         raise BadRequest(f"{sc.name} does not exist on this home node's architecture ({ARCH})")
-    words = ffi.new("long[6]", [_word(a) for a in call.c_args] + [0] * (6 - len(call.c_args)))
+    # C longs from any 64-bit pattern (flags and addresses may use the top bit)
+    words = ffi.new("long[6]", [s64(a) for a in call.c_args] + [0] * (6 - len(call.c_args)))
     ret = lib.qr_raw_syscall(nr, words)
     if ret < 0:
         return -1, errno.errorcode.get(-ret, "EIO"), {}
     out = {str(i): codec(sc.args[i]).output(sc.args[i], call, buf, ret) for i, buf in outputs.items()}
     return ret, None, out
-
-
-def _word(v: int) -> int:
-    """A C long from any 64-bit pattern (flags and addresses may use the top bit)."""
-    v &= (1 << 64) - 1
-    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def is_copyable(st: os.stat_result, flags: int) -> bool:

@@ -315,28 +315,17 @@ int qr_set_args(int pid, long nr, const unsigned long *a)
 
 int qr_skip(int pid, long retval)
 {
-    struct user_regs_struct u;
-    if (ptrace(PTRACE_GETREGS, pid, 0, &u) < 0)
+    /* Two words of the register file, not all of it: nothing else changes. */
+    if (ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, orig_rax), (void *)-1L) < 0 ||
+        ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax), (void *)retval) < 0)
         return -errno;
-    u.orig_rax = (unsigned long)-1L;
-    u.rax = (unsigned long)retval;
-    return ptrace(PTRACE_SETREGS, pid, 0, &u) < 0 ? -errno : 0;
+    return 0;
 }
 
 int qr_set_ret(int pid, long retval)
 {
     return ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax),
                   (void *)retval) < 0 ? -errno : 0;
-}
-
-int qr_skip_resume(int pid, long retval, int to_exit)
-{
-    /* Two words of the register file, not all of it: the stop's registers were read
-     * already, and nothing else changes. */
-    if (ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, orig_rax), (void *)-1L) < 0 ||
-        ptrace(PTRACE_POKEUSER, pid, offsetof(struct user_regs_struct, rax), (void *)retval) < 0)
-        return -errno;
-    return ptrace(to_exit ? PTRACE_SYSCALL : PTRACE_CONT, pid, 0, 0) < 0 ? -errno : 0;
 }
 
 int qr_restore_args(int pid, long nr, const unsigned long *a)
@@ -407,19 +396,10 @@ int qr_set_ret(int pid, long retval)
     u.regs[0] = (unsigned long)retval;
     return setregset(pid, &u);
 }
-int qr_skip_resume(int pid, long retval, int to_exit)
-{
-    int e = qr_skip(pid, retval);
-    if (e < 0)
-        return e;
-    return ptrace(to_exit ? PTRACE_SYSCALL : PTRACE_CONT, pid, 0, 0) < 0 ? -errno : 0;
-}
-
 int qr_restore_args(int pid, long nr, const unsigned long *a)
 {
     /* x0 is both the first argument and the result: it keeps the result. A restart by the
-     * kernel reloads x0 from orig_x0, which ptrace cannot set, so there the first argument
-     * stays the rewritten one. */
+     * kernel takes x0 from orig_x0, which ptrace cannot set. */
     struct user_pt_regs u;
     int e = getregset(pid, &u);
     if (e < 0)
@@ -503,6 +483,14 @@ long qr_read_cstr(int pid, unsigned long addr, char *buf, size_t max)
 
 int qr_cont(int pid, int sig) { return ptrace(PTRACE_CONT, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
 int qr_syscall(int pid, int sig) { return ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)sig) < 0 ? -errno : 0; }
+
+int qr_skip_resume(int pid, long retval, int to_exit)
+{
+    int e = qr_skip(pid, retval);
+    if (e < 0)
+        return e;
+    return to_exit ? qr_syscall(pid, 0) : qr_cont(pid, 0);
+}
 int qr_listen(int pid) { return ptrace(PTRACE_LISTEN, pid, 0, 0) < 0 ? -errno : 0; }
 
 long qr_geteventmsg(int pid)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite, set_ret
+from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite
 from qrun.syscalls.codecs import s32, s64
 from qrun.syscalls.model import Syscall
+from qrun.syscalls.table import BY_NAME
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Stop:
         self.mem.write(self.t.tid, addr, data)
 
     def cstr(self, addr: int) -> bytes:
-        if self.seen_path is not None and addr == self.seen_addr:
+        if self.known_home(addr):
+            assert self.seen_path is not None
             return self.seen_path
         return self.mem.cstr(self.t.tid, addr)
 
@@ -82,11 +84,7 @@ class Stop:
 
     def number_of(self, name: str) -> int:
         """This architecture's number of another table call (for rewrites)."""
-        from qrun.syscalls.table import BY_NAME
         nr = BY_NAME[name].number(self.arch)
         assert nr is not None, f"{name} does not exist on {self.arch}"
         return nr
 
-
-def set_result(t: Thread, ret: int) -> None:
-    set_ret(t.tid, ret)

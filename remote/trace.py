@@ -64,7 +64,6 @@ class _Pending:
     sc: Syscall
     text: str
     seq: int
-    skipped: bool
     start: float
 
 
@@ -86,15 +85,15 @@ class CallTrace:
         """Whether the thread's traced call still needs its exit stop."""
         return tid in self._pending
 
-    def begin(self, s: Stop, seq: int) -> None:
+    def begin(self, s: Stop) -> None:
         if s.sc.name in self.names:
-            self._pending[s.tid] = _Pending(s.sc, _call_text(s), seq, False, time.monotonic())
+            self._pending[s.tid] = _Pending(s.sc, _call_text(s), self.rpc_seq(), time.monotonic())
 
     def end(self, t: Thread, ret: int) -> None:
         p = self._pending.pop(t.tid, None)
         if p is None:
             return
-        where = _route(p.sc, went_home=self.rpc_seq() > p.seq, ran=True)
+        where = _route(p.sc, went_home=self.rpc_seq() > p.seq)
         took = time.monotonic() - p.start
         try:
             pid = self.home_pid(t.tid)
@@ -104,7 +103,7 @@ class CallTrace:
         self.out.flush()
 
 
-def _route(sc: Syscall, went_home: bool, ran: bool) -> str:
+def _route(sc: Syscall, went_home: bool) -> str:
     if sc.route is Route.DENY:
         return "denied"
     if went_home:

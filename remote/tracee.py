@@ -18,15 +18,6 @@ CLONE_THREAD = 0x10000
 _U64 = 1 << 64
 
 
-def s64(v: int) -> int:
-    return v - _U64 if v >= 1 << 63 else v
-
-
-def s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
 @dataclass
 class FsState:
     """cwd and umask: shared by threads and by clone(CLONE_FS) children."""

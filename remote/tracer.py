@@ -199,7 +199,7 @@ class Tracer:
         s = Stop(t, regs, sc, self.job.mem, ARCH)
         self._seen(s)
         if self.trace is not None:
-            self.trace.begin(s, self.job.rpc.seq)
+            self.trace.begin(s)
         if self.stopping:
             s.skip(-errno.EINTR)
         else:

@@ -8,6 +8,7 @@ built out of these types; nothing about one syscall is written down twice.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 
@@ -186,7 +187,7 @@ class Syscall:
         """Whether this call may be executed by the home node's generic executor."""
         return self.route in (Route.BY_PATH, Route.BY_FD) and not self.handler
 
-    @property
+    @functools.cached_property
     def local_path_arg(self) -> int:
         """The argument index of the one path that decides this call's route, if an
         absolute local path there means "just run it" (-1 otherwise). Calls naming two

@@ -30,25 +30,23 @@ def test_ruff_is_clean() -> None:
 PACKAGES = ("homenode", "remote", "syscalls", "native")
 
 
-def test_mypy_is_clean(tmp_path: Path) -> None:
+def mypy(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # The folders are installed as qrun.<folder> through an import hook mypy cannot follow:
     # give it the same layout as links.
     ns = tmp_path / "qrun"
     ns.mkdir()
     for d in PACKAGES:
         (ns / d).symlink_to(REPO / d)
-    args = [a for d in PACKAGES for a in ("-p", f"qrun.{d}")]
-    r = subprocess.run([tool("mypy"), *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "MYPYPATH": str(tmp_path)})
+    return subprocess.run([tool("mypy"), *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MYPYPATH": str(tmp_path)})
+
+
+def test_mypy_is_clean(tmp_path: Path) -> None:
+    r = mypy(tmp_path, *[a for d in PACKAGES for a in ("-p", f"qrun.{d}")])
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mypy_is_clean_over_the_tests(tmp_path: Path) -> None:
-    ns = tmp_path / "qrun"
-    ns.mkdir()
-    for d in PACKAGES:
-        (ns / d).symlink_to(REPO / d)
     files = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("tests/*.py"), *REPO.glob("tests/probes/*.py")])
-    r = subprocess.run([tool("mypy"), "--explicit-package-bases", *files], cwd=REPO, capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "MYPYPATH": str(tmp_path)})
+    r = mypy(tmp_path, "--explicit-package-bases", *files)
     assert r.returncode == 0, r.stdout + r.stderr

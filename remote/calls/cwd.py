@@ -44,7 +44,7 @@ def _home_chdir(s: Stop, job: Job, handle: int | None, path: bytes | list[int]) 
 
 def h_fchdir(s: Stop, job: Job) -> None:
     fd = s.sarg(0)
-    kind, ref = job.fds.kind(s.tid, fd)
+    kind, ref = job.fd_kind(s, 0)
     if kind == HOME:
         _home_chdir(s, job, ref, b"")
         return

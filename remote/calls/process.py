@@ -6,10 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Callable
 
 from qrun.remote.job import Job, errno_of
-from qrun.remote.stop import Stop, set_result
-from qrun.remote.tracee import Thread
+from qrun.remote.stop import Stop
+from qrun.remote.tracee import Thread, set_ret
 from qrun.syscalls import abi, structs
 from qrun.syscalls.model import Pid
 
@@ -42,7 +43,7 @@ def _follow_fork(s: Stop, job: Job, clone_flags: int) -> None:
         if ret <= 0:
             return
         try:
-            set_result(th, job.pids.home_pid(ret))
+            set_ret(th.tid, job.pids.home_pid(ret))
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 raise
@@ -60,7 +61,7 @@ def _no_home_pid(job: Job, th: Thread, child: int) -> None:
     # No home pid for it (home is out of processes): the fork fails as the kernel's
     # would, and the child it made goes.
     os.kill(child, signal.SIGKILL)
-    set_result(th, -errno.EAGAIN)
+    set_ret(th.tid, -errno.EAGAIN)
 
 
 # ---- waiting for children -------------------------------------------------------------
@@ -71,7 +72,7 @@ def h_wait4(s: Stop, job: Job) -> None:
 
     def waited(th: Thread, ret: int) -> None:
         if ret > 0:
-            set_result(th, job.pids.reap(ret))
+            set_ret(th.tid, job.pids.reap(ret))
     s.then(waited)
 
 
@@ -146,22 +147,22 @@ def h_getsid(s: Stop, job: Job) -> None:
     _group_of(s, job, os.getsid)
 
 
-def _group_of(s: Stop, job: Job, lookup: object) -> None:
+def _group_of(s: Stop, job: Job, lookup: Callable[[int], int]) -> None:
     pid = s.sarg(0) if s.sc.args else 0
     target = s.t.proc.tgid if pid == 0 else job.pids.to_remote(pid)
     if target is None:
         s.skip(-errno.ESRCH)
         return
     try:
-        s.skip(job.pids.to_home(lookup(target)))  # type: ignore[operator]
+        s.skip(job.pids.to_home(lookup(target)))
     except OSError as e:
         s.skip(-(e.errno or errno.ESRCH))
 
 
 def h_setsid(s: Stop, job: Job) -> None:
     # Runs natively; its result (the new session id, the caller's pid) is a home pid.
-    s.then(lambda th, ret: set_result(th, job.pids.to_home(ret)) if ret > 0 else None)
+    s.then(lambda th, ret: set_ret(th.tid, job.pids.to_home(ret)) if ret > 0 else None)
 
 
 def h_set_tid_address(s: Stop, job: Job) -> None:
-    s.then(lambda th, ret: set_result(th, job.pids.home_pid(th.tid)) if ret > 0 else None)
+    s.then(lambda th, ret: set_ret(th.tid, job.pids.home_pid(th.tid)) if ret > 0 else None)
