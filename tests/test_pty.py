@@ -3,6 +3,7 @@ with send-keys and capture-pane. Bounded: every wait has a deadline."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -49,6 +50,21 @@ class Pane:
                 return text
             time.sleep(0.1)
         raise AssertionError(f"the screen never showed what was expected:\n{self.text()}")
+
+    def run(self, command: str) -> str:
+        """Type `command` at the shell and wait until it has finished. The marker the shell
+        prints is computed, so the echo of the typed line itself can never match it."""
+        n = uuid.uuid4().int % 10**6
+        self.line(f"{command}; echo ran-$(({n} + 1))")
+        return self.wait_for(lambda t: f"ran-{n + 1}" in t)
+
+    def wait_prompt(self) -> str:
+        """Wait until the home shell shows a fresh prompt on the last line. Keys typed before
+        that would go to qrun, which forwards them to a job that is ending (as ssh -t does)."""
+        def at_prompt(t: str) -> bool:
+            lines = [ln for ln in t.splitlines() if ln.strip()]
+            return len(lines) >= 2 and re.fullmatch(r"bash-[\d.]+[#$]\s*", lines[-1]) is not None
+        return self.wait_for(at_prompt)
 
     def close(self) -> None:
         self.tmux(["kill-session", "-t", self.name])
@@ -113,20 +129,19 @@ def test_job_control_inside_a_remote_shell(pane: Pane, qrun_pty: str) -> None:
         pane.line("exit")
         time.sleep(1.5)
     pane.line("echo done:$?")
-    pane.wait_for(lambda t: "done:" in t)
+    pane.wait_for(lambda t: re.search(r"^done:\d", t, re.M) is not None)
 
 
 def test_the_terminal_is_restored_after_qrun_is_terminated(pane: Pane, qrun_cmd: list[str], tmp_path: Path) -> None:
     before = tmp_path / "before"
     after = tmp_path / "after"
-    pane.line(f"stty -g > {before}")
+    pane.run(f"stty -g > {before}")
     job = shlex.join(qrun_cmd + ["--transparent", "--host", "local", "--pty", "--", "sleep", "30"])
     pane.line(f"{job} & sleep 1; fg")
     time.sleep(2.5)
     subprocess.run(["pkill", "-TERM", "-f", "qrun --transparent --host local --pty -- sleep 30"], timeout=10)
-    pane.line("")
-    pane.line(f"stty -g > {after}; echo saved")
-    pane.wait_for(lambda t: "saved" in t)
+    pane.wait_prompt()
+    pane.run(f"stty -g > {after}")
     assert after.read_text() == before.read_text()
 
 
@@ -158,26 +173,24 @@ def test_ctrl_z_stops_the_job_and_qrun_and_fg_resumes_both(pane: Pane, qrun_pty:
 def test_vi_edits_and_saves_a_home_file(pane: Pane, qrun_cmd: list[str], tmp_path: Path) -> None:
     qrun = shlex.join(qrun_cmd + ["--transparent", "--host", "local", "--pty", "--", "vi", "notes.txt"])
     pane.line(qrun)
-    time.sleep(2.5)
+    pane.wait_for(lambda t: '"notes.txt"' in t)  # vi's status line; the typed line has no quotes
     pane.keys("i", "hello from vi", "Escape")
     time.sleep(0.5)
     pane.keys(":wq", "Enter")
-    time.sleep(2)
+    text = pane.wait_prompt()  # vi has written and exited
     assert (tmp_path / "notes.txt").read_text() == "hello from vi\n"
-    text = pane.text()
     assert "Output is not to a terminal" not in text and "Input is not from a terminal" not in text
 
 
 def test_the_terminal_is_restored_after_the_job_is_killed(pane: Pane, qrun_cmd: list[str],
                                                           tmp_path: Path) -> None:
     before, after = tmp_path / "before", tmp_path / "after"
-    pane.line(f"stty -g > {before}")
+    pane.run(f"stty -g > {before}")
     marker = f"77{uuid.uuid4().int % 10**6}"
     qrun = shlex.join(qrun_cmd + ["--host", "local", "--pty", "--", "sleep", marker])
     pane.line(qrun)
     time.sleep(2.5)
     subprocess.run(["pkill", "-KILL", "-f", f"^sleep {marker}"], timeout=10)
-    time.sleep(1.5)
-    pane.line(f"stty -g > {after}; echo saved")
-    pane.wait_for(lambda t: "saved" in t)
+    pane.wait_prompt()
+    pane.run(f"stty -g > {after}")
     assert after.read_text() == before.read_text()
