@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 
 PKGS="python3 python3-venv python3-dev gcc make libc6-dev util-linux iproute2 iptables
       busybox-static procps strace openssh-server openssh-client slurm-wlm munge
-      golang-go musl-tools sqlite3 git tmux proot sshfs libtalloc2"
+      golang-go musl-tools sqlite3 lmdb-utils git tmux proot sshfs libtalloc2"
 
 missing=""
 for p in $PKGS; do

@@ -49,6 +49,7 @@ OPS: dict[str, tuple[Check, ...]] = {
              optional(list_of(I64, 4)), optional(integer(0, 2**64 - 1, "resolve"))),
     "chdir": (optional(HANDLE), path),
     "fetch": (HANDLE, SIZE, integer(0, MAX_FETCH, "size")),
+    "writeback": (HANDLE, SIZE, data(MAX_FETCH), optional(SIZE)),
     "deputy": (lambda v: _name(v),),
     "kill": (_kill_pid, integer(0, 64, "signal")),
     "fcntl": (HANDLE, I32, U32),

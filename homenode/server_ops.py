@@ -75,7 +75,7 @@ class HomeOps:
         else:
             if resolve is None:  # open(2)'s leniency, which openat2 does not have
                 fl, mode = _lenient(fl, mode)
-            fd = self.resolver.open_file(dirfd, path, fl, int(mode), int(resolve or 0))
+            fd = self._open_readable(dirfd, path, fl, int(mode), int(resolve or 0))
         try:
             r, e, o = _opened(fd, fl, asked_nonblock, exec_, known)
             if r == 0:
@@ -85,6 +85,31 @@ class HomeOps:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _open_readable(self, dirfd: int | None, path: bytes, fl: int, mode: int, resolve: int) -> int:
+        """Open as asked, but a write-only open as read-write where the file allows it: the
+        execution host then keeps a local copy it can fill and write back (the job's own fd
+        there has the job's access mode). A file the user may not read is opened as asked."""
+        if fl & os.O_ACCMODE != os.O_WRONLY or fl & O_PATH:
+            return self.resolver.open_file(dirfd, path, fl, mode, resolve)
+        try:
+            return self.resolver.open_file(dirfd, path, fl & ~os.O_ACCMODE | os.O_RDWR, mode, resolve)
+        except PermissionError:
+            return self.resolver.open_file(dirfd, path, fl, mode, resolve)
+
+    def op_writeback(self, handle: int, offset: int, data: bytes, size: int | None) -> Reply:
+        """Data the job wrote into its local copy of a home file: written at `offset`, then
+        the file cut or extended to `size` if given. Returns the file's stat after it, the
+        stub's new validator for its copy. Errors are home's (ENOSPC, EDQUOT, EIO)."""
+        fd = self.handles.fd(handle)
+        view = memoryview(data)
+        at = offset
+        while view:
+            n = os.pwrite(fd, view, at)
+            view, at = view[n:], at + n
+        if size is not None:
+            os.ftruncate(fd, size)
+        return len(data), None, {"stat": structs.stat_result_to_wire(os.fstat(fd))}
 
     def op_chdir(self, handle: int | None, path: bytes) -> Reply:
         dirfd = None if handle is None else self.handles.fd(handle)
@@ -180,6 +205,8 @@ def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int]
     real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
     if exec_ and (not stat.S_ISREG(st.st_mode) or not os.access(f"/proc/self/fd/{fd}", os.X_OK)):
         return -1, "EACCES", {}
+    if not exec_ and stat.S_ISREG(st.st_mode) and fl & os.O_ACCMODE != os.O_RDONLY and not o_path:
+        return 0, None, _writable(fd, fl, st, real, known)
     if exec_ or is_copyable(st, fl):
         o: dict[str, Any] = {"kind": "copy", "path": real, "stat": structs.stat_result_to_wire(st)}
         if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
@@ -190,6 +217,28 @@ def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int]
     else:
         o = {"kind": "placeholder", "path": real}
     return 0, None, o
+
+
+def _writable(fd: int, fl: int, st: os.stat_result, real: bytes, known: list[int] | None) -> dict[str, Any]:
+    """A regular file opened for writing: the job writes a local copy, written back with
+    op_writeback; a placeholder if its data is needed but cannot be read."""
+    home_fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    readable = home_fl & os.O_ACCMODE == os.O_RDWR
+    append_only = fl & os.O_ACCMODE == os.O_WRONLY and fl & os.O_APPEND
+    if not readable and st.st_size > 0 and not append_only:
+        return {"kind": "placeholder", "path": real}
+    # pwrite on an O_APPEND fd would append: the job's own fd keeps O_APPEND, home's
+    # write-back fd must not. O_DIRECT's alignment rules are for the job's fd too.
+    fcntl.fcntl(fd, fcntl.F_SETFL, home_fl & ~(os.O_APPEND | os.O_DIRECT))
+    o: dict[str, Any] = {"kind": "copy", "path": real, "stat": structs.stat_result_to_wire(st),
+                         "writable": True, "readable": readable}
+    if append_only:
+        o["unfetched"] = True  # `>> log`: what is there stays at home; appends go home
+    elif known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+        o["fresh"] = True
+    elif st.st_size <= INLINE_MAX:
+        o["data"] = _read_all(fd, st.st_size)
+    return o
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat as st
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from qrun.syscalls import structs
 
 LOCAL, HOME, COPY = "local", "home", "copy"
 
@@ -24,6 +25,12 @@ class Validator:
     mtime_ns: int
     ino: int
     dev: int
+
+    @classmethod
+    def of_wire_stat(cls, wire_stat: list[int]) -> Validator:
+        st = dict(zip(structs.STAT_FIELDS, wire_stat, strict=True))
+        return cls(size=st["size"], mtime_ns=st["mtime"] * 10**9 + st["mtime_ns"], ino=st["ino"],
+                   dev=st["dev"])
 
 
 class FdSpace:
@@ -127,7 +134,7 @@ class FdSpace:
             return path
         return None
 
-    def store_copy(self, home_path: str, v: Validator, mode: int, atime_ns: int,
+    def store_copy(self, home_path: str, v: Validator, atime_ns: int,
                    chunks: Iterable[bytes]) -> str:
         path = self.copy_path(home_path)
         tmp = path + ".part"
@@ -137,7 +144,10 @@ class FdSpace:
                 view = memoryview(c)
                 while view:
                     view = view[os.write(fd, view):]
-            os.fchmod(fd, st.S_IMODE(mode))
+            # Permissions are home's to check (access, open and exec ask home). Here the
+            # owner may do anything: the job may write a file it created read-only, and
+            # exec a file it has written and made executable since.
+            os.fchmod(fd, 0o700)
             os.utime(fd, ns=(atime_ns, v.mtime_ns))
         finally:
             os.close(fd)

@@ -58,9 +58,28 @@ def by_fd(s: Stop, job: Job) -> None:
     if kind == LOCAL or (kind == COPY and s.sc.copy_local):
         return  # a local fd, or the data path of a local copy: the kernel runs it
     assert isinstance(ref, int)
+    if kind == COPY and s.sc.on_copy != "home" and _on_copy(s, job, ref):
+        return
     wa, rep = forward(s, job, Outgoing({}, handle=ref))
     if rep is not None and kind == HOME:
         _update_copies(s, job, ref, wa, rep)
+
+
+def _on_copy(s: Stop, job: Job, handle: int) -> bool:
+    """An fd call on a local copy that is more than the kernel's or home's (model.ON_COPY);
+    True if it is settled (the kernel runs it, or it was answered)."""
+    if s.sc.on_copy == "cut":
+        length = s.larg(1)
+        s.then(lambda th, ret: job.live.truncated(handle, length) if ret == 0 else None)
+        return True
+    if s.sc.on_copy == "fill":
+        job.live.fill_handle(handle, lambda off, size: job.fetch(s.t, handle, size, off))
+        return True
+    err = job.live.sync_handle(handle)  # "flush"
+    if err:
+        s.skip(-errno_of(err))
+        return True
+    return False  # and home makes it durable there
 
 
 def _update_copies(s: Stop, job: Job, ref: int, wa: list[Any], rep: dict[str, Any]) -> None:

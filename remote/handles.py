@@ -5,13 +5,15 @@ from __future__ import annotations
 from qrun.remote.channel import Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.procs import ProcessTable
+from qrun.remote.writeback import LiveFiles
 
 
 class HandleSweeper:
-    def __init__(self, rpc: Rpc, fds: FdSpace, table: ProcessTable) -> None:
+    def __init__(self, rpc: Rpc, fds: FdSpace, table: ProcessTable, live: LiveFiles) -> None:
         self.rpc = rpc
         self.fds = fds
         self.table = table
+        self.live = live
         self.open: set[int] = set()      # home handles we installed placeholders or copies for
         self.pending: set[int] = set()   # being installed right now (not in any fd table yet)
         self.deferred = False
@@ -32,7 +34,7 @@ class HandleSweeper:
 
     def sweep(self, only: int | None = None) -> None:
         """Close home handles no job process refers to any more."""
-        if not self.open:
+        if not self.open and not self.live.kept:
             return  # nothing to close: skip listing every process's fds (exits are frequent)
         if self.table.forking or self.table.early:
             self.deferred = True  # a child we do not know yet may hold any of them
@@ -45,4 +47,6 @@ class HandleSweeper:
             if (only is None or h == only) and h not in live and h not in self.pending:
                 self.open.discard(h)
                 self.fds.forget(h)
-                self.rpc.pending_close.append(h)
+                if not self.live.release(h):  # (a live file's write-back handle stays)
+                    self.rpc.pending_close.append(h)
+        self.live.reap()

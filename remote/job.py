@@ -1,10 +1,10 @@
 """The job's services, handed to every handler: the home channel, the fd space, the pid
-map, the handle sweeper, path resolution and the job's home identity."""
+map, the handle sweeper, path resolution, the live files and the job's home identity."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,10 @@ from qrun.remote.procs import ProcessTable
 from qrun.remote.resolver import Resolver
 from qrun.remote.stop import Stop
 from qrun.remote.tracee import Memory, Thread
+from qrun.remote.writeback import LiveFiles
 from qrun.syscalls.paths import PathPolicy
+
+FETCH_CHUNK = 8 << 20
 
 
 def errno_of(name: str | None) -> int:
@@ -36,6 +39,7 @@ class Job:
     pids: PidMap
     handles: HandleSweeper
     paths: Resolver
+    live: LiveFiles
     warn_sink: Callable[[str], None]
     warned: set[str] = field(default_factory=set)
     mem: Memory = field(default_factory=Memory)
@@ -45,12 +49,15 @@ class Job:
               warn: Callable[[str], None], debug: bool = False) -> Job:
         table = ProcessTable()
         pids = PidMap(rpc, table, debug)
-        return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table),
-                   Resolver(fds, policy, pids, table), warn)
+        live = LiveFiles(rpc, fds, table, warn)
+        return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table, live),
+                   Resolver(fds, policy, pids, table), live, warn)
 
     def call(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
         """Ask the home node. Raises HomeBusy (wait and ask again) or GoLocal (the path
         leads to a tree this host serves)."""
+        if op != "fetch":
+            self.live.sync_changed()  # home never shows the job less than it has written
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
         if is_busy(rep):
             raise HomeBusy(op)
@@ -58,6 +65,18 @@ class Job:
         if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):
             raise GoLocal(int(local[0]), local[1])
         return rep
+
+    def fetch(self, t: Thread, handle: int, size: int, start: int = 0) -> Iterator[bytes]:
+        """A home file's data from `start` on, in chunks, to be streamed into a local copy
+        as they arrive (a large file never sits whole in the stub's memory)."""
+        off, end = start, start + size
+        while off < end:
+            rep = self.call(t, "fetch", [handle, off, min(FETCH_CHUNK, end - off)])
+            data = rep["o"].get("data", b"")
+            if rep["e"] or not data:
+                return
+            yield data
+            off += len(data)
 
     def fd_kind(self, s: Stop, i: int) -> tuple[str, int | None]:
         """What argument i's fd is (LOCAL, HOME or COPY, and its handle); for the first

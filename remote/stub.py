@@ -337,6 +337,8 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         return EXIT_STUB_FAILURE
     if pump.home_lost.is_set():
         return EXIT_STUB_FAILURE
+    for path, err in job.live.sync_all():  # (files still mapped when the job ended)
+        eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
     return report_exit(pump, result, socket.gethostname())
 

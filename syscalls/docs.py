@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from qrun.syscalls.model import TAGS, Level, Route, Syscall
+from qrun.syscalls.model import ON_COPY, TAGS, Level, Route, Syscall
 from qrun.syscalls.table import TABLE
 
 # The order sections appear in (the vocabulary's own order).
@@ -85,8 +85,8 @@ def _note(sc: Syscall) -> str:
     parts = []
     if sc.home_as:
         parts.append(f"executed at home as `{sc.home_as}`")
-    if sc.copy_local:
-        parts.append("runs locally on a read-only copy")
+    if sc.route is Route.BY_FD and sc.on_copy != "home":
+        parts.append(f"on a local copy: {ON_COPY[sc.on_copy]}")
     if sc.note:
         parts.append(sc.note)
     return _cell("; ".join(parts))

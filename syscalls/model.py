@@ -149,6 +149,16 @@ class IdListOut:
 ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut
            | PathOut | Pid | Addr | Argv | Id | IdOut | IdList | IdListOut)
 
+# ---- what an fd call does on a local copy's fd ------------------------------------------
+
+ON_COPY = {
+    "home": "forwarded to home's handle of the file (fstat, fchmod, ...)",
+    "local": "runs on the local file; what it writes is written back",
+    "cut": "runs on the local file; a cut below what stayed at home is noted first",
+    "fill": "the part of the file that stayed at home is fetched, then it runs locally",
+    "flush": "the file's changes are written back, then it is forwarded to home",
+}
+
 # ---- tags: classes a user can name (strace's %file style) -------------------------------
 
 TAGS = ("file", "desc", "process", "signal", "identity", "memory", "network", "ipc",
@@ -167,7 +177,9 @@ class Syscall:
     handler: str = ""        # IRREGULAR/IDENTITY: name of the code that handles it
     errno: str = ""          # DENY: the errno returned
     home_as: str = ""        # forwarded calls: the syscall the home node executes instead
-    copy_local: bool = False  # BY_FD: runs locally on a read-only local copy (the data path)
+    # BY_FD on an fd of a local copy (see ON_COPY): "home" forwards it to the copy's
+    # handle, "local" lets the kernel run it (the data path), and so on.
+    on_copy: str = "home"
     local_fd_native: bool = False  # on a local fd (arg 0) the call simply runs: decided in C
     level: Level = Level.FULL
     note: str = ""
@@ -177,6 +189,11 @@ class Syscall:
     # Forwarded calls that change a home file's data: how local copies of it are kept in
     # step ("truncate" by path, "ftruncate", "write" at the file position, "pwrite").
     updates_copies: str = ""
+
+    @property
+    def copy_local(self) -> bool:
+        """Whether the kernel runs it on a local copy's fd without Python (decided in C)."""
+        return self.on_copy == "local"
 
     @property
     def trapped(self) -> bool:

@@ -5,6 +5,7 @@ and tags, and the list the helpers append to."""
 from __future__ import annotations
 
 from qrun.syscalls.model import (
+    ON_COPY,
     Addr,
     Argv,
     DirFd,
@@ -54,11 +55,12 @@ def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
 
 def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
       home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
-      copy: bool = False, updates: str = "") -> None:
-    """Fd call: forwarded when its fd is a home file. `copy`: on a read-only local copy it runs
-    locally (the data path); everything else about a copied file is asked of home."""
+      copy: str = "home", updates: str = "") -> None:
+    """Fd call: forwarded when its fd is a home file. `copy`: what it does on the fd of a
+    local copy (model.ON_COPY); by default it is asked of home."""
+    assert copy in ON_COPY, f"{name}: unknown copy= {copy!r}"
     TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags, home_as=home_as,
-                         note=note, level=level, copy_local=copy, local_fd_native=True,
+                         note=note, level=level, on_copy=copy, local_fd_native=True,
                          updates_copies=updates))
 
 

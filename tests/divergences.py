@@ -38,11 +38,4 @@ class Divergence:
     why: str
 
 
-ALLOWED: list[Divergence] = [
-    Divergence(
-        probe_glob="mmap.*",
-        line_regex=r"^(mmap\.shared_rw|msync\.shared|munmap\.shared|mmap\.shared\.|shared\.bin\.after_unmap)",
-        why="A writable MAP_SHARED mapping of a home file fails loudly (EBADF on the home fd's "
-            "placeholder) instead of writing to a local copy the home file would never see.",
-    ),
-]
+ALLOWED: list[Divergence] = []

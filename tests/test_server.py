@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 from qrun.homenode.server import HomeServer, JobFailed, Keys
-from qrun.syscalls import wire
+from qrun.syscalls import structs, wire
 
 WELCOME: dict[str, Any] = {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o022,
                            "identity": {}, "policy": {"local": [], "home": []},
@@ -102,20 +102,37 @@ def test_a_client_with_another_key_is_not_served(server: HomeServer) -> None:
     assert not os.path.exists("/tmp/qrun-intruder")
 
 
-def test_open_gives_copies_for_reading_and_placeholders_otherwise(server: HomeServer, tmp_path: Path) -> None:
+def test_open_gives_local_copies_of_regular_files_and_takes_their_writes_back(server: HomeServer,
+                                                                               tmp_path: Path) -> None:
     c = client(server)
     f = tmp_path / "f"
     f.write_bytes(b"hello")
     rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None, None]))
     assert rep is not None and rep["o"]["kind"] == "copy" and rep["o"]["data"] == b"hello"
-    rep = exchange(server, c, req(2, "open", [None, os.fsencode(f), os.O_WRONLY | os.O_APPEND, 0, False, None, None]))
-    assert rep is not None and rep["o"]["kind"] == "placeholder"
+    assert "writable" not in rep["o"]
+    rep = exchange(server, c, req(2, "open", [None, os.fsencode(f), os.O_RDWR, 0, False, None, None]))
+    assert rep is not None and rep["o"]["kind"] == "copy" and rep["o"]["data"] == b"hello"
+    assert rep["o"]["writable"] and rep["o"]["readable"]
+    # `>> f`: write-only append; opened readable at home, but nothing is fetched
+    rep = exchange(server, c, req(3, "open", [None, os.fsencode(f), os.O_WRONLY | os.O_APPEND, 0, False, None,
+                                              None]))
+    assert rep is not None and rep["o"]["kind"] == "copy" and rep["o"]["unfetched"] and "data" not in rep["o"]
     h = rep["o"]["handle"]
-    rep = exchange(server, c, req(3, "write", [h, b" world", 6]))
-    assert rep is not None and rep["r"] == 6
-    assert f.read_bytes() == b"hello world"
-    rep = exchange(server, c, req(4, "open", [None, os.fsencode(f), os.O_RDONLY, 0, True, None, None]))
+    # write-back at an offset although the job's open appends (home's fd does not)
+    rep = exchange(server, c, req(4, "writeback", [h, 5, b" world", None]))
+    assert rep is not None and rep["r"] == 6 and rep["o"]["stat"][structs.STAT_FIELDS.index("size")] == 11
+    rep = exchange(server, c, req(5, "writeback", [h, 0, b"J", 9]))
+    assert rep is not None and rep["e"] is None
+    assert f.read_bytes() == b"Jello wor"
+    rep = exchange(server, c, req(6, "writeback", [h, 0, "not bytes", None]))
+    assert rep is not None and rep["e"] == "EINVAL"
+    rep = exchange(server, c, req(7, "open", [None, os.fsencode(f), os.O_RDONLY, 0, True, None, None]))
     assert rep is not None and rep["e"] == "EACCES"  # not executable
+    d = tmp_path / "d"
+    d.mkdir()
+    rep = exchange(server, c, req(8, "open", [None, os.fsencode(d), os.O_RDONLY | os.O_DIRECTORY, 0, False, None,
+                                              None]))
+    assert rep is not None and rep["o"]["kind"] == "placeholder"
 
 
 def test_hostile_requests_are_refused_one_by_one(server: HomeServer, tmp_path: Path) -> None:

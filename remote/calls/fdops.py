@@ -1,5 +1,6 @@
 """Calls on fds that need more than forwarding: close (handles are released when no job
-process holds them), fcntl and flock (locks wait in the job), ioctl on terminals."""
+process holds them, live files written back), msync, fcntl and flock (locks wait in the
+job), ioctl on terminals."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from qrun.remote.calls.waiting import done_waiting, park
 from qrun.remote.fds import COPY, HOME, LOCAL
 from qrun.remote.job import Job, errno_of
 from qrun.remote.stop import Stop
-from qrun.remote.tracee import Thread
+from qrun.remote.tracee import Thread, set_ret
 from qrun.syscalls import abi, structs
 from qrun.syscalls import flags as wflags
 from qrun.syscalls.model import Fd
@@ -28,8 +29,22 @@ def h_close(s: Stop, job: Job) -> None:
     kind, ref = job.fd_kind(s, 0)
     if kind in (HOME, COPY):
         def closed(th: Thread, ret: int, h: int = int(ref or 0)) -> None:
+            # Close-to-open: what the job wrote is at home when close returns, and close
+            # returns home's error (ENOSPC, EDQUOT, EIO), as on NFS. The fd is gone anyway.
+            err = job.live.sync_handle(h) if kind == COPY else None
             job.handles.sweep(only=h)
+            if err and ret == 0:
+                set_ret(th.tid, -errno_of(err))
         s.then(closed)
+
+
+def h_msync(s: Stop, job: Job) -> None:
+    """After the kernel's msync, the job's mapped live files go home."""
+    def synced(th: Thread, ret: int) -> None:
+        failed = job.live.sync_all() if ret == 0 else []
+        if failed:
+            set_ret(th.tid, -errno_of(failed[0][1]))
+    s.then(synced)
 
 
 def h_close_range(s: Stop, job: Job) -> None:

@@ -1,11 +1,12 @@
-"""open, openat, openat2, creat: a home file becomes a local copy (read-only regular
-files) or an O_PATH placeholder whose calls are forwarded; the kernel picks the fd number."""
+"""open, openat, openat2, creat: a home regular file becomes a local file (a cached copy;
+one opened for writing is live and written back, see writeback.py), anything else an
+O_PATH placeholder whose calls are forwarded; the kernel picks the fd number."""
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from qrun.remote.fds import Validator
 from qrun.remote.forwarding import run_local
@@ -18,8 +19,6 @@ from qrun.syscalls import structs
 from qrun.syscalls.abi import AT_FDCWD, O_ACCMODE, O_CLOEXEC, O_CREAT, O_EXCL, O_PATH, O_TRUNC, O_WRONLY
 from qrun.syscalls.model import Flags, Int, StructIn
 from qrun.syscalls.paths import normalize
-
-FETCH_CHUNK = 8 << 20
 
 
 def h_open(s: Stop, job: Job) -> None:
@@ -89,33 +88,46 @@ def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool
 
 
 def _copy(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool) -> str | None:
-    st = dict(zip(structs.STAT_FIELDS, o["stat"], strict=True))
-    v = Validator(size=st["size"], mtime_ns=st["mtime"] * 10**9 + st["mtime_ns"], ino=st["ino"],
-                  dev=st["dev"])
-    cache = job.fds.fresh_copy(home_path, v) if o.get("fresh") else None
-    if cache is None:
-        chunks: Iterable[bytes] = [o["data"]] if "data" in o else fetch(s, job, h, v.size)
-        cache = job.fds.store_copy(home_path, v, st["mode"], st["atime"] * 10**9 + st["atime_ns"], chunks)
+    v = Validator.of_wire_stat(o["stat"])
+    writable = bool(o.get("writable"))
+    lf = job.live.find(v)
+    if lf is not None and not exec_:
+        # Live here (open for writing by the job): every open shares the one local file.
+        job.live.attach(lf, h, writable, bool(fl & O_TRUNC) and writable, v,
+                        lambda off, size: job.fetch(s.t, h, size, off))
+        _install_copy(s, job, h, lf.local, home_path, fl, writable)
+        return None
+    if o.get("unfetched"):
+        lf = job.live.create(h, home_path, v, None)
+        _install_copy(s, job, h, lf.local, home_path, fl, True)
+        return None
+    cache = _fetched(s, job, h, home_path, o, v)
     if exec_:
         job.rpc.pending_close.append(h)  # the new image needs the data, not the fd
         s.t.proc.next_exe = home_path
         return cache
-    keep = fl & ~(O_CREAT | O_EXCL | O_TRUNC | O_ACCMODE) & 0xFFFFFFFF
-    install(s, job, job.fds.link_copy(h, cache, home_path), keep, h)
+    if writable:
+        cache = job.live.create(h, home_path, v, cache).local
+    _install_copy(s, job, h, cache, home_path, fl, writable)
     return None
 
 
-def fetch(s: Stop, job: Job, handle: int, size: int) -> Iterator[bytes]:
-    """The file's data in chunks, streamed into the copy as they arrive (a large file
-    never sits whole in the stub's memory)."""
-    off = 0
-    while off < size:
-        rep = job.call(s.t, "fetch", [handle, off, FETCH_CHUNK])
-        data = rep["o"].get("data", b"")
-        if rep["e"] or not data:
-            return
-        yield data
-        off += len(data)
+def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -> str:
+    """The cached copy of the file home just opened: still valid, or fetched now."""
+    cache = job.fds.fresh_copy(home_path, v) if o.get("fresh") else None
+    if cache is None:
+        st = dict(zip(structs.STAT_FIELDS, o["stat"], strict=True))
+        chunks: Iterable[bytes] = [o["data"]] if "data" in o else job.fetch(s.t, h, v.size)
+        cache = job.fds.store_copy(home_path, v, st["atime"] * 10**9 + st["atime_ns"], chunks)
+    return cache
+
+
+def _install_copy(s: Stop, job: Job, h: int, local: str, home_path: str, fl: int, writable: bool) -> None:
+    """The job's fd on the local file: its own flags, but creation and truncation were
+    home's, and O_DIRECT is about home's disk (a local tmpfs would refuse it)."""
+    # (os.O_DIRECT: the stub runs on the job's architecture)
+    drop = O_CREAT | O_EXCL | O_TRUNC | os.O_DIRECT | (0 if writable else O_ACCMODE)
+    install(s, job, job.fds.link_copy(h, local, home_path), fl & ~drop & 0xFFFFFFFF, h)
 
 
 def install(s: Stop, job: Job, local_path: str, fl: int, handle: int) -> None:

@@ -1,0 +1,391 @@
+"""Home files the job writes: local files here, written back to home.
+
+A regular home file opened for writing is a local file on this host (a *live* file), so
+the kernel runs the job's writes, reads, seeks and shared mappings on it. What changed
+goes home (close-to-open, as NFS and AFS):
+
+- at every close and fsync/fdatasync of one of its fds, at msync, when the last job
+  process lets go of it, and at the end of the job: thoroughly (every block compared,
+  since writes through a mapping need not change the file's times);
+- before any other call goes home (a stat, an open, a rename): if its size or times
+  changed, so home never shows the job an older state than the job itself made.
+
+What changed is found without trapping writes: home's content is recorded as one digest
+per block, and only blocks whose digest differs, or that lie past what home has, are
+sent. A file's times are trusted to be unchanged only once they are older than the
+kernel's timestamp granularity (git's "racy" rule): a write in the same clock tick as the
+last write-back would not move them.
+
+Every open of a home file that is live here (the same home inode) shares the one local
+file, so the job's processes see each other's writes at once and O_APPEND stays atomic.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrun.remote.channel import Rpc, is_busy
+from qrun.remote.fds import FdSpace, Validator
+from qrun.remote.procs import ProcessTable
+
+BLOCK = 256 << 10        # the unit of change detection
+SEND_MAX = 8 << 20       # the largest write-back message
+RACY_NS = 50_000_000     # well above any kernel's timestamp tick
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()[:16]
+
+
+@dataclass
+class LiveFile:
+    home_id: tuple[int, int]          # home's (st_dev, st_ino)
+    home_path: str
+    local: str                        # its name here
+    fd: int                           # the stub's own read-write fd on it
+    home: Validator                   # home's file as of the last open or write-back
+    wb_handle: int | None             # the writable home handle write-back goes through
+    handles: set[int] = field(default_factory=set)   # every job open of it
+    writers: set[int] = field(default_factory=set)   # those open for writing
+    kept: bool = False                # wb_handle outlives the job's opens (a mapping)
+    digests: list[bytes] = field(default_factory=list)  # each block as last sent
+    synced_size: int = 0              # home's size, as far as the job is concerned
+    base: int = 0                     # [0, base) was never fetched: never sent (`>> log`)
+    sig: tuple[int, int, int] = (-1, -1, -1)   # local (size, mtime, ctime) at the last sync
+    synced_at: int = 0                # when the last sync began (time.time_ns())
+    error: str | None = None          # the last failed write-back's errno name
+
+
+Fetch = Callable[[int, int], Iterable[bytes]]   # (offset, size) -> home's data
+
+
+class LiveFiles:
+    def __init__(self, rpc: Rpc, fds: FdSpace, table: ProcessTable, warn: Callable[[str], None]) -> None:
+        self.rpc = rpc
+        self.fds = fds
+        self.table = table
+        self.warn = warn
+        self.by_home: dict[tuple[int, int], LiveFile] = {}
+        self.by_handle: dict[int, LiveFile] = {}
+        self.live_dir = os.path.join(fds.root, "live")
+        os.makedirs(self.live_dir, mode=0o700, exist_ok=True)
+        self._names = 0
+        self.bytes_sent = 0
+
+    # -- opening -------------------------------------------------------------------------
+    def find(self, v: Validator) -> LiveFile | None:
+        return self.by_home.get((v.dev, v.ino))
+
+    def create(self, handle: int, home_path: str, v: Validator, source: str | None) -> LiveFile:
+        """A new live file for a writable open: `source` (a fetched copy of home's content)
+        or, if None, a sparse file of home's size whose content stays at home (`>> log`)."""
+        self._names += 1
+        local = os.path.join(self.live_dir, str(self._names))
+        if source is not None:
+            os.link(source, local)
+        else:
+            os.close(os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o700))
+            os.truncate(local, v.size)
+        fd = os.open(local, os.O_RDWR | os.O_CLOEXEC)
+        lf = LiveFile((v.dev, v.ino), home_path, local, fd, v, handle, {handle}, {handle},
+                      synced_size=v.size)
+        if source is None:
+            lf.base = v.size
+            lf.digests = [b""] * _blocks(v.size)
+        else:
+            lf.digests = list(_digests_of(fd, v.size))
+        lf.sig, lf.synced_at = _sig(os.fstat(fd)), time.time_ns()
+        self.by_home[lf.home_id] = lf
+        self.by_handle[handle] = lf
+        return lf
+
+    def attach(self, lf: LiveFile, handle: int, writable: bool, truncated: bool, v: Validator,
+               fetch: Fetch) -> None:
+        """Another open of a live file (home's file is `v` now). With O_TRUNC home cut the
+        file already; if home's file changed in another way since the job last saw it, the
+        open sees home's new content (close-to-open), or a read-only one sees it whole."""
+        lf.handles.add(handle)
+        self.by_handle[handle] = lf
+        if writable:
+            lf.writers.add(handle)
+            if lf.wb_handle is None:
+                lf.wb_handle = handle
+        if truncated:
+            os.ftruncate(lf.fd, 0)
+            lf.digests, lf.synced_size, lf.base = [], 0, 0
+            lf.sig = _sig(os.fstat(lf.fd))
+        elif v != lf.home and not lf.base:
+            self._refetch(lf, v, fetch)
+        elif not writable:
+            self.fill(lf, fetch)
+        lf.home = v
+
+    def _refetch(self, lf: LiveFile, v: Validator, fetch: Fetch) -> None:
+        at = 0
+        for chunk in fetch(0, v.size):
+            at += _pwrite_all(lf.fd, chunk, at)
+        os.ftruncate(lf.fd, at)
+        lf.digests, lf.synced_size = list(_digests_of(lf.fd, at)), at
+        lf.sig, lf.synced_at = _sig(os.fstat(lf.fd)), time.time_ns()
+
+    def fill(self, lf: LiveFile, fetch: Fetch) -> None:
+        """Fetch the part of an append-only live file that stayed at home, so it can be
+        read here (a read-only open of it, a fallocate). If home cannot give all of it (a
+        write-only file), that part stays home's."""
+        if lf.base == 0:
+            return
+        end = min(lf.base, os.fstat(lf.fd).st_size)
+        at = 0
+        for chunk in fetch(0, end):
+            at += _pwrite_all(lf.fd, chunk, at)
+        if at < end:
+            return
+        lf.base = 0
+        lf.digests = list(_digests_of(lf.fd, lf.synced_size))
+
+    def fill_handle(self, handle: int, fetch: Fetch) -> None:
+        lf = self.by_handle.get(handle)
+        if lf is not None:
+            self.fill(lf, fetch)
+
+    def truncated(self, handle: int, length: int) -> None:
+        """The job cut the file (ftruncate): nothing below `length` is home's alone any more."""
+        lf = self.by_handle.get(handle)
+        if lf is not None and length < lf.base:
+            lf.base = length
+
+    # -- syncing -------------------------------------------------------------------------
+    def sync_changed(self) -> None:
+        """Before a call goes home: send the new tail and size of files whose size or
+        times moved (changes inside the file follow at the next thorough sync). Errors
+        stay recorded and are reported by the next close or fsync."""
+        for lf in self.by_home.values():
+            if self._moved(lf):
+                self._sync(lf, thorough=False)
+
+    def sync_handle(self, handle: int) -> str | None:
+        """close, fsync: all the file's changes go home; home's errno name if they could not."""
+        lf = self.by_handle.get(handle)
+        return self.sync_thoroughly(lf) if lf is not None else None
+
+    def sync_thoroughly(self, lf: LiveFile) -> str | None:
+        if self._moved(lf) or self._mapped(lf):
+            self._sync(lf, thorough=True)
+        err, lf.error = lf.error, None
+        return err
+
+    def sync_all(self) -> list[tuple[str, str]]:
+        """Every live file, thoroughly; the (path, errno name) of those that failed."""
+        failed = []
+        for lf in list(self.by_home.values()):
+            err = self.sync_thoroughly(lf)
+            if err:
+                failed.append((lf.home_path, err))
+        return failed
+
+    def _moved(self, lf: LiveFile) -> bool:
+        sig = _sig(os.fstat(lf.fd))
+        return sig != lf.sig or sig[1] >= lf.synced_at - RACY_NS
+
+    def _mapped(self, lf: LiveFile) -> bool:
+        """Whether a job process maps the file (its writes there move no file times)."""
+        st = os.fstat(lf.fd)
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}".encode()
+        ino = str(st.st_ino).encode()
+        for tgid in self.table.procs:
+            try:
+                with open(f"/proc/{tgid}/maps", "rb") as f:
+                    for line in f:
+                        fields = line.split(None, 5)
+                        if len(fields) >= 5 and fields[4] == ino and fields[3] == dev:
+                            return True
+            except OSError:
+                continue
+        return False
+
+    def _sync(self, lf: LiveFile, thorough: bool) -> None:
+        if lf.wb_handle is None:
+            return  # no writable open left (nor a mapping): nothing can have changed
+        try:
+            self._send_changes(lf, thorough)
+        except OSError as exc:  # reading the local file
+            lf.error = errno.errorcode.get(exc.errno or 0, "EIO")
+
+    def _send_changes(self, lf: LiveFile, thorough: bool) -> None:
+        started = time.time_ns()
+        st = os.fstat(lf.fd)
+        size = st.st_size
+        lf.base = min(lf.base, size)
+        n = _blocks(size)
+        digests = (lf.digests + [b""] * n)[:n]
+        first = 0 if thorough else min(size, lf.synced_size) // BLOCK
+        sized = False
+        reply: dict[str, Any] | None = None
+        for off, data in self._changes(lf, size, first, digests):
+            end = off + len(data)
+            reply = self._send(lf, off, data, size if end >= size else None)
+            if reply is None:
+                return  # recorded in lf.error; the next sync sends it all again
+            sized = sized or end >= size
+        if size != lf.synced_size and not sized:
+            reply = self._send(lf, size, b"", size)
+            if reply is None:
+                return
+        lf.digests, lf.synced_size = digests, size
+        lf.sig, lf.synced_at = _sig(st), started
+        if reply is not None and isinstance(reply["o"].get("stat"), list):
+            lf.home = Validator.of_wire_stat(reply["o"]["stat"])
+            self._revalidate(lf)
+
+    def _changes(self, lf: LiveFile, size: int, first: int,
+                 digests: list[bytes]) -> Iterator[tuple[int, bytes]]:
+        """Runs of changed blocks from block `first` on, as (offset, data), each at most
+        SEND_MAX; `digests` gets each block's digest (of the block as it is here now).
+        Holes here are not read: past home's size, home's size change makes them the
+        same hole."""
+        run_off, run = -1, bytearray()
+        for i in range(first, _blocks(size)):
+            off = i * BLOCK
+            length = min(BLOCK, size - off)
+            old = lf.digests[i] if i < len(lf.digests) else b""
+            changed, data = False, b""
+            if off + length <= lf.base:
+                pass  # never fetched, and the job only appends: home's
+            elif _hole(lf.fd, off, off + length):
+                digests[i] = _zeros_digest(length)
+                changed = off < lf.synced_size and old != digests[i]
+                data = bytes(length) if changed else b""
+            else:
+                data = os.pread(lf.fd, length, off)
+                digests[i] = digest(data)
+                changed = off + length > lf.synced_size or old != digests[i]
+            if changed and off < lf.base:
+                data, off = data[lf.base - off:], lf.base  # only what is past home's part
+            if changed:
+                run_off = off if run_off < 0 else run_off
+                run += data
+            if run_off >= 0 and (not changed or len(run) >= SEND_MAX):
+                yield run_off, bytes(run)
+                run_off, run = -1, bytearray()
+        if run_off >= 0:
+            yield run_off, bytes(run)
+
+    def _send(self, lf: LiveFile, off: int, data: bytes, size: int | None) -> dict[str, Any] | None:
+        for _ in range(100):
+            rep = self.rpc.call("writeback", [lf.wb_handle, off, data, size])
+            if not is_busy(rep):
+                break
+            time.sleep(0.01)
+        if rep["e"]:
+            lf.error = rep["e"]
+            return None
+        self.bytes_sent += len(data)
+        return rep
+
+    def _revalidate(self, lf: LiveFile) -> None:
+        """Where the live file is also the cached copy of its home path, the cache is valid
+        for what home now has (a later open needs no fetch, an exec runs what was written)."""
+        if lf.base:
+            return
+        try:
+            same = os.stat(self.fds.copy_path(lf.home_path)).st_ino == os.fstat(lf.fd).st_ino
+        except OSError:
+            return
+        if same:
+            self.fds.cached[lf.home_path] = lf.home
+
+    # -- letting go ----------------------------------------------------------------------
+    def release(self, handle: int) -> bool:
+        """No job fd refers to `handle` any more. True if this module keeps it open at home
+        for now (the write-back handle of a file a job process still maps)."""
+        lf = self.by_handle.pop(handle, None)
+        if lf is None:
+            return False
+        lf.handles.discard(handle)
+        lf.writers.discard(handle)
+        keep = False
+        if handle == lf.wb_handle:
+            # Locks belong to the job's opens: the handle goes when its fds go, and
+            # write-back continues through another writable open.
+            self._report(lf, self.sync_thoroughly(lf))
+            if lf.writers:
+                lf.wb_handle = next(iter(lf.writers))
+            elif self._mapped(lf):
+                keep = lf.kept = True
+            else:
+                lf.wb_handle = None
+        if not lf.handles and not lf.kept:
+            self._drop(lf)
+        return keep
+
+    def reap(self) -> None:
+        """Close the write-back handles kept for mappings that are gone now."""
+        for lf in [lf for lf in self.by_home.values() if lf.kept]:
+            if self._mapped(lf):
+                continue
+            self._report(lf, self.sync_thoroughly(lf))
+            assert lf.wb_handle is not None
+            self.rpc.pending_close.append(lf.wb_handle)
+            lf.kept = False
+            lf.wb_handle = next(iter(lf.writers), None)
+            if not lf.handles:
+                self._drop(lf)
+
+    @property
+    def kept(self) -> bool:
+        return any(lf.kept for lf in self.by_home.values())
+
+    def _report(self, lf: LiveFile, err: str | None) -> None:
+        if err:
+            self.warn(f"{lf.home_path}: writing the job's changes back failed ({err}); "
+                      "they are not at home")
+
+    def _drop(self, lf: LiveFile) -> None:
+        del self.by_home[lf.home_id]
+        os.close(lf.fd)
+        try:
+            os.unlink(lf.local)
+        except FileNotFoundError:
+            pass
+
+
+def _sig(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _blocks(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK
+
+
+def _digests_of(fd: int, size: int) -> Iterator[bytes]:
+    for i in range(_blocks(size)):
+        yield digest(os.pread(fd, min(BLOCK, size - i * BLOCK), i * BLOCK))
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros_digest(length: int) -> bytes:
+    return digest(bytes(length))
+
+
+def _hole(fd: int, start: int, end: int) -> bool:
+    """Whether [start, end) of the file holds no data (never written)."""
+    try:
+        return os.lseek(fd, start, os.SEEK_DATA) >= end
+    except OSError as exc:
+        return exc.errno == errno.ENXIO  # no data at or after start
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> int:
+    view = memoryview(data)
+    n = 0
+    while view:
+        k = os.pwrite(fd, view, at + n)
+        view, n = view[k:], n + k
+    return n

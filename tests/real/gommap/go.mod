@@ -1,0 +1,3 @@
+module qrunreal/gommap
+
+go 1.19
