@@ -13,7 +13,7 @@
  *   workloads stat   PATH BUDGET_MS      stat(PATH) in a loop                  -> us/call
  *   workloads orc    PATH BUDGET_MS      open + read 4 KiB + close             -> us/iteration
  *   workloads read   PATH                whole file, 1 MiB page-aligned reads  -> MB/s
- *   workloads write  PATH MIB            MIB x 1 MiB page-aligned writes       -> MB/s
+ *   workloads write  PATH MIB [BS]       MIB MiB in BS-byte writes (1 MiB, page-aligned) -> MB/s
  *   workloads clock  BUDGET_MS           syscall(SYS_clock_gettime) in a loop  -> ns/call
  *   workloads rdzero BUDGET_MS           read 4 KiB from /dev/zero (a local fd) -> ns/call
  *   workloads pingpong BUDGET_MS         1-byte pipe round trip, two processes -> us/round trip
@@ -114,18 +114,16 @@ static int w_read(const char *tag, const char *path) {
     return 0;
 }
 
-static int w_write(const char *tag, const char *path, long mib) {
+static int w_write(const char *tag, const char *path, long mib, long bs) {
     char *buf = page_buffer(MIB);
+    if (bs <= 0 || bs > MIB) die("block size", NULL);
     double t0 = now();
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) die("open", path);
-    for (long i = 0; i < mib; i++) {
-        long done = 0;
-        while (done < MIB) {
-            ssize_t w = write(fd, buf + done, (size_t)(MIB - done));
-            if (w <= 0) die("write", path);
-            done += w;
-        }
+    for (long left = mib * MIB; left > 0;) {
+        ssize_t w = write(fd, buf, (size_t)(left < bs ? left : bs));
+        if (w <= 0) die("write", path);
+        left -= w;
     }
     if (close(fd) != 0) die("close", path);
     double el = now() - t0;
@@ -209,7 +207,7 @@ static int dispatch(char **a, int n) {
     if (!strcmp(w, "stat") && n == 3) return w_stat(w, a[1], atof(a[2]) / 1e3);
     if (!strcmp(w, "orc") && n == 3) return w_orc(w, a[1], atof(a[2]) / 1e3);
     if (!strcmp(w, "read") && n == 2) return w_read(w, a[1]);
-    if (!strcmp(w, "write") && n == 3) return w_write(w, a[1], atol(a[2]));
+    if (!strcmp(w, "write") && (n == 3 || n == 4)) return w_write(w, a[1], atol(a[2]), n == 4 ? atol(a[3]) : MIB);
     if (!strcmp(w, "clock") && n == 2) return w_clock(w, atof(a[1]) / 1e3);
     if (!strcmp(w, "rdzero") && n == 2) return w_rdzero(w, atof(a[1]) / 1e3);
     if (!strcmp(w, "pingpong") && n == 2) return w_pingpong(w, atof(a[1]) / 1e3);

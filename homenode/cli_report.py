@@ -40,5 +40,11 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
         u = o.usage
         sys.stderr.write(f"qrun: host={o.host} status={code} wall={o.wall:.3f}s "
                          f"cpu={float(u.get('utime', 0)) + float(u.get('stime', 0)):.3f}s "
-                         f"maxrss={int(u.get('maxrss_kb', 0))}KiB\n")
+                         f"maxrss={int(u.get('maxrss_kb', 0))}KiB{_data_path(u)}\n")
     return code
+
+
+def _data_path(u: dict[str, float]) -> str:
+    """A transparent job's requests to home, and bytes fetched from and written back to it."""
+    keys = ("calls", "fetched", "written_back")
+    return "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in keys if k in u)

@@ -42,6 +42,7 @@ class Job:
     live: LiveFiles
     warn_sink: Callable[[str], None]
     warned: set[str] = field(default_factory=set)
+    fetched: int = 0   # bytes of home files brought into local copies
     mem: Memory = field(default_factory=Memory)
 
     @classmethod
@@ -75,6 +76,7 @@ class Job:
             data = rep["o"].get("data", b"")
             if rep["e"] or not data:
                 return
+            self.fetched += len(data)
             yield data
             off += len(data)
 

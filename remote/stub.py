@@ -142,11 +142,13 @@ def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
     return pump, (in_r, out_w, err_w)
 
 
-def report_exit(pump: StdioPump, status: dict[str, Any], host: str) -> int:
-    """Send how the job ended (with its resource usage) and wait for home's goodbye."""
+def report_exit(pump: StdioPump, status: dict[str, Any], host: str,
+                data: dict[str, int] | None = None) -> int:
+    """Send how the job ended (with its resource usage and, for a transparent job, what
+    its data path moved) and wait for home's goodbye."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pump.finish({"status": status, "usage": {"utime": ru.ru_utime, "stime": ru.ru_stime,
-                                             "maxrss_kb": ru.ru_maxrss}, "host": host})
+    usage = {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss, **(data or {})}
+    pump.finish({"status": status, "usage": usage, "host": host})
     pump.done.wait(15)
     return 0
 
@@ -340,7 +342,8 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     for path, err in job.live.sync_all():  # (files still mapped when the job ended)
         eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
-    return report_exit(pump, result, socket.gethostname())
+    data = {"calls": rpc.seq, "fetched": job.fetched, "written_back": job.live.bytes_sent}
+    return report_exit(pump, result, socket.gethostname(), data)
 
 
 if __name__ == "__main__":

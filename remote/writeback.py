@@ -266,8 +266,14 @@ class LiveFiles:
                 data = os.pread(lf.fd, length, off)
                 digests[i] = digest(data)
                 changed = off + length > lf.synced_size or old != digests[i]
+                grown = lf.synced_size - off  # home has this much of the block
+                if changed and 0 < grown < length and old == digest(data[:grown]):
+                    data, off = data[grown:], lf.synced_size  # only what was added
             if changed and off < lf.base:
                 data, off = data[lf.base - off:], lf.base  # only what is past home's part
+            if changed and run_off >= 0 and run_off + len(run) != off:
+                yield run_off, bytes(run)  # (a run is one contiguous range)
+                run_off, run = -1, bytearray()
             if changed:
                 run_off = off if run_off < 0 else run_off
                 run += data

@@ -355,8 +355,13 @@ def test_only_changed_blocks_and_the_new_tail_are_written_back(tmp_path: Path) -
         f.write(b"changed")                               # one block
     sync_and_compare(BLOCK)
     with open(lf.local, "ab") as g:
-        g.write(b"tail" * 1000)                           # the last, partial block and the tail
-    sync_and_compare(123 + 4000)
+        g.write(b"tail" * 1000)                           # what was added to the last block
+    sync_and_compare(4000)
+    with open(lf.local, "r+b") as f:
+        f.seek(4 * BLOCK)
+        f.write(b"x")                                     # a block, then a partial one that grew
+    os.truncate(lf.local, 5 * BLOCK + 4123 + 10)
+    sync_and_compare(BLOCK + 10)
     os.truncate(lf.local, 3 * BLOCK)                      # a cut: the size alone
     sync_and_compare(0)
     os.truncate(lf.local, 40 * BLOCK)                     # a hole past home's size: the size alone
@@ -366,3 +371,16 @@ def test_only_changed_blocks_and_the_new_tail_are_written_back(tmp_path: Path) -
         f.write(b"end")                                   # one block in the hole
     sync_and_compare(BLOCK)
     assert os.fstat(home.fd).st_size == 40 * BLOCK
+
+
+def test_verbose_reports_what_the_data_path_moved(transparent: list[str], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "in.txt").write_bytes(b"i" * 200_000)
+    r = run([transparent[0], "-v", *transparent[1:], "/bin/sh", "-c", "cat in.txt in.txt > out.txt"], work,
+            job_env(tmp_path, work), timeout=60)
+    assert r.returncode == 0, r.report()
+    line = r.stderr.strip().splitlines()[-1]
+    fields = dict(f.split("=", 1) for f in line.split()[1:])
+    assert int(fields["written-back"]) == 400_000, line
+    assert int(fields["fetched"]) >= 200_000 and int(fields["calls"]) > 0, line

@@ -117,6 +117,7 @@ def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -
     cache = job.fds.fresh_copy(home_path, v) if o.get("fresh") else None
     if cache is None:
         st = dict(zip(structs.STAT_FIELDS, o["stat"], strict=True))
+        job.fetched += len(o.get("data", b""))
         chunks: Iterable[bytes] = [o["data"]] if "data" in o else job.fetch(s.t, h, v.size)
         cache = job.fds.store_copy(home_path, v, st["atime"] * 10**9 + st["atime_ns"], chunks)
     return cache
