@@ -49,11 +49,7 @@ class HomeOps:
     def dispatch(self, op: str, a: list[Any]) -> Reply:
         sc = FORWARDABLE.get(op)
         if sc is not None:
-            r, e, o = execute(sc, a, self.handles, self.resolver)
-            if op == "write" and e is None:
-                # Where the bytes landed, so the stub can mirror them into a local copy.
-                o["pos"] = os.lseek(self.handles.fd(a[0]), 0, os.SEEK_CUR)
-            return r, e, o
+            return execute(sc, a, self.handles, self.resolver)
         checks = schema.OPS.get(op)
         if checks is None:
             raise BadRequest(f"unknown operation {op!r}")
@@ -215,7 +211,7 @@ def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int]
             # Read to EOF, not st_size: /proc and /sys files report size 0.
             o["data"] = _read_all(fd, INLINE_MAX if st.st_size == 0 else st.st_size)
     else:
-        o = {"kind": "placeholder", "path": real}
+        o = {"kind": "placeholder", "path": real, "dir": stat.S_ISDIR(st.st_mode)}
     return 0, None, o
 
 

@@ -1,10 +1,11 @@
 """What a tracee's fd refers to, read from the kernel rather than mirrored.
 
-Every home file the job opens is a home handle. A placeholder is an O_PATH fd on `ph/<handle>`;
-a read-only copy is an ordinary fd on `copies/<handle>`, a hard link to the cached copy of the
-file (so all opens of one version share the data, and a write the job makes elsewhere can be
-mirrored into it). /proc/PID/fd therefore tells which handle an fd is, and dup, fork
-inheritance, close-on-exec and fd numbering stay the kernel's job.
+Every home file the job opens is a home handle. A home regular file is an ordinary fd on
+`copies/<handle>`, a hard link to the local file with its content (the cached copy, or the
+live file the job writes: see writeback.py). Anything else is a placeholder on `ph/<handle>`:
+a directory an fd on an empty local directory (so read and write fail as on a directory),
+the rest an O_PATH fd on an empty file. /proc/PID/fd therefore tells which handle an fd is,
+and dup, fork inheritance, close-on-exec and fd numbering stay the kernel's job.
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ class FdSpace:
         return found
 
     # -- placeholders and copies --------------------------------------------------------
-    def placeholder(self, handle: int) -> str:
+    def placeholder(self, handle: int, directory: bool) -> str:
         path = self._ph_prefix + str(handle)
-        if not os.path.exists(path):
+        if directory:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        elif not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         return path
 
@@ -103,26 +106,20 @@ class FdSpace:
         for d in (self._ph_prefix, self._copies_prefix):
             try:
                 os.unlink(d + str(handle))
+            except IsADirectoryError:
+                os.rmdir(d + str(handle))
             except FileNotFoundError:
                 pass
 
-    def mirror(self, home_path: str, data: bytes | None, offset: int, truncate: int | None = None) -> None:
-        """Apply a write the job made through a home fd to the cached copy of that file, so
-        copies other processes of the job are reading see it, as they would at home."""
+    def mirror_truncate(self, home_path: str, length: int) -> None:
+        """Apply a cut the job made at home (truncate, or ftruncate of a placeholder) to
+        the cached copy of that file, so other processes of the job reading it see it."""
         if home_path not in self.cached:
             return
-        path = self.copy_path(home_path)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            os.truncate(self.copy_path(home_path), length)
         except OSError:
-            return
-        try:
-            if truncate is not None:
-                os.ftruncate(fd, truncate)
-            if data:
-                os.pwrite(fd, data, offset)
-        finally:
-            os.close(fd)
+            pass
 
     def copy_path(self, home_path: str) -> str:
         return self._cache_prefix + hashlib.sha1(home_path.encode("utf-8", "surrogateescape")).hexdigest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from qrun.remote.fds import COPY, HOME, LOCAL
@@ -14,10 +14,9 @@ from qrun.remote.job import Job, errno_of
 from qrun.remote.resolver import Target
 from qrun.remote.stop import Stop
 from qrun.syscalls.abi import AT_FDCWD
-from qrun.syscalls.codecs import codec, scatter
-from qrun.syscalls.model import DirFd, IovIn, IovOut, Path, PathOut
+from qrun.syscalls.codecs import codec
+from qrun.syscalls.model import DirFd, Path, PathOut
 from qrun.syscalls.paths import normalize
-from qrun.syscalls.table import BY_NAME
 
 
 @dataclass
@@ -25,7 +24,6 @@ class Outgoing:
     """What marshalling needs besides the registers (see codecs.Outgoing)."""
     targets: dict[int, Target]
     handle: int | None = None
-    iov: list[tuple[int, int]] = field(default_factory=list)
 
     def wire_path(self, i: int) -> bytes | list[int] | None:
         tg = self.targets.get(i)
@@ -48,7 +46,7 @@ def by_path(s: Stop, job: Job) -> None:
         if rep is not None and s.sc.updates_copies == "truncate":
             tg = targets[0][1]
             if tg.path and tg.handle is None:
-                job.fds.mirror(normalize(tg.path), None, 0, truncate=s.larg(1))
+                job.fds.mirror_truncate(normalize(tg.path), s.larg(1))
     else:
         s.skip(-errno.EXDEV)  # one path at home, the other local
 
@@ -83,18 +81,11 @@ def _on_copy(s: Stop, job: Job, handle: int) -> bool:
 
 
 def _update_copies(s: Stop, job: Job, ref: int, wa: list[Any], rep: dict[str, Any]) -> None:
-    """Keep this host's local copies of a home file in step with a write through a
-    placeholder (another process of the job may hold a copy)."""
-    how = BY_NAME[s.sc.home_as].updates_copies if s.sc.home_as else s.sc.updates_copies
+    """Keep this host's local copy of a home file in step with a change made through a
+    placeholder (another process of the job may be reading the copy)."""
     home_path = job.fds.handle_path.get(ref)
-    if not how or home_path is None:
-        return
-    n = rep["r"]
-    if how == "ftruncate":
-        job.fds.mirror(home_path, None, 0, truncate=wa[1])
-    elif n > 0:
-        at = rep["o"].get("pos", n) - n if how == "write" else wa[3]
-        job.fds.mirror(home_path, wa[1][:n], at)
+    if s.sc.updates_copies == "ftruncate" and home_path is not None:
+        job.fds.mirror_truncate(home_path, wa[1])
 
 
 def answer_link(s: Stop, targets: list[tuple[int, Target]]) -> bool:
@@ -137,34 +128,21 @@ def go_local(s: Stop, index: int, path: str) -> None:
 
 
 def marshal(s: Stop, out: Outgoing) -> list[Any]:
-    """The wire arguments, one codec per argument kind. Calls executed at home in their
-    plain form (readv as read) send the plain form's arguments: an iovec's codec gives
-    the one gathered buffer, and its count becomes that buffer's length."""
-    wa = [codec(k).encode(k, i, s, out) for i, k in enumerate(s.sc.args)]
-    if s.sc.home_as:
-        for i, k in enumerate(s.sc.args):
-            if isinstance(k, (IovIn, IovOut)):
-                wa[k.count] = len(wa[i]) if isinstance(wa[i], bytes) else wa[i]
-        wa = wa[:len(BY_NAME[s.sc.home_as].args)]
-    return wa
+    """The wire arguments, one codec per argument kind."""
+    return [codec(k).encode(k, i, s, out) for i, k in enumerate(s.sc.args)]
 
 
 def forward(s: Stop, job: Job, out: Outgoing) -> tuple[list[Any], dict[str, Any] | None]:
     """Execute at home; returns the wire arguments and the reply (None on failure)."""
     wa = marshal(s, out)
-    rep = job.call(s.t, s.sc.home_as or s.sc.name, wa)
+    rep = job.call(s.t, s.sc.name, wa)
     if rep["e"]:
         s.skip(-errno_of(rep["e"]))
         return wa, None
     for key, value in rep["o"].items():
         if not key.isdigit() or int(key) >= len(s.sc.args):
-            continue  # extra facts for the stub itself (e.g. the write position)
+            continue  # extra facts for the stub itself
         i = int(key)
-        kind = s.sc.args[i]
-        if isinstance(kind, IovOut):
-            if isinstance(value, bytes):
-                scatter(s, out.iov, value)
-        else:
-            codec(kind).decode(kind, i, s, value)
+        codec(s.sc.args[i]).decode(s.sc.args[i], i, s, value)
     s.skip(rep["r"])
     return wa, rep

@@ -14,7 +14,6 @@ forwarded) encode to nothing and refuse to be executed at home.
 
 from __future__ import annotations
 
-import errno
 from typing import Any, Protocol
 
 from qrun.syscalls import flags as wflags
@@ -36,8 +35,7 @@ from qrun.syscalls.wirecheck import (
     path,
 )
 
-MAX_IO = 8 << 20      # larger reads/writes on home fds are short, as POSIX allows
-MAX_IOV = 1024        # IOV_MAX
+MAX_IO = 8 << 20      # larger buffers to and from home (getdents, xattrs) are cut, as POSIX allows
 
 
 def s64(v: int) -> int:
@@ -63,7 +61,6 @@ class Tracee(Protocol):
 class Outgoing(Protocol):
     """What the stub resolved before marshalling: where paths lead, the home handle."""
     handle: int | None
-    iov: list[tuple[int, int]]
 
     def wire_path(self, i: int) -> bytes | list[int] | None: ...
     def wire_dirfd(self, i: int) -> int | None: ...
@@ -197,55 +194,6 @@ class BufOutCodec(Codec):
         return h.contents(buf, ret)
 
 
-def read_iov(t: Tracee, addr: int, count: int) -> list[tuple[int, int]]:
-    """The (base, length) pairs of an iovec array, at most MAX_IO bytes in all."""
-    count = s64(count)
-    if count < 0 or count > MAX_IOV:
-        raise OSError(errno.EINVAL, "iovcnt")
-    lay = structs.layout(t.arch, "iovec")
-    raw = t.read(addr, lay.size * count)
-    out, total = [], 0
-    for k in range(count):
-        iv = lay.unpack(raw[lay.size * k:lay.size * (k + 1)])
-        ln = min(iv["len"], MAX_IO - total)
-        if ln > 0:
-            out.append((iv["base"], ln))
-            total += ln
-    return out
-
-
-class IovCodec(Codec):
-    """An iovec array: the home node executes the call's plain form (`home_as`) on one
-    gathered buffer, so the array travels as that buffer (IovIn) or its size (IovOut),
-    and the count argument becomes the buffer's length."""
-
-    def checker(self, kind: Any) -> Check:
-        def refuse(v: object) -> None:
-            raise BadRequest("iovec calls are sent as their plain forms")
-        return refuse
-
-    def encode(self, kind: m.IovIn | m.IovOut, i: int, t: Tracee, out: Outgoing) -> Any:
-        out.iov = read_iov(t, t.arg(i), t.arg(kind.count))
-        if isinstance(kind, m.IovIn):
-            return b"".join(t.read(base, ln) for base, ln in out.iov)
-        return sum(ln for _, ln in out.iov)
-
-    def decode(self, kind: Any, i: int, t: Tracee, value: object) -> None:
-        raise BadRequest("iovec outputs come back through the plain form's buffer")
-
-    def to_c(self, kind: Any, i: int, v: Any, h: HomeCall) -> tuple[int, Any]:
-        raise BadRequest("iovec calls are sent as their plain forms")
-
-
-def scatter(t: Tracee, iov: list[tuple[int, int]], value: bytes) -> None:
-    off = 0
-    for base, ln in iov:
-        if off >= len(value):
-            return
-        t.write(base, value[off:off + ln])
-        off += ln
-
-
 class StructInCodec(Codec):
     def checker(self, kind: m.StructIn) -> Check:
         return optional(data(4096))
@@ -295,12 +243,11 @@ class LocalOnlyCodec(Codec):
 
 
 _BUF_OUT = BufOutCodec()
-_IOV = IovCodec()
 _LOCAL = LocalOnlyCodec()
 CODECS: dict[type, Codec] = {
     m.Int: Codec(), m.Flags: FlagsCodec(), m.Fd: FdCodec(), m.DirFd: DirFdCodec(),
     m.Path: PathCodec(), m.Str: StrCodec(), m.BufIn: BufInCodec(), m.BufOut: _BUF_OUT,
-    m.PathOut: _BUF_OUT, m.IovIn: _IOV, m.IovOut: _IOV, m.StructIn: StructInCodec(),
+    m.PathOut: _BUF_OUT, m.StructIn: StructInCodec(),
     m.StructOut: StructOutCodec(), m.Pid: PidCodec(),
     m.Addr: _LOCAL, m.Argv: _LOCAL, m.Id: _LOCAL, m.IdOut: _LOCAL, m.IdList: _LOCAL,
     m.IdListOut: _LOCAL,

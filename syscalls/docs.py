@@ -83,8 +83,6 @@ def _route(sc: Syscall) -> str:
 
 def _note(sc: Syscall) -> str:
     parts = []
-    if sc.home_as:
-        parts.append(f"executed at home as `{sc.home_as}`")
     if sc.route is Route.BY_FD and sc.on_copy != "home":
         parts.append(f"on a local copy: {ON_COPY[sc.on_copy]}")
     if sc.note:

@@ -79,18 +79,6 @@ class BufOut:
 
 
 @dataclass(frozen=True)
-class IovIn:
-    """An iovec array the kernel gathers from; `count` is the index of iovcnt."""
-    count: int
-
-
-@dataclass(frozen=True)
-class IovOut:
-    """An iovec array the kernel scatters into; `count` is the index of iovcnt."""
-    count: int
-
-
-@dataclass(frozen=True)
 class StructIn:
     """A fixed-size structure the kernel reads."""
     type: str
@@ -146,7 +134,7 @@ class IdListOut:
     count: int
 
 
-ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | IovIn | IovOut | StructIn | StructOut
+ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | StructIn | StructOut
            | PathOut | Pid | Addr | Argv | Id | IdOut | IdList | IdListOut)
 
 # ---- what an fd call does on a local copy's fd ------------------------------------------
@@ -176,7 +164,6 @@ class Syscall:
     tags: frozenset[str] = frozenset()
     handler: str = ""        # IRREGULAR/IDENTITY: name of the code that handles it
     errno: str = ""          # DENY: the errno returned
-    home_as: str = ""        # forwarded calls: the syscall the home node executes instead
     # BY_FD on an fd of a local copy (see ON_COPY): "home" forwards it to the copy's
     # handle, "local" lets the kernel run it (the data path), and so on.
     on_copy: str = "home"
@@ -187,7 +174,7 @@ class Syscall:
     # (getresuid: uid, euid, euid), or the one they return (getuid: uid).
     answer: tuple[str, ...] = ()
     # Forwarded calls that change a home file's data: how local copies of it are kept in
-    # step ("truncate" by path, "ftruncate", "write" at the file position, "pwrite").
+    # step ("truncate" by path, "ftruncate" of a placeholder).
     updates_copies: str = ""
 
     @property

@@ -39,7 +39,13 @@ TABLE: list[Syscall] = []
 __all__ = ["TABLE", "A", "P", "F", "X", "I", "D", "L", "FULL", "PARTIAL", "LOCAL_LEVEL", "DENIED",
            "FILE", "DESC", "PROCESS", "SIGNAL", "IDENT", "MEMORY", "NETWORK", "IPC", "TIME", "SYSTEM",
            "CREDS", "INT", "ATFLAGS", "OFLAGS", "FD", "DIRFD", "PATH", "LPATH", "STR", "PID", "ADDR",
-           "ARGV", "ID", "IDOUT"]
+           "ARGV", "ID", "IDOUT", "UNTRAPPED_DATA"]
+
+
+# The data calls on fds are never trapped: a home regular file is a local file here (a
+# copy, written back if the job writes it), and a home directory a local empty one.
+UNTRAPPED_DATA = ("a home regular file is a local file here, so the kernel runs it; on a home "
+                  "directory it fails as natively (EISDIR)")
 
 
 def A(*kinds: object) -> tuple:  # noqa: N802 - part of the table's notation
@@ -54,12 +60,12 @@ def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
 
 
 def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
-      home_as: str = "", note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
+      note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
       copy: str = "home", updates: str = "") -> None:
     """Fd call: forwarded when its fd is a home file. `copy`: what it does on the fd of a
     local copy (model.ON_COPY); by default it is asked of home."""
     assert copy in ON_COPY, f"{name}: unknown copy= {copy!r}"
-    TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags, home_as=home_as,
+    TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags,
                          note=note, level=level, on_copy=copy, local_fd_native=True,
                          updates_copies=updates))
 
@@ -88,6 +94,6 @@ def D(name: str, x: int | None, a: int | None, errno: str, tags: frozenset[str],
                          level=DENIED))
 
 
-def L(name: str, x: int | None, a: int | None, tags: frozenset[str]) -> None:  # noqa: N802
+def L(name: str, x: int | None, a: int | None, tags: frozenset[str], note: str = "") -> None:  # noqa: N802
     """Local call: never trapped."""
-    TABLE.append(Syscall(name, x, a, (), Route.LOCAL, tags, level=LOCAL_LEVEL))
+    TABLE.append(Syscall(name, x, a, (), Route.LOCAL, tags, level=LOCAL_LEVEL, note=note))

@@ -79,7 +79,6 @@ _COMMON: dict[str, Layout] = {
     "utimbuf": _opaque(16),
     "flock": Layout("<hh4xqqi4x", ("type", "whence", "start", "len", "pid")),
     "open_how": Layout("<QQQ", ("flags", "mode", "resolve")),
-    "iovec": Layout("<QQ", ("base", "len")),
     "timespec": Layout("<qq", ("sec", "nsec")),
     "siginfo": Layout("<iii4xii104x", ("signo", "errno", "code", "pid", "uid")),
     "clone_args": Layout("<QQQQQQQQQQQ", ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal",

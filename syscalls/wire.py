@@ -92,5 +92,5 @@ def table_digest() -> str:
     h = hashlib.sha256(str(PROTOCOL_VERSION).encode())
     for s in TABLE:
         h.update(repr((s.name, s.x86_64, s.aarch64, s.args, s.route.value, s.handler,
-                       s.home_as, s.answer, s.updates_copies, s.on_copy)).encode())
+                       s.answer, s.updates_copies, s.on_copy)).encode())
     return h.hexdigest()[:16]

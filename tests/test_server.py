@@ -84,7 +84,7 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(server: Home
     assert rep is not None and rep["t"] == "error" and "protocol error" in rep["msg"]
     cases: list[tuple[str, list[Any]]] = [("execve", [b"/bin/sh", 0, 0]),         # not forwardable
                                       ("mkdir", [b"relative", 0o755]),        # relative, no handle
-                                      ("read", [999, 10, 10]),                # unknown handle
+                                      ("fchmod", [999, 0o644]),               # unknown handle
                                       ("mkdir", ["not bytes", 0o755]),        # wrong type
                                       ("mkdir", [b"/x"]),                     # wrong arity
                                       ("open", [None, b"/a\0b", 0, 0, False, None, None])]
@@ -149,7 +149,7 @@ def test_hostile_requests_are_refused_one_by_one(server: HomeServer, tmp_path: P
         ("kill", [2**40, 9]), ("kill", [0, 9]), ("kill", [-1, 9]),
         ("mkdir", [{"a": 1}, 0o755]), ("mkdir", [canary, {"mode": 1}]),  # a dict for a value
         ("mkdir", [[2**64 - 1], 0o755]), ("mkdir", [[None], 0o755]),         # bad fd paths
-        ("write", [1, b"x", 2**64 - 1]), ("read", [-5, 10, 10]),
+        ("fsetxattr", [1, b"user.x", b"x", 2**64 - 1, 0]), ("fchmod", [-5, 0o644]),
         ("open", [None, canary, 0, 0, "yes", None, None]),
     ]
     for seq, (op, args) in enumerate(cases, start=1):

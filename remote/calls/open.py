@@ -71,20 +71,27 @@ def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
     h = int(o["handle"])
     home_path = os.fsdecode(o["path"])
     if o.get("kind") == "placeholder":
-        _placeholder(s, job, h, home_path, fl, exec_)
+        _placeholder(s, job, h, home_path, fl, exec_, bool(o.get("dir")))
         return None
     return _copy(s, job, h, home_path, o, fl, exec_)
 
 
-def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool) -> None:
+def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool, directory: bool) -> None:
     if exec_:
         s.skip(-errno.EACCES)
         job.rpc.pending_close.append(h)
         return
     job.fds.handle_path[h] = home_path
     if fl & O_TRUNC:
-        job.fds.mirror(home_path, None, 0, truncate=0)
-    install(s, job, job.fds.placeholder(h), O_PATH | (fl & O_CLOEXEC), h)
+        job.fds.mirror_truncate(home_path, 0)
+    if directory and not fl & O_PATH:
+        local_fl = os.O_RDONLY | os.O_DIRECTORY  # (the stub runs on the job's architecture)
+    else:
+        local_fl = O_PATH
+        if fl & O_ACCMODE and not fl & O_PATH:
+            job.warn_once(f"wo:{home_path}", f"{home_path}: opened for writing but not readable at home; "
+                          "writes to it fail (EBADF)")
+    install(s, job, job.fds.placeholder(h, directory), local_fl | (fl & O_CLOEXEC), h)
 
 
 def _copy(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool) -> str | None:
