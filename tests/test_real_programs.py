@@ -273,16 +273,21 @@ def nothing(work: Path) -> None:
 
 # ---- 1. a static Go program with goroutines and children -------------------------------------
 
-@pytest.fixture(scope="session")
-def go_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_go(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """tests/real/NAME built as a static Go binary, offline."""
     go = need("go", "golang-go")
-    out = tmp_path_factory.mktemp("go") / "goprog"
+    out = tmp_path_factory.mktemp("go") / name
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOPROXY": "off",
            "GOTOOLCHAIN": "local", "GO111MODULE": "on"}
-    r = subprocess.run([go, "build", "-trimpath", "-o", str(out), "."], cwd=REAL / "goprog", env=env,
+    r = subprocess.run([go, "build", "-trimpath", "-o", str(out), "."], cwd=REAL / name, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"go build failed:\n{r.stderr}"
     return out
+
+
+@pytest.fixture(scope="session")
+def go_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_go(tmp_path_factory, "goprog")
 
 
 def test_go_static_goroutines_and_children(transparent: list[str], go_program: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_real_programs import REAL, job_env, native_and_qrun, need, nothing, run, snapshot, under
+from test_real_programs import build_go, job_env, native_and_qrun, need, nothing, run, snapshot, under
 
 PY = "/usr/bin/python3"
 
@@ -92,14 +92,7 @@ def test_lmdb_load_stat_and_dump(transparent: list[str], tmp_path: Path) -> None
 
 @pytest.fixture(scope="session")
 def gommap_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = need("go", "golang-go")
-    out = tmp_path_factory.mktemp("gommap") / "gommap"
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOPROXY": "off",
-           "GOTOOLCHAIN": "local", "GO111MODULE": "on"}
-    r = subprocess.run([go, "build", "-trimpath", "-o", str(out), "."], cwd=REAL / "gommap", env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return out
+    return build_go(tmp_path_factory, "gommap")
 
 
 def test_go_mmap_store(transparent: list[str], gommap_program: Path, tmp_path: Path) -> None:
@@ -229,6 +222,39 @@ def test_fsync_and_close_put_the_data_at_home(transparent: list[str], tmp_path: 
     finally:
         proc.kill()
     assert proc.returncode == 0, err
+
+
+REOPEN = """\
+import os, sys
+fd = os.open("h", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"job wrote this")
+os.fsync(fd)
+print("ready", flush=True)
+sys.stdin.readline()          # meanwhile a process at home rewrites the start of the file
+print(open("h").read(), flush=True)   # a new open sees it (close-to-open), fd is still open
+os.write(fd, b"!")
+os.close(fd)
+"""
+
+
+def test_a_change_made_at_home_is_seen_by_the_job_s_next_open(transparent: list[str], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "r.py").write_text(REOPEN)
+    proc = subprocess.Popen([*transparent, PY, "r.py"], cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        with open(work / "h", "r+b") as f:
+            f.write(b"HOME")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (0, "HOMEwrote this\n"), err
+    assert (work / "h").read_bytes() == b"HOMEwrote this!"
 
 
 FULL_DISK = """\
