@@ -83,15 +83,19 @@ class HomeOps:
                 os.close(fd)
 
     def _open_readable(self, dirfd: int | None, path: bytes, fl: int, mode: int, resolve: int) -> int:
-        """Open as asked, but a write-only open as read-write where the file allows it: the
-        execution host then keeps a local copy it can fill and write back (the job's own fd
-        there has the job's access mode). A file the user may not read is opened as asked."""
-        if fl & os.O_ACCMODE != os.O_WRONLY or fl & O_PATH:
-            return self.resolver.open_file(dirfd, path, fl, mode, resolve)
+        """Open as asked; a regular file opened write-only is then reopened read-write where
+        the user may read it: the execution host keeps a local copy it can fill and write
+        back (the job's own fd there has the job's access mode)."""
+        fd = self.resolver.open_file(dirfd, path, fl, mode, resolve)
+        if fl & os.O_ACCMODE != os.O_WRONLY or fl & O_PATH or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        again = fl & ~(os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC) | os.O_RDWR
         try:
-            return self.resolver.open_file(dirfd, path, fl & ~os.O_ACCMODE | os.O_RDWR, mode, resolve)
-        except PermissionError:
-            return self.resolver.open_file(dirfd, path, fl, mode, resolve)
+            rw = os.open(f"/proc/self/fd/{fd}", again)
+        except OSError:
+            return fd  # (not readable for the user: used as asked)
+        os.close(fd)
+        return rw
 
     def op_writeback(self, handle: int, offset: int, data: bytes, size: int | None) -> Reply:
         """Data the job wrote into its local copy of a home file: written at `offset`, then

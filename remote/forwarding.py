@@ -47,6 +47,7 @@ def by_path(s: Stop, job: Job) -> None:
             tg = targets[0][1]
             if tg.path and tg.handle is None:
                 job.fds.mirror_truncate(normalize(tg.path), s.larg(1))
+                job.live.cut_at_home(normalize(tg.path), s.larg(1))
     else:
         s.skip(-errno.EXDEV)  # one path at home, the other local
 

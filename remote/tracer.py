@@ -25,7 +25,7 @@ from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
 from qrun.remote.stop import Stop
 from qrun.remote.trace import CallTrace
-from qrun.remote.tracee import FsState, Proc, Regs, Thread, restore_args, skip
+from qrun.remote.tracee import FsState, Proc, Regs, Thread, restore_args, set_ret, skip
 from qrun.syscalls import abi, bpf
 from qrun.syscalls.abi import ARCH
 from qrun.syscalls.model import Route, Syscall
@@ -242,9 +242,27 @@ class Tracer:
         ret = self.regs.load(t.tid).ret
         restore_args(t)
         if cb is not None:
-            cb(t, ret)
+            self._exit_callback(cb, t, ret)
         if self.trace is not None:
             self.trace.end(t, self.regs.load(t.tid).ret if cb is not None else ret)
+
+    def _exit_callback(self, cb: Callable[[Thread, int], None], t: Thread, ret: int) -> None:
+        """A handler's continuation: like a handler, a bug in it fails the one call (EIO)."""
+        try:
+            cb(t, ret)
+        except (HomeLost, ProcessLookupError):
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise ProcessLookupError from exc
+            self._exit_failed(t, exc)
+        except Exception as exc:
+            self._exit_failed(t, exc)
+
+    def _exit_failed(self, t: Thread, exc: Exception) -> None:
+        self.job.warn_sink(f"internal error finishing a call: {type(exc).__name__}: {exc}; "
+                           "the call failed with EIO")
+        set_ret(t.tid, -errno.EIO)
 
     # ---- processes ----------------------------------------------------------------------
     def _adopt(self, parent: Thread, child_tid: int) -> None:

@@ -4,11 +4,13 @@ A regular home file opened for writing is a local file on this host (a *live* fi
 the kernel runs the job's writes, reads, seeks and shared mappings on it. What changed
 goes home (close-to-open, as NFS and AFS):
 
-- at every close and fsync/fdatasync of one of its fds, at msync, when the last job
-  process lets go of it, and at the end of the job: thoroughly (every block compared,
-  since writes through a mapping need not change the file's times);
-- before any other call goes home (a stat, an open, a rename): if its size or times
-  changed, so home never shows the job an older state than the job itself made.
+- at every close and fsync/fdatasync of one of its fds, at an unlock, at msync (the files
+  the caller maps) and at the end of the job: thoroughly (every block compared, since
+  writes through a mapping need not change the file's times); and when the last job
+  process lets go of it, if anything may have changed since;
+- before any other call goes home (a stat, an open, a rename): its new tail and size, if
+  its size or times changed, so home never shows the job a shorter file than the job
+  wrote (changes inside it follow at the next thorough sync).
 
 What changed is found without trapping writes: home's content is recorded as one digest
 per block, and only blocks whose digest differs, or that lie past what home has, are
@@ -16,8 +18,9 @@ sent. A file's times are trusted to be unchanged only once they are older than t
 kernel's timestamp granularity (git's "racy" rule): a write in the same clock tick as the
 last write-back would not move them.
 
-Every open of a home file that is live here (the same home inode) shares the one local
-file, so the job's processes see each other's writes at once and O_APPEND stays atomic.
+Every open of a home file that is live here (the same home inode; an exec runs the cached
+copy) shares the one local file, so the job's processes see each other's writes at once
+and O_APPEND stays atomic.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class LiveFile:
     handles: set[int] = field(default_factory=set)   # every job open of it
     writers: set[int] = field(default_factory=set)   # those open for writing
     kept: bool = False                # wb_handle outlives the job's opens (a mapping)
+    mapped: bool = False              # a job process has mapped it: compare every block
+    unchecked: bool = False           # a tail-only sync moved `sig` past unchecked blocks
     digests: list[bytes] = field(default_factory=list)  # each block as last sent
     synced_size: int = 0              # home's size, as far as the job is concerned
     base: int = 0                     # [0, base) was never fetched: never sent (`>> log`)
@@ -102,43 +107,51 @@ class LiveFiles:
         else:
             lf.digests = list(_digests_of(fd, v.size))
         lf.sig, lf.synced_at = _sig(os.fstat(fd)), time.time_ns()
+        # The job writes into what may be the cached copy: it is valid for home's file
+        # again only once a write-back succeeded (_revalidate).
+        self.fds.cached.pop(home_path, None)
         self.by_home[lf.home_id] = lf
         self.by_handle[handle] = lf
         return lf
 
-    def attach(self, lf: LiveFile, handle: int, writable: bool, truncated: bool, v: Validator,
-               fetch: Fetch) -> None:
-        """Another open of a live file (home's file is `v` now). With O_TRUNC home cut the
-        file already; if home's file changed in another way since the job last saw it, the
-        open sees home's new content (close-to-open), or a read-only one sees it whole."""
+    def attach(self, lf: LiveFile, handle: int, writable: bool, inside: bool, truncated: bool,
+               v: Validator, fetch: Fetch) -> None:
+        """Another open of a live file (home's file is `v` now); `inside`: it may read or
+        write the file's existing content (anything but `>> log`). With O_TRUNC home cut
+        the file already; if home's file changed in another way since the job last saw it,
+        the open sees home's new content (close-to-open). Raises OSError(EIO) if home's
+        content cannot be fetched; then nothing is registered."""
+        if truncated:
+            os.ftruncate(lf.fd, 0)
+            lf.digests, lf.synced_size, lf.base = [], 0, 0
+            lf.sig = _sig(os.fstat(lf.fd))
+        elif v != lf.home and not lf.base:
+            self.sync(lf, "all")  # (what a mapping changed goes first; home has the rest)
+            self._refetch(lf, v, fetch)
+        elif inside:
+            self.fill(lf, fetch)
+        lf.home = v
         lf.handles.add(handle)
         self.by_handle[handle] = lf
         if writable:
             lf.writers.add(handle)
             if lf.wb_handle is None:
                 lf.wb_handle = handle
-        if truncated:
-            os.ftruncate(lf.fd, 0)
-            lf.digests, lf.synced_size, lf.base = [], 0, 0
-            lf.sig = _sig(os.fstat(lf.fd))
-        elif v != lf.home and not lf.base:
-            self._refetch(lf, v, fetch)
-        elif not writable:
-            self.fill(lf, fetch)
-        lf.home = v
 
     def _refetch(self, lf: LiveFile, v: Validator, fetch: Fetch) -> None:
         at = 0
         for chunk in fetch(0, v.size):
             at += _pwrite_all(lf.fd, chunk, at)
+        if at != v.size:
+            raise OSError(errno.EIO, f"{lf.home_path}: home gave {at} of {v.size} bytes")
         os.ftruncate(lf.fd, at)
         lf.digests, lf.synced_size = list(_digests_of(lf.fd, at)), at
         lf.sig, lf.synced_at = _sig(os.fstat(lf.fd)), time.time_ns()
 
     def fill(self, lf: LiveFile, fetch: Fetch) -> None:
         """Fetch the part of an append-only live file that stayed at home, so it can be
-        read here (a read-only open of it, a fallocate). If home cannot give all of it (a
-        write-only file), that part stays home's."""
+        read or written here (another open of it, a fallocate). Raises OSError(EIO) if
+        home cannot give all of it (a file the user may not read)."""
         if lf.base == 0:
             return
         end = min(lf.base, os.fstat(lf.fd).st_size)
@@ -146,7 +159,7 @@ class LiveFiles:
         for chunk in fetch(0, end):
             at += _pwrite_all(lf.fd, chunk, at)
         if at < end:
-            return
+            raise OSError(errno.EIO, f"{lf.home_path}: home gave {at} of {end} bytes")
         lf.base = 0
         lf.digests = list(_digests_of(lf.fd, lf.synced_size))
 
@@ -161,50 +174,83 @@ class LiveFiles:
         if lf is not None and length < lf.base:
             lf.base = length
 
+    def cut_at_home(self, home_path: str, length: int) -> None:
+        """truncate(2) by path ran at home: the live files of that path are cut here too."""
+        for lf in self.by_home.values():
+            if lf.home_path == home_path:
+                self.sync(lf, "all")
+                os.ftruncate(lf.fd, length)
+                lf.base = min(lf.base, length)
+                lf.synced_size = length
+                lf.digests = lf.digests[:_blocks(length)]
+                if lf.digests and length % BLOCK:
+                    lf.digests[-1] = b""  # (a cut block: compared afresh)
+                lf.sig = _sig(os.fstat(lf.fd))
+
     # -- syncing -------------------------------------------------------------------------
     def sync_changed(self) -> None:
         """Before a call goes home: send the new tail and size of files whose size or
         times moved (changes inside the file follow at the next thorough sync). Errors
         stay recorded and are reported by the next close or fsync."""
         for lf in self.by_home.values():
-            if self._moved(lf):
-                self._sync(lf, thorough=False)
+            self.sync(lf, "tail")
 
     def sync_handle(self, handle: int) -> str | None:
-        """close, fsync: all the file's changes go home; home's errno name if they could not."""
+        """close, fsync, an unlock: all the file's changes go home; home's errno name if
+        they could not."""
         lf = self.by_handle.get(handle)
-        return self.sync_thoroughly(lf) if lf is not None else None
+        return self.sync(lf, "all") if lf is not None else None
 
-    def sync_thoroughly(self, lf: LiveFile) -> str | None:
-        if self._moved(lf) or self._mapped(lf):
-            self._sync(lf, thorough=True)
-        err, lf.error = lf.error, None
-        return err
+    def keep_error(self, handle: int, err: str) -> None:
+        """Hold a write-back error for the file's next close or fsync to report."""
+        lf = self.by_handle.get(handle)
+        if lf is not None:
+            lf.error = lf.error or err
+
+    def sync_mapped_by(self, tgid: int) -> list[str]:
+        """msync: the files process `tgid` maps go home; the errno names of failures."""
+        return [err for lf in list(self.by_home.values())
+                if self._mapped(lf, [tgid]) and (err := self.sync(lf, "all"))]
 
     def sync_all(self) -> list[tuple[str, str]]:
-        """Every live file, thoroughly; the (path, errno name) of those that failed."""
+        """The job's end: every live file, every block; (path, errno name) of failures."""
         failed = []
         for lf in list(self.by_home.values()):
-            err = self.sync_thoroughly(lf)
+            err = self.sync(lf, "all")
             if err:
                 failed.append((lf.home_path, err))
         return failed
+
+    def sync(self, lf: LiveFile, how: str) -> str | None:
+        """Write back what changed, and return (and forget) the file's recorded error.
+        "tail": only if its size or times moved, from home's size on (cheap, and never
+        reports: the error waits for a thorough sync); "changed": every block, if the file
+        moved, was mapped or a tail sync left blocks unchecked; "all": every block."""
+        if how == "tail":
+            if self._moved(lf):
+                self._sync(lf, thorough=False)
+            return None
+        if how == "all" or self._moved(lf) or lf.unchecked or lf.mapped or self._mapped(lf):
+            self._sync(lf, thorough=True)
+        err, lf.error = lf.error, None
+        return err
 
     def _moved(self, lf: LiveFile) -> bool:
         sig = _sig(os.fstat(lf.fd))
         return sig != lf.sig or sig[1] >= lf.synced_at - RACY_NS
 
-    def _mapped(self, lf: LiveFile) -> bool:
+    def _mapped(self, lf: LiveFile, tgids: list[int] | None = None) -> bool:
         """Whether a job process maps the file (its writes there move no file times)."""
         st = os.fstat(lf.fd)
         dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}".encode()
         ino = str(st.st_ino).encode()
-        for tgid in self.table.procs:
+        for tgid in self.table.procs if tgids is None else tgids:
             try:
                 with open(f"/proc/{tgid}/maps", "rb") as f:
                     for line in f:
                         fields = line.split(None, 5)
                         if len(fields) >= 5 and fields[4] == ino and fields[3] == dev:
+                            lf.mapped = True
                             return True
             except OSError:
                 continue
@@ -240,8 +286,10 @@ class LiveFiles:
                 return
         lf.digests, lf.synced_size = digests, size
         lf.sig, lf.synced_at = _sig(st), started
+        lf.unchecked = not thorough and (lf.unchecked or first > 0)
         if reply is not None and isinstance(reply["o"].get("stat"), list):
             lf.home = Validator.of_wire_stat(reply["o"]["stat"])
+        if thorough:
             self._revalidate(lf)
 
     def _changes(self, lf: LiveFile, size: int, first: int,
@@ -320,7 +368,7 @@ class LiveFiles:
         if handle == lf.wb_handle:
             # Locks belong to the job's opens: the handle goes when its fds go, and
             # write-back continues through another writable open.
-            self._report(lf, self.sync_thoroughly(lf))
+            self._report(lf, self.sync(lf, "changed"))
             if lf.writers:
                 lf.wb_handle = next(iter(lf.writers))
             elif self._mapped(lf):
@@ -336,7 +384,7 @@ class LiveFiles:
         for lf in [lf for lf in self.by_home.values() if lf.kept]:
             if self._mapped(lf):
                 continue
-            self._report(lf, self.sync_thoroughly(lf))
+            self._report(lf, self.sync(lf, "all"))
             assert lf.wb_handle is not None
             self.rpc.pending_close.append(lf.wb_handle)
             lf.kept = False
@@ -352,6 +400,9 @@ class LiveFiles:
         if err:
             self.warn(f"{lf.home_path}: writing the job's changes back failed ({err}); "
                       "they are not at home")
+            # The cached copy may be this file, holding what home does not have: a later
+            # open must fetch home's file, not trust the copy.
+            self.fds.cached.pop(lf.home_path, None)
 
     def _drop(self, lf: LiveFile) -> None:
         del self.by_home[lf.home_id]

@@ -45,7 +45,8 @@ __all__ = ["TABLE", "A", "P", "F", "X", "I", "D", "L", "FULL", "PARTIAL", "LOCAL
 # The data calls on fds are never trapped: a home regular file is a local file here (a
 # copy, written back if the job writes it), and a home directory a local empty one.
 UNTRAPPED_DATA = ("a home regular file is a local file here, so the kernel runs it; on a home "
-                  "directory it fails as natively (EISDIR)")
+                  "directory it fails as natively (EISDIR); on a file the job may write but not "
+                  "read, and on other home files that are neither, it fails with EBADF")
 
 
 def A(*kinds: object) -> tuple:  # noqa: N802 - part of the table's notation

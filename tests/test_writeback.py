@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_real_programs import build_go, job_env, native_and_qrun, need, nothing, run, snapshot, under
@@ -410,3 +411,63 @@ def test_verbose_reports_what_the_data_path_moved(transparent: list[str], tmp_pa
     fields = dict(f.split("=", 1) for f in line.split()[1:])
     assert int(fields["written-back"]) == 400_000, line
     assert int(fields["fetched"]) >= 200_000 and int(fields["calls"]) > 0, line
+
+
+def _live_files(tmp_path: Path, content: bytes) -> tuple[_HomeFile, Any, Any]:
+    from qrun.remote.fds import FdSpace, Validator
+    from qrun.remote.procs import Proc, ProcessTable
+    from qrun.remote.writeback import LiveFiles
+
+    home = _HomeFile(tmp_path / "home.bin")
+    os.pwrite(home.fd, content, 0)
+    (tmp_path / "copy").write_bytes(content)
+    table = ProcessTable()
+    table.procs[os.getpid()] = Proc(os.getpid(), 0)  # this process plays the job's
+    live = LiveFiles(home, FdSpace(str(tmp_path / "state")), table, print)  # type: ignore[arg-type]
+    return home, live, live.create(7, "/home/f", Validator(len(content), 1, 2, 3), str(tmp_path / "copy"))
+
+
+def test_a_change_inside_the_file_survives_an_earlier_tail_only_sync(tmp_path: Path) -> None:
+    """A tail-only sync (before another call went home) must not hide an earlier write
+    inside the file from the thorough sync at close."""
+    from qrun.remote.writeback import BLOCK
+    home, live, lf = _live_files(tmp_path, os.urandom(4 * BLOCK))
+    with open(lf.local, "r+b") as f:
+        f.write(b"inside")
+        f.seek(0, os.SEEK_END)
+        f.write(b"tail")
+    live.sync_changed()                    # sends the tail only
+    lf.synced_at -= 10**9                  # long ago: the times alone would say "unchanged"
+    assert live.sync_handle(7) is None     # close
+    assert os.pread(home.fd, 6, 0) == b"inside" and os.fstat(home.fd).st_size == 4 * BLOCK + 4
+
+
+def test_writes_through_a_mapping_after_the_last_fd_reach_home(tmp_path: Path) -> None:
+    import mmap
+    home, live, lf = _live_files(tmp_path, b"\0" * 8192)
+    fd = os.open(lf.local, os.O_RDWR)
+    m = mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    os.close(fd)
+    m[0:5] = b"first"
+    assert live.sync_handle(7) is None
+    assert live.release(7) is True         # still mapped: the write-back handle stays
+    m[0:6] = b"second"                     # a page that is writable already: no new mtime
+    m.close()
+    lf.synced_at -= 10**9
+    live.reap()
+    assert os.pread(home.fd, 6, 0) == b"second" and 7 in home.pending_close
+
+
+def test_a_second_open_of_an_appended_file_sees_its_start(transparent: list[str], tmp_path: Path) -> None:
+    """`>> log` fetches nothing; a later read-write open of the same file must fetch it."""
+    work = tmp_path / "work"
+
+    def prepare(w: Path) -> None:
+        (w / "log").write_text("home line 1\nhome line 2\n")
+
+    script = ("exec 3>> log; echo appended >&3; "
+              f"{PY} -c 'f = open(\"log\", \"r+\"); print(f.readline(), end=\"\"); f.seek(0); f.write(\"HOME\")'; "
+              "echo again >&3; exec 3>&-; cat log")
+    pair, _, _ = native_and_qrun(transparent, work, prepare, ["/bin/sh", "-c", script], job_env(tmp_path, work))
+    assert pair.native.stdout == "home line 1\nHOME line 1\nhome line 2\nappended\nagain\n", pair.native.report()
+    pair.check()

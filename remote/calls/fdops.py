@@ -39,11 +39,11 @@ def h_close(s: Stop, job: Job) -> None:
 
 
 def h_msync(s: Stop, job: Job) -> None:
-    """After the kernel's msync, the job's mapped live files go home."""
+    """After the kernel's msync, the live files the calling process maps go home."""
     def synced(th: Thread, ret: int) -> None:
-        failed = job.live.sync_all() if ret == 0 else []
+        failed = job.live.sync_mapped_by(th.proc.tgid) if ret == 0 else []
         if failed:
-            set_ret(th.tid, -errno_of(failed[0][1]))
+            set_ret(th.tid, -errno_of(failed[0]))
     s.then(synced)
 
 
@@ -77,6 +77,8 @@ def _file_flags(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
 def _record_lock(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
     lay = structs.layout(s.arch, "flock")
     lock = bytearray(s.read(s.arg(2), lay.size))
+    if lay.unpack(bytes(lock))["type"] == abi.F_UNLCK and ref is not None:
+        _write_back_before_unlock(s, job, ref)
     lock[lay.offset("pid"):lay.offset("pid") + 4] = b"\0" * 4  # OFD locks want l_pid 0
     rep = job.call(s.t, "fcntl_lock", [ref, HOME_LOCK_CMD.get(cmd, cmd), bytes(lock)])
     if rep["e"] in ("EAGAIN", "EACCES") and cmd in WAITING_LOCKS:
@@ -96,12 +98,22 @@ def h_flock(s: Stop, job: Job) -> None:
     if kind == LOCAL:
         return
     op = s.sarg(1)
+    if op & abi.LOCK_UN and ref is not None:
+        _write_back_before_unlock(s, job, ref)
     rep = job.call(s.t, "flock", [ref, op | abi.LOCK_NB])
     if rep["e"] == "EAGAIN" and not op & abi.LOCK_NB:
         park(s)
         return
     done_waiting(s)
     s.skip(-errno_of(rep["e"]) if rep["e"] else rep["r"])
+
+
+def _write_back_before_unlock(s: Stop, job: Job, handle: int) -> None:
+    """Whoever takes the lock next, at home or in the job, sees what was written under it
+    (as NFS flushes at unlock). A failure is reported by the next close or fsync."""
+    err = job.live.sync_handle(handle)
+    if err:
+        job.live.keep_error(handle, err)
 
 
 def h_ioctl(s: Stop, job: Job) -> None:

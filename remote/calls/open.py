@@ -16,7 +16,17 @@ from qrun.remote.stop import Stop
 from qrun.remote.tracee import Thread
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import structs
-from qrun.syscalls.abi import AT_FDCWD, O_ACCMODE, O_CLOEXEC, O_CREAT, O_EXCL, O_PATH, O_TRUNC, O_WRONLY
+from qrun.syscalls.abi import (
+    AT_FDCWD,
+    O_ACCMODE,
+    O_APPEND,
+    O_CLOEXEC,
+    O_CREAT,
+    O_EXCL,
+    O_PATH,
+    O_TRUNC,
+    O_WRONLY,
+)
 from qrun.syscalls.model import Flags, Int, StructIn
 from qrun.syscalls.paths import normalize
 
@@ -88,35 +98,48 @@ def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool
         local_fl = os.O_RDONLY | os.O_DIRECTORY  # (the stub runs on the job's architecture)
     else:
         local_fl = O_PATH
-        if fl & O_ACCMODE and not fl & O_PATH:
-            job.warn_once(f"wo:{home_path}", f"{home_path}: opened for writing but not readable at home; "
-                          "writes to it fail (EBADF)")
+        if not fl & O_PATH:
+            job.warn_once(f"ph:{home_path}", f"{home_path}: neither a directory nor a file this host can "
+                          "copy (not readable at home, or not a regular file); reading or writing it "
+                          "fails (EBADF)")
     install(s, job, job.fds.placeholder(h, directory), local_fl | (fl & O_CLOEXEC), h)
 
 
 def _copy(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool) -> str | None:
     v = Validator.of_wire_stat(o["stat"])
-    writable = bool(o.get("writable"))
-    lf = job.live.find(v)
-    if lf is not None and not exec_:
-        # Live here (open for writing by the job): every open shares the one local file.
-        job.live.attach(lf, h, writable, bool(fl & O_TRUNC) and writable, v,
-                        lambda off, size: job.fetch(s.t, h, size, off))
-        _install_copy(s, job, h, lf.local, home_path, fl, writable)
-        return None
-    if o.get("unfetched"):
-        lf = job.live.create(h, home_path, v, None)
-        _install_copy(s, job, h, lf.local, home_path, fl, True)
-        return None
-    cache = _fetched(s, job, h, home_path, o, v)
+    try:
+        local = _local_file(s, job, h, home_path, o, fl, exec_, v)
+    except BaseException:
+        job.rpc.pending_close.append(h)  # never installed: home lets go of it
+        raise
     if exec_:
         job.rpc.pending_close.append(h)  # the new image needs the data, not the fd
         s.t.proc.next_exe = home_path
-        return cache
-    if writable:
-        cache = job.live.create(h, home_path, v, cache).local
-    _install_copy(s, job, h, cache, home_path, fl, writable)
+        return local
+    _install_copy(s, job, h, local, home_path, fl, bool(o.get("writable")))
     return None
+
+
+def _local_file(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool,
+                v: Validator) -> str:
+    """The local file an open of home's file `v` gets: the live one if the job writes it
+    (every open shares it), else the cached copy, fetched if need be."""
+    writable = bool(o.get("writable"))
+    lf = job.live.find(v)
+    if lf is not None and not exec_:
+        inside = fl & O_ACCMODE != O_WRONLY or not fl & O_APPEND  # anything but `>> log`
+        job.live.attach(lf, h, writable, inside, bool(fl & O_TRUNC) and writable, v,
+                        lambda off, size: job.fetch(s.t, h, size, off))
+        return lf.local
+    if o.get("unfetched"):
+        return job.live.create(h, home_path, v, None).local
+    cache = _fetched(s, job, h, home_path, o, v)
+    if writable:
+        if os.stat(cache).st_size != v.size:  # a fetch cut short: never write that back
+            job.fds.cached.pop(home_path, None)
+            raise OSError(errno.EIO, f"{home_path}: the fetch from home was cut short")
+        return job.live.create(h, home_path, v, cache).local
+    return cache
 
 
 def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -> str:
