@@ -209,11 +209,8 @@ def _opened(fd: int, fl: int, asked_nonblock: int, exec_: bool, known: list[int]
         return 0, None, _writable(fd, fl, st, real, known)
     if exec_ or is_copyable(st, fl):
         o: dict[str, Any] = {"kind": "copy", "path": real, "stat": structs.stat_result_to_wire(st)}
-        if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
-            o["fresh"] = True
-        elif st.st_size <= INLINE_MAX:
-            # Read to EOF, not st_size: /proc and /sys files report size 0.
-            o["data"] = _read_all(fd, INLINE_MAX if st.st_size == 0 else st.st_size)
+        # Read to EOF, not st_size: /proc and /sys files report size 0.
+        _content(o, fd, st, known, INLINE_MAX if st.st_size == 0 else st.st_size)
     else:
         o = {"kind": "placeholder", "path": real, "dir": stat.S_ISDIR(st.st_mode)}
     return 0, None, o
@@ -234,11 +231,18 @@ def _writable(fd: int, fl: int, st: os.stat_result, real: bytes, known: list[int
                          "writable": True, "readable": readable}
     if append_only:
         o["unfetched"] = True  # `>> log`: what is there stays at home; appends go home
-    elif known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+    else:
+        _content(o, fd, st, known, st.st_size)
+    return o
+
+
+def _content(o: dict[str, Any], fd: int, st: os.stat_result, known: list[int] | None, size: int) -> None:
+    """A copy's content in its open reply: "fresh" if the stub's cached copy is still this
+    file, else the first `size` bytes when the file is small (a large one is fetched)."""
+    if known == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
         o["fresh"] = True
     elif st.st_size <= INLINE_MAX:
-        o["data"] = _read_all(fd, st.st_size)
-    return o
+        o["data"] = _read_all(fd, size)
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -95,10 +95,10 @@ class LiveFiles:
         local = os.path.join(self.live_dir, str(self._names))
         if source is not None:
             os.link(source, local)
+            fd = os.open(local, os.O_RDWR | os.O_CLOEXEC)
         else:
-            os.close(os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o700))
-            os.truncate(local, v.size)
-        fd = os.open(local, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o700)
+            os.ftruncate(fd, v.size)
         lf = LiveFile((v.dev, v.ino), home_path, local, fd, v, handle, {handle}, {handle},
                       synced_size=v.size)
         if source is None:
@@ -139,13 +139,9 @@ class LiveFiles:
                 lf.wb_handle = handle
 
     def _refetch(self, lf: LiveFile, v: Validator, fetch: Fetch) -> None:
-        at = 0
-        for chunk in fetch(0, v.size):
-            at += _pwrite_all(lf.fd, chunk, at)
-        if at != v.size:
-            raise OSError(errno.EIO, f"{lf.home_path}: home gave {at} of {v.size} bytes")
-        os.ftruncate(lf.fd, at)
-        lf.digests, lf.synced_size = list(_digests_of(lf.fd, at)), at
+        _fetch_into(lf, fetch, v.size)
+        os.ftruncate(lf.fd, v.size)
+        lf.digests, lf.synced_size = list(_digests_of(lf.fd, v.size)), v.size
         lf.sig, lf.synced_at = _sig(os.fstat(lf.fd)), time.time_ns()
 
     def fill(self, lf: LiveFile, fetch: Fetch) -> None:
@@ -154,12 +150,7 @@ class LiveFiles:
         home cannot give all of it (a file the user may not read)."""
         if lf.base == 0:
             return
-        end = min(lf.base, os.fstat(lf.fd).st_size)
-        at = 0
-        for chunk in fetch(0, end):
-            at += _pwrite_all(lf.fd, chunk, at)
-        if at < end:
-            raise OSError(errno.EIO, f"{lf.home_path}: home gave {at} of {end} bytes")
+        _fetch_into(lf, fetch, min(lf.base, os.fstat(lf.fd).st_size))
         lf.base = 0
         lf.digests = list(_digests_of(lf.fd, lf.synced_size))
 
@@ -196,16 +187,17 @@ class LiveFiles:
             self.sync(lf, "tail")
 
     def sync_handle(self, handle: int) -> str | None:
-        """close, fsync, an unlock: all the file's changes go home; home's errno name if
-        they could not."""
+        """close, fsync: all the file's changes go home; home's errno name if they could
+        not."""
         lf = self.by_handle.get(handle)
         return self.sync(lf, "all") if lf is not None else None
 
-    def keep_error(self, handle: int, err: str) -> None:
-        """Hold a write-back error for the file's next close or fsync to report."""
+    def write_back(self, handle: int) -> None:
+        """An unlock: all the file's changes go home; a failure stays recorded for the
+        file's next close or fsync to report."""
         lf = self.by_handle.get(handle)
         if lf is not None:
-            lf.error = lf.error or err
+            self._write_back(lf, "all")
 
     def sync_mapped_by(self, tgid: int) -> list[str]:
         """msync: the files process `tgid` maps go home; the errno names of failures."""
@@ -226,14 +218,18 @@ class LiveFiles:
         "tail": only if its size or times moved, from home's size on (cheap, and never
         reports: the error waits for a thorough sync); "changed": every block, if the file
         moved, was mapped or a tail sync left blocks unchecked; "all": every block."""
+        self._write_back(lf, how)
+        if how == "tail":
+            return None
+        err, lf.error = lf.error, None
+        return err
+
+    def _write_back(self, lf: LiveFile, how: str) -> None:
         if how == "tail":
             if self._moved(lf):
                 self._sync(lf, thorough=False)
-            return None
-        if how == "all" or self._moved(lf) or lf.unchecked or lf.mapped or self._mapped(lf):
+        elif how == "all" or self._moved(lf) or lf.unchecked or lf.mapped or self._mapped(lf):
             self._sync(lf, thorough=True)
-        err, lf.error = lf.error, None
-        return err
 
     def _moved(self, lf: LiveFile) -> bool:
         sig = _sig(os.fstat(lf.fd))
@@ -439,10 +435,13 @@ def _hole(fd: int, start: int, end: int) -> bool:
         return exc.errno == errno.ENXIO  # no data at or after start
 
 
-def _pwrite_all(fd: int, data: bytes, at: int) -> int:
-    view = memoryview(data)
-    n = 0
-    while view:
-        k = os.pwrite(fd, view, at + n)
-        view, n = view[k:], n + k
-    return n
+def _fetch_into(lf: LiveFile, fetch: Fetch, end: int) -> None:
+    """Home's bytes [0, end) into the live file; OSError(EIO) if home gives fewer."""
+    at = 0
+    for chunk in fetch(0, end):
+        view = memoryview(chunk)
+        while view:
+            n = os.pwrite(lf.fd, view, at)
+            view, at = view[n:], at + n
+    if at < end:
+        raise OSError(errno.EIO, f"{lf.home_path}: home gave {at} of {end} bytes")

@@ -78,7 +78,7 @@ def _record_lock(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
     lay = structs.layout(s.arch, "flock")
     lock = bytearray(s.read(s.arg(2), lay.size))
     if lay.unpack(bytes(lock))["type"] == abi.F_UNLCK and ref is not None:
-        _write_back_before_unlock(s, job, ref)
+        job.live.write_back(ref)  # the next holder sees what was written under the lock
     lock[lay.offset("pid"):lay.offset("pid") + 4] = b"\0" * 4  # OFD locks want l_pid 0
     rep = job.call(s.t, "fcntl_lock", [ref, HOME_LOCK_CMD.get(cmd, cmd), bytes(lock)])
     if rep["e"] in ("EAGAIN", "EACCES") and cmd in WAITING_LOCKS:
@@ -99,21 +99,13 @@ def h_flock(s: Stop, job: Job) -> None:
         return
     op = s.sarg(1)
     if op & abi.LOCK_UN and ref is not None:
-        _write_back_before_unlock(s, job, ref)
+        job.live.write_back(ref)  # (as NFS flushes at unlock)
     rep = job.call(s.t, "flock", [ref, op | abi.LOCK_NB])
     if rep["e"] == "EAGAIN" and not op & abi.LOCK_NB:
         park(s)
         return
     done_waiting(s)
     s.skip(-errno_of(rep["e"]) if rep["e"] else rep["r"])
-
-
-def _write_back_before_unlock(s: Stop, job: Job, handle: int) -> None:
-    """Whoever takes the lock next, at home or in the job, sees what was written under it
-    (as NFS flushes at unlock). A failure is reported by the next close or fsync."""
-    err = job.live.sync_handle(handle)
-    if err:
-        job.live.keep_error(handle, err)
 
 
 def h_ioctl(s: Stop, job: Job) -> None:
