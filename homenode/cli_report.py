@@ -7,7 +7,7 @@ import signal
 import sys
 
 from qrun.homenode import exitcodes
-from qrun.homenode.server import Outcome
+from qrun.homenode.server_outcome import Outcome
 
 
 def fail(msg: str, code: int) -> int:

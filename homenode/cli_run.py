@@ -8,14 +8,17 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qrun.homenode import config, exitcodes, launchers, terminal
 from qrun.homenode.cli_options import JobSettings
 from qrun.homenode.cli_report import fail, report
 from qrun.homenode.identity import snapshot
-from qrun.homenode.server import HomeServer, JobFailed
+from qrun.homenode.server_outcome import JobFailed
 from qrun.syscalls.paths import PathPolicy
+
+if TYPE_CHECKING:
+    from qrun.homenode.server import HomeServer
 
 LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
 
@@ -55,27 +58,17 @@ def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
         verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
         trace_file: str | None = None) -> int:
-    try:
-        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [])
-    except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
-        return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
-    try:
-        server.tee = open(output, "ab") if output else None  # noqa: SIM115 - closed below
-    except OSError as exc:
-        server.close()
-        return fail(f"-o {output}: {exc.strerror}", exitcodes.USAGE)
-    try:
-        server.trace_fd = os.open(trace_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                  0o666) if trace_file else None
-    except OSError as exc:
-        server.close()
-        return fail(f"--trace-file {trace_file}: {exc.strerror}", exitcodes.USAGE)
+    # The launcher starts first: the stub's interpreter starts up while the home server is
+    # imported and set up, and waits for its bootstrap line on stdin.
     try:
         proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
-        server.close()
         return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
+    server = _server(job, launch, welcome, timeout, roots, output, trace_file)
+    if isinstance(server, int):
+        _stop(proc)
+        return server
     try:
         assert proc.stdin is not None
         try:
@@ -98,6 +91,28 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
         for d in launch.cleanup:
             _rmtree(d)
     return report(outcome, verbose, argv0)
+
+
+def _server(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
+            roots: list[str] | None, output: str | None, trace_file: str | None) -> HomeServer | int:
+    """The job's home server, with its -o and --trace-file open; an exit code if not."""
+    from qrun.homenode.server import HomeServer  # late: see run()
+    try:
+        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [])
+    except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
+        return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
+    try:
+        server.tee = open(output, "ab") if output else None  # noqa: SIM115 - closed by run()
+    except OSError as exc:
+        server.close()
+        return fail(f"-o {output}: {exc.strerror}", exitcodes.USAGE)
+    try:
+        server.trace_fd = os.open(trace_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                  0o666) if trace_file else None
+    except OSError as exc:
+        server.close()
+        return fail(f"--trace-file {trace_file}: {exc.strerror}", exitcodes.USAGE)
+    return server
 
 
 def _umask() -> int:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import zmq
-import zmq.auth.thread
 from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import BadRequest, Handles
@@ -32,6 +31,7 @@ from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_u
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
+from qrun.homenode.zap import KeyGate
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
 
@@ -55,16 +55,6 @@ class Keys:
         return cls(sp, ss, cp, cs)
 
 
-class _OnlyThisJob:
-    """ZAP credentials check: the only client key accepted is the job's own."""
-
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key == self.key
-
-
 @dataclass
 class HomeServer:
     job: str
@@ -78,10 +68,8 @@ class HomeServer:
 
     def __post_init__(self) -> None:
         self.ctx = zmq.Context()
-        self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
+        self.auth = KeyGate(self.ctx, self.keys.client_public)
         self.auth.start()
-        self.auth.configure_curve_callback(domain="*",
-                                           credentials_provider=_OnlyThisJob(self.keys.client_public))
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.curve_server = True
         self.sock.curve_publickey = self.keys.server_public

@@ -183,13 +183,28 @@ class ServeLoop:
         until EOF: an ssh master left in the background may keep the pipe open). A resent
         exit report (our bye was lost) is answered meanwhile."""
         deadline = time.monotonic() + wait
-        while self.launcher.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([] if stderr.fd is None else [stderr.fd], [], [], 0.05)
-            if ready:
-                stderr.relay()
-            self.server.receive(self.started)
+        exited = _exit_fd(self.launcher.pid)  # readable once the launcher has exited
+        try:
+            while self.launcher.poll() is None and time.monotonic() < deadline:
+                fds = [fd for fd in (stderr.fd, exited) if fd is not None]
+                ready, _, _ = select.select(fds, [], [], 0.05)
+                if stderr.fd is not None and stderr.fd in ready:
+                    stderr.relay()  # (at EOF it lets go of the pipe: the pidfd tells the end)
+                self.server.receive(self.started)
+        finally:
+            if exited is not None:
+                os.close(exited)
         while stderr.relay(drain=True):
             pass
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd for `pid` (Linux 5.3): polling it wakes us the moment the process exits,
+    rather than at the next tick of a polling loop."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def _run_quietly(argv: list[str] | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import sys
 import termios
 import threading
@@ -15,7 +16,6 @@ import zmq
 from qrun.remote.channel import try_send
 from qrun.syscalls import structs, wire
 from qrun.syscalls.abi import ARCH
-from zmq.utils.monitor import recv_monitor_message
 
 STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
 EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
@@ -123,7 +123,7 @@ class StdioPump(threading.Thread):
 
     def _connection_events(self, monitor: zmq.Socket, now: float) -> None:
         while monitor.poll(0):
-            event = recv_monitor_message(monitor)["event"]
+            event = monitor_event(monitor.recv_multipart())
             if event == zmq.EVENT_DISCONNECTED:
                 self.disconnected_at = self.disconnected_at or now
             elif event == zmq.EVENT_CONNECTED:
@@ -268,3 +268,10 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
     lay = structs.layout(ARCH, "winsize")
     fcntl.ioctl(fd, termios.TIOCSWINSZ,
                 lay.pack(rows=max(0, min(rows, 65535)), cols=max(0, min(cols, 65535))))
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a ZeroMQ socket-monitor message (its first frame starts with
+    the 16-bit event, then the 32-bit value). Parsed here because pyzmq's helper pulls
+    in asyncio, a sixth of the stub's start-up."""
+    return int(struct.unpack_from("=H", frames[0])[0])

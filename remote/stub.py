@@ -54,9 +54,8 @@ def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
                         version=wire.PROTOCOL_VERSION, host=socket.gethostname(), pid=os.getpid())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not try_send(rpc.sock, hello):
-            time.sleep(0.2)  # not connected (yet): the home node may still be coming up
-            continue
+        if not rpc.sock.poll(200, zmq.POLLOUT) or not try_send(rpc.sock, hello):
+            continue  # not connected (yet): the home node may still be coming up
         if rpc.sock.poll(2000):
             msg = wire.decode(rpc.sock.recv())
             if msg["t"] == "welcome":
@@ -294,7 +293,8 @@ def control_ready(ctl: zmq.Socket, timeout: float) -> bool:
     known to home) before the job starts."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try_send(ctl, wire.encode("ping"))
+        if not ctl.poll(100, zmq.POLLOUT) or not try_send(ctl, wire.encode("ping")):
+            continue  # (connecting: a ping sent now would be dropped, and waited for)
         if ctl.poll(100):
             while ctl.poll(0):
                 if wire.decode(ctl.recv())["t"] == "pong":

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.utils.z85
 from qrun.homenode.server import HomeServer, JobFailed, Keys
 from qrun.syscalls import structs, wire
 
@@ -233,3 +234,21 @@ def test_seeded_decoder_fuzz_raises_only_protocol_errors(request: pytest.Fixture
         decoded += 1
         assert isinstance(msg, dict) and isinstance(msg["t"], str)
     assert decoded > 0, "no mutation survived decoding: the fuzz explored nothing"
+
+
+def test_the_key_gate_admits_only_the_jobs_key_over_curve(server: HomeServer) -> None:
+    gate = server.auth
+    own = zmq.utils.z85.decode(server.keys.client_public)
+    other = zmq.utils.z85.decode(Keys.fresh().client_public)
+
+    def status(*frames: bytes) -> bytes:
+        return gate.answer(list(frames))[2]
+
+    base = (b"1.0", b"id", b"", b"127.0.0.1", b"job1:rpc")
+    assert status(*base, b"CURVE", own) == b"200"
+    assert status(*base, b"CURVE", other) == b"400"
+    assert status(*base, b"NULL") == b"400"
+    assert status(*base, b"PLAIN", b"user", b"pass") == b"400"
+    assert status(*base, b"CURVE", own, own) == b"400"
+    assert status(b"2.0", *base[1:], b"CURVE", own) == b"400"
+    assert gate.answer([b"1.0"]) == [b"1.0", b"", b"400", b"malformed request", b"", b""]
