@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,9 @@ class Handles:
             self.close(h)
 
 
+Tracker = Callable[[int | None, bytes, bool], None]
+
+
 def wire_path(v: object, dirfd_given: bool, handles: Handles) -> bytes:
     """A path from the wire. [handle] names that handle's own file, as /proc/self/fd/N names
     an open file (the job wrote /proc/self/fd/N or /dev/stdout for one of its home fds)."""
@@ -93,14 +97,16 @@ def _follows(sc: Syscall, kind: Path, args: list[Any]) -> bool:
     return not at & AT_SYMLINK_NOFOLLOW
 
 
-def execute(sc: Syscall, args: list[Any], handles: Handles,
-            resolver: Resolver) -> tuple[int, str | None, dict[str, Any]]:
+def execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
+            track: Tracker | None = None) -> tuple[int, str | None, dict[str, Any]]:
     """Run one regular call. Returns (result, errno name or None, outputs by arg index).
-    Every path is resolved first (see resolve.py): the call acts on what was checked."""
+    Every path is resolved first (see resolve.py): the call acts on what was checked.
+    `track` is told each path (start directory fd or None, path, follows its last
+    symlink) before it is resolved."""
     check_args(sc.name, _CHECKS[sc.name], args)
     resolved: list[Resolved] = []
     try:
-        return _execute(sc, args, handles, resolver, resolved)
+        return _execute(sc, args, handles, resolver, resolved, track)
     finally:
         for r in resolved:
             r.close()
@@ -119,6 +125,7 @@ class _Call:
     c_args: list[int] = field(default_factory=list)
     sizes: dict[int, int] = field(default_factory=dict)  # lengths set by the buffer actually sent
     keep: list[Any] = field(default_factory=list)
+    track: Tracker | None = None
 
     def fd(self, handle: object) -> int:
         return self.handles.fd(handle)
@@ -135,8 +142,11 @@ class _Call:
             try:
                 kind = self.sc.args[i]
                 assert isinstance(kind, Path)
-                r = self.resolver.resolve(self.handles.fd(self.args[i - 1]) if dirfd_given else None,
-                                          p, _follows(self.sc, kind, self.args))
+                start = self.handles.fd(self.args[i - 1]) if dirfd_given else None
+                follow = _follows(self.sc, kind, self.args)
+                if self.track is not None:
+                    self.track(start, p, follow)
+                r = self.resolver.resolve(start, p, follow)
             except Local as exc:
                 raise Local(exc.path, i) from None
             self.resolved.append(r)
@@ -165,8 +175,8 @@ class _Call:
 
 
 def _execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
-             resolved: list[Resolved]) -> tuple[int, str | None, dict[str, Any]]:
-    call = _Call(sc, args, handles, resolver, resolved)
+             resolved: list[Resolved], track: Tracker | None) -> tuple[int, str | None, dict[str, Any]]:
+    call = _Call(sc, args, handles, resolver, resolved, track=track)
     outputs: dict[int, Any] = {}
     for i, (kind, v) in enumerate(zip(sc.args, args, strict=True)):
         call.c_args.append(0)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import zmq
 from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
-from qrun.homenode.executor import BadRequest, Handles
+from qrun.homenode.executor import BadRequest, Handles, Tracker
 from qrun.homenode.resolve import Local, Refused, Resolver
 from qrun.homenode.server_control import ControlChannel
 from qrun.homenode.server_loop import ServeLoop
@@ -31,6 +31,7 @@ from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_u
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
+from qrun.homenode.watches import Watches
 from qrun.homenode.zap import KeyGate
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
@@ -89,6 +90,8 @@ class HomeServer:
         self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots)
         self.last_seq = 0
         self.last_reply: bytes | None = None
+        self.watches = Watches()   # what the stub's cached answers depend on
+        self.rpc_ident: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.control = ControlChannel(self.sock)
         self.stdin = StdinRelay(self.control)
@@ -139,6 +142,7 @@ class HomeServer:
         self.handles.close_all()
         self.resolver.close()
         self.deputies.close_all()
+        self.watches.close()
         self.auth.stop()
         if self.trace_fd is not None:
             os.close(self.trace_fd)
@@ -219,12 +223,37 @@ class HomeServer:
         if seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return
-        r, e, o = self._answer(msg)
+        self.rpc_ident = ident
+        tracked: list[bool] = []
+
+        def track(start: int | None, path: bytes, follow: bool) -> None:
+            tracked.append(self.watches.track(seq, start, path, follow))
+
+        r, e, o = self._answer(msg, track)
+        # What changed while the call ran is dropped before its reply leaves, and the
+        # answer itself is cached only if nothing it depends on changed meanwhile.
+        stale, everything = self.watches.changed()
+        settled = tracked and all(tracked) and seq not in stale and not everything
+        if settled and not {"local", "busy"} & o.keys():
+            o["c"] = seq
+        else:
+            self.watches.forget(seq)
+        self._send_drops(ident, stale - {seq}, everything)
         reply = wire.encode("rep", seq=seq, r=r, e=e, o=o)
         self.last_seq, self.last_reply = seq, reply
         self.sock.send_multipart([ident, reply])
 
-    def _answer(self, msg: dict[str, Any]) -> Reply:
+    def push_drops(self) -> None:
+        """Changes at home, while the stub is not asking: its stale answers go at once."""
+        stale, everything = self.watches.changed()
+        if self.rpc_ident is not None:
+            self._send_drops(self.rpc_ident, stale, everything)
+
+    def _send_drops(self, ident: bytes, stale: set[int], everything: bool) -> None:
+        if stale or everything:
+            self._send(ident, "drop", c=sorted(stale), all=everything)
+
+    def _answer(self, msg: dict[str, Any], track: Tracker | None = None) -> Reply:
         """Run one request; whatever goes wrong fails that call, with the errno it gets."""
         try:
             for h in schema.each("close", schema.HANDLE, msg.get("close", [])):
@@ -233,7 +262,7 @@ class HomeServer:
                 self.deputies.retire(hp)
             schema.integer(0, 0o777, "umask")(msg["umask"])
             os.umask(msg["umask"])
-            r, e, o = self.dispatch(msg["op"], msg["a"])
+            r, e, o = self.dispatch(msg["op"], msg["a"], track)
         except (BadRequest, TypeError) as exc:
             self._reject(f"rejected a request from the stub: {exc}")
             r, e, o = -1, "EINVAL", {}
@@ -267,5 +296,5 @@ class HomeServer:
             sys.stderr.write(f"qrun: {line}\n")
 
     # ---- operations -------------------------------------------------------------------
-    def dispatch(self, op: str, a: list[Any]) -> Reply:
-        return self.ops.dispatch(op, a)
+    def dispatch(self, op: str, a: list[Any], track: Tracker | None = None) -> Reply:
+        return self.ops.dispatch(op, a, track)

@@ -103,6 +103,8 @@ class ServeLoop:
         if child_exited:  # not per message: that was a waitpid for every deputy
             for home_pid, sig in srv.deputies.changes():
                 srv.control.send("sig", pid=home_pid, sig=sig)
+        if srv.watches.fd is not None and srv.watches.fd in events:
+            srv.push_drops()
         if 0 in events:
             srv.stdin.pump()
         if stderr.fd is not None and stderr.fd in events:
@@ -119,6 +121,8 @@ class ServeLoop:
         poller.register(srv.sock, zmq.POLLIN)
         poller.register(sig_r, zmq.POLLIN)
         poller.register(srv.deputies.report_fd, zmq.POLLIN)
+        if srv.watches.fd is not None:
+            poller.register(srv.watches.fd, zmq.POLLIN)
         if srv.stdin.wanted():
             poller.register(0, zmq.POLLIN)  # (flow control: the stub acknowledges)
         if stderr.fd is not None:

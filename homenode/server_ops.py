@@ -16,6 +16,7 @@ from qrun.homenode.executor import (
     FORWARDABLE,
     BadRequest,
     Handles,
+    Tracker,
     execute,
     is_copyable,
     wire_path,
@@ -46,10 +47,11 @@ class HomeOps:
     deputies: Deputies
     roots: list[str]   # --home-root: all the job may reach
 
-    def dispatch(self, op: str, a: list[Any]) -> Reply:
+    def dispatch(self, op: str, a: list[Any], track: Tracker | None = None) -> Reply:
+        """Run one operation; `track` sees the paths of a cacheable one (executor.execute)."""
         sc = FORWARDABLE.get(op)
         if sc is not None:
-            return execute(sc, a, self.handles, self.resolver)
+            return execute(sc, a, self.handles, self.resolver, track if sc.cached else None)
         checks = schema.OPS.get(op)
         if checks is None:
             raise BadRequest(f"unknown operation {op!r}")

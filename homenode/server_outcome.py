@@ -48,6 +48,6 @@ def exit_status(st: dict[str, Any]) -> dict[str, Any]:
 
 
 def exit_usage(u: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "calls", "fetched",
-                                                        "written_back")
+    return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "calls", "cached",
+                                                        "fetched", "written_back")
             and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**53}

@@ -8,11 +8,14 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <elf.h>
 #include <linux/audit.h>
+#include <sys/inotify.h>
+#include <sys/vfs.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/ioctl.h>
@@ -516,6 +519,35 @@ int qr_openat2(int dirfd, const char *path, const void *how, size_t size)
 {
     long fd = syscall(SYS_openat2, dirfd, path, how, size);
     return fd < 0 ? -errno : (int)fd;
+}
+
+int qr_watch_init(void)
+{
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* inotify_add_watch takes a path: name the directory through its descriptor, so the
+ * watch lands on the inode that was resolved, whatever its name is by now. */
+int qr_watch_add(int ifd, int dirfd, uint32_t mask)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", dirfd);
+    int wd = inotify_add_watch(ifd, path, mask);
+    return wd < 0 ? -errno : wd;
+}
+
+int qr_watch_rm(int ifd, int wd)
+{
+    return inotify_rm_watch(ifd, wd) < 0 ? -errno : 0;
+}
+
+long qr_fs_magic(int fd)
+{
+    struct statfs sf;
+    if (fstatfs(fd, &sf) < 0)
+        return -errno;
+    return (long)sf.f_type;
 }
 
 /* mkdir -p of `path` (absolute), with mode 0755 for what it creates. */

@@ -9,6 +9,7 @@ heartbeats. ZeroMQ sockets are not thread-safe, hence one socket per thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,8 @@ class Rpc:
         self.seq = 0
         self.pending_retire: list[int] = []
         self.pending_close: list[int] = []
+        # Messages home sends unasked on this connection (the metadata cache's drops).
+        self.on_push: Callable[[dict[str, Any]], None] = lambda msg: None
 
     def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
         self.seq += 1
@@ -95,6 +98,16 @@ class Rpc:
             extra["close"], self.pending_close = self.pending_close, []
         frame = wire.encode("req", seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
         return self._exchange(frame)
+
+    def take_pushes(self) -> None:
+        """Handle what home sent unasked and has arrived (no request is in flight)."""
+        while self.sock.poll(0):
+            try:
+                msg = wire.decode(self.sock.recv())
+            except wire.ProtocolError:
+                continue
+            if msg["t"] == "drop":
+                self.on_push(msg)
 
     def _exchange(self, frame: bytes) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -114,6 +127,8 @@ class Rpc:
                         return msg
                     if msg["t"] == "error":
                         raise HomeLost(msg["msg"])
-                    continue  # a late duplicate of an earlier reply
+                    if msg["t"] == "drop":
+                        self.on_push(msg)
+                    continue  # (or a late duplicate of an earlier reply)
             if time.monotonic() >= deadline:
                 raise HomeLost(f"no reply from the home node for {self.timeout:.0f} s")

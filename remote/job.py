@@ -11,6 +11,7 @@ from typing import Any
 from qrun.remote.channel import GoLocal, HomeBusy, Rpc, is_busy
 from qrun.remote.fds import FdSpace
 from qrun.remote.handles import HandleSweeper
+from qrun.remote.metacache import CACHED, MetaCache, key_of
 from qrun.remote.pids import PidMap
 from qrun.remote.procs import ProcessTable
 from qrun.remote.resolver import Resolver
@@ -44,6 +45,10 @@ class Job:
     warned: set[str] = field(default_factory=set)
     fetched: int = 0   # bytes of home files brought into local copies
     mem: Memory = field(default_factory=Memory)
+    meta: MetaCache = field(default_factory=MetaCache)
+
+    def __post_init__(self) -> None:
+        self.rpc.on_push = self.meta.drop
 
     @classmethod
     def build(cls, rpc: Rpc, fds: FdSpace, policy: PathPolicy, identity: dict[str, Any], arch: str,
@@ -55,11 +60,20 @@ class Job:
                    Resolver(fds, policy, pids, table), live, warn)
 
     def call(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
-        """Ask the home node. Raises HomeBusy (wait and ask again) or GoLocal (the path
-        leads to a tree this host serves)."""
+        """Ask the home node, or answer from the metadata cache what it still holds.
+        Raises HomeBusy (wait and ask again) or GoLocal (the path leads to a tree this host
+        serves)."""
         if op != "fetch":
             self.live.sync_changed()  # home never shows the job less than it has written
+        key = key_of(op, args) if op in CACHED else None
+        if key is not None:
+            self.rpc.take_pushes()
+            hit = self.meta.get(key)
+            if hit is not None:
+                return hit
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+        if key is not None:
+            self.meta.put(key, rep)
         if is_busy(rep):
             raise HomeBusy(op)
         local = rep["o"].get("local") if rep["e"] else None

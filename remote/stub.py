@@ -342,7 +342,8 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     for path, err in job.live.sync_all():  # (files still mapped when the job ended)
         eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
-    data = {"calls": rpc.seq, "fetched": job.fetched, "written_back": job.live.bytes_sent}
+    data = {"calls": rpc.seq, "cached": job.meta.hits, "fetched": job.fetched,
+            "written_back": job.live.bytes_sent}
     return report_exit(pump, result, socket.gethostname(), data)
 
 

@@ -85,6 +85,8 @@ def _note(sc: Syscall) -> str:
     parts = []
     if sc.route is Route.BY_FD and sc.on_copy != "home":
         parts.append(f"on a local copy: {ON_COPY[sc.on_copy]}")
+    if sc.cached:
+        parts.append("answered from the stub's metadata cache until home reports a change")
     if sc.note:
         parts.append(sc.note)
     return _cell("; ".join(parts))

@@ -176,6 +176,10 @@ class Syscall:
     # Forwarded calls that change a home file's data: how local copies of it are kept in
     # step ("truncate" by path, "ftruncate" of a placeholder).
     updates_copies: str = ""
+    # Path calls whose answer depends only on the directory entries the path steps through
+    # (stat, access, readlink, and their ENOENT): the stub keeps the answer until home says
+    # one of those entries changed (homenode/watches.py).
+    cached: bool = False
 
     @property
     def copy_local(self) -> bool:

@@ -54,10 +54,12 @@ def A(*kinds: object) -> tuple:  # noqa: N802 - part of the table's notation
 
 
 def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
-      note: str = "", level: Level = FULL, tags: frozenset[str] = FILE, updates: str = "") -> None:
-    """Path call: forwarded when its path routes home. `updates`: see Syscall.updates_copies."""
+      note: str = "", level: Level = FULL, tags: frozenset[str] = FILE, updates: str = "",
+      cached: bool = False) -> None:
+    """Path call: forwarded when its path routes home. `updates`: see Syscall.updates_copies;
+    `cached`: see Syscall.cached."""
     TABLE.append(Syscall(name, x, a, args, Route.BY_PATH, tags, note=note, level=level,
-                         updates_copies=updates))
+                         updates_copies=updates, cached=cached))
 
 
 def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802

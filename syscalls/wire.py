@@ -49,6 +49,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "state": {"stopped": (bool,)},  # the job's main process stopped, or went on
     "winch": {"rows": (int,), "cols": (int,)},  # home's terminal changed size (--pty)
     "sig": {"pid": (int,), "sig": (int,)},
+    # home -> stub: cached answers (numbered by the request that got them) now stale; all: every one
+    "drop": {"c": (list,), "all": (bool,)},
     "ping": {},
     "pong": {},
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
@@ -92,5 +94,5 @@ def table_digest() -> str:
     h = hashlib.sha256(str(PROTOCOL_VERSION).encode())
     for s in TABLE:
         h.update(repr((s.name, s.x86_64, s.aarch64, s.args, s.route.value, s.handler,
-                       s.answer, s.updates_copies, s.on_copy)).encode())
+                       s.answer, s.updates_copies, s.on_copy, s.cached)).encode())
     return h.hexdigest()[:16]

@@ -38,6 +38,12 @@ class FakeChannel:
         self.timeout = 1.0
         self.pending_retire: list[int] = []
         self.pending_close: list[int] = []
+        self.pushes: list[dict[str, Any]] = []   # home's unasked messages, not yet taken in
+        self.on_push: Callable[[dict[str, Any]], None] = lambda msg: None
+
+    def take_pushes(self) -> None:
+        while self.pushes:
+            self.on_push(self.pushes.pop(0))
 
     def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
         self.seq += 1

@@ -1,0 +1,61 @@
+"""The stub's metadata cache: home's answers to stat, access and readlink calls
+(`Syscall.cached` in the table), kept until home drops them.
+
+Home numbers each answer it lets the stub keep, watches what that answer depends on, and
+sends a drop as soon as any of it changes (homenode/watches.py). Drops travel on the
+connection the replies do, so one that went out before a reply is seen before it; the
+stub takes in every drop that has arrived before it answers a call from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qrun.syscalls.table import TABLE
+
+CACHED = frozenset(sc.name for sc in TABLE if sc.cached)
+
+Key = tuple[Any, ...]
+
+
+def key_of(op: str, args: list[Any]) -> Key:
+    """The request as a dict key: the same call on the same path gets the same answer."""
+    return (op, *(tuple(a) if isinstance(a, list) else a for a in args))
+
+
+class MetaCache:
+    def __init__(self) -> None:
+        self._answers: dict[Key, dict[str, Any]] = {}
+        self._keys: dict[int, Key] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        rep = self._answers.get(key)
+        if rep is not None:
+            self.hits += 1
+        return rep
+
+    def put(self, key: Key, rep: dict[str, Any]) -> None:
+        """Keep a reply home numbered for keeping (its "c")."""
+        number = rep["o"].get("c")
+        if not isinstance(number, int) or isinstance(number, bool):
+            return
+        old = self._answers.get(key)
+        if old is not None:
+            self._keys.pop(old["o"]["c"], None)
+        self._answers[key] = rep
+        self._keys[number] = key
+
+    def drop(self, msg: dict[str, Any]) -> None:
+        """Home's "drop": these answers (or, with all, every one) are stale."""
+        if msg["all"]:
+            self._answers.clear()
+            self._keys.clear()
+            return
+        for number in msg["c"]:
+            key = self._keys.pop(number, None) if isinstance(number, int) else None
+            if key is not None:
+                self._answers.pop(key, None)

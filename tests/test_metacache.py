@@ -1,0 +1,211 @@
+"""The metadata cache: the stub answers stat, access and readlink of unchanged home entries
+itself (remote/metacache.py), and home drops an answer as soon as anything it depends on
+changes (homenode/watches.py). Checked three ways: home's dependency tracking on its own;
+a job that keeps asking while the test changes home under it (each change must be seen);
+and a job's own changes, run natively and under qrun, with the same output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from qrun.homenode.watches import Watches
+from test_real_programs import job_env
+
+PY = "/usr/bin/python3"
+
+
+@pytest.fixture
+def watches() -> Watches:
+    w = Watches()
+    if w.fd is None:
+        pytest.skip("inotify is not available here")
+    return w
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "t"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("f")
+    (root / "e").mkdir()
+    (root / "e" / "g").write_text("g")
+    (root / "a" / "ln").symlink_to("../e")
+    return root
+
+
+def _track(w: Watches, answer: int, path: Path, follow: bool = True) -> None:
+    assert w.track(answer, None, os.fsencode(path), follow), f"{path} could not be tracked"
+
+
+def test_a_change_drops_exactly_the_answers_that_stepped_through_it(watches: Watches, tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    _track(watches, 1, root / "a" / "b" / "f")
+    _track(watches, 2, root / "a" / "b" / "missing")
+    _track(watches, 3, root / "a" / "ln" / "g")          # through a symlink
+    _track(watches, 4, root / "a" / "b")                 # a directory: its contents count
+    _track(watches, 5, root / "a" / "b" / ".." / "b" / "f")
+    assert watches.changed() == (set(), False)
+
+    (root / "a" / "b" / "unrelated").mkdir()             # b's contents: b's own stat only
+    assert watches.changed() == ({4}, False)
+    _track(watches, 4, root / "a" / "b")
+    os.chmod(root / "a" / "b" / "f", 0o600)
+    assert watches.changed() == ({1, 5}, False)
+    (root / "a" / "b" / "missing").write_text("now here")  # a negative answer
+    assert watches.changed()[0] >= {2}
+    (root / "e" / "g").write_text("changed")             # the symlink's target directory
+    assert 3 in watches.changed()[0]
+
+
+def test_replacing_a_symlink_or_renaming_an_ancestor_drops_what_went_through_it(
+        watches: Watches, tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    _track(watches, 1, root / "a" / "ln" / "g")
+    _track(watches, 2, root / "a" / "ln", follow=False)  # readlink, lstat
+    (root / "a" / "ln").unlink()
+    (root / "a" / "ln").symlink_to("b")
+    assert watches.changed()[0] == {1, 2}
+    _track(watches, 3, root / "a" / "b" / "f")
+    os.rename(root / "a", root / "a2")
+    assert watches.changed()[0] == {3}
+
+
+def test_what_cannot_be_watched_is_not_cacheable(watches: Watches) -> None:
+    """/proc is no filesystem whose changes inotify reports: nothing there is kept."""
+    assert not watches.track(1, None, b"/proc/self/status", True)
+    assert watches.changed() == (set(), False)
+
+
+WATCHER = """\
+import os, sys, time
+
+def wait_for(what, probe, old):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = probe()
+        if now != old:
+            print(what, "seen:", now, flush=True)
+            return
+        time.sleep(0.002)
+    print(what, "NOT SEEN, still", old, flush=True)
+
+def size(p):
+    return os.stat(p).st_size
+
+steps = [
+    ("mode", lambda: oct(os.stat("f").st_mode & 0o777)),
+    ("created", lambda: os.path.exists("missing.h")),
+    ("retargeted", lambda: (os.readlink("ln"), size("ln"))),
+    ("renamed", lambda: os.path.exists("d/x")),
+    ("grown", lambda: size("f")),
+    ("removed", lambda: os.access("gone", os.R_OK)),
+]
+for what, probe in steps:
+    old = [probe() for _ in range(50)][-1]   # asked again and again: answered from the cache
+    print("ready", what, flush=True)
+    sys.stdin.readline()
+    wait_for(what, probe, old)
+"""
+
+
+def _change_home(work: Path, what: str) -> None:
+    if what == "mode":
+        os.chmod(work / "f", 0o640)
+    elif what == "created":
+        (work / "missing.h").write_text("")
+    elif what == "retargeted":
+        os.unlink(work / "ln")
+        os.symlink("b.txt", work / "ln")
+    elif what == "renamed":
+        os.rename(work / "d", work / "d2")
+    elif what == "grown":
+        with open(work / "f", "a") as f:
+            f.write("more")
+    elif what == "removed":
+        os.unlink(work / "gone")
+
+
+def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transparent: list[str],
+                                                                          tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "d").mkdir(parents=True)
+    (work / "d" / "x").write_text("x")
+    (work / "f").write_text("f")
+    os.chmod(work / "f", 0o644)
+    (work / "a.txt").write_text("a")
+    (work / "b.txt").write_text("bbbb")
+    (work / "gone").write_text("")
+    os.symlink("a.txt", work / "ln")
+    (work / "w.py").write_text(WATCHER)
+    cmd = [transparent[0], "-v", *transparent[1:], PY, "w.py"]
+    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = []
+    try:
+        for _ in range(6):
+            line = proc.stdout.readline()
+            assert line.startswith("ready "), line + proc.stderr.read()
+            _change_home(work, line.split()[1])
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            seen.append(proc.stdout.readline().strip())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert seen == ["mode seen: 0o640", "created seen: True", "retargeted seen: ('b.txt', 4)",
+                    "renamed seen: False", "grown seen: 5", "removed seen: False"], err
+    cached = re.search(r"cached=(\d+)", err)
+    assert cached is not None and int(cached.group(1)) >= 6 * 40, err
+
+
+OWN_CHANGES = """\
+import os
+def show(*paths):
+    for p in paths:
+        try:
+            st = os.lstat(p)
+            print(p, oct(st.st_mode), st.st_size, st.st_nlink, os.access(p, os.W_OK))
+        except OSError as exc:
+            print(p, "error", exc.errno)
+os.mkdir("d")
+show("d", "f", "d/x", "ln")
+for _ in range(3):
+    show("f", "d/x")
+with open("f", "w") as f:
+    f.write("twelve bytes")
+show("f")
+os.chmod("f", 0o600); show("f")
+os.rename("f", "d/x"); show("f", "d/x")
+os.link("d/x", "hard"); show("d/x", "hard")
+os.symlink("d/x", "ln"); show("ln"); print(os.readlink("ln"), os.stat("ln").st_size)
+with open("hard", "a") as f:
+    f.write("+")
+    f.flush()
+    show("d/x")
+os.unlink("ln"); os.symlink("hard", "ln"); print(os.readlink("ln"))
+os.rename("d", "d2"); show("d/x", "d2/x")
+os.unlink("hard"); show("hard", "d2/x")
+before = os.stat("d2").st_mtime_ns
+os.mkdir("d2/sub")
+print("directory time moved:", os.stat("d2").st_mtime_ns != before, os.stat("d2").st_nlink)
+"""
+
+
+def test_the_job_s_own_changes_are_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
+    outs = []
+    for mode in ("native", "qrun"):
+        work = tmp_path / mode
+        work.mkdir()
+        (work / "own.py").write_text(OWN_CHANGES)
+        prefix = [] if mode == "native" else transparent
+        r = subprocess.run([*prefix, PY, "own.py"], cwd=work, capture_output=True, text=True,
+                           timeout=120, env=job_env(tmp_path, work))
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[1] == outs[0]
+    assert "directory time moved: True 3" in outs[0]
