@@ -97,12 +97,7 @@ class ServeLoop:
                 self._last_words(stderr)
                 return outcome
         child_exited = sig_r in events and self._signals(os.read(sig_r, 64), now)
-        if srv.deputies.report_fd in events:
-            for home_pid, sig in srv.deputies.read_reports():
-                srv.control.send("sig", pid=home_pid, sig=sig)
-        if child_exited:  # not per message: that was a waitpid for every deputy
-            for home_pid, sig in srv.deputies.changes():
-                srv.control.send("sig", pid=home_pid, sig=sig)
+        self._deputies(events, child_exited)
         if srv.watches.fd is not None and srv.watches.fd in events:
             srv.push_drops()
         if 0 in events:
@@ -114,6 +109,16 @@ class ServeLoop:
         else:
             self._check_contact(now)
         return None
+
+    def _deputies(self, events: dict[Any, int], child_exited: bool) -> None:
+        """Signals the job's home deputies received, passed on to the job's processes."""
+        srv = self.server
+        if srv.deputies.report_fd in events:
+            for home_pid, sig in srv.deputies.read_reports():
+                srv.control.send("sig", pid=home_pid, sig=sig)
+        if child_exited:  # not per message: that was a waitpid for every deputy
+            for home_pid, sig in srv.deputies.changes():
+                srv.control.send("sig", pid=home_pid, sig=sig)
 
     def _poll(self, sig_r: int, stderr: LauncherStderr) -> dict[Any, int]:
         srv = self.server

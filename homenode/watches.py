@@ -21,7 +21,6 @@ Only local filesystems qualify: inotify does not see another NFS client's change
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import struct
@@ -37,6 +36,8 @@ FILE_MASK = (lib.IN_ATTRIB | lib.IN_MODIFY | lib.IN_CLOSE_WRITE | lib.IN_DELETE_
              | lib.IN_MOVE_SELF)
 ENTRY_EVENTS = lib.IN_CREATE | lib.IN_DELETE | lib.IN_MOVED_FROM | lib.IN_MOVED_TO
 MAX_ANSWERS = 200_000  # past this, everything is dropped and counting starts again
+MAX_KNOWN_DIRS = 4096  # directories kept open to start walks from
+DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_HOPS = 40          # symlinks followed in one resolution, as the kernel's limit
 EVENT = struct.Struct("iIII")
 
@@ -57,10 +58,16 @@ class Watches:
         self._deps: dict[int, list[Dep]] = {}
         self._local_dev: dict[int, bool] = {}
         self._wds: set[int] = set()
+        # Directories reached from / by their plain names: key -> (fd, wd, deps, number)
+        self._known: dict[bytes, tuple[int, int, list[Dep], int]] = {}
+        self._known_key: dict[int, bytes] = {}
+        self._next_known = -1   # (negative: never a request's number)
         self.max_watches = _watch_budget()
         self.overflowed = False
 
     def close(self) -> None:
+        for number in list(self._known_key):
+            self._forget_known(number)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -72,77 +79,53 @@ class Watches:
         it cannot be watched."""
         if self.fd is None or len(self._deps) >= MAX_ANSWERS:
             return False
-        try:
-            deps = self._walk(start, path, follow)
-        except OSError:
-            return False
+        deps = self._walk(start, path, follow)
         if deps is None:
             return False
-        self._deps.setdefault(answer, []).extend(deps)
-        for dep in deps:
-            self._by_dep.setdefault(dep, set()).add(answer)
-            self._by_wd.setdefault(dep[0], set()).add(answer)
+        self._note(answer, deps)
         return True
 
     def _walk(self, start: int | None, path: bytes, follow: bool) -> list[Dep] | None:
         """The kernel's path walk, one component at a time (`..` physically, symlinks
         followed up to MAX_HOPS), noting each step; None if a step is not watchable.
         `start` is the directory a relative path starts from (None: the cwd)."""
-        absolute = path.startswith(b"/")
-        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-        cur = os.open("/" if absolute else ".", flags, dir_fd=None if absolute else start)
         pending = _components(path)
-        deps: list[Dep] = []
-        hops = 0
+        w = _Walk(self)
         try:
-            wd = self._watch(cur)
-            at_dir = True   # where the walk stands is a directory (not the last name's file)
-            while pending and wd is not None:
-                name = pending.pop(0)
-                if name == b"..":
-                    cur = self._step(cur, b"..")
-                    wd = self._watch(cur)
-                    continue
-                deps.append((wd, name))
-                try:
-                    st = os.stat(name, dir_fd=cur, follow_symlinks=False)
-                except OSError:
-                    return deps  # the walk ends here (ENOENT, ENOTDIR, EACCES): so does the call's
-                if stat.S_ISLNK(st.st_mode) and (pending or follow):
-                    hops += 1
-                    if hops > MAX_HOPS:
-                        return deps
-                    target = os.readlink(name, dir_fd=cur)
-                    if target.startswith(b"/"):
-                        cur = self._step(cur, b"/")
-                        wd = self._watch(cur)
-                    pending[:0] = _components(target)
-                elif stat.S_ISDIR(st.st_mode):
-                    cur = self._step(cur, name)
-                    wd = self._watch(cur)
-                else:
-                    at_dir = False
-                    if not pending and not stat.S_ISLNK(st.st_mode):
-                        # A link count moves without any directory of this path hearing
-                        # of it (a link or unlink under another name): watch the file too.
-                        wd = self._watch_file(cur, name)
-                        if wd is not None:
-                            deps.append((wd, ANY))
-            if wd is None:
-                return None
-            if at_dir:
-                deps.append((wd, ANY))  # a directory's own times follow its contents
-            return deps
+            if path.startswith(b"/"):
+                w.known(self._known, pending)
+            else:
+                w.enter(os.open(".", DIR_FLAGS, dir_fd=start))
+            return w.run(pending, follow)
+        except OSError:
+            return None
         finally:
-            os.close(cur)
+            w.leave()
 
-    @staticmethod
-    def _step(cur: int, name: bytes) -> int:
-        nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
-        os.close(cur)
-        return nxt
+    def remember(self, key: bytes, dirfd: int, wd: int, deps: list[Dep]) -> bool:
+        """Keep a directory reached from / by its plain name: later walks through it start
+        there. It is forgotten (as an answer of its own) when any step to it changes."""
+        if len(self._known) >= MAX_KNOWN_DIRS or key in self._known:
+            return False
+        number = self._next_known
+        self._next_known -= 1
+        self._known[key] = (dirfd, wd, list(deps), number)
+        self._known_key[number] = key
+        self._note(number, deps)
+        return True
 
-    def _watch(self, dirfd: int) -> int | None:
+    def _note(self, answer: int, deps: list[Dep]) -> None:
+        self._deps.setdefault(answer, []).extend(deps)
+        for dep in deps:
+            self._by_dep.setdefault(dep, set()).add(answer)
+            self._by_wd.setdefault(dep[0], set()).add(answer)
+
+    def _forget_known(self, number: int) -> None:
+        key = self._known_key.pop(number, None)
+        if key is not None:
+            os.close(self._known.pop(key)[0])
+
+    def watch_dir(self, dirfd: int) -> int | None:
         """The watch on dirfd's directory, if its filesystem reports every change."""
         assert self.fd is not None
         dev = os.fstat(dirfd).st_dev
@@ -166,7 +149,7 @@ class Watches:
             self._wds.add(wd)
         return int(wd)
 
-    def _watch_file(self, dirfd: int, name: bytes) -> int | None:
+    def watch_file(self, dirfd: int, name: bytes) -> int | None:
         assert self.fd is not None
         try:
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
@@ -187,38 +170,143 @@ class Watches:
     def changed(self) -> tuple[set[int], bool]:
         """Read the queued events: the answers they make stale, and whether every answer
         is (the event queue overflowed, or too many answers are held)."""
-        if self.fd is None:
-            return set(), False
         stale: set[int] = set()
         everything = False
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-            for wd, mask, name in _events(data):
-                if mask & lib.IN_Q_OVERFLOW:
-                    everything = True
-                elif name:
-                    stale |= self._by_dep.get((wd, name), set())
-                    if mask & ENTRY_EVENTS:  # (a directory's times move with its entries only)
-                        stale |= self._by_dep.get((wd, ANY), set())
-                else:  # the inode itself: changed, deleted, moved, unmounted, its watch gone
-                    stale |= self._by_wd.get(wd, set())
-                if mask & lib.IN_IGNORED:
-                    self._wds.discard(wd)
+        for wd, mask, name in self._queued():
+            everything = everything or bool(mask & lib.IN_Q_OVERFLOW)
+            stale |= self._stale_after(wd, mask, name)
+            if mask & lib.IN_IGNORED:
+                self._wds.discard(wd)
         if everything or len(self._deps) >= MAX_ANSWERS:
-            self._by_dep.clear()
-            self._by_wd.clear()
-            self._deps.clear()
+            self._forget_all()
             return set(), True
         for answer in stale:
             self.forget(answer)
-        return stale, False
+            if answer < 0:
+                self._forget_known(answer)
+        return {a for a in stale if a >= 0}, False
+
+    def _queued(self) -> list[tuple[int, int, bytes]]:
+        out: list[tuple[int, int, bytes]] = []
+        while self.fd is not None:
+            try:
+                out += _events(os.read(self.fd, 1 << 16))
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+        return out
+
+    def _stale_after(self, wd: int, mask: int, name: bytes) -> set[int]:
+        if not name:  # the inode itself: changed, deleted, moved, unmounted, its watch gone
+            return set(self._by_wd.get(wd, ()))
+        stale = set(self._by_dep.get((wd, name), ()))
+        if mask & ENTRY_EVENTS:  # (a directory's own times move with its entries only)
+            stale |= self._by_dep.get((wd, ANY), set())
+        return stale
+
+    def _forget_all(self) -> None:
+        for number in list(self._known_key):
+            self._forget_known(number)
+        self._by_dep.clear()
+        self._by_wd.clear()
+        self._deps.clear()
+
+
+class _Walk:
+    """One path walk in progress: where it stands (a directory fd, its own or a known
+    directory's), that directory's watch, and the steps noted so far."""
+
+    def __init__(self, watches: Watches) -> None:
+        self.w = watches
+        self.cur = -1
+        self.owned = False
+        self.wd: int | None = None
+        self.deps: list[Dep] = []
+        self.key: bytes | None = None   # the plain name walked from /, while there is one
+
+    def known(self, known: dict[bytes, tuple[int, int, list[Dep], int]], pending: list[bytes]) -> None:
+        """Start at the deepest known directory that `pending` goes through (taking its
+        names off `pending`), or at /."""
+        key = b""
+        while pending and pending[0] != b".." and key + b"/" + pending[0] in known:
+            key += b"/" + pending.pop(0)
+        entry = known.get(key)
+        if entry is None:  # (/ itself, the first time)
+            self.enter(os.open("/", DIR_FLAGS))
+            self.key = b""
+            if self.wd is not None and self.w.remember(b"", self.cur, self.wd, []):
+                self.owned = False
+            return
+        self.cur, self.wd, deps, _ = entry
+        self.deps = list(deps)
+        self.key = key
+
+    def enter(self, fd: int) -> None:
+        self.leave()
+        self.cur, self.owned = fd, True
+        self.wd = self.w.watch_dir(fd)
+
+    def step(self, name: bytes) -> None:
+        self.enter(os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self.cur))
+
+    def leave(self) -> None:
+        if self.owned:
+            os.close(self.cur)
+        self.owned = False
+
+    def run(self, pending: list[bytes], follow: bool) -> list[Dep] | None:
+        hops = 0
+        at_dir = True   # where the walk stands is a directory (not the last name's file)
+        while pending and self.wd is not None:
+            name = pending.pop(0)
+            if name == b"..":
+                self.key = None
+                self.step(b"..")
+                continue
+            self.deps.append((self.wd, name))
+            try:
+                st = os.stat(name, dir_fd=self.cur, follow_symlinks=False)
+            except OSError:
+                return self.deps  # the walk ends here (ENOENT, ENOTDIR, EACCES): so does the call's
+            if stat.S_ISLNK(st.st_mode) and (pending or follow):
+                hops += 1
+                if hops > MAX_HOPS:
+                    return self.deps
+                self._follow(name, pending)
+            elif stat.S_ISDIR(st.st_mode):
+                self.step(name)
+                self._remember(name)
+            else:
+                at_dir = False
+                if not pending and not stat.S_ISLNK(st.st_mode):
+                    self._watch_last(name)
+        if self.wd is None:
+            return None
+        if at_dir:
+            self.deps.append((self.wd, ANY))  # a directory's own times follow its contents
+        return self.deps
+
+    def _follow(self, name: bytes, pending: list[bytes]) -> None:
+        self.key = None
+        target = os.readlink(name, dir_fd=self.cur)
+        if target.startswith(b"/"):
+            self.enter(os.open("/", DIR_FLAGS))
+        pending[:0] = _components(target)
+
+    def _watch_last(self, name: bytes) -> None:
+        """A link count moves without any directory of this path hearing of it (a link
+        or unlink under another name): the file itself is watched too."""
+        self.wd = self.w.watch_file(self.cur, name)
+        if self.wd is not None:
+            self.deps.append((self.wd, ANY))
+
+    def _remember(self, name: bytes) -> None:
+        if self.key is None or self.wd is None:
+            return
+        self.key += b"/" + name
+        if self.w.remember(self.key, self.cur, self.wd, self.deps):
+            self.owned = False  # (the known directory keeps the fd)
 
 
 def _watch_budget() -> int:
