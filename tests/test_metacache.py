@@ -149,7 +149,7 @@ def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transpa
     try:
         for _ in range(6):
             line = proc.stdout.readline()
-            assert line.startswith("ready "), line + proc.stderr.read()
+            assert line.startswith("ready "), line + (proc.stderr.read() if proc.stderr else "")
             _change_home(work, line.split()[1])
             proc.stdin.write("\n")
             proc.stdin.flush()
