@@ -72,6 +72,8 @@ def _submit(opts: argparse.Namespace) -> int:
     job = uuid.uuid4().hex[:12]
     launch, ledger = _place(opts, settings, job)
     welcome = welcome_for(opts, cmd, settings, _policy(opts, ledger))
+    limit = launch.cache_limit if opts.cache_limit is None else opts.cache_limit
+    welcome["options"]["cache"] = {"dir": opts.cache_dir or launch.cache_dir, "limit": limit}
     try:
         roots = home_roots(opts, settings.cfg, launch) if opts.transparent else []
         if roots is None:

@@ -55,6 +55,22 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+def absolute(text: str) -> str:
+    """A path on the execution host: absolute (home's cwd means nothing there)."""
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path (it names a "
+                                         "directory on the execution host)")
+    return text
+
+
+def size(text: str) -> int:
+    """A --cache-limit value: bytes, or a number with K, M, G or T."""
+    try:
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def seconds(text: str) -> float:
     """A --timeout value: a finite number of seconds greater than 0."""
     try:
@@ -125,6 +141,12 @@ def _job_options(job: argparse._ArgumentGroup) -> None:
     job.add_argument("--home-root", action="append", default=[], metavar="DIR",
                      help="transparent: the home node serves only paths beneath DIR (repeatable; "
                           "also home_roots in the cluster file); anything else is refused with EACCES")
+    job.add_argument("--cache-dir", type=absolute, metavar="DIR",
+                     help="where the stub keeps local copies of home files on the execution host "
+                          "(default: the host's cache_dir, else its $TMPDIR)")
+    job.add_argument("--cache-limit", type=size, metavar="SIZE",
+                     help="how much room those copies may take, e.g. 2G (default: the host's "
+                          "cache_limit, else what the disk has)")
     job.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="seconds of silence after which the other side counts as lost "
                           "(default: $QRUN_TIMEOUT, else 30)")

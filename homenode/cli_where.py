@@ -90,6 +90,7 @@ def _launch_on(h: config.HostConfig, opts: argparse.Namespace, cfg: config.Clust
     else:
         launch = launchers.ssh(job, host_stub, h.name, h.target, home_addr, cfg.ssh_command)
     launch.home_roots = list(h.home_roots)
+    launch.cache_dir, launch.cache_limit = h.cache_dir, h.cache_limit
     return launch
 
 

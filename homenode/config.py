@@ -50,6 +50,8 @@ class HostConfig:
     stub: str = ""                   # how to run the stub there (default: this Python's)
     partition: str = ""              # slurm: partition to ask for
     home_roots: list[str] = field(default_factory=list)  # what its jobs may reach at home
+    cache_dir: str = ""              # where its jobs keep local copies (default: its $TMPDIR)
+    cache_limit: int = 0             # bytes those copies may take (0: what the disk has)
 
     @property
     def target(self) -> str:
@@ -101,6 +103,29 @@ def _home() -> Path:
         return Path("/nonexistent")
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str) -> int:
+    """A size in bytes: an integer, or a number with K, M, G or T (binary units, an
+    optional trailing B or iB: "512M", "2.5GiB")."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512M or 20G")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS and text[-1:] else ""
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size such as 512M or 20G") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{value!r} is not a size such as 512M or 20G")
+    return int(number * _UNITS[unit])
+
+
 def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
     """A number of seconds from the environment; unset or empty means `default`. Anything
     else that is not a finite, positive (or, with `zero_ok`, non-negative) number is a
@@ -120,7 +145,8 @@ def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
 
 _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "launcher": str, "address": str, "user": str, "speed": (int, float), "memory": (int, float),
-    "max_jobs": int, "resources": dict, "stub": str, "partition": str, "home_roots": list}
+    "max_jobs": int, "resources": dict, "stub": str, "partition": str, "home_roots": list,
+    "cache_dir": str, "cache_limit": (int, str)}
 
 
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -156,7 +182,11 @@ def _host(name: str, h: object, where: str) -> HostConfig:
     if not isinstance(h, dict):
         raise ConfigError(f"{where} must be a table")
     _check_types(h, _HOST_KEYS, where)
-    hc = HostConfig(name=name, **{k: v for k, v in h.items() if k != "resources"})
+    hc = HostConfig(name=name, **{k: v for k, v in h.items() if k not in ("resources", "cache_limit")})
+    try:
+        hc.cache_limit = parse_size(h.get("cache_limit", 0))
+    except ValueError as exc:
+        raise ConfigError(f"{where} cache_limit: {exc}") from None
     hc.resources = {}
     for k, v in h.get("resources", {}).items():
         if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -169,6 +199,8 @@ def _host(name: str, h: object, where: str) -> HostConfig:
     if hc.max_jobs < 0:
         raise ConfigError(f"{where} max_jobs must be 0 (no limit) or more")
     _check_roots(hc.home_roots, f"{where} home_roots")
+    if hc.cache_dir and not hc.cache_dir.startswith("/"):
+        raise ConfigError(f"{where} cache_dir must be an absolute path on that host")
     if hc.stub and not hc.stub.split():
         raise ConfigError(f"{where} stub is blank (leave it out for the default)")
     return hc

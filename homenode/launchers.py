@@ -48,6 +48,10 @@ class Launch:
     cancel: list[str] | None = None
     # What the chosen host's jobs may reach at home (its home_roots in the cluster file).
     home_roots: list[str] = field(default_factory=list)
+    # Where the stub keeps the job's local copies there, and how much room they may take
+    # (the host's cache_dir and cache_limit; "" and 0: the stub's defaults).
+    cache_dir: str = ""
+    cache_limit: int = 0
 
 
 def _last_line(tail: str) -> str:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from qrun.remote.cachespace import CacheSpace
 from qrun.syscalls import structs
 
 LOCAL, HOME, COPY = "local", "home", "copy"
@@ -35,7 +36,7 @@ class Validator:
 
 
 class FdSpace:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, space: CacheSpace | None = None) -> None:
         self.root = root
         self.ph_dir = os.path.join(root, "ph")
         self.copies_dir = os.path.join(root, "copies")
@@ -48,6 +49,11 @@ class FdSpace:
         self._cache_prefix = self.cache_dir + "/"
         self.cached: dict[str, Validator] = {}   # home path -> what the cached copy was made from
         self.handle_path: dict[int, str] = {}    # handle -> the home file's real path
+        self.space = space or CacheSpace(root, 0, lambda msg: None)
+        self.space.on_evict = self._evicted
+
+    def _evicted(self, home_path: str) -> None:
+        self.cached.pop(home_path, None)
 
     # -- classification ---------------------------------------------------------------
     def kind(self, pid: int, fd: int) -> tuple[str, int | None]:
@@ -128,12 +134,16 @@ class FdSpace:
         old = self.cached.get(home_path)
         path = self.copy_path(home_path)
         if old == v and os.path.exists(path):
+            self.space.used_now(path)
             return path
         return None
 
     def store_copy(self, home_path: str, v: Validator, atime_ns: int,
                    chunks: Iterable[bytes]) -> str:
         path = self.copy_path(home_path)
+        self.cached.pop(home_path, None)
+        self.space.forget(path)
+        self.space.make_room(v.size, home_path)
         tmp = path + ".part"
         fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         try:
@@ -146,9 +156,13 @@ class FdSpace:
             # exec a file it has written and made executable since.
             os.fchmod(fd, 0o700)
             os.utime(fd, ns=(atime_ns, v.mtime_ns))
+        except BaseException:
+            os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         # Replace atomically: a tracee still reading an older copy keeps its inode.
         os.rename(tmp, path)
         self.cached[home_path] = v
+        self.space.stored(path, v.size, home_path)
         return path

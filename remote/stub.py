@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 from qrun.native import ffi, lib
+from qrun.remote.cachespace import CacheSpace
 from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
@@ -253,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STUB_FAILURE
         if welcome["options"].get("mode") == "plain":
             return run_plain(ctl, welcome, timeout)
-        sweep_stale_state()
-        state = tempfile.mkdtemp(prefix=f"qrun-stub-{os.getpid()}-")
+        root = cache_root(welcome["options"].get("cache"))
+        if root is None:
+            return EXIT_STUB_FAILURE
+        sweep_stale_state(root)
+        state = tempfile.mkdtemp(prefix=f"qrun-stub-{os.getpid()}-", dir=root)
         return run_job(ctl, rpc, welcome, state, timeout)
     except HomeLost as exc:
         eprint(str(exc))
@@ -265,10 +269,25 @@ def main(argv: list[str] | None = None) -> int:
         ctx.destroy(linger=0)
 
 
-def sweep_stale_state() -> None:
+def cache_root(cache: object) -> str | None:
+    """The directory the job's state and local copies go in: the cache_dir asked for
+    (made if need be), else $TMPDIR. None (and one line said) if it cannot be used."""
+    wanted = cache.get("dir") if isinstance(cache, dict) else None
+    if not isinstance(wanted, str) or not wanted:
+        return tempfile.gettempdir()
+    try:
+        os.makedirs(wanted, mode=0o700, exist_ok=True)
+        if not os.access(wanted, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        eprint(f"cache_dir {wanted}: {exc.strerror} on {socket.gethostname()}")
+        return None
+    return wanted
+
+
+def sweep_stale_state(tmp: str) -> None:
     """Remove state directories of stubs that were killed (SIGKILL leaves no chance to
     clean up): `qrun-stub-<pid>-*` of ours whose pid is gone."""
-    tmp = tempfile.gettempdir()
     try:
         names = os.listdir(tmp)
     except OSError:
@@ -303,7 +322,13 @@ def control_ready(ctl: zmq.Socket, timeout: float) -> bool:
 
 
 def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, timeout: float) -> int:
-    fds = FdSpace(state)
+    cache = welcome["options"].get("cache")
+    limit = cache.get("limit", 0) if isinstance(cache, dict) else 0
+    space = CacheSpace(state, limit if isinstance(limit, int) and limit > 0 else 0, eprint)
+    low = space.check()
+    if low:
+        eprint(low)
+    fds = FdSpace(state, space)
     policy = PathPolicy.from_wire(welcome["policy"])
     env = {str(k): str(v) for k, v in welcome["env"].items()}
     argv = [str(a) for a in welcome["argv"]]
@@ -343,7 +368,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
     data = {"calls": rpc.seq, "cached": job.meta.hits, "fetched": job.fetched,
-            "written_back": job.live.bytes_sent}
+            "written_back": job.live.bytes_sent, "evicted": space.evicted}
     return report_exit(pump, result, socket.gethostname(), data)
 
 

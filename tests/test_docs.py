@@ -120,7 +120,8 @@ CLUSTER = REPO / "docs" / "cluster.md"
 HABITS = REPO / "docs" / "habits.md"
 
 # How docs/cluster.md names the type each validator in homenode/config.py accepts.
-_TYPE_WORDS = {"str": "string", "int": "integer", "int|float": "number", "dict": "table", "list": "list"}
+_TYPE_WORDS = {"str": "string", "int": "integer", "int|float": "number", "dict": "table", "list": "list",
+               "int|str": "integer or string"}
 
 
 def doc_section(path: Path, heading: str) -> str:
