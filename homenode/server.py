@@ -23,6 +23,7 @@ import zmq
 from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import BadRequest, Handles, Tracker
+from qrun.homenode.progress import Progress
 from qrun.homenode.resolve import Local, Refused, Resolver
 from qrun.homenode.server_control import ControlChannel
 from qrun.homenode.server_loop import ServeLoop
@@ -87,7 +88,8 @@ class HomeServer:
         self.handles = Handles()
         self.resolver = Resolver(PathPolicy.from_wire(self.welcome["policy"]), self.roots)
         self.deputies = Deputies()
-        self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots)
+        self.progress = Progress()   # (drawn only when qrun's stderr is a terminal)
+        self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots, self.progress)
         self.last_seq = 0
         self.last_reply: bytes | None = None
         self.watches = Watches()   # what the stub's cached answers depend on
@@ -95,7 +97,7 @@ class HomeServer:
         self.hello: dict[str, Any] | None = None
         self.control = ControlChannel(self.sock)
         self.stdin = StdinRelay(self.control)
-        self.output = OutputRelay(self.control)
+        self.output = OutputRelay(self.control, self.progress.clear)
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
         self.raw: RawMode | None = None   # qrun's terminal, with --pty
@@ -137,6 +139,7 @@ class HomeServer:
         return None
 
     def close(self) -> None:
+        self.progress.clear()
         if self.refused > 1:
             sys.stderr.write(f"qrun: {self.refused} calls in all were refused (outside the home roots)\n")
         self.handles.close_all()

@@ -7,7 +7,8 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from qrun.homenode import schema
@@ -21,6 +22,7 @@ from qrun.homenode.executor import (
     is_copyable,
     wire_path,
 )
+from qrun.homenode.progress import Progress
 from qrun.homenode.resolve import Refused, Resolver
 from qrun.syscalls import abi, structs
 from qrun.syscalls import flags as wflags
@@ -46,6 +48,7 @@ class HomeOps:
     resolver: Resolver
     deputies: Deputies
     roots: list[str]   # --home-root: all the job may reach
+    progress: Progress = field(default_factory=lambda: Progress(enabled=False))
 
     def dispatch(self, op: str, a: list[Any], track: Tracker | None = None) -> Reply:
         """Run one operation; `track` sees the paths of a cacheable one (executor.execute)."""
@@ -111,6 +114,7 @@ class HomeOps:
             view, at = view[n:], at + n
         if size is not None:
             os.ftruncate(fd, size)
+        self.progress.step("writing back", handle, self._name(handle), at, size, time.monotonic())
         return len(data), None, {"stat": structs.stat_result_to_wire(os.fstat(fd))}
 
     def op_chdir(self, handle: int | None, path: bytes) -> Reply:
@@ -133,8 +137,14 @@ class HomeOps:
         """A chunk of a file being copied to the execution host (one pread, one copy)."""
         if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0:
             raise BadRequest("fetch: malformed arguments")
-        data = os.pread(self.handles.fd(handle), min(size, 64 << 20), offset)
+        fd = self.handles.fd(handle)
+        data = os.pread(fd, min(size, 64 << 20), offset)
+        self.progress.step("fetching", handle, self._name(handle), offset + len(data), os.fstat(fd).st_size,
+                           time.monotonic())
         return len(data), None, {"data": data}
+
+    def _name(self, handle: int) -> str:
+        return os.path.basename(os.fsdecode(self.handles.path(handle)))
 
     def op_deputy(self, name: str) -> Reply:
         return self.deputies.spawn(str(name)[:15]), None, {}

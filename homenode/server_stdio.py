@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import IO, BinaryIO
 
 from qrun.homenode.server_control import ControlChannel
@@ -13,10 +14,11 @@ from qrun.homenode.server_control import ControlChannel
 class OutputRelay:
     """The job's stdout and stderr, as the stub sends them."""
 
-    def __init__(self, control: ControlChannel) -> None:
+    def __init__(self, control: ControlChannel, before_write: Callable[[], None] = lambda: None) -> None:
         self.control = control
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
         self.closed_streams: set[int] = set()
+        self.before_write = before_write   # (clears a progress line off the terminal)
 
     def write(self, fd: int, data: bytes) -> None:
         if self.tee is not None:
@@ -24,6 +26,7 @@ class OutputRelay:
             self.tee.flush()
         if fd in self.closed_streams:
             return
+        self.before_write()
         if not write_all(fd, data):
             # The reader went away (`qrun ... | head`): the job's next write to this stream
             # must fail with EPIPE/SIGPIPE as it would at home, so the stub closes its end.
