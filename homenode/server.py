@@ -12,6 +12,7 @@ import errno
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -57,6 +58,20 @@ class Keys:
         return cls(sp, ss, cp, cs)
 
 
+def private_ipc(endpoint: str) -> bool:
+    """Whether `endpoint` is a Unix socket in a directory only this user may enter (mode
+    0700, ours). The kernel then admits nobody else, so the connection needs no cipher:
+    CURVE would cost most of a local data path's time. (Root could connect, but root
+    could as well read this process's memory and its keys.)"""
+    if not endpoint.startswith("ipc://"):
+        return False
+    try:
+        st = os.stat(os.path.dirname(endpoint[len("ipc://"):]) or ".")
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
+
+
 @dataclass
 class HomeServer:
     job: str
@@ -73,9 +88,11 @@ class HomeServer:
         self.auth = KeyGate(self.ctx, self.keys.client_public)
         self.auth.start()
         self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.curve_server = True
-        self.sock.curve_publickey = self.keys.server_public
-        self.sock.curve_secretkey = self.keys.server_secret
+        self.encrypted = not private_ipc(self.bind)
+        if self.encrypted:
+            self.sock.curve_server = True
+            self.sock.curve_publickey = self.keys.server_public
+            self.sock.curve_secretkey = self.keys.server_secret
         self.sock.setsockopt(zmq.LINGER, 1000)
         # A stub that reconnects (its old connection half-open) takes its routing id over.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -116,6 +133,7 @@ class HomeServer:
     def bootstrap_line(self, endpoint: str | None = None) -> bytes:
         import json
         return (json.dumps({"endpoint": endpoint or self.endpoint, "job": self.job,
+                            "encrypted": self.encrypted,
                             "server_key": self.keys.server_public.decode(),
                             "public": self.keys.client_public.decode(),
                             "secret": self.keys.client_secret.decode()}) + "\n").encode()

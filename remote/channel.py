@@ -48,13 +48,15 @@ class Credentials:
     public: bytes
     secret: bytes
     job: str
+    encrypted: bool = True   # False only on home's private Unix socket (HomeServer.encrypted)
 
 
 def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
-    sock.curve_serverkey = cred.server_key
-    sock.curve_publickey = cred.public
-    sock.curve_secretkey = cred.secret
+    if cred.encrypted:
+        sock.curve_serverkey = cred.server_key
+        sock.curve_publickey = cred.public
+        sock.curve_secretkey = cred.secret
     sock.setsockopt(zmq.ROUTING_ID, f"{cred.job}:{role}".encode())
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -46,8 +46,10 @@ def read_bootstrap() -> Credentials:
         if len(line) > 65536:
             raise ValueError("bootstrap line too long")
     d = json.loads(line)
+    plain = d.get("encrypted") is False and str(d["endpoint"]).startswith("ipc://")
     return Credentials(endpoint=d["endpoint"], server_key=d["server_key"].encode(),
-                       public=d["public"].encode(), secret=d["secret"].encode(), job=d["job"])
+                       public=d["public"].encode(), secret=d["secret"].encode(), job=d["job"],
+                       encrypted=not plain)
 
 
 def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def stub(tree: Path, tmp_path: Path) -> Iterator[FakeStub]:
-    srv = HomeServer("job1", WELCOME, f"ipc://{tmp_path}/s.sock", roots=[str(tree)])
+    srv = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0", roots=[str(tree)])
     try:
         yield FakeStub(srv)
     finally:

@@ -21,7 +21,7 @@ WELCOME: dict[str, Any] = {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o0
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[HomeServer]:
-    srv = HomeServer("job1", WELCOME, f"ipc://{tmp_path}/s.sock")
+    srv = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0")  # CURVE, as over a network
     yield srv
     srv.close()
 
@@ -252,3 +252,29 @@ def test_the_key_gate_admits_only_the_jobs_key_over_curve(server: HomeServer) ->
     assert status(*base, b"CURVE", own, own) == b"400"
     assert status(b"2.0", *base[1:], b"CURVE", own) == b"400"
     assert gate.answer([b"1.0"]) == [b"1.0", b"", b"400", b"malformed request", b"", b""]
+
+
+def test_only_a_private_unix_socket_goes_without_the_cipher(tmp_path: Path) -> None:
+    """On a Unix socket in a directory only we may enter, the kernel admits nobody else,
+    so the channel is plain (CURVE would cost most of a local data path); anywhere else,
+    including a Unix socket others could reach, it is CURVE."""
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    private.mkdir(mode=0o700)
+    shared.mkdir()
+    shared.chmod(0o755)
+    plain = HomeServer("job1", WELCOME, f"ipc://{private}/s.sock")
+    open_dir = HomeServer("job1", WELCOME, f"ipc://{shared}/s.sock")
+    tcp = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0")
+    try:
+        assert (plain.encrypted, open_dir.encrypted, tcp.encrypted) == (False, True, True)
+        assert b'"encrypted": false' in plain.bootstrap_line()
+        s = plain.ctx.socket(zmq.DEALER)   # no keys at all: the directory is the gate
+        s.setsockopt(zmq.ROUTING_ID, b"job1:rpc")
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(plain.endpoint)
+        rep = exchange(plain, s, req(1, "mkdir", [os.fsencode(tmp_path / "made"), 0o755]))
+        assert rep is not None and rep["r"] == 0 and (tmp_path / "made").is_dir()
+        s.close()
+    finally:
+        for srv in (plain, open_dir, tcp):
+            srv.close()
