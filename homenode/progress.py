@@ -2,14 +2,17 @@
 lasts: a large home file fetched into a copy, or a large write-back. It names the file and
 shows the bytes so far (of the file's size, when known), the rate and the time left. It
 appears once a transfer has run for SHOW_AFTER seconds, is redrawn at most every REDRAW
-seconds, and is cleared when the transfer ends, before any job output reaches the
-terminal, and at the job's end. Nothing is drawn unless qrun's stderr is a terminal.
+seconds, and is cleared when the transfer ends, before any job output or message reaches the
+terminal, and at the job's end. Nothing is drawn unless qrun's stderr is a terminal and
+the job has no pty of its own (a full-screen program owns the screen then), nor over a
+line of the job's output that has not ended.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 SHOW_AFTER = 2.0
 REDRAW = 0.25
@@ -31,6 +34,9 @@ class Progress:
         self._start = self._last = 0.0
         self._first = 0
         self._shown = False
+        # Whether the terminal's cursor is at the start of a line (the job's last output
+        # ended with a newline): the line is drawn only then, never over the job's text.
+        self.may_draw: Callable[[], bool] = lambda: True
 
     def step(self, verb: str, handle: int, name: str, done: int, total: int | None, now: float) -> None:
         """The transfer `verb` ("fetching", "writing back") of `handle` has reached byte
@@ -45,7 +51,7 @@ class Progress:
             self.clear()
             self._key = None
             return
-        if now - self._start < SHOW_AFTER or now - self._last < REDRAW:
+        if now - self._start < SHOW_AFTER or now - self._last < REDRAW or not self.may_draw():
             return
         self._last = now
         self._draw(self.line(verb, name, done, total, (done - self._first) / (now - self._start)))

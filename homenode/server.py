@@ -26,6 +26,7 @@ from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import BadRequest, Handles, Tracker
 from qrun.homenode.progress import Progress
 from qrun.homenode.resolve import Local, Refused, Resolver
+from qrun.homenode.server_answers import Answers
 from qrun.homenode.server_control import ControlChannel
 from qrun.homenode.server_loop import ServeLoop
 from qrun.homenode.server_ops import HomeOps, Reply
@@ -33,7 +34,6 @@ from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_u
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
-from qrun.homenode.watches import Watches
 from qrun.homenode.zap import KeyGate
 from qrun.syscalls import wire
 from qrun.syscalls.paths import PathPolicy
@@ -63,10 +63,11 @@ def private_ipc(endpoint: str) -> bool:
     0700, ours). The kernel then admits nobody else, so the connection needs no cipher:
     CURVE would cost most of a local data path's time. (Root could connect, but root
     could as well read this process's memory and its keys.)"""
-    if not endpoint.startswith("ipc://"):
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    if not path.startswith("/"):  # (not relative, not abstract "@name": no directory guards those)
         return False
     try:
-        st = os.stat(os.path.dirname(endpoint[len("ipc://"):]) or ".")
+        st = os.stat(os.path.dirname(path))
     except OSError:
         return False
     return st.st_uid == os.getuid() and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
@@ -98,6 +99,15 @@ class HomeServer:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # Unauthenticated connections get a few seconds to finish the CURVE handshake.
         self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        if self.encrypted:
+            # Without a ZAP domain, libzmq admits any CURVE client when no handler answers
+            # (the handler's thread gone); enforced, it refuses them instead.
+            self.sock.zap_domain = b"qrun"
+            self.sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        # Drops for the stub's cache queue up while its job computes: far more than
+        # libzmq's default of 1000 messages, before one would be discarded (and the gap
+        # then noticed, see server_answers.py).
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
         for name, value in wire.liveness_options().items():
             self.sock.setsockopt(getattr(zmq, name), value)
         self.sock.bind(self.bind)
@@ -105,16 +115,19 @@ class HomeServer:
         self.handles = Handles()
         self.resolver = Resolver(PathPolicy.from_wire(self.welcome["policy"]), self.roots)
         self.deputies = Deputies()
-        self.progress = Progress()   # (drawn only when qrun's stderr is a terminal)
+        # (drawn only on a terminal, and not when the job has its own pty)
+        self.progress = Progress(enabled=False if self.welcome["options"].get("pty") else None)
         self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots, self.progress)
         self.last_seq = 0
         self.last_reply: bytes | None = None
-        self.watches = Watches()   # what the stub's cached answers depend on
+        # What the stub's kept answers depend on (nothing is kept with home roots).
+        self.answers = Answers(enabled=not self.roots)
         self.rpc_ident: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.control = ControlChannel(self.sock)
         self.stdin = StdinRelay(self.control)
         self.output = OutputRelay(self.control, self.progress.clear)
+        self.progress.may_draw = lambda: self.output.at_line_start
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
         self.raw: RawMode | None = None   # qrun's terminal, with --pty
@@ -163,12 +176,14 @@ class HomeServer:
         self.handles.close_all()
         self.resolver.close()
         self.deputies.close_all()
-        self.watches.close()
+        self.answers.close()
+        # The socket goes before the key gate: without a ZAP handler, libzmq would let
+        # any CURVE client through in between.
+        self.sock.close(linger=200)
         self.auth.stop()
         if self.trace_fd is not None:
             os.close(self.trace_fd)
             self.trace_fd = None
-        self.sock.close(linger=200)
         # destroy, not term: term waits forever for any socket of the context still open.
         self.ctx.destroy(linger=0)
 
@@ -245,34 +260,25 @@ class HomeServer:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return
         self.rpc_ident = ident
-        tracked: list[bool] = []
-
-        def track(start: int | None, path: bytes, follow: bool) -> None:
-            tracked.append(self.watches.track(seq, start, path, follow))
-
+        track, tracked = self.answers.tracker(seq)
         r, e, o = self._answer(msg, track)
         # What changed while the call ran is dropped before its reply leaves, and the
-        # answer itself is cached only if nothing it depends on changed meanwhile.
-        stale, everything = self.watches.changed()
-        settled = tracked and all(tracked) and seq not in stale and not everything
-        if settled and not {"local", "busy"} & o.keys():
-            o["c"] = seq
-        else:
-            self.watches.forget(seq)
-        self._send_drops(ident, stale - {seq}, everything)
-        reply = wire.encode("rep", seq=seq, r=r, e=e, o=o)
+        # answer itself is kept only if nothing it depends on changed meanwhile.
+        for drop in self.answers.settle(seq, tracked, e, o):
+            self.sock.send_multipart([ident, drop])
+        reply = wire.encode("rep", seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
         self.last_seq, self.last_reply = seq, reply
         self.sock.send_multipart([ident, reply])
 
-    def push_drops(self) -> None:
-        """Changes at home, while the stub is not asking: its stale answers go at once."""
-        stale, everything = self.watches.changed()
-        if self.rpc_ident is not None:
-            self._send_drops(self.rpc_ident, stale, everything)
-
-    def _send_drops(self, ident: bytes, stale: set[int], everything: bool) -> None:
-        if stale or everything:
-            self._send(ident, "drop", c=sorted(stale), all=everything)
+    def push_drops(self, mounts: bool = False) -> None:
+        """Changes at home while the stub is not asking: its stale answers go at once."""
+        drops = self.answers.changed(mounts)
+        if mounts and self.answers.mounts is not None:
+            os.lseek(self.answers.mounts, 0, os.SEEK_SET)  # (re-arms the mount table's poll)
+            os.read(self.answers.mounts, 1 << 20)
+        for drop in drops:
+            if self.rpc_ident is not None:
+                self.sock.send_multipart([self.rpc_ident, drop])
 
     def _answer(self, msg: dict[str, Any], track: Tracker | None = None) -> Reply:
         """Run one request; whatever goes wrong fails that call, with the errno it gets."""
@@ -307,13 +313,15 @@ class HomeServer:
         """Whether the job's own open files are what exhausted the fd limit (then EMFILE is
         the job's, as natively) rather than connections nobody authenticated yet."""
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return len(self.handles) + len(self.deputies.live) + FD_RESERVE >= limit
+        held = len(self.handles) + len(self.deputies.live) + self.answers.fds_held()
+        return held + FD_RESERVE >= limit
 
     def _reject(self, line: str) -> None:
         """One line per kind of problem, not a flood from a misbehaving stub."""
         key = line.split(":", 2)[:2]
         if len(self.rejected) < 20 and str(key) not in self.rejected:
             self.rejected.add(str(key))
+            self.progress.clear()
             sys.stderr.write(f"qrun: {line}\n")
 
     # ---- operations -------------------------------------------------------------------

@@ -51,7 +51,7 @@ class ServeLoop:
         self.last_int = 0.0
 
     def run(self) -> Outcome:
-        stderr = LauncherStderr(self.launcher.stderr, self.server.trace_fd)
+        stderr = LauncherStderr(self.launcher.stderr, self.server.trace_fd, self.server.progress.clear)
         with self._session() as sig_r:
             while True:
                 outcome = self._turn(sig_r, stderr)
@@ -98,8 +98,10 @@ class ServeLoop:
                 return outcome
         child_exited = sig_r in events and self._signals(os.read(sig_r, 64), now)
         self._deputies(events, child_exited)
-        if srv.watches.fd is not None and srv.watches.fd in events:
+        if srv.answers.watches is not None and srv.answers.watches.fd in events:
             srv.push_drops()
+        if srv.answers.mounts is not None and srv.answers.mounts in events:
+            srv.push_drops(mounts=True)
         if 0 in events:
             srv.stdin.pump()
         if stderr.fd is not None and stderr.fd in events:
@@ -126,8 +128,10 @@ class ServeLoop:
         poller.register(srv.sock, zmq.POLLIN)
         poller.register(sig_r, zmq.POLLIN)
         poller.register(srv.deputies.report_fd, zmq.POLLIN)
-        if srv.watches.fd is not None:
-            poller.register(srv.watches.fd, zmq.POLLIN)
+        if srv.answers.watches is not None and srv.answers.watches.fd is not None:
+            poller.register(srv.answers.watches.fd, zmq.POLLIN)
+        if srv.answers.mounts is not None:
+            poller.register(srv.answers.mounts, zmq.POLLPRI)
         if srv.stdin.wanted():
             poller.register(0, zmq.POLLIN)  # (flow control: the stub acknowledges)
         if stderr.fd is not None:

@@ -19,6 +19,7 @@ class OutputRelay:
         self.tee: BinaryIO | None = None   # -o FILE: a copy of all job output
         self.closed_streams: set[int] = set()
         self.before_write = before_write   # (clears a progress line off the terminal)
+        self.at_line_start = True          # the last byte written to the terminal was "\n"
 
     def write(self, fd: int, data: bytes) -> None:
         if self.tee is not None:
@@ -27,6 +28,8 @@ class OutputRelay:
         if fd in self.closed_streams:
             return
         self.before_write()
+        if data:
+            self.at_line_start = data.endswith(b"\n")
         if not write_all(fd, data):
             # The reader went away (`qrun ... | head`): the job's next write to this stream
             # must fail with EPIPE/SIGPIPE as it would at home, so the stub closes its end.
@@ -68,8 +71,10 @@ class LauncherStderr:
     """The launcher's stderr (ssh's or srun's complaints, the stub's warnings), passed
     through; its tail explains a failed start."""
 
-    def __init__(self, pipe: IO[bytes] | None, trace_fd: int | None = None) -> None:
+    def __init__(self, pipe: IO[bytes] | None, trace_fd: int | None = None,
+                 before_write: Callable[[], None] = lambda: None) -> None:
         self.fd = pipe.fileno() if pipe is not None else None   # None once it is done
+        self.before_write = before_write   # (clears a progress line off the terminal)
         self.tail = b""
         self.trace_fd = trace_fd  # --trace-file: the stub marks its trace lines (TRACE_MARK)
         self.partial = b""
@@ -93,6 +98,7 @@ class LauncherStderr:
 
     def _route(self, data: bytes) -> None:
         if self.trace_fd is None:
+            self.before_write()
             write_all(2, data)
             self.tail = (self.tail + data)[-4096:]
             return

@@ -22,6 +22,7 @@ Only local filesystems qualify: inotify does not see another NFS client's change
 from __future__ import annotations
 
 import os
+import resource
 import stat
 import struct
 from typing import Any
@@ -29,14 +30,17 @@ from typing import Any
 from qrun.native import lib
 
 ANY = b""   # the name of a dependency on a directory's contents as a whole
-MASK = (lib.IN_ATTRIB | lib.IN_MODIFY | lib.IN_CLOSE_WRITE | lib.IN_CREATE | lib.IN_DELETE
-        | lib.IN_MOVED_FROM | lib.IN_MOVED_TO | lib.IN_DELETE_SELF | lib.IN_MOVE_SELF
-        | lib.IN_ONLYDIR)
+# A directory's watch hears of its entries coming and going and of their attributes (a
+# file's own watch hears of its writes: writes to the many files of a directory would
+# otherwise wake home for nothing). IN_MASK_ADD: an inode's watch only ever gains events,
+# whichever kind of answer asked for it first.
+MASK = (lib.IN_ATTRIB | lib.IN_CREATE | lib.IN_DELETE | lib.IN_MOVED_FROM | lib.IN_MOVED_TO
+        | lib.IN_DELETE_SELF | lib.IN_MOVE_SELF | lib.IN_ONLYDIR | lib.IN_MASK_ADD)
 FILE_MASK = (lib.IN_ATTRIB | lib.IN_MODIFY | lib.IN_CLOSE_WRITE | lib.IN_DELETE_SELF
-             | lib.IN_MOVE_SELF)
+             | lib.IN_MOVE_SELF | lib.IN_MASK_ADD)
 ENTRY_EVENTS = lib.IN_CREATE | lib.IN_DELETE | lib.IN_MOVED_FROM | lib.IN_MOVED_TO
 MAX_ANSWERS = 200_000  # past this, everything is dropped and counting starts again
-MAX_KNOWN_DIRS = 4096  # directories kept open to start walks from
+MAX_KNOWN_DIRS = 4096  # directories kept open to start walks from (fewer under a low fd limit)
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_HOPS = 40          # symlinks followed in one resolution, as the kernel's limit
 EVENT = struct.Struct("iIII")
@@ -56,13 +60,13 @@ class Watches:
         self._by_dep: dict[Dep, set[int]] = {}
         self._by_wd: dict[int, set[int]] = {}
         self._deps: dict[int, list[Dep]] = {}
-        self._local_dev: dict[int, bool] = {}
         self._wds: set[int] = set()
         # Directories reached from / by their plain names: key -> (fd, wd, deps, number)
         self._known: dict[bytes, tuple[int, int, list[Dep], int]] = {}
         self._known_key: dict[int, bytes] = {}
         self._next_known = -1   # (negative: never a request's number)
         self.max_watches = _watch_budget()
+        self.max_known = min(MAX_KNOWN_DIRS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         self.overflowed = False
 
     def close(self) -> None:
@@ -90,6 +94,8 @@ class Watches:
         followed up to MAX_HOPS), noting each step; None if a step is not watchable.
         `start` is the directory a relative path starts from (None: the cwd)."""
         pending = _components(path)
+        if path.endswith(b"/"):
+            follow = True   # a trailing slash follows the last symlink, as the kernel does
         w = _Walk(self)
         try:
             if path.startswith(b"/"):
@@ -105,7 +111,7 @@ class Watches:
     def remember(self, key: bytes, dirfd: int, wd: int, deps: list[Dep]) -> bool:
         """Keep a directory reached from / by its plain name: later walks through it start
         there. It is forgotten (as an answer of its own) when any step to it changes."""
-        if len(self._known) >= MAX_KNOWN_DIRS or key in self._known:
+        if len(self._known) >= self.max_known or key in self._known:
             return False
         number = self._next_known
         self._next_known -= 1
@@ -128,11 +134,9 @@ class Watches:
     def watch_dir(self, dirfd: int) -> int | None:
         """The watch on dirfd's directory, if its filesystem reports every change."""
         assert self.fd is not None
-        dev = os.fstat(dirfd).st_dev
-        local = self._local_dev.get(dev)
-        if local is None:
-            local = self._local_dev[dev] = lib.qr_fs_magic(dirfd) in LOCAL_FILESYSTEMS
-        if not local:
+        # (asked each time, not remembered by st_dev: an unmounted filesystem's device
+        # number goes to the next one mounted, which may be NFS)
+        if lib.qr_fs_magic(dirfd) not in LOCAL_FILESYSTEMS:
             return None
         return self._add(dirfd, MASK)
 
@@ -159,6 +163,14 @@ class Watches:
             return self._add(fd, FILE_MASK)
         finally:
             os.close(fd)
+
+    def known_dirs(self) -> int:
+        return len(self._known)
+
+    def everything_changed(self) -> None:
+        """What inotify cannot see happened (a mount or unmount at home): nothing held is
+        known to be right any more."""
+        self._forget_all()
 
     def forget(self, answer: int) -> None:
         """An answer no longer held (dropped, or not cached after all)."""
@@ -262,6 +274,7 @@ class _Walk:
             name = pending.pop(0)
             if name == b"..":
                 self.key = None
+                self.deps.append((self.wd, b".."))  # (moved elsewhere, `..` leads elsewhere)
                 self.step(b"..")
                 continue
             self.deps.append((self.wd, name))
@@ -310,10 +323,11 @@ class _Walk:
 
 
 def _watch_budget() -> int:
-    """A quarter of the user's inotify watches, at most 50 000."""
+    """An eighth of the user's inotify watches, at most 20 000: other programs of the user
+    (editors, `tail -f`) and other jobs need theirs."""
     try:
         with open("/proc/sys/fs/inotify/max_user_watches") as f:
-            return min(50_000, int(f.read()) // 4)
+            return min(20_000, int(f.read()) // 8)
     except (OSError, ValueError):
         return 2_000
 

@@ -111,6 +111,8 @@ class Rpc:
                 continue
             if msg["t"] == "drop":
                 self.on_push(msg)
+            elif msg["t"] == "error":
+                raise HomeLost(msg["msg"])
 
     def _exchange(self, frame: bytes) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout

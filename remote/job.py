@@ -66,12 +66,14 @@ class Job:
         if op != "fetch":
             self.live.sync_changed()  # home never shows the job less than it has written
         key = key_of(op, args) if op in CACHED else None
-        if key is not None:
+        # (not while handles wait to be closed at home: their locks must go now)
+        if key is not None and not self.rpc.pending_close and not self.rpc.pending_retire:
             self.rpc.take_pushes()
             hit = self.meta.get(key)
             if hit is not None:
                 return hit
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
+        self.meta.replied(rep)
         if key is not None:
             self.meta.put(key, rep)
         if is_busy(rep):

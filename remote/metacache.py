@@ -23,11 +23,15 @@ def key_of(op: str, args: list[Any]) -> Key:
     return (op, *(tuple(a) if isinstance(a, list) else a for a in args))
 
 
+MAX_ANSWERS = 100_000   # past this, everything is forgotten and the cache fills again
+
+
 class MetaCache:
     def __init__(self) -> None:
         self._answers: dict[Key, dict[str, Any]] = {}
         self._keys: dict[int, Key] = {}
         self.hits = 0
+        self.drops_seen = 0   # the number of the last drop taken in (home numbers them)
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -38,11 +42,21 @@ class MetaCache:
             self.hits += 1
         return rep
 
+    def replied(self, rep: dict[str, Any]) -> None:
+        """Any reply says how many drops home sent before it: fewer seen means one was
+        lost, and nothing kept can be trusted."""
+        sent = rep.get("dn")
+        if isinstance(sent, int) and sent > self.drops_seen:
+            self._forget_all()
+            self.drops_seen = sent
+
     def put(self, key: Key, rep: dict[str, Any]) -> None:
         """Keep a reply home numbered for keeping (its "c")."""
         number = rep["o"].get("c")
         if not isinstance(number, int) or isinstance(number, bool):
             return
+        if len(self._answers) >= MAX_ANSWERS:
+            self._forget_all()
         old = self._answers.get(key)
         if old is not None:
             self._keys.pop(old["o"]["c"], None)
@@ -50,12 +64,19 @@ class MetaCache:
         self._keys[number] = key
 
     def drop(self, msg: dict[str, Any]) -> None:
-        """Home's "drop": these answers (or, with all, every one) are stale."""
-        if msg["all"]:
-            self._answers.clear()
-            self._keys.clear()
+        """Home's "drop": these answers (or, with all, every one) are stale. One that does
+        not follow the last seen means some were lost: then every answer goes."""
+        n = msg["n"]
+        gap = n != self.drops_seen + 1
+        self.drops_seen = max(self.drops_seen, n)
+        if msg["all"] or gap:
+            self._forget_all()
             return
         for number in msg["c"]:
             key = self._keys.pop(number, None) if isinstance(number, int) else None
             if key is not None:
                 self._answers.pop(key, None)
+
+    def _forget_all(self) -> None:
+        self._answers.clear()
+        self._keys.clear()

@@ -16,12 +16,12 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from typing import Any
 
 import zmq
 from qrun.native import ffi, lib
+from qrun.remote import statedir
 from qrun.remote.cachespace import CacheSpace
 from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ctx = zmq.Context()
     rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
-    state = ""
+    state, alive = "", -1
     try:
         welcome = handshake(rpc, cred, timeout=30.0)
         timeout = float(welcome["options"].get("timeout", 30.0))
@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STUB_FAILURE
         if welcome["options"].get("mode") == "plain":
             return run_plain(ctl, welcome, timeout)
-        root = cache_root(welcome["options"].get("cache"))
+        root = statedir.cache_root(welcome["options"].get("cache"))
         if root is None:
             return EXIT_STUB_FAILURE
-        sweep_stale_state(root)
-        state = tempfile.mkdtemp(prefix=f"qrun-stub-{os.getpid()}-", dir=root)
+        statedir.sweep(root)
+        state, alive = statedir.make(root)
         return run_job(ctl, rpc, welcome, state, timeout)
     except HomeLost as exc:
         eprint(str(exc))
@@ -268,45 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if state:
             shutil.rmtree(state, ignore_errors=True)
+            os.close(alive)
         ctx.destroy(linger=0)
-
-
-def cache_root(cache: object) -> str | None:
-    """The directory the job's state and local copies go in: the cache_dir asked for
-    (made if need be), else $TMPDIR. None (and one line said) if it cannot be used."""
-    wanted = cache.get("dir") if isinstance(cache, dict) else None
-    if not isinstance(wanted, str) or not wanted:
-        return tempfile.gettempdir()
-    try:
-        os.makedirs(wanted, mode=0o700, exist_ok=True)
-        if not os.access(wanted, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        eprint(f"cache_dir {wanted}: {exc.strerror} on {socket.gethostname()}")
-        return None
-    return wanted
-
-
-def sweep_stale_state(tmp: str) -> None:
-    """Remove state directories of stubs that were killed (SIGKILL leaves no chance to
-    clean up): `qrun-stub-<pid>-*` of ours whose pid is gone."""
-    try:
-        names = os.listdir(tmp)
-    except OSError:
-        return
-    for name in names:
-        parts = name.split("-")
-        if len(parts) < 4 or parts[:2] != ["qrun", "stub"] or not parts[2].isdigit():
-            continue
-        path = os.path.join(tmp, name)
-        try:
-            if os.stat(path).st_uid != os.getuid():
-                continue
-            os.kill(int(parts[2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            continue
 
 
 def control_ready(ctl: zmq.Socket, timeout: float) -> bool:

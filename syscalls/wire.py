@@ -49,8 +49,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "state": {"stopped": (bool,)},  # the job's main process stopped, or went on
     "winch": {"rows": (int,), "cols": (int,)},  # home's terminal changed size (--pty)
     "sig": {"pid": (int,), "sig": (int,)},
-    # home -> stub: cached answers (numbered by the request that got them) now stale; all: every one
-    "drop": {"c": (list,), "all": (bool,)},
+    # home -> stub: kept answers (numbered by the request that got them) now stale; all: every
+    # one; n: this drop's number (a gap means one was lost). Replies carry "dn", the drops so far.
+    "drop": {"c": (list,), "all": (bool,), "n": (int,)},
     "ping": {},
     "pong": {},
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from qrun.homenode.config import parse_size
+from qrun.remote import statedir
 from test_real_programs import job_env
 
 PY = "/usr/bin/python3"
@@ -118,3 +120,28 @@ def test_a_file_larger_than_the_disk_fails_its_open_with_enospc_and_says_why(
     assert (r.returncode, r.stdout) == (0, "open failed: ENOSPC\n1000\n"), r.stderr
     assert f"/data/huge (20 MiB) does not fit in the cache at {small_disk}" in r.stderr, r.stderr
     assert not [n for n in os.listdir(small_disk) if n.startswith("qrun-stub-")], "state left behind"
+
+
+def test_a_killed_stub_s_state_is_swept_but_a_live_one_s_never(tmp_path: Path) -> None:
+    """Liveness is the lock on the directory's `alive` file, not a pid: from another pid
+    namespace or another machine sharing the cache_dir, every pid would look dead."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    live, fd = statedir.make(str(root))
+    Path(live, "live").mkdir()
+    Path(live, "live", "1").write_bytes(b"not yet written back")
+    dead, dead_fd = statedir.make(str(root))
+    os.close(dead_fd)                      # its stub was SIGKILLed: the lock went with it
+    starting = root / "qrun-stub-1-new"    # made this instant, its lock not taken yet
+    starting.mkdir()
+    statedir.sweep(str(root))
+    try:
+        assert Path(live, "live", "1").read_bytes() == b"not yet written back"
+        assert not os.path.exists(dead)
+        assert starting.is_dir()
+    finally:
+        os.close(fd)
+    old = time.time() - 3600
+    os.utime(starting, (old, old))
+    statedir.sweep(str(root))
+    assert not starting.exists() and not os.path.exists(live)

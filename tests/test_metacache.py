@@ -209,3 +209,88 @@ def test_the_job_s_own_changes_are_seen_at_once(transparent: list[str], tmp_path
         outs.append(r.stdout)
     assert outs[1] == outs[0]
     assert "directory time moved: True 3" in outs[0]
+
+
+def test_dotdot_from_a_directory_handle_depends_on_where_that_directory_is(watches: Watches,
+                                                                          tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "x").write_text("x")
+    fd = os.open(root / "a", os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert watches.track(1, fd, b"../x", True)
+        os.rename(root / "a", root / "e" / "a")   # `../x` from the handle is now e/x
+        assert 1 in watches.changed()[0]
+    finally:
+        os.close(fd)
+
+
+def test_a_trailing_slash_follows_the_last_symlink(watches: Watches, tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    assert watches.track(1, None, os.fsencode(root / "a" / "ln") + b"/", False)   # lstat("a/ln/")
+    os.chmod(root / "e", 0o700)                  # the directory the link leads to
+    assert 1 in watches.changed()[0]
+
+
+def test_a_directory_watch_keeps_its_events_when_a_file_answer_asks_for_the_same_inode(
+        watches: Watches, tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    _track(watches, 1, root / "a" / "b")         # b's contents count for its own stat
+    fd = os.open(root / "a", os.O_PATH | os.O_DIRECTORY)
+    try:
+        watches.watch_file(fd, b"b")             # (a race: b taken for a file's last name)
+    finally:
+        os.close(fd)
+    (root / "a" / "b" / "new").write_text("")
+    assert watches.changed()[0] == {1}
+
+
+def test_a_lost_drop_makes_the_stub_forget_everything() -> None:
+    from qrun.remote.metacache import MetaCache
+    m = MetaCache()
+    for n, key in enumerate(("k1", "k2", "k3"), start=1):
+        m.put((key,), {"r": 0, "e": None, "o": {"c": n}})
+    m.drop({"t": "drop", "c": [1], "all": False, "n": 1})
+    assert (m.get(("k1",)), len(m)) == (None, 2)
+    m.drop({"t": "drop", "c": [2], "all": False, "n": 3})    # drop 2 never arrived
+    assert len(m) == 0
+    m.put(("k4",), {"r": 0, "e": None, "o": {"c": 4}})
+    m.replied({"t": "rep", "seq": 5, "dn": 3})              # nothing lost: kept
+    assert len(m) == 1
+    m.replied({"t": "rep", "seq": 6, "dn": 4})              # home sent drop 4; it is not here
+    assert len(m) == 0
+
+
+MOUNTED = """\
+import os, sys, time
+print(os.path.exists("mnt/new"), flush=True)
+sys.stdin.readline()
+deadline = time.monotonic() + 20
+while not os.path.exists("mnt/new") and time.monotonic() < deadline:
+    time.sleep(0.002)
+print(os.path.exists("mnt/new"))
+"""
+
+
+def test_a_filesystem_mounted_at_home_is_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
+    """No inotify event tells of a mount: home watches its mount table instead."""
+    if os.geteuid() != 0:
+        from conftest import skip_or_fail
+        skip_or_fail("mounting a tmpfs needs root")
+    work = tmp_path / "work"
+    (work / "mnt").mkdir(parents=True)
+    (work / "m.py").write_text(MOUNTED)
+    proc = subprocess.Popen([*transparent, PY, "m.py"], cwd=work, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=job_env(tmp_path, work))
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "False\n"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(work / "mnt")], check=True)
+        (work / "mnt" / "new").write_text("")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        subprocess.run(["umount", "-l", str(work / "mnt")], check=False)
+    assert (proc.returncode, out) == (0, "True\n"), err

@@ -278,3 +278,13 @@ def test_only_a_private_unix_socket_goes_without_the_cipher(tmp_path: Path) -> N
     finally:
         for srv in (plain, open_dir, tcp):
             srv.close()
+
+
+def test_without_its_key_gate_the_server_admits_no_one(server: HomeServer, tmp_path: Path) -> None:
+    """libzmq lets any CURVE client in when no ZAP handler answers, unless the socket
+    enforces its ZAP domain: the server's does."""
+    server.auth.stop()
+    intruder = client(server, Keys.fresh())
+    target = tmp_path / "intruder"
+    assert exchange(server, intruder, req(1, "mkdir", [os.fsencode(target), 0o755]), wait=1.0) is None
+    assert not target.exists()
