@@ -45,7 +45,8 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
 
 
 def _data_path(u: dict[str, float]) -> str:
-    """A transparent job's requests to home, calls answered from its metadata cache, bytes
-    fetched from and written back to home, and copies evicted to make room."""
-    keys = ("calls", "cached", "fetched", "written_back", "evicted")
+    """A transparent job's requests to home, calls answered from its metadata cache, opens
+    answered by a kept handle, bytes fetched from and written back to home, and copies
+    evicted to make room."""
+    keys = ("calls", "cached", "reopened", "fetched", "written_back", "evicted")
     return "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in keys if k in u)

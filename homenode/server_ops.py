@@ -58,11 +58,14 @@ class HomeOps:
         checks = schema.OPS.get(op)
         if checks is None:
             raise BadRequest(f"unknown operation {op!r}")
+        if op == "open":  # (the one named operation whose answer may be kept)
+            return self.op_open(*schema.check(op, checks, a), track=track)
         fn = getattr(self, "op_" + op)
         return fn(*schema.check(op, checks, a))  # type: ignore[no-any-return]
 
     def op_open(self, handle: int | None, path: bytes, wflags_: int, mode: int, exec_: bool,
-                known: list[int] | None, resolve: int | None = None) -> Reply:
+                known: list[int] | None, resolve: int | None = None, *,
+                track: Tracker | None = None) -> Reply:
         """Open as the job asked. Read-only regular files (and exec'd ones) come back as data
         for a local copy; everything else stays open here as a handle. Either way the home
         fd is kept, so fstat, locks and metadata calls on the job's fd stay exact."""
@@ -76,6 +79,10 @@ class HomeOps:
         else:
             if resolve is None:  # open(2)'s leniency, which openat2 does not have
                 fl, mode = _lenient(fl, mode)
+            if track is not None and _reusable(fl, exec_, resolve):
+                # (a read-only open the stub may keep for the next identical one: what
+                # its path goes through is watched, as for a cached stat)
+                track(dirfd, path, not fl & os.O_NOFOLLOW)
             fd = self._open_readable(dirfd, path, fl, int(mode), int(resolve or 0))
         try:
             r, e, o = _opened(fd, fl, asked_nonblock, exec_, known)
@@ -246,6 +253,12 @@ def _writable(fd: int, fl: int, st: os.stat_result, real: bytes, known: list[int
     else:
         _content(o, fd, st, known, st.st_size)
     return o
+
+
+def _reusable(fl: int, exec_: bool, resolve: int | None) -> bool:
+    """Whether an open's handle may be kept by the stub for the next identical open."""
+    return (fl & os.O_ACCMODE == os.O_RDONLY and not exec_ and not resolve
+            and not fl & (os.O_CREAT | os.O_TRUNC | O_PATH | O_TMPFILE | os.O_DIRECTORY))
 
 
 def _content(o: dict[str, Any], fd: int, st: os.stat_result, known: list[int] | None, size: int) -> None:

@@ -49,5 +49,6 @@ def exit_status(st: dict[str, Any]) -> dict[str, Any]:
 
 def exit_usage(u: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "calls", "cached",
-                                                        "fetched", "written_back", "evicted")
+                                                        "reopened", "fetched", "written_back",
+                                                        "evicted")
             and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**53}

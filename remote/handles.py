@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from qrun.remote.channel import Rpc
 from qrun.remote.fds import FdSpace
+from qrun.remote.keptopens import KeptOpens
 from qrun.remote.procs import ProcessTable
 from qrun.remote.writeback import LiveFiles
 
 
 class HandleSweeper:
-    def __init__(self, rpc: Rpc, fds: FdSpace, table: ProcessTable, live: LiveFiles) -> None:
+    def __init__(self, rpc: Rpc, fds: FdSpace, table: ProcessTable, live: LiveFiles,
+                 kept: KeptOpens) -> None:
         self.rpc = rpc
         self.fds = fds
         self.table = table
         self.live = live
+        self.kept = kept
         self.open: set[int] = set()      # home handles we installed placeholders or copies for
         self.pending: set[int] = set()   # being installed right now (not in any fd table yet)
         self.deferred = False
@@ -47,6 +50,7 @@ class HandleSweeper:
             if (only is None or h == only) and h not in live and h not in self.pending:
                 self.open.discard(h)
                 self.fds.forget(h)
-                if not self.live.release(h):  # (a live file's write-back handle stays)
+                # (a live file's write-back handle stays, and so does a kept open's)
+                if not self.live.release(h) and not self.kept.keep(h):
                     self.rpc.pending_close.append(h)
         self.live.reap()

@@ -11,6 +11,7 @@ from typing import Any
 from qrun.remote.channel import GoLocal, HomeBusy, Rpc, is_busy
 from qrun.remote.fds import FdSpace
 from qrun.remote.handles import HandleSweeper
+from qrun.remote.keptopens import KeptOpens
 from qrun.remote.metacache import CACHED, MetaCache, key_of
 from qrun.remote.pids import PidMap
 from qrun.remote.procs import ProcessTable
@@ -41,6 +42,7 @@ class Job:
     handles: HandleSweeper
     paths: Resolver
     live: LiveFiles
+    kept: KeptOpens
     warn_sink: Callable[[str], None]
     warned: set[str] = field(default_factory=set)
     fetched: int = 0   # bytes of home files brought into local copies
@@ -48,7 +50,12 @@ class Job:
     meta: MetaCache = field(default_factory=MetaCache)
 
     def __post_init__(self) -> None:
-        self.rpc.on_push = self.meta.drop
+        self.rpc.on_push = self._pushed
+
+    def _pushed(self, msg: dict[str, Any]) -> None:
+        """Home's drop: cached answers go, and kept opens whose answer went are closed."""
+        everything = self.meta.drop(msg)
+        self.rpc.pending_close += self.kept.drop(msg["c"], everything)
 
     @classmethod
     def build(cls, rpc: Rpc, fds: FdSpace, policy: PathPolicy, identity: dict[str, Any], arch: str,
@@ -56,8 +63,9 @@ class Job:
         table = ProcessTable()
         pids = PidMap(rpc, table, debug)
         live = LiveFiles(rpc, fds, table, warn)
-        return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table, live),
-                   Resolver(fds, policy, pids, table), live, warn)
+        kept = KeptOpens()
+        return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table, live, kept),
+                   Resolver(fds, policy, pids, table), live, kept, warn)
 
     def call(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
         """Ask the home node, or answer from the metadata cache what it still holds.
@@ -73,7 +81,8 @@ class Job:
             if hit is not None:
                 return hit
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
-        self.meta.replied(rep)
+        if self.meta.replied(rep):  # (a drop was lost)
+            self.rpc.pending_close += self.kept.drop([], True)
         if key is not None:
             self.meta.put(key, rep)
         if is_busy(rep):

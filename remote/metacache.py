@@ -42,13 +42,15 @@ class MetaCache:
             self.hits += 1
         return rep
 
-    def replied(self, rep: dict[str, Any]) -> None:
+    def replied(self, rep: dict[str, Any]) -> bool:
         """Any reply says how many drops home sent before it: fewer seen means one was
-        lost, and nothing kept can be trusted."""
+        lost, and nothing kept can be trusted. True then (everything was forgotten)."""
         sent = rep.get("dn")
         if isinstance(sent, int) and sent > self.drops_seen:
             self._forget_all()
             self.drops_seen = sent
+            return True
+        return False
 
     def put(self, key: Key, rep: dict[str, Any]) -> None:
         """Keep a reply home numbered for keeping (its "c")."""
@@ -63,19 +65,21 @@ class MetaCache:
         self._answers[key] = rep
         self._keys[number] = key
 
-    def drop(self, msg: dict[str, Any]) -> None:
+    def drop(self, msg: dict[str, Any]) -> bool:
         """Home's "drop": these answers (or, with all, every one) are stale. One that does
-        not follow the last seen means some were lost: then every answer goes."""
+        not follow the last seen means some were lost: then every answer goes. True if
+        every answer went."""
         n = msg["n"]
         gap = n != self.drops_seen + 1
         self.drops_seen = max(self.drops_seen, n)
         if msg["all"] or gap:
             self._forget_all()
-            return
+            return True
         for number in msg["c"]:
             key = self._keys.pop(number, None) if isinstance(number, int) else None
             if key is not None:
                 self._answers.pop(key, None)
+        return False
 
     def _forget_all(self) -> None:
         self._answers.clear()

@@ -193,6 +193,19 @@ os.unlink("hard"); show("hard", "d2/x")
 before = os.stat("d2").st_mtime_ns
 os.mkdir("d2/sub")
 print("directory time moved:", os.stat("d2").st_mtime_ns != before, os.stat("d2").st_nlink)
+def content(p):
+    with open(p) as f:
+        return f.read()
+with open("r", "w") as f:
+    f.write("first")
+print([content("r") for _ in range(3)])
+with open("r", "w") as w:
+    w.write("second")
+    w.flush()
+    print(content("r"))          # the job's own write, not yet at home: seen
+print(content("r"))
+os.rename("d2/x", "r")
+print(content("r"), [content("r") for _ in range(2)])
 """
 
 
@@ -294,3 +307,77 @@ def test_a_filesystem_mounted_at_home_is_seen_at_once(transparent: list[str], tm
         proc.kill()
         subprocess.run(["umount", "-l", str(work / "mnt")], check=False)
     assert (proc.returncode, out) == (0, "True\n"), err
+
+
+REOPENER = """\
+import os, sys, time
+
+def content():
+    with open("f", "rb") as fh:
+        return fh.read().decode()
+
+for step in ("rewritten", "replaced", "appended"):
+    old = [content() for _ in range(50)][-1]   # opened again and again: by a kept handle
+    print("ready", step, flush=True)
+    sys.stdin.readline()
+    deadline = time.monotonic() + 20
+    while content() == old and time.monotonic() < deadline:
+        time.sleep(0.002)
+    print(step, content(), flush=True)
+"""
+
+
+def _change_file(work: Path, what: str) -> None:
+    f = work / "f"
+    if what == "rewritten":          # in place, same size: only the file's own watch hears it
+        with open(f, "r+") as fh:
+            fh.write("NEW1")
+    elif what == "replaced":         # another file renamed over it
+        (work / "f.tmp").write_text("REPLACED")
+        os.rename(work / "f.tmp", f)
+    else:
+        with open(f, "a") as fh:
+            fh.write("+more")
+
+
+def test_a_kept_open_never_shows_an_old_file(transparent: list[str], tmp_path: Path) -> None:
+    """Read-only opens reuse the handle of an identical earlier open (remote/keptopens.py);
+    a change at home makes the next open see the new content."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "f").write_text("OLD1")
+    (work / "o.py").write_text(REOPENER)
+    cmd = [transparent[0], "-v", *transparent[1:], PY, "o.py"]
+    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = []
+    try:
+        for _ in range(3):
+            line = proc.stdout.readline()
+            assert line.startswith("ready "), line + (proc.stderr.read() if proc.stderr else "")
+            _change_file(work, line.split()[1])
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            seen.append(proc.stdout.readline().strip())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert seen == ["rewritten NEW1", "replaced REPLACED", "appended REPLACED+more"], err
+    reopened = re.search(r"reopened=(\d+)", err)
+    assert reopened is not None and int(reopened.group(1)) >= 3 * 40, err
+
+
+def test_kept_opens_are_closed_when_their_answer_is_dropped_and_never_kept_after_a_lock() -> None:
+    from qrun.remote.keptopens import KeptOpens
+    k = KeptOpens()
+    k.candidate(5, ("open", "a"), 11, "/h/a", "va")
+    k.candidate(6, ("open", "b"), 12, "/h/b", "vb")
+    k.candidate(7, ("open", "c"), 13, "/h/c", "vc")
+    k.changed(7)                                    # flock'ed: its description is not fresh
+    assert [k.keep(h) for h in (5, 6, 7)] == [True, True, False]
+    assert k.take(("open", "a")) == (5, "/h/a", "va") and k.take(("open", "a")) is None
+    assert k.drop([11, 12], everything=False) == [6]   # 6 was kept: close it; 5 is in use
+    assert not k.keep(5)                            # its answer went: closed when let go
+    k.candidate(8, ("open", "d"), 14, "/h/d", "vd")
+    assert k.keep(8) and k.drop([], everything=True) == [8] and len(k) == 0

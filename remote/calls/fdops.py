@@ -66,6 +66,8 @@ def h_fcntl(s: Stop, job: Job) -> None:
 
 def _file_flags(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
     arg = wflags.open_to_wire(s.arch, s.arg(2) & 0xFFFFFFFF)
+    if cmd != abi.F_GETFL:
+        job.kept.changed(ref)   # (F_SETFL: a new open would not have these flags)
     rep = job.call(s.t, "fcntl", [ref, cmd, arg])
     if rep["e"]:
         s.skip(-errno_of(rep["e"]))
@@ -80,6 +82,7 @@ def _record_lock(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
     if lay.unpack(bytes(lock))["type"] == abi.F_UNLCK and ref is not None:
         job.live.write_back(ref)  # the next holder sees what was written under the lock
     lock[lay.offset("pid"):lay.offset("pid") + 4] = b"\0" * 4  # OFD locks want l_pid 0
+    job.kept.changed(ref)   # (its locks would go with a kept handle)
     rep = job.call(s.t, "fcntl_lock", [ref, HOME_LOCK_CMD.get(cmd, cmd), bytes(lock)])
     if rep["e"] in ("EAGAIN", "EACCES") and cmd in WAITING_LOCKS:
         park(s)
@@ -100,6 +103,7 @@ def h_flock(s: Stop, job: Job) -> None:
     op = s.sarg(1)
     if op & abi.LOCK_UN and ref is not None:
         job.live.write_back(ref)  # (as NFS flushes at unlock)
+    job.kept.changed(ref)
     rep = job.call(s.t, "flock", [ref, op | abi.LOCK_NB])
     if rep["e"] == "EAGAIN" and not op & abi.LOCK_NB:
         park(s)

@@ -64,6 +64,9 @@ def _open(s: Stop, job: Job, pi: int, fl: int, mode: int, resolve: int | None) -
 def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
               resolve: int | None = None) -> str | None:
     """Open at home; install a copy or a placeholder fd, or (exec_) return the copy's path."""
+    key = ("open", tg.wire_dirfd(), tg.wire_path() or b"", fl, mode, resolve)
+    if not exec_ and _reopened(s, job, key, fl):
+        return None
     known = None
     if tg.handle is None and tg.path is not None:
         v = job.fds.cached.get(normalize(tg.path))
@@ -83,7 +86,30 @@ def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
     if o.get("kind") == "placeholder":
         _placeholder(s, job, h, home_path, fl, exec_, bool(o.get("dir")))
         return None
-    return _copy(s, job, h, home_path, o, fl, exec_)
+    local = _copy(s, job, h, home_path, o, fl, exec_)
+    if not exec_ and not o.get("writable"):
+        job.kept.candidate(h, key, o.get("c"), home_path, Validator.of_wire_stat(o["stat"]))
+    return local
+
+
+def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
+    """The open answered by a handle kept from an identical earlier one (keptopens.py),
+    with its copy still cached and no live file of it here; False if there is none."""
+    if fl & O_ACCMODE != os.O_RDONLY or fl & (O_CREAT | O_TRUNC | O_PATH):
+        return False
+    job.live.sync_changed()
+    job.rpc.take_pushes()   # (drops that arrived close kept handles first)
+    got = job.kept.take(key)
+    if got is None:
+        return False
+    h, home_path, v = got
+    cache = job.fds.fresh_copy(home_path, v) if job.live.find(v) is None else None
+    if cache is None:
+        job.kept.changed(h)
+        job.rpc.pending_close.append(h)
+        return False
+    _install_copy(s, job, h, cache, home_path, fl, writable=False)
+    return True
 
 
 def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool, directory: bool) -> None:
