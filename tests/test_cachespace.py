@@ -60,7 +60,7 @@ def test_a_cache_limit_is_kept_by_evicting_copies_no_process_has_open(transparen
     _data(work)
     env = job_env(tmp_path, work)
     expected = _native(work, env)
-    cache = f"/tmp/qrun-test-cache-{os.getpid()}"
+    cache = str(tmp_path / "cache")   # (on a namespace host, made in its own /tmp)
     cmd = [transparent[0], "-v", "--cache-limit", "3M", "--cache-dir", cache, *transparent[1:], PY, "r.py"]
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120, env=env)
     assert (r.returncode, r.stdout) == (0, expected), r.stderr

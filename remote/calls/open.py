@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from qrun.remote.fds import Validator
 from qrun.remote.forwarding import run_local
 from qrun.remote.job import Job, errno_of
+from qrun.remote.metacache import key_of
 from qrun.remote.resolver import Target, dirfd_of, path_index
 from qrun.remote.stop import Stop
 from qrun.remote.tracee import Thread
@@ -64,7 +65,7 @@ def _open(s: Stop, job: Job, pi: int, fl: int, mode: int, resolve: int | None) -
 def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
               resolve: int | None = None) -> str | None:
     """Open at home; install a copy or a placeholder fd, or (exec_) return the copy's path."""
-    key = ("open", tg.wire_dirfd(), tg.wire_path() or b"", fl, mode, resolve)
+    key = key_of("open", [tg.wire_dirfd(), tg.wire_path() or b"", fl, mode, resolve])
     if not exec_ and _reopened(s, job, key, fl):
         return None
     known = None
