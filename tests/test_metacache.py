@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,30 @@ for what, probe in steps:
 """
 
 
+def _changed_under_the_job(transparent: list[str], tmp_path: Path, work: Path, script: str,
+                           change: Callable[[Path, str], None], steps: int) -> tuple[list[str], str]:
+    """Run `script` under `qrun -v`; at each "ready STEP" line it prints, make that change
+    at home and let it go on. What it printed after each change, and qrun's stderr."""
+    (work / "job.py").write_text(script)
+    cmd = [transparent[0], "-v", *transparent[1:], PY, "job.py"]
+    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = []
+    try:
+        for _ in range(steps):
+            line = proc.stdout.readline()
+            assert line.startswith("ready "), line + (proc.stderr.read() if proc.stderr else "")
+            change(work, line.split()[1])
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            seen.append(proc.stdout.readline().strip())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return seen, err
+
+
 def _change_home(work: Path, what: str) -> None:
     if what == "mode":
         os.chmod(work / "f", 0o640)
@@ -140,23 +165,7 @@ def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transpa
     (work / "b.txt").write_text("bbbb")
     (work / "gone").write_text("")
     os.symlink("a.txt", work / "ln")
-    (work / "w.py").write_text(WATCHER)
-    cmd = [transparent[0], "-v", *transparent[1:], PY, "w.py"]
-    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
-    assert proc.stdin is not None and proc.stdout is not None
-    seen = []
-    try:
-        for _ in range(6):
-            line = proc.stdout.readline()
-            assert line.startswith("ready "), line + (proc.stderr.read() if proc.stderr else "")
-            _change_home(work, line.split()[1])
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-            seen.append(proc.stdout.readline().strip())
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    seen, err = _changed_under_the_job(transparent, tmp_path, work, WATCHER, _change_home, 6)
     assert seen == ["mode seen: 0o640", "created seen: True", "retargeted seen: ('b.txt', 4)",
                     "renamed seen: False", "grown seen: 5", "removed seen: False"], err
     cached = re.search(r"cached=(\d+)", err)
@@ -346,23 +355,7 @@ def test_a_kept_open_never_shows_an_old_file(transparent: list[str], tmp_path: P
     work = tmp_path / "work"
     work.mkdir()
     (work / "f").write_text("OLD1")
-    (work / "o.py").write_text(REOPENER)
-    cmd = [transparent[0], "-v", *transparent[1:], PY, "o.py"]
-    proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
-    assert proc.stdin is not None and proc.stdout is not None
-    seen = []
-    try:
-        for _ in range(3):
-            line = proc.stdout.readline()
-            assert line.startswith("ready "), line + (proc.stderr.read() if proc.stderr else "")
-            _change_file(work, line.split()[1])
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-            seen.append(proc.stdout.readline().strip())
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    seen, err = _changed_under_the_job(transparent, tmp_path, work, REOPENER, _change_file, 3)
     assert seen == ["rewritten NEW1", "replaced REPLACED", "appended REPLACED+more"], err
     reopened = re.search(r"reopened=(\d+)", err)
     assert reopened is not None and int(reopened.group(1)) >= 3 * 40, err
