@@ -122,6 +122,7 @@ class HomeServer:
         self.last_reply: bytes | None = None
         # What the stub's kept answers depend on (nothing is kept with home roots).
         self.answers = Answers(enabled=not self.roots)
+        self.open_answers: dict[int, int] = {}   # handle -> the kept answer of its open
         self.rpc_ident: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.control = ControlChannel(self.sock)
@@ -263,9 +264,15 @@ class HomeServer:
         track, tracked = self.answers.tracker(seq)
         r, e, o = self._answer(msg, track)
         # What changed while the call ran is dropped before its reply leaves, and the
-        # answer itself is kept only if nothing it depends on changed meanwhile.
-        for drop in self.answers.settle(seq, tracked, e, o):
+        # answer itself is kept only if nothing it depends on changed meanwhile. An open's
+        # is kept only for a read-only copy, the one kind the stub may reuse, and only as
+        # long as its handle is open here.
+        is_open = msg["op"] == "open"
+        keepable = not is_open or (e is None and o.get("kind") == "copy" and not o.get("writable"))
+        for drop in self.answers.settle(seq, tracked, e, o, keepable):
             self.sock.send_multipart([ident, drop])
+        if is_open and "c" in o:
+            self.open_answers[o["handle"]] = seq
         reply = wire.encode("rep", seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
         self.last_seq, self.last_reply = seq, reply
         self.sock.send_multipart([ident, reply])
@@ -285,6 +292,7 @@ class HomeServer:
         try:
             for h in schema.each("close", schema.HANDLE, msg.get("close", [])):
                 self.handles.close(h)
+                self.answers.forget(self.open_answers.pop(h, None))
             for hp in schema.each("retire", schema.I32, msg.get("retire", [])):
                 self.deputies.retire(hp)
             schema.integer(0, 0o777, "umask")(msg["umask"])

@@ -53,19 +53,25 @@ class Answers:
             tracked.append(watches.track(seq, start, path, follow))
         return track, tracked
 
-    def settle(self, seq: int, tracked: list[bool], e: str | None, o: dict[str, Any]) -> list[bytes]:
+    def settle(self, seq: int, tracked: list[bool], e: str | None, o: dict[str, Any],
+               keepable: bool = True) -> list[bytes]:
         """After request `seq` ran: mark its answer kept (o["c"]) if it may be, and the drops
         for what changed meanwhile, to send before its reply."""
         if self.watches is None:
             return []
         stale, everything = self.watches.changed()
-        keep = (tracked and all(tracked) and seq not in stale and not everything
+        keep = (keepable and tracked and all(tracked) and seq not in stale and not everything
                 and (e is None or e in STABLE_ERRORS) and not {"local", "busy"} & o.keys())
         if keep:
             o["c"] = seq
         else:
             self.watches.forget(seq)
         return self._drops(stale - {seq}, everything)
+
+    def forget(self, answer: int | None) -> None:
+        """An answer the stub no longer holds (a kept open's handle closed)."""
+        if answer is not None and self.watches is not None:
+            self.watches.forget(answer)
 
     def changed(self, mounts: bool = False) -> list[bytes]:
         """Drops for changes seen while no request runs; `mounts`: the mount table moved,

@@ -90,6 +90,8 @@ class Rpc:
         self.pending_close: list[int] = []
         # Messages home sends unasked on this connection (the metadata cache's drops).
         self.on_push: Callable[[dict[str, Any]], None] = lambda msg: None
+        # Every reply, whoever asked (the metadata cache counts the drops it says went first).
+        self.on_reply: Callable[[dict[str, Any]], None] = lambda msg: None
 
     def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
         self.seq += 1
@@ -129,6 +131,7 @@ class Rpc:
                 if self.sock.poll(int(left * 1000) + 1):
                     msg = wire.decode(self.sock.recv())
                     if msg["t"] == "rep" and msg["seq"] == self.seq:
+                        self.on_reply(msg)
                         return msg
                     if msg["t"] == "error":
                         raise HomeLost(msg["msg"])

@@ -51,6 +51,12 @@ class HandleSweeper:
                 self.open.discard(h)
                 self.fds.forget(h)
                 # (a live file's write-back handle stays, and so does a kept open's)
-                if not self.live.release(h) and not self.kept.keep(h):
+                if not self.live.release(h) and not self._kept(h):
                     self.rpc.pending_close.append(h)
         self.live.reap()
+
+    def _kept(self, h: int) -> bool:
+        kept, evicted = self.kept.keep(h)
+        if evicted is not None:
+            self.rpc.pending_close.append(evicted)
+        return kept

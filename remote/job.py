@@ -51,6 +51,11 @@ class Job:
 
     def __post_init__(self) -> None:
         self.rpc.on_push = self._pushed
+        self.rpc.on_reply = self._replied
+
+    def _replied(self, rep: dict[str, Any]) -> None:
+        if self.meta.replied(rep):  # (a drop was lost: nothing kept can be trusted)
+            self.rpc.pending_close += self.kept.drop([], True)
 
     def _pushed(self, msg: dict[str, Any]) -> None:
         """Home's drop: cached answers go, and kept opens whose answer went are closed."""
@@ -81,8 +86,6 @@ class Job:
             if hit is not None:
                 return hit
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)
-        if self.meta.replied(rep):  # (a drop was lost)
-            self.rpc.pending_close += self.kept.drop([], True)
         if key is not None:
             self.meta.put(key, rep)
         if is_busy(rep):

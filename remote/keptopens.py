@@ -17,6 +17,7 @@ is never kept: a new open would not have that.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 MAX_KEPT = 256   # home fds held for reuse (each is one fd at home)
@@ -28,7 +29,8 @@ class KeptOpens:
     def __init__(self) -> None:
         # Handles in use that may be kept once let go: handle -> the open's key
         self._candidates: dict[int, Key] = {}
-        self._kept: dict[Key, int] = {}      # let go, open at home: key -> handle
+        # let go, open at home: key -> handle, least recently kept first
+        self._kept: OrderedDict[Key, int] = OrderedDict()
         self._answer_of: dict[int, int] = {}  # handle -> the answer home tracks it by
         self._copy_of: dict[int, tuple[str, Any]] = {}  # handle -> (home path, Validator)
         self.reused = 0
@@ -53,14 +55,19 @@ class KeptOpens:
         self._answer_of.pop(handle, None)
         self._copy_of.pop(handle, None)
 
-    def keep(self, handle: int) -> bool:
-        """The job let go of `handle`: True if it stays open at home for reuse."""
+    def keep(self, handle: int) -> tuple[bool, int | None]:
+        """The job let go of `handle`: whether it stays open at home for reuse, and a
+        kept handle to close at home to make room for it (the least recently kept)."""
         key = self._candidates.pop(handle, None)
-        if key is None or key in self._kept or len(self._kept) >= MAX_KEPT:
+        if key is None or key in self._kept:
             self._forget(handle)
-            return False
+            return False, None
+        evicted = None
+        if len(self._kept) >= MAX_KEPT:
+            _, evicted = self._kept.popitem(last=False)
+            self._forget(evicted)
         self._kept[key] = handle
-        return True
+        return True, evicted
 
     def take(self, key: Key) -> tuple[int, str, Any] | None:
         """A kept handle for an open with this key (it is the caller's then, a candidate
@@ -68,7 +75,6 @@ class KeptOpens:
         handle = self._kept.pop(key, None)
         if handle is None:
             return None
-        self.reused += 1
         self._candidates[handle] = key
         return (handle, *self._copy_of[handle])
 

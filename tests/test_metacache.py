@@ -368,9 +368,19 @@ def test_kept_opens_are_closed_when_their_answer_is_dropped_and_never_kept_after
     k.candidate(6, ("open", "b"), 12, "/h/b", "vb")
     k.candidate(7, ("open", "c"), 13, "/h/c", "vc")
     k.changed(7)                                    # flock'ed: its description is not fresh
-    assert [k.keep(h) for h in (5, 6, 7)] == [True, True, False]
+    assert [k.keep(h) for h in (5, 6, 7)] == [(True, None), (True, None), (False, None)]
     assert k.take(("open", "a")) == (5, "/h/a", "va") and k.take(("open", "a")) is None
     assert k.drop([11, 12], everything=False) == [6]   # 6 was kept: close it; 5 is in use
-    assert not k.keep(5)                            # its answer went: closed when let go
+    assert k.keep(5) == (False, None)               # its answer went: closed when let go
     k.candidate(8, ("open", "d"), 14, "/h/d", "vd")
-    assert k.keep(8) and k.drop([], everything=True) == [8] and len(k) == 0
+    assert k.keep(8) == (True, None) and k.drop([], everything=True) == [8] and len(k) == 0
+
+
+def test_kept_opens_make_room_by_closing_the_least_recently_kept() -> None:
+    from qrun.remote.keptopens import MAX_KEPT, KeptOpens
+    k = KeptOpens()
+    for h in range(MAX_KEPT + 1):
+        k.candidate(h, ("open", h), 1000 + h, f"/h/{h}", h)
+    assert all(k.keep(h) == (True, None) for h in range(MAX_KEPT))
+    assert k.keep(MAX_KEPT) == (True, 0) and len(k) == MAX_KEPT
+    assert k.take(("open", 0)) is None and k.take(("open", MAX_KEPT)) is not None

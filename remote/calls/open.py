@@ -65,7 +65,9 @@ def _open(s: Stop, job: Job, pi: int, fl: int, mode: int, resolve: int | None) -
 def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
               resolve: int | None = None) -> str | None:
     """Open at home; install a copy or a placeholder fd, or (exec_) return the copy's path."""
-    key = key_of("open", [tg.wire_dirfd(), tg.wire_path() or b"", fl, mode, resolve])
+    # (close-on-exec is the local fd's business, and the mode means nothing without O_CREAT)
+    key = key_of("open", [tg.wire_dirfd(), tg.wire_path() or b"", fl & ~O_CLOEXEC,
+                          mode if fl & O_CREAT else 0, resolve])
     if not exec_ and _reopened(s, job, key, fl):
         return None
     known = None
@@ -87,10 +89,14 @@ def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
     if o.get("kind") == "placeholder":
         _placeholder(s, job, h, home_path, fl, exec_, bool(o.get("dir")))
         return None
-    local = _copy(s, job, h, home_path, o, fl, exec_)
     if not exec_ and not o.get("writable"):
+        # (before the fetch: a drop that comes while it runs must find the candidate)
         job.kept.candidate(h, key, o.get("c"), home_path, Validator.of_wire_stat(o["stat"]))
-    return local
+    try:
+        return _copy(s, job, h, home_path, o, fl, exec_)
+    except BaseException:
+        job.kept.changed(h)
+        raise
 
 
 def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
@@ -107,11 +113,15 @@ def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
         return False
     h, home_path, v = got
     cache = job.fds.fresh_copy(home_path, v) if job.live.find(v) is None else None
-    if cache is None:
+    try:
+        if cache is None:
+            raise FileNotFoundError(home_path)  # (evicted, or written here: go home)
+        _install_copy(s, job, h, cache, home_path, fl, writable=False)
+    except OSError:
         job.kept.changed(h)
         job.rpc.pending_close.append(h)
         return False
-    _install_copy(s, job, h, cache, home_path, fl, writable=False)
+    job.kept.reused += 1
     return True
 
 
