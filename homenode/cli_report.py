@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from qrun.homenode import exitcodes
-from qrun.homenode.server_outcome import Outcome
+
+if TYPE_CHECKING:  # (imported late: the home server's modules load while the stub starts)
+    from qrun.homenode.server_outcome import Outcome
 
 
 def fail(msg: str, code: int) -> int:

@@ -14,7 +14,6 @@ from qrun.homenode import config, exitcodes, launchers, terminal
 from qrun.homenode.cli_options import JobSettings
 from qrun.homenode.cli_report import fail, report
 from qrun.homenode.identity import snapshot
-from qrun.homenode.server_outcome import JobFailed
 from qrun.syscalls.paths import PathPolicy
 
 if TYPE_CHECKING:
@@ -65,6 +64,7 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
                                 stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
+    from qrun.homenode.server_outcome import JobFailed  # (late, as the server: see above)
     server = _server(job, launch, welcome, timeout, roots, output, trace_file)
     if isinstance(server, int):
         _stop(proc)
