@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-MAX_KEPT = 256   # home fds held for reuse (each is one fd at home)
+from qrun.remote.metacache import Key
 
-Key = tuple[Any, ...]
+MAX_KEPT = 256   # home fds held for reuse (each is one fd at home)
 
 
 class KeptOpens:
