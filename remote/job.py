@@ -79,9 +79,7 @@ class Job:
         if op != "fetch":
             self.live.sync_changed()  # home never shows the job less than it has written
         key = key_of(op, args) if op in CACHED else None
-        # (not while handles wait to be closed at home: their locks must go now)
-        if key is not None and not self.rpc.pending_close and not self.rpc.pending_retire:
-            self.rpc.take_pushes()
+        if key is not None and self.answerable_here():
             hit = self.meta.get(key)
             if hit is not None:
                 return hit
@@ -94,6 +92,15 @@ class Job:
         if isinstance(local, list) and len(local) == 2 and isinstance(local[1], str):
             raise GoLocal(int(local[0]), local[1])
         return rep
+
+    def answerable_here(self) -> bool:
+        """Whether the stub may answer a call itself (from the metadata cache, or with a
+        kept handle): not while handles wait to be closed at home, as their locks must go
+        now, and only once home's drops that have arrived are applied."""
+        if self.rpc.pending_close or self.rpc.pending_retire:
+            return False
+        self.rpc.take_pushes()
+        return True
 
     def fetch(self, t: Thread, handle: int, size: int, start: int = 0) -> Iterator[bytes]:
         """A home file's data from `start` on, in chunks, to be streamed into a local copy

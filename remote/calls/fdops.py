@@ -65,9 +65,8 @@ def h_fcntl(s: Stop, job: Job) -> None:
 
 
 def _file_flags(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
+    # (ref is a placeholder's handle, never kept: copies' flags change here, locally)
     arg = wflags.open_to_wire(s.arch, s.arg(2) & 0xFFFFFFFF)
-    if cmd != abi.F_GETFL:
-        job.kept.changed(ref)   # (F_SETFL: a new open would not have these flags)
     rep = job.call(s.t, "fcntl", [ref, cmd, arg])
     if rep["e"]:
         s.skip(-errno_of(rep["e"]))

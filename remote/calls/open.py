@@ -104,10 +104,9 @@ def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
     with its copy still cached and no live file of it here; False if there is none."""
     if fl & O_ACCMODE != os.O_RDONLY or fl & (O_CREAT | O_TRUNC | O_PATH):
         return False
-    if job.rpc.pending_close or job.rpc.pending_retire:
-        return False  # (handles to close at home, and their locks, go with the next request)
     job.live.sync_changed()
-    job.rpc.take_pushes()   # (drops that arrived close kept handles first)
+    if not job.answerable_here():   # (drops that arrived close kept handles first)
+        return False
     got = job.kept.take(key)
     if got is None:
         return False
