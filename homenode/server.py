@@ -119,7 +119,7 @@ class HomeServer:
         self.progress = Progress(enabled=False if self.welcome["options"].get("pty") else None)
         self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots, self.progress)
         self.last_seq = 0
-        self.last_reply: bytes | None = None
+        self.last_reply: list[bytes] | None = None   # (its frames: see _reply_frames)
         # What the stub's kept answers depend on (nothing is kept with home roots).
         self.answers = Answers(enabled=not self.roots)
         self.open_answers: dict[int, int] = {}   # handle -> the kept answer of its open
@@ -255,7 +255,7 @@ class HomeServer:
         refused without running."""
         seq = msg["seq"]
         if seq == self.last_seq and self.last_reply is not None:
-            self.sock.send_multipart([ident, self.last_reply])  # a resend: never run twice
+            self.sock.send_multipart([ident, *self.last_reply], copy=False)  # a resend: never run twice
             return
         if seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
@@ -273,9 +273,16 @@ class HomeServer:
             self.sock.send_multipart([ident, drop])
         if is_open and "c" in o:
             self.open_answers[o["handle"]] = seq
-        reply = wire.encode("rep", seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
+        reply = self._reply_frames(msg["op"], seq, r, e, o)
         self.last_seq, self.last_reply = seq, reply
-        self.sock.send_multipart([ident, reply])
+        self.sock.send_multipart([ident, *reply], copy=False)
+
+    def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> list[bytes]:
+        """A reply's frames. A fetch's data travels as a frame of its own after the map,
+        never packed into it, so neither end copies it in Python (wire.DATA_FRAME_OPS)."""
+        data = o.pop("data", None) if op in wire.DATA_FRAME_OPS else None
+        head = wire.encode("rep", seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
+        return [head] if data is None else [head, data]
 
     def push_drops(self, mounts: bool = False) -> None:
         """Changes at home while the stub is not asking: its stale answers go at once."""

@@ -108,7 +108,7 @@ class Rpc:
         # (EVENTS, not poll(): a poll costs a Poller, ten times the check itself)
         while int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
             try:
-                msg = wire.decode(self.sock.recv())
+                msg = wire.decode_frames(self.sock.recv_multipart(copy=False))
             except wire.ProtocolError:
                 continue
             if msg["t"] == "drop":
@@ -129,7 +129,7 @@ class Rpc:
                 if left <= 0:
                     break
                 if self.sock.poll(int(left * 1000) + 1):
-                    msg = wire.decode(self.sock.recv())
+                    msg = wire.decode_frames(self.sock.recv_multipart(copy=False))
                     if msg["t"] == "rep" and msg["seq"] == self.seq:
                         self.on_reply(msg)
                         return msg

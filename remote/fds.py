@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from qrun.remote.cachespace import CacheSpace
 from qrun.syscalls import structs
 
+# Home data as it arrives: a fetched chunk is a view of its ZeroMQ frame, never copied.
+Chunk = bytes | memoryview
+
 LOCAL, HOME, COPY = "local", "home", "copy"
 
 
@@ -139,7 +142,7 @@ class FdSpace:
         return None
 
     def store_copy(self, home_path: str, v: Validator, atime_ns: int,
-                   chunks: Iterable[bytes]) -> str:
+                   chunks: Iterable[Chunk]) -> str:
         path = self.copy_path(home_path)
         self.cached.pop(home_path, None)
         self.space.forget(path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qrun.remote.channel import GoLocal, HomeBusy, Rpc, is_busy
-from qrun.remote.fds import FdSpace
+from qrun.remote.fds import Chunk, FdSpace
 from qrun.remote.handles import HandleSweeper
 from qrun.remote.keptopens import KeptOpens
 from qrun.remote.metacache import CACHED, MetaCache, key_of
@@ -102,7 +102,7 @@ class Job:
         self.rpc.take_pushes()
         return True
 
-    def fetch(self, t: Thread, handle: int, size: int, start: int = 0) -> Iterator[bytes]:
+    def fetch(self, t: Thread, handle: int, size: int, start: int = 0) -> Iterator[Chunk]:
         """A home file's data from `start` on, in chunks, to be streamed into a local copy
         as they arrive (a large file never sits whole in the stub's memory)."""
         off, end = start, start + size

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qrun.remote.channel import Rpc, is_busy
-from qrun.remote.fds import FdSpace, Validator
+from qrun.remote.fds import Chunk, FdSpace, Validator
 from qrun.remote.procs import ProcessTable
 
 BLOCK = 256 << 10        # the unit of change detection
@@ -68,7 +68,7 @@ class LiveFile:
     error: str | None = None          # the last failed write-back's errno name
 
 
-Fetch = Callable[[int, int], Iterable[bytes]]   # (offset, size) -> home's data
+Fetch = Callable[[int, int], Iterable[Chunk]]   # (offset, size) -> home's data
 
 
 class LiveFiles:

