@@ -119,7 +119,8 @@ class HomeServer:
         self.progress = Progress(enabled=False if self.welcome["options"].get("pty") else None)
         self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots, self.progress)
         self.last_seq = 0
-        self.last_reply: list[bytes] | None = None   # (its frames: see _reply_frames)
+        # The last wire.REPLY_WINDOW replies by seq, oldest first (their frames: _reply_frames).
+        self.replies: dict[int, list[bytes]] = {}
         # What the stub's kept answers depend on (nothing is kept with home roots).
         self.answers = Answers(enabled=not self.roots)
         self.open_answers: dict[int, int] = {}   # handle -> the kept answer of its open
@@ -250,12 +251,13 @@ class HomeServer:
         self._send(ident, "welcome", **self.welcome)
 
     def _request(self, ident: bytes, msg: dict[str, Any]) -> None:
-        """Exactly once: the stub has one request in flight and numbers them 1, 2, ...; a
-        resend of the last one is answered from the cache, anything else out of order is
-        refused without running."""
+        """Exactly once: the stub numbers its requests 1, 2, ... and has at most
+        wire.REPLY_WINDOW in flight; a resend of one of those is answered from the cache,
+        anything else out of order is refused without running."""
         seq = msg["seq"]
-        if seq == self.last_seq and self.last_reply is not None:
-            self.sock.send_multipart([ident, *self.last_reply], copy=False)  # a resend: never run twice
+        cached = self.replies.get(seq)
+        if cached is not None:
+            self.sock.send_multipart([ident, *cached], copy=False)  # a resend: never run twice
             return
         if seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
@@ -274,7 +276,8 @@ class HomeServer:
         if is_open and "c" in o:
             self.open_answers[o["handle"]] = seq
         reply = self._reply_frames(msg["op"], seq, r, e, o)
-        self.last_seq, self.last_reply = seq, reply
+        self.last_seq, self.replies[seq] = seq, reply
+        self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
 
     def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> list[bytes]:

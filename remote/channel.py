@@ -1,15 +1,16 @@
 """The stub's two CURVE-encrypted DEALER connections to the home node.
 
-`Rpc` carries syscall requests from the tracer thread, one in flight at a time, and
-resends on silence; the home node answers a resend from its reply cache, so a request
-never executes twice. `Control` (used by the I/O thread) carries stdio, signals and
-heartbeats. ZeroMQ sockets are not thread-safe, hence one socket per thread.
+`Rpc` carries syscall requests from the tracer thread, one in flight at a time (a run of
+fetches: up to wire.REPLY_WINDOW), and resends on silence; the home node answers a resend
+from its reply cache, so a request never executes twice. `Control` (used by the I/O
+thread) carries stdio, signals and heartbeats. ZeroMQ sockets are not thread-safe, hence
+one socket per thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,13 +96,39 @@ class Rpc:
 
     def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
         self.seq += 1
+        flight = {self.seq: self._frame(op, args, tid, umask)}
+        self._send_all(flight)
+        return self._wait_for(self.seq, flight, {})
+
+    def pipeline(self, op: str, argss: Iterable[list[Any]], tid: int = 0, umask: int = 0o022,
+                 depth: int = wire.REPLY_WINDOW) -> Iterator[dict[str, Any]]:
+        """The replies to a run of requests, in order, with up to `depth` in flight so that
+        home works on the next while this end uses the last (home keeps that many replies,
+        so a resend is still answered from its cache). The consumer may stop early: the
+        replies still coming are then ignored, as late duplicates are."""
+        todo = iter(argss)
+        flight: dict[int, bytes] = {}   # seq -> request, oldest first
+        got: dict[int, dict[str, Any]] = {}
+        while True:
+            fresh: dict[int, bytes] = {}
+            while len(flight) < min(depth, wire.REPLY_WINDOW) and (args := next(todo, None)) is not None:
+                self.seq += 1
+                fresh[self.seq] = flight[self.seq] = self._frame(op, args, tid, umask)
+            self._send_all(fresh)
+            if not flight:
+                return
+            first = next(iter(flight))
+            rep = self._wait_for(first, flight, got)
+            del flight[first]
+            yield rep
+
+    def _frame(self, op: str, args: list[Any], tid: int, umask: int) -> bytes:
         extra: dict[str, Any] = {}
         if self.pending_retire:
             extra["retire"], self.pending_retire = self.pending_retire, []
         if self.pending_close:
             extra["close"], self.pending_close = self.pending_close, []
-        frame = wire.encode("req", seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
-        return self._exchange(frame)
+        return wire.encode("req", seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
 
     def take_pushes(self) -> None:
         """Handle what home sent unasked and has arrived (no request is in flight)."""
@@ -116,27 +143,39 @@ class Rpc:
             elif msg["t"] == "error":
                 raise HomeLost(msg["msg"])
 
-    def _exchange(self, frame: bytes) -> dict[str, Any]:
-        deadline = time.monotonic() + self.timeout
-        while True:
+    def _send_all(self, flight: dict[int, bytes]) -> None:
+        for frame in flight.values():
             try:
                 self.sock.send(frame, copy=False)
             except zmq.Again:
-                pass  # not connected right now: wait and resend, up to the deadline
+                return  # not connected right now: the silence timer resends, up to the deadline
+
+    def _wait_for(self, want: int, flight: dict[int, bytes],
+                  got: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """Home's reply to request `want`, keeping in `got` the replies to the others in
+        flight as they come; on silence the whole flight is sent again."""
+        deadline = time.monotonic() + self.timeout
+        while True:
             wait_until = min(deadline, time.monotonic() + self.resend_after)
-            while True:
+            while want not in got:
                 left = wait_until - time.monotonic()
                 if left <= 0:
                     break
                 if self.sock.poll(int(left * 1000) + 1):
-                    msg = wire.decode_frames(self.sock.recv_multipart(copy=False))
-                    if msg["t"] == "rep" and msg["seq"] == self.seq:
-                        self.on_reply(msg)
-                        return msg
-                    if msg["t"] == "error":
-                        raise HomeLost(msg["msg"])
-                    if msg["t"] == "drop":
-                        self.on_push(msg)
-                    continue  # (or a late duplicate of an earlier reply)
+                    self._receive(flight, got)
+            if want in got:
+                return got.pop(want)
             if time.monotonic() >= deadline:
                 raise HomeLost(f"no reply from the home node for {self.timeout:.0f} s")
+            self._send_all(flight)
+
+    def _receive(self, flight: dict[int, bytes], got: dict[int, dict[str, Any]]) -> None:
+        msg = wire.decode_frames(self.sock.recv_multipart(copy=False))
+        if msg["t"] == "rep" and msg["seq"] in flight and msg["seq"] not in got:
+            self.on_reply(msg)
+            got[msg["seq"]] = msg
+        elif msg["t"] == "error":
+            raise HomeLost(msg["msg"])
+        elif msg["t"] == "drop":
+            self.on_push(msg)
+        # (anything else: a late duplicate of an earlier reply)

@@ -107,13 +107,17 @@ class Job:
         as they arrive (a large file never sits whole in the stub's memory)."""
         off, end = start, start + size
         while off < end:
-            rep = self.call(t, "fetch", [handle, off, min(FETCH_CHUNK, end - off)])
-            data = rep["o"].get("data", b"")
-            if rep["e"] or not data:
-                return
-            self.fetched += len(data)
-            yield data
-            off += len(data)
+            asks = ([handle, at, min(FETCH_CHUNK, end - at)] for at in range(off, end, FETCH_CHUNK))
+            for rep in self.rpc.pipeline("fetch", asks, tid=t.tid, umask=t.fs.umask):
+                data = rep["o"].get("data", b"")
+                if rep["e"] or not data:
+                    return
+                asked = min(FETCH_CHUNK, end - off)
+                self.fetched += len(data)
+                yield data
+                off += len(data)
+                if len(data) < asked:
+                    break  # (a short read: the chunks in flight start at the wrong offsets)
 
     def fd_kind(self, s: Stop, i: int) -> tuple[str, int | None]:
         """What argument i's fd is (LOCAL, HOME or COPY, and its handle); for the first

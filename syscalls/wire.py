@@ -31,6 +31,10 @@ def liveness_options() -> dict[str, int]:
             "TCP_KEEPALIVE_IDLE": 10, "TCP_KEEPALIVE_INTVL": 5, "TCP_KEEPALIVE_CNT": 3}
 
 
+# How many requests the stub may have in flight (a pipelined fetch), and so how many
+# replies home keeps to answer resends from.
+REPLY_WINDOW = 4
+
 # Ops whose reply carries its bulk data ("o.data") as a second frame after the map: a
 # fetched chunk is then written into the local copy straight from ZeroMQ's buffer (on this
 # machine 1.06 GB/s against 0.26 GB/s packed into the map, for 8 MiB chunks over ipc).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import zmq
 import zmq.utils.z85
 from qrun.homenode.server import HomeServer, JobFailed, Keys
+from qrun.remote.channel import Rpc
 from qrun.syscalls import structs, wire
 
 WELCOME: dict[str, Any] = {"argv": ["true"], "env": {}, "cwd": "/", "umask": 0o022,
@@ -98,6 +100,53 @@ def test_a_fetch_sends_its_data_as_a_frame_of_its_own_and_a_resend_sends_it_agai
     assert "data" not in wire.decode(frames[0])["o"]
     again = exchange(server, c, req(2, "fetch", [h, 1 << 20, 1 << 20]))
     assert again is not None and bytes(again["o"]["data"]) == frames[1] and again["r"] == 1 << 20
+
+
+def test_a_resend_is_answered_from_the_cache_while_its_reply_is_in_the_window(server: HomeServer,
+                                                                              tmp_path: Path) -> None:
+    c = client(server)
+    made = [os.fsencode(tmp_path / f"d{i}") for i in range(wire.REPLY_WINDOW + 1)]
+    first = exchange(server, c, req(1, "mkdir", [made[0], 0o755]))
+    for seq in range(2, wire.REPLY_WINDOW + 1):
+        assert (rep := exchange(server, c, req(seq, "mkdir", [made[seq - 1], 0o755]))) and rep["r"] == 0
+    again = exchange(server, c, req(1, "mkdir", [made[0], 0o755]))
+    assert first is not None and first["r"] == 0 and again == first  # (run twice: EEXIST)
+    last = wire.REPLY_WINDOW + 1
+    assert (rep := exchange(server, c, req(last, "mkdir", [made[-1], 0o755]))) and rep["r"] == 0
+    late = exchange(server, c, req(1, "mkdir", [made[0], 0o755]))  # out of the window now
+    assert late is not None and late["e"] == "EINVAL" and late["o"]["why"] == "request out of sequence"
+
+
+def test_a_pipelined_run_of_fetches_brings_the_whole_file_in_order(server: HomeServer, tmp_path: Path) -> None:
+    f = tmp_path / "big"
+    body = os.urandom((5 << 20) + 123)
+    f.write_bytes(body)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            if server.sock.poll(20):
+                server.receive(time.monotonic())
+
+    pump = threading.Thread(target=serve)
+    pump.start()
+    try:
+        rpc = Rpc(client(server), timeout=10)
+        rep = rpc.call("open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None, None])
+        h = rep["o"]["handle"]
+        asks = [[h, at, 1 << 20] for at in range(0, len(body) + (1 << 20), 1 << 20)]
+        reps = list(rpc.pipeline("fetch", asks, tid=1))
+        assert [r["seq"] for r in reps] == list(range(2, 2 + len(asks)))
+        assert b"".join(bytes(r["o"]["data"]) for r in reps) == body
+        assert reps[-1]["r"] == 0  # (asked past the end)
+        # a consumer that stops early leaves replies in flight; the next call gets its own
+        for _ in rpc.pipeline("fetch", asks, tid=1):
+            break
+        rep = rpc.call("fetch", [h, 0, 10], tid=1)
+        assert bytes(rep["o"]["data"]) == body[:10] and rep["seq"] == rpc.seq
+    finally:
+        done.set()
+        pump.join()
 
 
 def test_only_a_reply_may_carry_a_data_frame() -> None:
