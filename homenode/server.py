@@ -253,12 +253,15 @@ class HomeServer:
     def _request(self, ident: bytes, msg: dict[str, Any]) -> None:
         """Exactly once: the stub numbers its requests 1, 2, ... and has at most
         wire.REPLY_WINDOW in flight; a resend of one of those is answered from the cache,
-        anything else out of order is refused without running."""
+        one that came ahead of a lost one waits for the stub's resend of them all, in order,
+        and anything else out of order is refused without running."""
         seq = msg["seq"]
         cached = self.replies.get(seq)
         if cached is not None:
             self.sock.send_multipart([ident, *cached], copy=False)  # a resend: never run twice
             return
+        if self.last_seq + 1 < seq <= self.last_seq + wire.REPLY_WINDOW:
+            return  # (ahead of a lost request: running it now would break the order)
         if seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return

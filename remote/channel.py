@@ -109,18 +109,29 @@ class Rpc:
         todo = iter(argss)
         flight: dict[int, bytes] = {}   # seq -> request, oldest first
         got: dict[int, dict[str, Any]] = {}
-        while True:
-            fresh: dict[int, bytes] = {}
-            while len(flight) < min(depth, wire.REPLY_WINDOW) and (args := next(todo, None)) is not None:
-                self.seq += 1
-                fresh[self.seq] = flight[self.seq] = self._frame(op, args, tid, umask)
-            self._send_all(fresh)
-            if not flight:
-                return
-            first = next(iter(flight))
-            rep = self._wait_for(first, flight, got)
-            del flight[first]
-            yield rep
+        lost = False
+        try:
+            while True:
+                fresh: dict[int, bytes] = {}
+                while len(flight) < min(depth, wire.REPLY_WINDOW) and (args := next(todo, None)) is not None:
+                    self.seq += 1
+                    fresh[self.seq] = flight[self.seq] = self._frame(op, args, tid, umask)
+                self._send_all(fresh)
+                if not flight:
+                    return
+                first = next(iter(flight))
+                rep = self._wait_for(first, flight, got)
+                del flight[first]
+                yield rep
+        except HomeLost:
+            lost = True
+            raise
+        finally:
+            # (a consumer that stopped early: what is in flight must have run at home before
+            # the next request, or home would wait for a lost one forever)
+            while flight and not lost:
+                self._wait_for(next(iter(flight)), flight, got)
+                del flight[next(iter(flight))]
 
     def _frame(self, op: str, args: list[Any], tid: int, umask: int) -> bytes:
         extra: dict[str, Any] = {}
@@ -167,7 +178,7 @@ class Rpc:
                 return got.pop(want)
             if time.monotonic() >= deadline:
                 raise HomeLost(f"no reply from the home node for {self.timeout:.0f} s")
-            self._send_all(flight)
+            self._send_all({seq: frame for seq, frame in flight.items() if seq not in got})
 
     def _receive(self, flight: dict[int, bytes], got: dict[int, dict[str, Any]]) -> None:
         msg = wire.decode_frames(self.sock.recv_multipart(copy=False))

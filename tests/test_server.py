@@ -117,6 +117,18 @@ def test_a_resend_is_answered_from_the_cache_while_its_reply_is_in_the_window(se
     assert late is not None and late["e"] == "EINVAL" and late["o"]["why"] == "request out of sequence"
 
 
+def test_a_request_ahead_of_a_lost_one_waits_for_the_resend_of_both(server: HomeServer, tmp_path: Path) -> None:
+    c = client(server)
+    a, b = os.fsencode(tmp_path / "a"), os.fsencode(tmp_path / "b")
+    assert exchange(server, c, req(2, "mkdir", [b, 0o755]), wait=0.5) is None  # (1 was lost)
+    assert not os.path.exists(b)
+    first = exchange(server, c, req(1, "mkdir", [a, 0o755]))
+    second = exchange(server, c, req(2, "mkdir", [b, 0o755]))
+    assert first is not None and first["r"] == 0 and second is not None and second["r"] == 0
+    far = exchange(server, c, req(3 + wire.REPLY_WINDOW, "mkdir", [a, 0o755]))
+    assert far is not None and far["o"]["why"] == "request out of sequence"
+
+
 def test_a_pipelined_run_of_fetches_brings_the_whole_file_in_order(server: HomeServer, tmp_path: Path) -> None:
     f = tmp_path / "big"
     body = os.urandom((5 << 20) + 123)
