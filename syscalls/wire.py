@@ -80,7 +80,7 @@ def encode(kind: str, **fields: Any) -> bytes:
 
 
 def decode_frames(frames: list[Any]) -> dict[str, Any]:
-    """A message received as zmq Frames (recv_multipart(copy=False)): the map, and for a
+    """A message received as zmq Frames (sock.recv(copy=False), frame by frame): the map, and for a
     reply with a data frame its bytes as "o.data", a memoryview of the frame (no copy)."""
     msg = decode(frames[0].bytes)
     if len(frames) == 2 and msg["t"] == "rep":
