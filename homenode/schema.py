@@ -33,6 +33,7 @@ from qrun.syscalls.wirecheck import (  # noqa: F401 - part of this module's inte
     nothing,
     optional,
     path,
+    pieces,
 )
 
 
@@ -49,7 +50,8 @@ OPS: dict[str, tuple[Check, ...]] = {
              optional(list_of(I64, 4)), optional(integer(0, 2**64 - 1, "resolve"))),
     "chdir": (optional(HANDLE), path),
     "fetch": (HANDLE, SIZE, integer(0, MAX_FETCH, "size")),
-    "writeback": (HANDLE, SIZE, data(MAX_FETCH), optional(SIZE)),
+    # (the data last: it travels as the request's data frame, wire.REQUEST_DATA_OPS)
+    "writeback": (HANDLE, SIZE, optional(SIZE), pieces(MAX_FETCH)),
     "deputy": (lambda v: _name(v),),
     "kill": (_kill_pid, integer(0, 64, "signal")),
     "fcntl": (HANDLE, I32, U32),

@@ -120,7 +120,7 @@ class HomeServer:
         self.ops = HomeOps(self.handles, self.resolver, self.deputies, self.roots, self.progress)
         self.last_seq = 0
         # The last wire.REPLY_WINDOW replies by seq, oldest first (their frames: _reply_frames).
-        self.replies: dict[int, list[bytes]] = {}
+        self.replies: dict[int, wire.Frames] = {}
         # What the stub's kept answers depend on (nothing is kept with home roots).
         self.answers = Answers(enabled=not self.roots)
         self.open_answers: dict[int, int] = {}   # handle -> the kept answer of its open
@@ -163,13 +163,30 @@ class HomeServer:
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""
         while self.sock.poll(0):
-            frames = self.sock.recv_multipart()
-            if len(frames) != 2:
+            frames = self._frames()
+            if frames is None:
                 continue  # not from a DEALER of ours
-            outcome = self._message(frames[0], frames[1], started)
+            outcome = self._message(*frames, started)
             if outcome is not None:
                 return outcome
         return None
+
+    def _frames(self) -> tuple[bytes, bytes, list[memoryview]] | None:
+        """The next message: its sender, its map, and the data frames after it (views of
+        ZeroMQ's buffers: a write-back is written from them without a copy); None for a
+        message of another shape, which is read and dropped whole."""
+        ident = self.sock.recv()
+        if not self.sock.get(zmq.RCVMORE):
+            return None
+        head = self.sock.recv()
+        data: list[memoryview] = []
+        more = self.sock.get(zmq.RCVMORE)
+        while more:
+            frame = self.sock.recv(copy=False)
+            if len(data) <= wire.MAX_DATA_FRAMES:
+                data.append(frame.buffer)
+            more = frame.more
+        return ident, head, data
 
     def close(self) -> None:
         self.progress.clear()
@@ -197,12 +214,13 @@ class HomeServer:
         rows, cols = terminal_size(0)
         self.control.send("winch", rows=rows, cols=cols)
 
-    def _message(self, ident: bytes, payload: bytes, started: float) -> Outcome | None:
+    def _message(self, ident: bytes, payload: bytes, data: list[memoryview],
+                 started: float) -> Outcome | None:
         job, _, role = ident.decode(errors="replace").partition(":")
         if job != self.job:
             return None
         try:
-            msg = wire.decode(payload)
+            msg = wire.decode_frames(payload, data)
         except wire.ProtocolError as exc:
             self._send(ident, "error", msg=f"protocol error: {exc}", code=0)
             return None
@@ -283,12 +301,11 @@ class HomeServer:
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
 
-    def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> list[bytes]:
+    def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> wire.Frames:
         """A reply's frames. A fetch's data travels as a frame of its own after the map,
-        never packed into it, so neither end copies it in Python (wire.DATA_FRAME_OPS)."""
-        data = o.pop("data", None) if op in wire.DATA_FRAME_OPS else None
-        head = wire.encode("rep", seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
-        return [head] if data is None else [head, data]
+        never packed into it, so neither end copies it in Python (wire.REPLY_DATA_OPS)."""
+        data = o.pop("data", None) if op in wire.REPLY_DATA_OPS else None
+        return wire.encode_frames("rep", data, seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
 
     def push_drops(self, mounts: bool = False) -> None:
         """Changes at home while the stub is not asking: its stale answers go at once."""

@@ -109,20 +109,17 @@ class HomeOps:
         os.close(fd)
         return rw
 
-    def op_writeback(self, handle: int, offset: int, data: bytes, size: int | None) -> Reply:
-        """Data the job wrote into its local copy of a home file: written at `offset`, then
-        the file cut or extended to `size` if given. Returns the file's stat after it, the
-        stub's new validator for its copy. Errors are home's (ENOSPC, EDQUOT, EIO)."""
+    def op_writeback(self, handle: int, offset: int, size: int | None, data: list[memoryview]) -> Reply:
+        """Data the job wrote into its local copy of a home file, as the request's data
+        frames brought it: written at `offset`, then the file cut or extended to `size` if
+        given. Returns the file's stat after it, the stub's new validator for its copy.
+        Errors are home's (ENOSPC, EDQUOT, EIO)."""
         fd = self.handles.fd(handle)
-        view = memoryview(data)
-        at = offset
-        while view:
-            n = os.pwrite(fd, view, at)
-            view, at = view[n:], at + n
+        at = _pwrite_all(fd, data, offset)
         if size is not None:
             os.ftruncate(fd, size)
         self.progress.step("writing back", handle, self._name(handle), at, size, time.monotonic())
-        return len(data), None, {"stat": structs.stat_result_to_wire(os.fstat(fd))}
+        return at - offset, None, {"stat": structs.stat_result_to_wire(os.fstat(fd))}
 
     def op_chdir(self, handle: int | None, path: bytes) -> Reply:
         dirfd = None if handle is None else self.handles.fd(handle)
@@ -279,3 +276,18 @@ def _read_all(fd: int, size: int) -> bytes:
         chunks.append(b)
         got += len(b)
     return b"".join(chunks)
+
+
+def _pwrite_all(fd: int, parts: list[memoryview], at: int) -> int:
+    """Write the pieces one after the other from `at` on (one pwritev, repeated only for
+    what a short write left); returns where the data ends."""
+    views = [p for p in parts if len(p)]
+    while views:
+        n = os.pwritev(fd, views, at)
+        at += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+    return at

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 from qrun.syscalls import wire
+from qrun.syscalls.wire import Frames
 
 
 class HomeLost(Exception):
@@ -81,6 +82,9 @@ def try_send(sock: zmq.Socket, frame: bytes) -> bool:
         return False
 
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # (plain ints: enum arithmetic costs a call)
+
+
 class Rpc:
     def __init__(self, sock: zmq.Socket, timeout: float, resend_after: float = 2.0) -> None:
         self.sock = sock
@@ -96,7 +100,7 @@ class Rpc:
 
     def call(self, op: str, args: list[Any], tid: int = 0, umask: int = 0o022) -> dict[str, Any]:
         self.seq += 1
-        flight = {self.seq: self._frame(op, args, tid, umask)}
+        flight = {self.seq: self._frames(op, args, tid, umask)}
         self._send_all(flight)
         return self._wait_for(self.seq, flight, {})
 
@@ -107,14 +111,14 @@ class Rpc:
         many replies, so a resend is still answered from its cache). The consumer may stop
         early: what is still in flight is then awaited, and its replies dropped."""
         todo = iter(argss)
-        flight: dict[int, bytes] = {}   # seq -> request, oldest first
+        flight: dict[int, Frames] = {}   # seq -> request, oldest first
         got: dict[int, dict[str, Any]] = {}
         try:
             while True:
-                fresh: dict[int, bytes] = {}
+                fresh: dict[int, Frames] = {}
                 while len(flight) < wire.REPLY_WINDOW and (args := next(todo, None)) is not None:
                     self.seq += 1
-                    fresh[self.seq] = flight[self.seq] = self._frame(op, args, tid, umask)
+                    fresh[self.seq] = flight[self.seq] = self._frames(op, args, tid, umask)
                 self._send_all(fresh)
                 if not flight:
                     return
@@ -128,25 +132,28 @@ class Rpc:
             while flight:
                 self._oldest(flight, got)
 
-    def _oldest(self, flight: dict[int, bytes], got: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    def _oldest(self, flight: dict[int, Frames], got: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """The reply to the oldest request in flight, which then leaves the flight."""
         first = next(iter(flight))
         rep = self._wait_for(first, flight, got)
         del flight[first]
         return rep
 
-    def _frame(self, op: str, args: list[Any], tid: int, umask: int) -> bytes:
+    def _frames(self, op: str, args: list[Any], tid: int, umask: int) -> Frames:
         extra: dict[str, Any] = {}
         if self.pending_retire:
             extra["retire"], self.pending_retire = self.pending_retire, []
         if self.pending_close:
             extra["close"], self.pending_close = self.pending_close, []
-        return wire.encode("req", seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
+        bulk = None
+        if op in wire.REQUEST_DATA_OPS:
+            args, bulk = args[:-1], args[-1]
+        return wire.encode_frames("req", bulk, seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
 
     def take_pushes(self) -> None:
         """Handle what home sent unasked and has arrived (no request is in flight)."""
         # (EVENTS, not poll(): a poll costs a Poller, ten times the check itself)
-        while int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+        while self.sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             try:
                 msg = self._recv_message()
             except wire.ProtocolError:
@@ -156,14 +163,17 @@ class Rpc:
             elif msg["t"] == "error":
                 raise HomeLost(msg["msg"])
 
-    def _send_all(self, flight: dict[int, bytes]) -> None:
-        for frame in flight.values():
+    def _send_all(self, flight: dict[int, Frames]) -> None:
+        for frames in flight.values():
             try:
-                self.sock.send(frame, copy=False)
+                if len(frames) == 1:
+                    self.sock.send(frames[0], copy=False)
+                else:
+                    self.sock.send_multipart(frames, copy=False)
             except zmq.Again:
                 return  # not connected right now: the silence timer resends, up to the deadline
 
-    def _wait_for(self, want: int, flight: dict[int, bytes],
+    def _wait_for(self, want: int, flight: dict[int, Frames],
                   got: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """Home's reply to request `want`, keeping in `got` the replies to the others in
         flight as they come; on silence the whole flight is sent again."""
@@ -185,12 +195,16 @@ class Rpc:
     def _recv_message(self) -> dict[str, Any]:
         """The next message, a reply's data frame as a view of it (no copy). (Frame by
         frame: recv_multipart(copy=False) costs a small reply twice what recv does.)"""
-        frames = [self.sock.recv(copy=False)]
-        while frames[-1].more:
-            frames.append(self.sock.recv(copy=False))
-        return wire.decode_frames(frames)
+        head = self.sock.recv(copy=False)
+        data = []
+        more = head.more
+        while more:
+            frame = self.sock.recv(copy=False)
+            data.append(frame.buffer)
+            more = frame.more
+        return wire.decode_frames(head.bytes, data)
 
-    def _receive(self, flight: dict[int, bytes], got: dict[int, dict[str, Any]]) -> None:
+    def _receive(self, flight: dict[int, Frames], got: dict[int, dict[str, Any]]) -> None:
         msg = self._recv_message()
         if msg["t"] == "rep" and msg["seq"] in flight and msg["seq"] not in got:
             self.on_reply(msg)

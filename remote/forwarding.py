@@ -15,7 +15,7 @@ from qrun.remote.resolver import Target
 from qrun.remote.stop import Stop
 from qrun.syscalls.abi import AT_FDCWD
 from qrun.syscalls.codecs import codec
-from qrun.syscalls.model import DirFd, Path, PathOut
+from qrun.syscalls.model import DirFd, Path
 from qrun.syscalls.paths import normalize
 
 
@@ -91,9 +91,11 @@ def _update_copies(s: Stop, job: Job, ref: int, wa: list[Any], rep: dict[str, An
 
 def answer_link(s: Stop, targets: list[tuple[int, Target]]) -> bool:
     """readlink of a /proc link whose home value we know (exe, cwd, fd of a home file)."""
+    out = s.sc.path_out_args
+    if not out:
+        return False
     links = [tg.link for _, tg in targets if tg.link is not None]
-    out = [(i, k) for i, k in enumerate(s.sc.args) if isinstance(k, PathOut)]
-    if not links or not out:
+    if not links:
         return False
     i, kind = out[0]
     size = s.larg(kind.size)

@@ -17,7 +17,7 @@ from qrun.remote.procs import ProcessTable
 from qrun.remote.stop import Stop
 from qrun.remote.tracee import Thread
 from qrun.syscalls.abi import AT_EMPTY_PATH, AT_FDCWD
-from qrun.syscalls.model import DirFd, Flags, Path, Syscall
+from qrun.syscalls.model import DirFd, Path, Syscall
 from qrun.syscalls.paths import PathPolicy, normalize
 
 
@@ -52,12 +52,9 @@ class Resolver:
     def targets(self, s: Stop) -> list[tuple[int, Target]]:
         """(index of the Path argument, its resolution) for every path the call names."""
         sc = s.sc
-        empty_ok = any(isinstance(k, Flags) and k.family == "at" and s.arg(i) & AT_EMPTY_PATH
-                       for i, k in enumerate(sc.args))
+        empty_ok = any(s.arg(i) & AT_EMPTY_PATH for i in sc.at_flags_args)
         out = []
-        for i, k in enumerate(sc.args):
-            if not isinstance(k, Path):
-                continue
+        for i, k in sc.path_args:
             if s.arg(i) == 0 and not k.null_is_fd:
                 out.append((i, Target(False)))
                 continue

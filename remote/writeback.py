@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from qrun.remote.channel import Rpc, is_busy
+import xxhash
+from qrun.remote.channel import Rpc
 from qrun.remote.fds import Chunk, FdSpace, Validator
 from qrun.remote.procs import ProcessTable
 
@@ -44,7 +44,10 @@ RACY_NS = 50_000_000     # well above any kernel's timestamp tick
 
 
 def digest(data: bytes | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()[:16]
+    # A 128-bit XXH3, about ten times as fast as SHA-256 here. A changed block that kept its
+    # digest would stay unsent; for a change not crafted to collide (the job's own data,
+    # written by the user's own program) the odds are 2^-128.
+    return xxhash.xxh3_128_digest(data)
 
 
 @dataclass
@@ -268,18 +271,13 @@ class LiveFiles:
         n = _blocks(size)
         digests = (lf.digests + [b""] * n)[:n]
         first = 0 if thorough else min(size, lf.synced_size) // BLOCK
-        sized = False
         reply: dict[str, Any] | None = None
-        for off, data in self._changes(lf, size, first, digests):
-            end = off + len(data)
-            reply = self._send(lf, off, data, size if end >= size else None)
-            if reply is None:
-                return  # recorded in lf.error; the next sync sends it all again
-            sized = sized or end >= size
-        if size != lf.synced_size and not sized:
-            reply = self._send(lf, size, b"", size)
-            if reply is None:
-                return
+        # (several runs in flight: home writes one while this end reads and digests the next)
+        for reply in self.rpc.pipeline("writeback", self._requests(lf, size, first, digests)):
+            if reply["e"]:
+                lf.error = reply["e"]
+                return  # the next sync sends it all again (the digests stay as they were)
+            self.bytes_sent += reply["r"]
         lf.digests, lf.synced_size = digests, size
         lf.sig, lf.synced_at = _sig(st), started
         lf.unchecked = not thorough and (lf.unchecked or first > 0)
@@ -288,13 +286,25 @@ class LiveFiles:
         if thorough:
             self._revalidate(lf)
 
+    def _requests(self, lf: LiveFile, size: int, first: int, digests: list[bytes]) -> Iterator[list[Any]]:
+        """The write-back requests for the changed runs (the one that reaches the end sets
+        home's size), and one for the size alone if no run reaches it."""
+        sized = False
+        for off, pieces in self._changes(lf, size, first, digests):
+            end = off + sum(len(p) for p in pieces)
+            sized = sized or end >= size
+            yield [lf.wb_handle, off, size if end >= size else None, pieces]
+        if size != lf.synced_size and not sized:
+            yield [lf.wb_handle, size, size, []]
+
     def _changes(self, lf: LiveFile, size: int, first: int,
-                 digests: list[bytes]) -> Iterator[tuple[int, bytes]]:
-        """Runs of changed blocks from block `first` on, as (offset, data), each at most
-        SEND_MAX; `digests` gets each block's digest (of the block as it is here now).
+                 digests: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+        """Runs of changed blocks from block `first` on, as (offset, the blocks' data),
+        each at most SEND_MAX; `digests` gets each block's digest (of the block as it is
+        here now). The blocks travel as they were read, one frame each (never joined).
         Holes here are not read: past home's size, home's size change makes them the
         same hole."""
-        run_off, run = -1, bytearray()
+        run_off, run, run_len = -1, list[bytes](), 0
         for i in range(first, _blocks(size)):
             off = i * BLOCK
             length = min(BLOCK, size - off)
@@ -315,29 +325,18 @@ class LiveFiles:
                     data, off = data[grown:], lf.synced_size  # only what was added
             if changed and off < lf.base:
                 data, off = data[lf.base - off:], lf.base  # only what is past home's part
-            if changed and run_off >= 0 and run_off + len(run) != off:
-                yield run_off, bytes(run)  # (a run is one contiguous range)
-                run_off, run = -1, bytearray()
+            if changed and run_off >= 0 and run_off + run_len != off:
+                yield run_off, run  # (a run is one contiguous range)
+                run_off, run, run_len = -1, [], 0
             if changed:
                 run_off = off if run_off < 0 else run_off
-                run += data
-            if run_off >= 0 and (not changed or len(run) >= SEND_MAX):
-                yield run_off, bytes(run)
-                run_off, run = -1, bytearray()
+                run.append(data)
+                run_len += len(data)
+            if run_off >= 0 and (not changed or run_len >= SEND_MAX):
+                yield run_off, run
+                run_off, run, run_len = -1, [], 0
         if run_off >= 0:
-            yield run_off, bytes(run)
-
-    def _send(self, lf: LiveFile, off: int, data: bytes, size: int | None) -> dict[str, Any] | None:
-        for _ in range(100):
-            rep = self.rpc.call("writeback", [lf.wb_handle, off, data, size])
-            if not is_busy(rep):
-                break
-            time.sleep(0.01)
-        if rep["e"]:
-            lf.error = rep["e"]
-            return None
-        self.bytes_sent += len(data)
-        return rep
+            yield run_off, run
 
     def _revalidate(self, lf: LiveFile) -> None:
         """Where the live file is also the cached copy of its home path, the cache is valid

@@ -196,11 +196,25 @@ class Syscall:
         return self.route in (Route.BY_PATH, Route.BY_FD) and not self.handler
 
     @functools.cached_property
+    def path_args(self) -> tuple[tuple[int, Path], ...]:
+        """(index, kind) of every path argument (worked out once: every stop needs it)."""
+        return tuple((i, k) for i, k in enumerate(self.args) if isinstance(k, Path))
+
+    @functools.cached_property
+    def at_flags_args(self) -> tuple[int, ...]:
+        """Indices of the *at() flags arguments (where AT_EMPTY_PATH may be)."""
+        return tuple(i for i, k in enumerate(self.args) if isinstance(k, Flags) and k.family == "at")
+
+    @functools.cached_property
+    def path_out_args(self) -> tuple[tuple[int, PathOut], ...]:
+        return tuple((i, k) for i, k in enumerate(self.args) if isinstance(k, PathOut))
+
+    @functools.cached_property
     def local_path_arg(self) -> int:
         """The argument index of the one path that decides this call's route, if an
         absolute local path there means "just run it" (-1 otherwise). Calls naming two
         paths, and chdir (which moves the virtual cwd), do not qualify."""
-        paths = [i for i, k in enumerate(self.args) if isinstance(k, Path)]
+        paths = [i for i, _ in self.path_args]
         plain = self.route is Route.BY_PATH or (self.route is Route.IRREGULAR and
                                                 self.handler in ("open", "creat", "openat2", "execve") and
                                                 self.name != "execveat")

@@ -8,8 +8,10 @@ as their bytes.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,8 +119,22 @@ def stat_result_to_wire(st: os.stat_result) -> list[int]:
             st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9]
 
 
+def _stat_packer(arch: str) -> Callable[[list[int]], bytes]:
+    """The wire form of a stat to the architecture's struct stat, in two C calls (every
+    stat the stub answers from its cache goes through here)."""
+    lay = LAYOUTS[arch]["stat"]
+    packer = struct.Struct(lay.fmt)
+    # (the wire form with a 0 appended: named fields that do not travel, "pad", read it)
+    where = [STAT_FIELDS.index(f) if f in STAT_FIELDS else len(STAT_FIELDS) for f in lay.fields]
+    pick = operator.itemgetter(*where)
+    return lambda v: packer.pack(*pick([*v, 0]))
+
+
+_STAT_PACKERS = {arch: _stat_packer(arch) for arch in LAYOUTS}
+
+
 def stat_from_wire(arch: str, v: list[int]) -> bytes:
-    return LAYOUTS[arch]["stat"].pack(**dict(zip(STAT_FIELDS, v, strict=True)))
+    return _STAT_PACKERS[arch](v)
 
 
 def struct_to_wire(arch: str, type_: str, raw: bytes) -> object:
@@ -127,9 +143,12 @@ def struct_to_wire(arch: str, type_: str, raw: bytes) -> object:
 
 def struct_from_wire(arch: str, type_: str, value: object) -> bytes:
     if type_ == "stat":
-        if not (isinstance(value, list) and len(value) == 16 and all(isinstance(x, int) for x in value)):
+        if not isinstance(value, list) or len(value) != len(STAT_FIELDS):
             raise ValueError("malformed stat")
-        return stat_from_wire(arch, value)
+        try:
+            return stat_from_wire(arch, value)
+        except struct.error:  # (a field that is no integer, or does not fit)
+            raise ValueError("malformed stat") from None
     if not isinstance(value, bytes) or len(value) > SIZES[arch][type_]:
         raise ValueError(f"malformed {type_}")
     return value

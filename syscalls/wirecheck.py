@@ -53,6 +53,17 @@ def data(max_len: int, nul_ok: bool = True, exact: int | None = None) -> Check:
     return check
 
 
+def pieces(max_len: int) -> Check:
+    """Bulk data as the data frames of a message brought it (wire.REQUEST_DATA_OPS): a list
+    of buffers, at most `max_len` bytes in all."""
+    def check(v: object) -> None:
+        if not isinstance(v, list) or not all(isinstance(p, memoryview) for p in v):
+            raise BadRequest(f"data frames expected, got {type(v).__name__}")
+        if sum(len(p) for p in v) > max_len:
+            raise BadRequest(f"more than {max_len} bytes")
+    return check
+
+
 HANDLE = integer(1, 2**62, "handle")
 I32 = integer(-2**31, 2**31 - 1)
 U32 = integer(0, 2**32 - 1)

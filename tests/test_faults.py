@@ -36,11 +36,11 @@ def test_a_lost_exit_or_bye_does_not_change_the_outcome(lost: str, monkeypatch: 
     if lost == "exit":
         real_message = HomeServer._message
 
-        def drop_first_exit(self: HomeServer, ident: bytes, payload: bytes, started: float) -> Any:
+        def drop_first_exit(self: HomeServer, ident: bytes, payload: bytes, data: Any, started: float) -> Any:
             if not dropped and wire.decode(payload)["t"] == "exit":
                 dropped.append("exit")
                 return None
-            return real_message(self, ident, payload, started)
+            return real_message(self, ident, payload, data, started)
         monkeypatch.setattr(HomeServer, "_message", drop_first_exit)
     else:
         real_send = HomeServer._send

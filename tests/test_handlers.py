@@ -8,7 +8,7 @@ import errno
 import os
 import struct
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class FakeChannel:
         if op == "deputy":
             return {"r": 5000 + tid, "e": None, "o": {}}
         return self.answers[op](args)
+
+    def pipeline(self, op: str, argss: Iterable[list[Any]], tid: int = 0,
+                 umask: int = 0o022) -> Iterator[dict[str, Any]]:
+        for args in argss:
+            yield self.call(op, args, tid, umask)
 
 
 class Regs:
@@ -248,11 +253,11 @@ def test_fsync_of_a_live_file_writes_its_changes_back_before_home_syncs(env: Any
     fd = os.open(job.fds.link_copy(9, lf.local, "/home/u/f"), os.O_RDWR | os.O_APPEND)
     try:
         os.write(fd, b" world")
-        chan.answers["writeback"] = lambda args: {"r": len(args[2]), "e": None, "o": {}}
+        chan.answers["writeback"] = lambda args: {"r": sum(map(len, args[3])), "e": None, "o": {}}
         chan.answers["fsync"] = lambda args: {"r": 0, "e": None, "o": {}}
         s = FakeStop("fsync", [fd], t, mem)
         route(s, job)  # type: ignore[arg-type]
-        assert chan.calls == [("writeback", [9, 5, b" world", 11]), ("fsync", [9])]
+        assert chan.calls == [("writeback", [9, 5, 11, [b" world"]]), ("fsync", [9])]
         assert s.skipped == 0
         chan.answers["writeback"] = lambda args: {"r": -1, "e": "ENOSPC", "o": {}}
         os.write(fd, b"!")

@@ -40,14 +40,16 @@ def client(srv: HomeServer, keys: Keys | None = None, role: str = "rpc") -> zmq.
     return s
 
 
-def exchange(srv: HomeServer, sock: zmq.Socket, frame: bytes, wait: float = 2.0) -> dict[str, Any] | None:
-    sock.send(frame)
+def exchange(srv: HomeServer, sock: zmq.Socket, frame: bytes | list[bytes],
+             wait: float = 2.0) -> dict[str, Any] | None:
+    sock.send_multipart([frame] if isinstance(frame, bytes) else frame)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if srv.sock.poll(20):
             srv.receive(time.monotonic())
         if sock.poll(10):
-            msg = wire.decode_frames(sock.recv_multipart(copy=False))
+            head, *data = sock.recv_multipart(copy=False)
+            msg = wire.decode_frames(head.bytes, [f.buffer for f in data])
             if msg["t"] != "drop":  # (home's drops for the stub's cache come unasked)
                 return msg
     return None
@@ -161,12 +163,48 @@ def test_a_pipelined_run_of_fetches_brings_the_whole_file_in_order(server: HomeS
         pump.join()
 
 
-def test_only_a_reply_may_carry_a_data_frame() -> None:
-    frames = [zmq.Frame(wire.encode("drop", c=[], all=True, n=1)), zmq.Frame(b"x")]
-    with pytest.raises(wire.ProtocolError, match="2 frames"):
-        wire.decode_frames(frames)
-    rep = wire.decode_frames([zmq.Frame(wire.encode("rep", seq=1, r=1, e=None, o={})), zmq.Frame(b"x")])
+def wb(seq: int, args: list[Any], pieces: list[bytes]) -> list[bytes]:
+    """A write-back request as the stub sends it: its data in frames after the map."""
+    return wire.encode_frames("req", pieces, seq=seq, tid=1, op="writeback", a=args,  # type: ignore[return-value]
+                              umask=0o022)
+
+
+def test_only_a_reply_or_a_write_back_may_carry_data_frames() -> None:
+    x = memoryview(b"x")
+    with pytest.raises(wire.ProtocolError, match="'drop' message with 1 data frames"):
+        wire.decode_frames(wire.encode("drop", c=[], all=True, n=1), [x])
+    with pytest.raises(wire.ProtocolError, match="'req' message with 1 data frames"):
+        wire.decode_frames(req(1, "fetch", [1, 0, 1]), [x])
+    with pytest.raises(wire.ProtocolError, match="'rep' message with 2 data frames"):
+        wire.decode_frames(wire.encode("rep", seq=1, r=1, e=None, o={}), [x, x])
+    rep = wire.decode_frames(wire.encode("rep", seq=1, r=1, e=None, o={}), [x])
     assert bytes(rep["o"]["data"]) == b"x"
+    head, *data = wb(1, [1, 0, None], [b"xy", b"z"])
+    msg = wire.decode_frames(head, [memoryview(d) for d in data])
+    assert msg["a"][:3] == [1, 0, None] and [bytes(p) for p in msg["a"][3]] == [b"xy", b"z"]
+    assert wire.decode_frames(wb(1, [1, 0, 5], [])[0])["a"] == [1, 0, 5, []]  # (a size alone)
+    with pytest.raises(wire.ProtocolError, match="257 data frames"):
+        wire.decode_frames(head, [x] * (wire.MAX_DATA_FRAMES + 1))
+
+
+def test_a_write_back_in_data_frames_is_written_in_order_and_too_many_frames_are_refused(
+        server: HomeServer, tmp_path: Path) -> None:
+    c = client(server)
+    f = tmp_path / "w"
+    f.write_bytes(b"hello")
+    rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDWR, 0, False, None, None]))
+    assert rep is not None and rep["o"]["writable"]
+    h = rep["o"]["handle"]
+    rep = exchange(server, c, wb(2, [h, 5, 12], [b" wo", b"", b"rld", b"!"]))
+    assert rep is not None and rep["e"] is None and rep["r"] == 7 and f.read_bytes() == b"hello world!"
+    # data in the map is not a write-back's form; too many frames is not a message of ours
+    rep = exchange(server, c, req(3, "writeback", [h, 0, None, b"J"]))
+    assert rep is not None and rep["e"] == "EINVAL"
+    rep = exchange(server, c, wb(4, [h, 0, None], [b"J"] * (wire.MAX_DATA_FRAMES + 1)))
+    assert rep is not None and rep["t"] == "error" and "data frames" in rep["msg"]
+    rep = exchange(server, c, req(4, "fetch", [h, 0, 5]))
+    assert rep is not None and rep["seq"] == 4 and bytes(rep["o"]["data"]) == b"hello"
+    assert f.read_bytes() == b"hello world!"
 
 
 def test_malformed_requests_get_errors_and_the_server_keeps_serving(server: HomeServer, tmp_path: Path) -> None:
@@ -210,12 +248,12 @@ def test_open_gives_local_copies_of_regular_files_and_takes_their_writes_back(se
     assert rep is not None and rep["o"]["kind"] == "copy" and rep["o"]["unfetched"] and "data" not in rep["o"]
     h = rep["o"]["handle"]
     # write-back at an offset although the job's open appends (home's fd does not)
-    rep = exchange(server, c, req(4, "writeback", [h, 5, b" world", None]))
+    rep = exchange(server, c, wb(4, [h, 5, None], [b" world"]))
     assert rep is not None and rep["r"] == 6 and rep["o"]["stat"][structs.STAT_FIELDS.index("size")] == 11
-    rep = exchange(server, c, req(5, "writeback", [h, 0, b"J", 9]))
+    rep = exchange(server, c, wb(5, [h, 0, 9], [b"J"]))
     assert rep is not None and rep["e"] is None
     assert f.read_bytes() == b"Jello wor"
-    rep = exchange(server, c, req(6, "writeback", [h, 0, "not bytes", None]))
+    rep = exchange(server, c, req(6, "writeback", [h, 0, None, "not bytes"]))
     assert rep is not None and rep["e"] == "EINVAL"
     rep = exchange(server, c, req(7, "open", [None, os.fsencode(f), os.O_RDONLY, 0, True, None, None]))
     assert rep is not None and rep["e"] == "EACCES"  # not executable

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -347,13 +348,18 @@ class _HomeFile:
 
     def call(self, op: str, args: list[object], tid: int = 0) -> dict[str, object]:
         assert op == "writeback"
-        _, off, data, size = args
-        assert isinstance(off, int) and isinstance(data, bytes)
+        _, off, size, pieces = args
+        assert isinstance(off, int) and isinstance(pieces, list)
+        data = b"".join(pieces)
         os.pwrite(self.fd, data, off)
         if isinstance(size, int):
             os.ftruncate(self.fd, size)
         self.sent += len(data)
         return {"r": len(data), "e": None, "o": {}}
+
+    def pipeline(self, op: str, argss: Iterable[list[object]], tid: int = 0) -> Iterator[dict[str, object]]:
+        for args in argss:
+            yield self.call(op, args, tid)
 
 
 def test_only_changed_blocks_and_the_new_tail_are_written_back(tmp_path: Path) -> None:
