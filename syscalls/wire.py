@@ -8,6 +8,7 @@ instead of reaching any handler.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -85,13 +86,14 @@ def encode(kind: str, **fields: Any) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-def encode_frames(kind: str, bulk: bytes | memoryview | Frames | None, **fields: Any) -> Frames:
+def encode_frames(kind: str, bulk: bytes | memoryview | Sequence[bytes | memoryview] | None,
+                  **fields: Any) -> Frames:
     """A message's frames: its map, then its bulk data if it has any (REPLY_DATA_OPS,
     REQUEST_DATA_OPS), one frame per piece of a list."""
     head = encode(kind, **fields)
     if bulk is None:
         return [head]
-    return [head, *bulk] if isinstance(bulk, list) else [head, bulk]
+    return [head, bulk] if isinstance(bulk, (bytes, memoryview)) else [head, *bulk]
 
 
 def decode_frames(head: bytes, data: list[memoryview] | None = None) -> dict[str, Any]:

@@ -296,6 +296,45 @@ def test_a_full_home_disk_is_reported_by_fsync_and_close(transparent: list[str],
     assert r.stdout == "write/fsync failed: ENOSPC\nclose failed: ENOSPC\n", r.report()
 
 
+FULL_THEN_ROOM = """\
+import errno, os
+fd = os.open("full/big.bin", os.O_RDWR | os.O_CREAT, 0o644)
+block = bytes(range(256)) * 4096       # 1 MiB, no holes
+for _ in range(48):                     # six write-back runs: more than are ever in flight
+    os.write(fd, block)
+try:
+    os.fsync(fd)
+    print("fsync ok")
+except OSError as exc:
+    print("fsync failed:", errno.errorcode[exc.errno])
+os.ftruncate(fd, 1 << 20)               # room again at home once this is written back
+os.fsync(fd)
+os.close(fd)
+print("closed")
+"""
+
+
+def test_a_full_disk_mid_write_back_fails_the_fsync_and_the_next_sync_sends_it_all(
+        transparent: list[str], tmp_path: Path) -> None:
+    """The disk fills while several write-back runs are in flight: fsync says ENOSPC, and
+    the next sync sends the file as it now is, whole (nothing the failed one half-wrote
+    is taken for sent)."""
+    if os.geteuid() != 0:
+        from conftest import skip_or_fail
+        skip_or_fail("mounting a tiny tmpfs needs root")
+    work = tmp_path / "work"
+    (work / "full").mkdir(parents=True)
+    (work / "w.py").write_text(FULL_THEN_ROOM)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(work / "full")], check=True)
+    try:
+        r = run([*transparent, PY, "w.py"], work, job_env(tmp_path, work), timeout=120)
+        assert r.returncode == 0, r.report()
+        assert r.stdout == "fsync failed: ENOSPC\nclosed\n", r.report()
+        assert (work / "full" / "big.bin").read_bytes() == bytes(range(256)) * 4096
+    finally:
+        subprocess.run(["umount", "-l", str(work / "full")], check=False)
+
+
 KILLED = """\
 import os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
