@@ -57,7 +57,18 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
                      int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
-                     int *seen_kind);
+                     int *seen_kind, long long answers_until);
+/* The loop's answers: a mirror of the metadata cache for calls on absolute home paths
+ * (remote/loopanswers.py). qr_wait_filtered gives them, without returning, to stops whose
+ * path routes home, until `answers_until` (CLOCK_MONOTONIC ns). By syscall number, `out`
+ * is -2 for calls never answered there, -1 for calls with no output, else the argument
+ * the answer's bytes are written at; `keys` has bit i set if integer argument i is part
+ * of the key. */
+void qr_answers_setup(const signed char *out, const unsigned char *keys, int nbits);
+int qr_answers_put(int nr, const char *path, const unsigned long *args, long ret, const void *out,
+                   int out_len);
+void qr_answers_clear(void);
+long qr_answers_hits(void);
 /* Answer the call a seccomp stop is in with `retval` without running it, and resume the
  * thread (to its exit stop if `to_exit`): one call, with no register read. */
 int qr_skip_resume(int pid, long retval, int to_exit);

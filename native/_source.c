@@ -27,6 +27,7 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 
 /* struct qr_regs comes first, from _types.h (see build.py). */
 
@@ -611,14 +612,18 @@ out:
     return rc;
 }
 
-/* Whether `path` (absolute, no "." or ".." components, no "//") routes local. */
-static int routes_local(const char *path, const char *policy, int policy_len)
+enum { ROUTE_LOCAL, ROUTE_HOME, ROUTE_TRACER };
+
+/* Where `path` goes: ROUTE_LOCAL or ROUTE_HOME by the policy if it is absolute and plainly
+ * written (no "." or ".." components, no "//"), else ROUTE_TRACER, as for the P and N
+ * prefixes: the tracer decides those. */
+static int route_of(const char *path, const char *policy, int policy_len)
 {
     if (path[0] != '/' || strstr(path, "//") || strstr(path, "/./") || strstr(path, "/../"))
-        return 0;
+        return ROUTE_TRACER;
     size_t n = strlen(path);
     if ((n >= 2 && strcmp(path + n - 2, "/.") == 0) || (n >= 3 && strcmp(path + n - 3, "/..") == 0))
-        return 0;
+        return ROUTE_TRACER;
     long best = -1;
     int local = 0;
     for (const char *p = policy; p < policy + policy_len; p += strlen(p) + 1) {
@@ -629,20 +634,153 @@ static int routes_local(const char *path, const char *policy, int policy_len)
             continue;
         if (kind == 'N') {          /* the tracer's when a digit follows (/proc/<pid>) */
             if (path[pl] >= '0' && path[pl] <= '9')
-                return 0;
+                return ROUTE_TRACER;
             continue;
         }
         int under = path[pl] == 0 || path[pl] == '/' || (pl == 1 && prefix[0] == '/');
         if (!under)
             continue;
         if (kind == 'P')            /* the tracer's: /proc/self, /dev/fd, ... */
-            return 0;
+            return ROUTE_TRACER;
         if ((long)pl > best || ((long)pl == best && kind == 'H')) {
             best = (long)pl;
             local = kind == 'L';
         }
     }
-    return local;
+    return local ? ROUTE_LOCAL : ROUTE_HOME;
+}
+
+static int routes_local(const char *path, const char *policy, int policy_len)
+{
+    return route_of(path, policy, policy_len) == ROUTE_LOCAL;
+}
+
+/* ---- the loop's answers ---------------------------------------------------------------
+ * A mirror of the stub's metadata cache for calls on absolute home paths, keyed by what
+ * the job passed (syscall number, path as written, its integer arguments), so a stop that
+ * the cache would answer is answered here without Python. Python fills it with entries of
+ * the cache (remote/loopanswers.py) and empties it (a new generation) whenever the cache
+ * forgets anything; the loop answers only until the deadline Python gives each wait. */
+#define ANSWER_SLOTS 4096
+#define ANSWER_PROBES 16
+#define ANSWER_PATH 256
+#define ANSWER_OUT 256
+
+struct answer {
+    unsigned gen;
+    int nr;
+    long keys[6];
+    long ret;
+    int out_len;
+    char path[ANSWER_PATH];
+    unsigned char out[ANSWER_OUT];
+};
+
+static struct answer answers[ANSWER_SLOTS];
+static unsigned answers_gen = 1;
+static long answers_hits;
+static signed char answer_out[1024];     /* by nr: -2 never answered here, -1 no output, else its arg */
+static unsigned char answer_keys[1024];  /* by nr: the integer arguments that are part of the key */
+
+void qr_answers_setup(const signed char *out, const unsigned char *keys, int nbits)
+{
+    int n = nbits < 1024 ? nbits : 1024;
+    memset(answer_out, -2, sizeof answer_out);
+    memcpy(answer_out, out, (size_t)n);
+    memcpy(answer_keys, keys, (size_t)n);
+}
+
+void qr_answers_clear(void) { answers_gen++; }
+long qr_answers_hits(void) { return answers_hits; }
+
+static uint64_t answer_hash(int nr, const long *keys, const char *path)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)nr;
+    for (int i = 0; i < 6; i++)
+        h = (h ^ (uint64_t)keys[i]) * 1099511628211ULL;
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static void answer_key(int nr, const unsigned long *args, long *keys)
+{
+    for (int i = 0; i < 6; i++)
+        keys[i] = answer_keys[nr] & (1 << i) ? (long)args[i] : 0;
+}
+
+static int same_answer(const struct answer *a, int nr, const long *keys, const char *path)
+{
+    return a->gen == answers_gen && a->nr == nr && memcmp(a->keys, keys, sizeof a->keys) == 0 &&
+           strcmp(a->path, path) == 0;
+}
+
+/* Keep an answer: `ret` (a result, or -errno) and the `out_len` bytes the call writes at
+ * its output argument. 0, or -1 if it is not one the loop can give (too long). */
+int qr_answers_put(int nr, const char *path, const unsigned long *args, long ret, const void *out,
+                   int out_len)
+{
+    size_t pl = strlen(path);
+    if (nr < 0 || nr >= 1024 || answer_out[nr] == -2 || pl >= ANSWER_PATH || out_len < 0 ||
+        out_len > ANSWER_OUT)
+        return -1;
+    long keys[6];
+    answer_key(nr, args, keys);
+    uint64_t h = answer_hash(nr, keys, path);
+    struct answer *slot = &answers[h % ANSWER_SLOTS];   /* (all probes taken: the first goes) */
+    for (int i = 0; i < ANSWER_PROBES; i++) {
+        struct answer *a = &answers[(h + (uint64_t)i) % ANSWER_SLOTS];
+        if (a->gen != answers_gen || same_answer(a, nr, keys, path)) {
+            slot = a;
+            break;
+        }
+    }
+    slot->gen = answers_gen;
+    slot->nr = nr;
+    memcpy(slot->keys, keys, sizeof keys);
+    slot->ret = ret;
+    slot->out_len = out_len;
+    memcpy(slot->path, path, pl + 1);
+    memcpy(slot->out, out, (size_t)out_len);
+    return 0;
+}
+
+static const struct answer *answer_for(int nr, const unsigned long *args, const char *path)
+{
+    long keys[6];
+    answer_key(nr, args, keys);
+    uint64_t h = answer_hash(nr, keys, path);
+    for (int i = 0; i < ANSWER_PROBES; i++) {
+        const struct answer *a = &answers[(h + (uint64_t)i) % ANSWER_SLOTS];
+        if (same_answer(a, nr, keys, path))
+            return a;
+    }
+    return NULL;
+}
+
+static long long monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Answer the stop from the mirror if it holds this very call; 1 if answered and resumed. */
+static int answered_here(int pid, const struct qr_regs *r, const char *path, long long until)
+{
+    long nr = r->nr;
+    if (nr >= 1024 || answer_out[nr] == -2 || monotonic_ns() >= until)
+        return 0;
+    const struct answer *a = answer_for((int)nr, r->args, path);
+    if (a == NULL)
+        return 0;
+    if (a->out_len > 0 && qr_write_mem(pid, r->args[answer_out[nr]], a->out, (size_t)a->out_len) !=
+                              a->out_len)
+        return 0;    /* (a bad pointer: Python answers it, with EFAULT) */
+    if (qr_skip(pid, a->ret) < 0 || (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH))
+        return 0;
+    answers_hits++;
+    return 1;
 }
 
 /* Hand a stop to Python with what was read to decide it. */
@@ -660,7 +798,7 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
                      int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
-                     int *seen_kind)
+                     int *seen_kind, long long answers_until)
 {
     size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
     char path[64], target[4096];
@@ -687,7 +825,10 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
             long n = qr_read_cstr(pid, r.args[pa], target, sizeof target);
             if (n <= 0)
                 return pid;
-            if (!routes_local(target, policy, policy_len))
+            int route = route_of(target, policy, policy_len);
+            if (route == ROUTE_HOME && answered_here(pid, &r, target, answers_until))
+                continue;
+            if (route != ROUTE_LOCAL)
                 return seen_as(pid, QR_SEEN_PATH, target, (size_t)n, seen, seen_size, seen_kind);
         } else {
             if (!(local_ok[nr / 8] & (1 << (nr % 8))))

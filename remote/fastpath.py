@@ -67,7 +67,9 @@ class FastPath:
         kind = int(self._seen_kind[0])
         return kind, (ffi.string(self._seen) if kind != lib.QR_SEEN_NONE else b"")
 
-    def wait(self, status: object) -> int:
+    def wait(self, status: object, answers_until: int = 0) -> int:
+        """The next stop for Python; `answers_until`: the deadline for the loop's own
+        answers (loopanswers.py)."""
         if not self.enabled:
             self._have_regs[0] = 0
             self._seen_kind[0] = lib.QR_SEEN_NONE
@@ -75,4 +77,5 @@ class FastPath:
         return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
                                         self._ph_prefix, self._copy_prefix, self._path_arg,
                                         self._policy, len(self._policy), self.regs.raw,
-                                        self._have_regs, self._seen, 4096, self._seen_kind))
+                                        self._have_regs, self._seen, 4096, self._seen_kind,
+                                        answers_until))

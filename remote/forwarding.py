@@ -141,6 +141,8 @@ def forward(s: Stop, job: Job, out: Outgoing) -> tuple[list[Any], dict[str, Any]
     rep = job.call(s.t, s.sc.name, wa)
     if rep["e"]:
         s.skip(-errno_of(rep["e"]))
+        if s.sc.cached:
+            job.offer_to_loop(s, rep, -errno_of(rep["e"]))
         return wa, None
     for key, value in rep["o"].items():
         if not key.isdigit() or int(key) >= len(s.sc.args):
@@ -148,4 +150,6 @@ def forward(s: Stop, job: Job, out: Outgoing) -> tuple[list[Any], dict[str, Any]
         i = int(key)
         codec(s.sc.args[i]).decode(s.sc.args[i], i, s, value)
     s.skip(rep["r"])
+    if s.sc.cached:
+        job.offer_to_loop(s, rep, rep["r"])
     return wa, rep

@@ -4,6 +4,7 @@ map, the handle sweeper, path resolution, the live files and the job's home iden
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from qrun.remote.channel import GoLocal, HomeBusy, Rpc, is_busy
 from qrun.remote.fds import Chunk, FdSpace
 from qrun.remote.handles import HandleSweeper
 from qrun.remote.keptopens import KeptOpens
+from qrun.remote.loopanswers import WINDOW_NS, LoopAnswers
 from qrun.remote.metacache import CACHED, MetaCache, key_of
 from qrun.remote.pids import PidMap
 from qrun.remote.procs import ProcessTable
@@ -20,6 +22,7 @@ from qrun.remote.stop import Stop
 from qrun.remote.tracee import Memory, Thread
 from qrun.remote.writeback import LiveFiles
 from qrun.syscalls.paths import PathPolicy
+from qrun.syscalls.table import TABLE
 
 FETCH_CHUNK = 8 << 20
 
@@ -48,10 +51,14 @@ class Job:
     fetched: int = 0   # bytes of home files brought into local copies
     mem: Memory = field(default_factory=Memory)
     meta: MetaCache = field(default_factory=MetaCache)
+    loop: LoopAnswers | None = None   # the C wait loop's mirror of `meta` (None: no such loop)
+    pushes_taken_ns: int = 0          # when home's drops that had arrived were last taken in
 
     def __post_init__(self) -> None:
         self.rpc.on_push = self._pushed
         self.rpc.on_reply = self._replied
+        if self.loop is not None:
+            self.meta.on_forget = self.loop.forget
 
     def _replied(self, rep: dict[str, Any]) -> None:
         if self.meta.replied(rep):  # (a drop was lost: nothing kept can be trusted)
@@ -70,7 +77,8 @@ class Job:
         live = LiveFiles(rpc, fds, table, warn)
         kept = KeptOpens()
         return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table, live, kept),
-                   Resolver(fds, policy, pids, table), live, kept, warn)
+                   Resolver(fds, policy, pids, table), live, kept, warn,
+                   loop=LoopAnswers(arch, list(TABLE)))
 
     def call(self, t: Thread, op: str, args: list[Any]) -> dict[str, Any]:
         """Ask the home node, or answer from the metadata cache what it still holds.
@@ -100,7 +108,23 @@ class Job:
         if self.rpc.pending_close or self.rpc.pending_retire:
             return False
         self.rpc.take_pushes()
+        self.pushes_taken_ns = time.monotonic_ns()
         return True
+
+    def loop_answers_until(self) -> int:
+        """Until when (CLOCK_MONOTONIC ns) the C wait loop may answer from its mirror of the
+        metadata cache (loopanswers.py): a short while after home's drops were last taken
+        in, and not at all while the stub itself would not answer (see answerable_here) or
+        a live file may have a tail to send home first (Job.call's sync_changed)."""
+        if self.rpc.pending_close or self.rpc.pending_retire or self.live.by_home:
+            return 0
+        return self.pushes_taken_ns + WINDOW_NS
+
+    def offer_to_loop(self, s: Stop, rep: dict[str, Any], ret: int) -> None:
+        """The answer `rep` (`ret`) to a cached call: the C wait loop may give it too, if
+        the metadata cache keeps it."""
+        if self.loop is not None and self.meta.holds(rep):
+            self.loop.offer(s, rep, ret)
 
     def fetch(self, t: Thread, handle: int, size: int, start: int = 0) -> Iterator[Chunk]:
         """A home file's data from `start` on, in chunks, to be streamed into a local copy

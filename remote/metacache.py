@@ -9,6 +9,7 @@ stub takes in every drop that has arrived before it answers a call from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qrun.syscalls.table import TABLE
@@ -32,6 +33,8 @@ class MetaCache:
         self._keys: dict[int, Key] = {}
         self.hits = 0
         self.drops_seen = 0   # the number of the last drop taken in (home numbers them)
+        # Called whenever an answer goes (its mirror in the C wait loop must go too).
+        self.on_forget: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -52,6 +55,11 @@ class MetaCache:
             return True
         return False
 
+    def holds(self, rep: dict[str, Any]) -> bool:
+        """Whether `rep` is the answer kept for its request (just put, or just got)."""
+        key = self._keys.get(rep["o"].get("c"))  # type: ignore[arg-type]
+        return key is not None and self._answers.get(key) is rep
+
     def put(self, key: Key, rep: dict[str, Any]) -> None:
         """Keep a reply home numbered for keeping (its "c")."""
         number = rep["o"].get("c")
@@ -62,6 +70,7 @@ class MetaCache:
         old = self._answers.get(key)
         if old is not None:
             self._keys.pop(old["o"]["c"], None)
+            self.on_forget()
         self._answers[key] = rep
         self._keys[number] = key
 
@@ -79,8 +88,10 @@ class MetaCache:
             key = self._keys.pop(number, None) if isinstance(number, int) else None
             if key is not None:
                 self._answers.pop(key, None)
+                self.on_forget()
         return False
 
     def _forget_all(self) -> None:
         self._answers.clear()
         self._keys.clear()
+        self.on_forget()

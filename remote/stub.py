@@ -332,7 +332,8 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     for path, err in job.live.sync_all():  # (files still mapped when the job ended)
         eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
-    data = {"calls": rpc.seq, "cached": job.meta.hits, "reopened": job.kept.reused, "fetched": job.fetched,
+    cached = job.meta.hits + (job.loop.hits if job.loop else 0)
+    data = {"calls": rpc.seq, "cached": cached, "reopened": job.kept.reused, "fetched": job.fetched,
             "written_back": job.live.bytes_sent, "evicted": space.evicted}
     return report_exit(pump, result, socket.gethostname(), data)
 

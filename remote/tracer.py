@@ -62,6 +62,8 @@ class Tracer:
         # Traced calls must all reach Python, so a trace turns the C loop's shortcuts off.
         self.fast = FastPath(ARCH, self.by_nr, job.fds, job.policy, self.regs,
                              enabled=not DEBUG and trace is None)
+        if job.loop is not None:
+            job.loop.enabled = self.fast.enabled
         self.exec_err_fd = -1
 
     # ---- what the stdio thread asks ------------------------------------------------------
@@ -111,7 +113,7 @@ class Tracer:
 
     def next_event(self, status: object) -> tuple[int, int]:
         """The next stop Python must see (calls the C wait loop can settle never come here)."""
-        pid = self.fast.wait(status)
+        pid = self.fast.wait(status, self.job.loop_answers_until())
         if pid < 0:
             raise OSError(-pid, "waitpid")
         return pid, int(status[0])  # type: ignore[index]

@@ -97,13 +97,14 @@ def wait_for(what, probe, old):
 def size(p):
     return os.stat(p).st_size
 
+B = sys.argv[1] if len(sys.argv) > 1 else ""   # "": relative paths; else absolute ones under it
 steps = [
-    ("mode", lambda: oct(os.stat("f").st_mode & 0o777)),
-    ("created", lambda: os.path.exists("missing.h")),
-    ("retargeted", lambda: (os.readlink("ln"), size("ln"))),
-    ("renamed", lambda: os.path.exists("d/x")),
-    ("grown", lambda: size("f")),
-    ("removed", lambda: os.access("gone", os.R_OK)),
+    ("mode", lambda: oct(os.stat(B + "f").st_mode & 0o777)),
+    ("created", lambda: os.path.exists(B + "missing.h")),
+    ("retargeted", lambda: (os.readlink(B + "ln"), size(B + "ln"))),
+    ("renamed", lambda: os.path.exists(B + "d/x")),
+    ("grown", lambda: size(B + "f")),
+    ("removed", lambda: os.access(B + "gone", os.R_OK)),
 ]
 for what, probe in steps:
     old = [probe() for _ in range(50)][-1]   # asked again and again: answered from the cache
@@ -114,11 +115,12 @@ for what, probe in steps:
 
 
 def _changed_under_the_job(transparent: list[str], tmp_path: Path, work: Path, script: str,
-                           change: Callable[[Path, str], None], steps: int) -> tuple[list[str], str]:
+                           change: Callable[[Path, str], None], steps: int,
+                           args: tuple[str, ...] = ()) -> tuple[list[str], str]:
     """Run `script` under `qrun -v`; at each "ready STEP" line it prints, make that change
     at home and let it go on. What it printed after each change, and qrun's stderr."""
     (work / "job.py").write_text(script)
-    cmd = [transparent[0], "-v", *transparent[1:], PY, "job.py"]
+    cmd = [transparent[0], "-v", *transparent[1:], PY, "job.py", *args]
     proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=job_env(tmp_path, work))
     assert proc.stdin is not None and proc.stdout is not None
@@ -154,8 +156,11 @@ def _change_home(work: Path, what: str) -> None:
         os.unlink(work / "gone")
 
 
+@pytest.mark.parametrize("paths", ["relative", "absolute"])
 def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transparent: list[str],
-                                                                          tmp_path: Path) -> None:
+                                                                          tmp_path: Path, paths: str) -> None:
+    """With absolute paths the stats are answered by the C wait loop's mirror of the cache
+    (loopanswers.py), with relative ones by the cache in Python: both see every change."""
     work = tmp_path / "work"
     (work / "d").mkdir(parents=True)
     (work / "d" / "x").write_text("x")
@@ -165,7 +170,8 @@ def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transpa
     (work / "b.txt").write_text("bbbb")
     (work / "gone").write_text("")
     os.symlink("a.txt", work / "ln")
-    seen, err = _changed_under_the_job(transparent, tmp_path, work, WATCHER, _change_home, 6)
+    seen, err = _changed_under_the_job(transparent, tmp_path, work, WATCHER, _change_home, 6,
+                                       (str(work) + "/",) if paths == "absolute" else ())
     assert seen == ["mode seen: 0o640", "created seen: True", "retargeted seen: ('b.txt', 4)",
                     "renamed seen: False", "grown seen: 5", "removed seen: False"], err
     cached = re.search(r"cached=(\d+)", err)
@@ -216,6 +222,50 @@ print(content("r"))
 os.rename("d2/x", "r")
 print(content("r"), [content("r") for _ in range(2)])
 """
+
+
+OWN_CHANGES_ABSOLUTE = """\
+import os, sys
+B = sys.argv[1] + "/"
+def show(p):
+    try:
+        st = os.stat(B + p)
+        print(p, oct(st.st_mode), st.st_size, st.st_nlink, os.access(B + p, os.W_OK))
+    except OSError as exc:
+        print(p, "error", exc.errno)
+for _ in range(20):                      # asked again and again: the C wait loop answers
+    show("f"); show("nope")
+with open(B + "nope", "w") as f:         # its ENOENT goes with the job's own create
+    f.write("x")
+show("nope")
+os.chmod(B + "f", 0o600); show("f")
+with open(B + "f", "a") as f:            # a live file: its new size is seen at once
+    f.write("12345")
+    f.flush()
+    show("f"); show("f")
+show("f")
+os.rename(B + "f", B + "g"); show("f"); show("g")
+os.link(B + "g", B + "h"); show("g")
+os.unlink(B + "g"); show("g"); show("h")
+os.mkdir(B + "d"); show("d"); os.rmdir(B + "d"); show("d")
+"""
+
+
+def test_the_job_s_own_changes_to_absolute_paths_are_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
+    outs = []
+    for mode in ("native", "qrun"):
+        work = tmp_path / mode
+        work.mkdir()
+        (work / "own.py").write_text(OWN_CHANGES_ABSOLUTE)
+        (work / "f").write_text("f")
+        os.chmod(work / "f", 0o644)
+        prefix = [] if mode == "native" else transparent
+        r = subprocess.run([*prefix, PY, "own.py", str(work)], cwd=work, capture_output=True, text=True,
+                           timeout=120, env=job_env(tmp_path, work))
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[1] == outs[0]
+    assert "f 0o100600 6 1 True" in outs[0] and "nope 0o100644 1 1 True" in outs[0]
 
 
 def test_the_job_s_own_changes_are_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
