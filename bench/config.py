@@ -40,6 +40,10 @@ class Ctx:
     out: Path               # W2w output
     proj: Path              # W3 project
     lua: Path | None = None  # W3l: the Lua 5.4.6 tree from ../shared/data (None: not there)
+    many: Path | None = None  # W1f: a directory of MANY_FILES empty files f0, f1, ...
+
+
+MANY_FILES = 2000
 
 
 def ctx_wrap(ctx: Ctx, argv: list[str]) -> list[str]:

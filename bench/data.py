@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from .commands import run
-from .config import Config, Ctx
+from .config import MANY_FILES, Config, Ctx
 
 SOURCE = Path(__file__).resolve().parent / "workloads.c"
 
@@ -82,7 +82,12 @@ def prepare_data(cfg: Config, work: Path, exe: Path) -> Ctx:
     write_big(big, cfg.big_mib)
     proj = home / "proj"
     make_project(proj, cfg.make_files)
-    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home))
+    (home / "coherence").mkdir()   # W7's (there before sshfs mounts home: it caches entries)
+    many = home / "many"
+    many.mkdir()
+    for i in range(MANY_FILES):
+        (many / f"f{i}").touch()
+    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home), many)
 
 
 LUA_TAR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lua-5.4.6.tar"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,7 +87,13 @@ def measure(ctx: Ctx, ws: list[Workload], m: Mode) -> Outcome:
     cwd = first.cwd(ctx, m) if first.cwd else ctx.home
     if first.timing == "spawn":
         return _measure_spawn(ctx, first, argv, cwd)
-    p = run(argv, ctx.cfg.timeout, cwd)
+    helper = subprocess.Popen(first.helper(ctx), stdout=subprocess.DEVNULL) if first.helper else None
+    try:
+        p = run(argv, ctx.cfg.timeout, cwd)
+    finally:
+        if helper is not None:
+            helper.kill()
+            helper.wait()
     failed = p.reason(ctx.cfg.timeout) if p.rc != 0 or p.timed_out else None
     if first.timing == "wall":
         return _wall_result(ctx, first, p, failed)

@@ -11,6 +11,9 @@
  * calls.
  *
  *   workloads stat   PATH BUDGET_MS      stat(PATH) in a loop                  -> us/call
+ *   workloads stat1  DIR N               stat DIR/f0 .. DIR/f<N-1>, each once  -> us/call
+ *   workloads seen   DIR N               see N changes `change` makes at home  -> worst ms
+ *   workloads change DIR N               (at home, not timed) make those changes
  *   workloads orc    PATH BUDGET_MS      open + read 4 KiB + close             -> us/iteration
  *   workloads read   PATH                whole file, 1 MiB page-aligned reads  -> MB/s
  *   workloads write  PATH MIB [BS]       MIB MiB in BS-byte writes (1 MiB, page-aligned) -> MB/s
@@ -76,6 +79,85 @@ static int w_stat(const char *tag, const char *path, double budget) {
     if (stat(path, &sb) != 0) die("stat", path);
     TIMED_LOOP(budget, 20, 10, if (stat(path, &sb) != 0) die("stat", path), per, n);
     printf("RESULT %s %.4f us %ld\n", tag, per * 1e6, n);
+    return 0;
+}
+
+/* The first stat of each of n files DIR/f0 ... : what a job pays for a name it has not
+ * asked about yet (a cache that outlives one job would defeat it; qrun's does not). */
+static int w_stat1(const char *tag, const char *dir, long n) {
+    struct stat sb;
+    char path[4096];
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/f%ld", dir, i);
+        if (stat(path, &sb) != 0) die("stat", path);
+    }
+    printf("RESULT %s %.4f us %ld\n", tag, (now() - t0) / (double)n * 1e6, n);
+    return 0;
+}
+
+/* Coherence: how long after a change made at home (by `workloads change`, which runs
+ * outside the tool) the job sees it. Each change appends its CLOCK_MONOTONIC time to
+ * DIR/log, then one byte to DIR/flag; the job stats DIR/flag until its size moves and
+ * reads that change's time from the log. Reports the worst of n changes, in ms. */
+static long size_of(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (long)sb.st_size : -1;
+}
+
+static double change_time(const char *log, long which) {
+    FILE *f = fopen(log, "r");
+    if (!f) die("fopen", log);
+    double t = -1;
+    for (long i = 1; i <= which && fscanf(f, "%lf", &t) == 1; i++)
+        ;
+    fclose(f);
+    return t;
+}
+
+static int w_seen(const char *tag, const char *dir, long n) {
+    char flag[4096], log[4096], ready[4096];
+    snprintf(flag, sizeof flag, "%s/flag", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    snprintf(ready, sizeof ready, "%s/ready", dir);
+    long have = size_of(flag);
+    int fd = open(ready, O_WRONLY | O_CREAT, 0644);
+    if (fd < 0) die("open", ready);
+    close(fd);
+    double worst = 0, t0 = now();
+    while (have < n) {
+        long size;
+        while ((size = size_of(flag)) == have)
+            if (now() - t0 > 60) die("waiting for a change of", flag);
+        double seen = now(), made = change_time(log, size);
+        if (made < 0) die("no time in", log);
+        if (seen - made > worst) worst = seen - made;
+        have = size;
+    }
+    printf("RESULT %s %.3f ms %ld\n", tag, worst * 1e3, n);
+    return 0;
+}
+
+/* The other side of `seen`, run at home without the tool: n changes, 20 ms apart, once
+ * the job said it is ready. */
+static int w_change(const char *dir, long n) {
+    char flag[4096], log[4096], ready[4096];
+    snprintf(flag, sizeof flag, "%s/flag", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    snprintf(ready, sizeof ready, "%s/ready", dir);
+    for (double t0 = now(); size_of(ready) < 0; usleep(1000))
+        if (now() - t0 > 120) die("waiting for", ready);
+    for (long i = 0; i < n; i++) {
+        usleep(20000);
+        char line[64];
+        int len = snprintf(line, sizeof line, "%.9f\n", now());
+        int lf = open(log, O_WRONLY | O_APPEND | O_CREAT, 0644), ff;
+        if (lf < 0 || write(lf, line, (size_t)len) != len) die("append to", log);
+        close(lf);
+        ff = open(flag, O_WRONLY | O_APPEND | O_CREAT, 0644);
+        if (ff < 0 || write(ff, "x", 1) != 1) die("append to", flag);
+        close(ff);
+    }
     return 0;
 }
 
@@ -205,6 +287,9 @@ static int w_spawn(const char *tag, const char *prog, double budget) {
 static int dispatch(char **a, int n) {
     const char *w = a[0];
     if (!strcmp(w, "stat") && n == 3) return w_stat(w, a[1], atof(a[2]) / 1e3);
+    if (!strcmp(w, "seen") && n == 3) return w_seen(w, a[1], atol(a[2]));
+    if (!strcmp(w, "change") && n == 3) return w_change(a[1], atol(a[2]));
+    if (!strcmp(w, "stat1") && n == 3) return w_stat1(w, a[1], atol(a[2]));
     if (!strcmp(w, "orc") && n == 3) return w_orc(w, a[1], atof(a[2]) / 1e3);
     if (!strcmp(w, "read") && n == 2) return w_read(w, a[1]);
     if (!strcmp(w, "write") && (n == 3 || n == 4)) return w_write(w, a[1], atol(a[2]), n == 4 ? atol(a[3]) : MIB);
@@ -219,7 +304,7 @@ static int dispatch(char **a, int n) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: workloads NAME ARGS... [+ NAME ARGS...]...\n"
-                        "  NAME: stat|orc|read|write|clock|rdzero|pingpong|spawn\n");
+                        "  NAME: stat|stat1|seen|change|orc|read|write|clock|rdzero|pingpong|spawn\n");
         return 2;
     }
     int start = 1;

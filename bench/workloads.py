@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, Ctx
+from .config import MANY_FILES, Config, Ctx
 from .modes import Mode
 
 
@@ -25,12 +25,14 @@ class Workload:
     cwd: Callable[[Ctx, Mode], Path] | None = None
     prepare: Callable[[Ctx], None] | None = None
     check: Callable[[Ctx], str | None] | None = None
+    # A process run at home beside the workload, natively (the changes W7 waits for).
+    helper: Callable[[Ctx], list[str]] | None = None
 
     @property
     def grouped(self) -> bool:
         """Light in-program workloads share one process per run, so a slow-starting mode
         (qrun starts two Python interpreters) is started once per run, not once per workload."""
-        return self.timing == "program" and not self.heavy
+        return self.timing == "program" and not self.heavy and self.helper is None
 
 
 def _budget(c: Ctx) -> str:
@@ -39,6 +41,17 @@ def _budget(c: Ctx) -> str:
 
 def _remove_out(c: Ctx) -> None:
     c.out.unlink(missing_ok=True)
+
+
+CHANGES = 20   # W7: changes made at home per run
+
+
+def _reset_changes(c: Ctx) -> None:
+    """W7's directory as `workloads seen` expects it: an empty flag, no log, not ready."""
+    d = c.home / "coherence"
+    for name in ("log", "ready"):
+        (d / name).unlink(missing_ok=True)
+    (d / "flag").write_bytes(b"")
 
 
 def _clean_proj(c: Ctx) -> None:
@@ -71,6 +84,8 @@ def workloads(cfg: Config) -> list[Workload]:
     return [
         Workload("W1", "stat() of a home file", "µs",
                  lambda c, m: ["stat", str(m.path(c.small)), _budget(c)]),
+        Workload("W1f", f"first stat() of each of {MANY_FILES} home files", "µs",
+                 lambda c, m: ["stat1", str(m.path(c.many or c.home)), str(MANY_FILES)]),
         Workload("W1b", "open + read 4 KiB + close of a home file", "µs",
                  lambda c, m: ["orc", str(m.path(c.small)), _budget(c)]),
         Workload("W2", f"read {cfg.big_mib} MiB home file, 1 MiB reads", "MB/s",
@@ -96,6 +111,10 @@ def workloads(cfg: Config) -> list[Workload]:
                  lambda c, m: ["/bin/true"], timing="spawn"),
         Workload("W5b", "fork+exec+wait /bin/true in the job", "ms",
                  lambda c, m: ["spawn", "/bin/true", _budget(c)]),
+        Workload("W7", f"change made at home seen by the job (worst of {CHANGES})", "ms",
+                 lambda c, m: ["seen", str(m.path(c.home / "coherence")), str(CHANGES)],
+                 prepare=_reset_changes,
+                 helper=lambda c: [str(c.exe), "change", str(c.home / "coherence"), str(CHANGES)]),
         Workload("W6", "pipe round trip between two job processes", "µs",
                  lambda c, m: ["pingpong", _budget(c)]),
     ]
