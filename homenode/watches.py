@@ -83,7 +83,7 @@ class Watches:
         it cannot be watched."""
         if self.fd is None or len(self._deps) >= MAX_ANSWERS:
             return False
-        deps = self._walk(start, path, follow)
+        deps = self._walk(start, path, follow) if path or start is None else self._fd_itself(start)
         if deps is None:
             return False
         self._note(answer, deps)
@@ -107,6 +107,18 @@ class Watches:
             return None
         finally:
             w.leave()
+
+    def _fd_itself(self, fd: int) -> list[Dep] | None:
+        """An empty path names the fd's own file (AT_EMPTY_PATH: glibc's fstat of a file
+        the job holds): the answer depends on that inode alone."""
+        if lib.qr_fs_magic(fd) not in LOCAL_FILESYSTEMS:
+            return None
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        except OSError:
+            return None
+        wd = self._add(fd, MASK if is_dir else FILE_MASK)
+        return None if wd is None else [(wd, ANY)]
 
     def remember(self, key: bytes, dirfd: int, wd: int, deps: list[Dep]) -> bool:
         """Keep a directory reached from / by its plain name: later walks through it start

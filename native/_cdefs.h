@@ -53,6 +53,9 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
 #define QR_SEEN_NONE ...
 #define QR_SEEN_PATH ...
 #define QR_SEEN_FD_LINK ...
+/* By syscall number, the dirfd argument an empty path names (AT_EMPTY_PATH), or -1:
+ * qr_wait_filtered runs such a call on a local fd without returning. */
+void qr_set_empty_path_dirfd(const signed char *arg, int nbits);
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
                      int nbits, const char *home_prefix, const char *copy_prefix,
                      const signed char *path_arg, const char *policy, int policy_len,
@@ -62,9 +65,11 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
  * (remote/loopanswers.py). qr_wait_filtered gives them, without returning, to stops whose
  * path routes home, until `answers_until` (CLOCK_MONOTONIC ns). By syscall number, `out`
  * is -2 for calls never answered there, -1 for calls with no output, else the argument
- * the answer's bytes are written at; `keys` has bit i set if integer argument i is part
- * of the key. */
-void qr_answers_setup(const signed char *out, const unsigned char *keys, int nbits);
+ * the answer's bytes are written at; `size` is the argument that bounds them (readlink:
+ * a successful answer is then as many bytes as fit, and returns their count) or -1;
+ * `keys` has bit i set if integer argument i is part of the key. */
+void qr_answers_setup(const signed char *out, const signed char *size, const unsigned char *keys,
+                      int nbits);
 int qr_answers_put(int nr, const char *path, const unsigned long *args, long ret, const void *out,
                    int out_len);
 void qr_answers_clear(void);

@@ -680,13 +680,17 @@ static struct answer answers[ANSWER_SLOTS];
 static unsigned answers_gen = 1;
 static long answers_hits;
 static signed char answer_out[1024];     /* by nr: -2 never answered here, -1 no output, else its arg */
+static signed char answer_size[1024];    /* by nr: the argument that limits the output (readlink), or -1 */
 static unsigned char answer_keys[1024];  /* by nr: the integer arguments that are part of the key */
 
-void qr_answers_setup(const signed char *out, const unsigned char *keys, int nbits)
+void qr_answers_setup(const signed char *out, const signed char *size, const unsigned char *keys, int nbits)
 {
     int n = nbits < 1024 ? nbits : 1024;
     memset(answer_out, -2, sizeof answer_out);
+    memset(answer_size, -1, sizeof answer_size);
+    memset(answer_keys, 0, sizeof answer_keys);
     memcpy(answer_out, out, (size_t)n);
+    memcpy(answer_size, size, (size_t)n);
     memcpy(answer_keys, keys, (size_t)n);
 }
 
@@ -774,10 +778,18 @@ static int answered_here(int pid, const struct qr_regs *r, const char *path, lon
     const struct answer *a = answer_for((int)nr, r->args, path);
     if (a == NULL)
         return 0;
-    if (a->out_len > 0 && qr_write_mem(pid, r->args[answer_out[nr]], a->out, (size_t)a->out_len) !=
-                              a->out_len)
+    long ret = a->ret, len = a->out_len;
+    if (ret >= 0 && answer_size[nr] >= 0) {   /* readlink: as much of the target as fits */
+        unsigned long room = r->args[answer_size[nr]];
+        if (room == 0 || room > 0x7fffffffUL)
+            return 0;    /* (the kernel's EINVAL and the like: Python's) */
+        if ((unsigned long)len > room)
+            len = (long)room;
+        ret = len;
+    }
+    if (ret >= 0 && len > 0 && qr_write_mem(pid, r->args[answer_out[nr]], a->out, (size_t)len) != len)
         return 0;    /* (a bad pointer: Python answers it, with EFAULT) */
-    if (qr_skip(pid, a->ret) < 0 || (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH))
+    if (qr_skip(pid, ret) < 0 || (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH))
         return 0;
     answers_hits++;
     return 1;
@@ -792,6 +804,29 @@ static int seen_as(int pid, int kind, const char *what, size_t n, char *seen, in
     memcpy(seen, what, n + 1);
     *seen_kind = kind;
     return pid;
+}
+
+/* By syscall number: the dirfd argument that an empty path names (the *at calls with
+ * AT_EMPTY_PATH: glibc's fstat is newfstatat(fd, "", ..)), or -1. */
+static signed char empty_path_dirfd[1024];
+
+void qr_set_empty_path_dirfd(const signed char *arg, int nbits)
+{
+    memset(empty_path_dirfd, -1, sizeof empty_path_dirfd);
+    memcpy(empty_path_dirfd, arg, (size_t)(nbits < 1024 ? nbits : 1024));
+}
+
+/* Whether fd `fd` of `pid` is one of qrun's (a placeholder or a copy): then Python decides. */
+static int qruns_fd(int pid, int fd, const char *home_prefix, size_t hl, const char *copy_prefix, size_t cl)
+{
+    char path[64], target[4096];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+    ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
+    if (n <= 0)
+        return 0;
+    target[n] = 0;
+    return ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0) ||
+           ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0);
 }
 
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
@@ -823,6 +858,16 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         int pa = path_arg[nr];
         if (pa >= 0) {
             long n = qr_read_cstr(pid, r.args[pa], target, sizeof target);
+            if (n == 0 && empty_path_dirfd[nr] >= 0) {
+                /* An empty path names the dirfd itself: a local fd's call just runs (the
+                 * kernel says ENOENT without AT_EMPTY_PATH, as it would anyway). */
+                int dfd = (int)r.args[empty_path_dirfd[nr]];
+                if (dfd == AT_FDCWD || qruns_fd(pid, dfd, home_prefix, hl, copy_prefix, cl))
+                    return pid;
+                if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)
+                    return pid;
+                continue;
+            }
             if (n <= 0)
                 return pid;
             int route = route_of(target, policy, policy_len);

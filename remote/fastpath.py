@@ -14,7 +14,7 @@ from qrun.native import ffi, lib
 from qrun.remote import procpaths
 from qrun.remote.fds import FdSpace
 from qrun.remote.tracee import Regs
-from qrun.syscalls.model import Syscall
+from qrun.syscalls.model import DirFd, Syscall
 from qrun.syscalls.paths import PathPolicy
 
 FAST_BITS = 1024
@@ -54,6 +54,14 @@ class FastPath:
             if n is not None and n < FAST_BITS:
                 path_arg[n] = s.local_path_arg
         self._path_arg = ffi.new("signed char[]", path_arg)
+        # An empty path names the dirfd before it (AT_EMPTY_PATH): on a local fd such a call
+        # runs in the loop too (glibc's fstat is newfstatat(fd, "", buf, AT_EMPTY_PATH)).
+        empty = [-1] * FAST_BITS
+        for s in calls:
+            n, pa = s.number(arch), s.local_path_arg
+            if n is not None and n < FAST_BITS and pa > 0 and isinstance(s.args[pa - 1], DirFd):
+                empty[n] = pa - 1
+        lib.qr_set_empty_path_dirfd(ffi.new("signed char[]", empty), FAST_BITS)
         self._policy = policy_bytes(policy)
         self._seen = ffi.new("char[]", 4096)
         self._seen_kind = ffi.new("int *")

@@ -105,7 +105,10 @@ steps = [
     ("renamed", lambda: os.path.exists(B + "d/x")),
     ("grown", lambda: size(B + "f")),
     ("removed", lambda: os.access(B + "gone", os.R_OK)),
+    ("fd-mode", lambda: oct(os.fstat(held).st_mode & 0o777)),   # an open file's own stat
+    ("fd-grown", lambda: os.fstat(held).st_size),
 ]
+held = os.open(B + "held", os.O_RDONLY)
 for what, probe in steps:
     old = [probe() for _ in range(50)][-1]   # asked again and again: answered from the cache
     print("ready", what, flush=True)
@@ -154,6 +157,11 @@ def _change_home(work: Path, what: str) -> None:
             f.write("more")
     elif what == "removed":
         os.unlink(work / "gone")
+    elif what == "fd-mode":
+        os.chmod(work / "held", 0o600)
+    elif what == "fd-grown":
+        with open(work / "held", "a") as f:
+            f.write("more")
 
 
 @pytest.mark.parametrize("paths", ["relative", "absolute"])
@@ -170,12 +178,15 @@ def test_a_change_made_at_home_is_seen_by_a_job_answering_from_its_cache(transpa
     (work / "b.txt").write_text("bbbb")
     (work / "gone").write_text("")
     os.symlink("a.txt", work / "ln")
-    seen, err = _changed_under_the_job(transparent, tmp_path, work, WATCHER, _change_home, 6,
+    (work / "held").write_text("held")
+    os.chmod(work / "held", 0o644)
+    seen, err = _changed_under_the_job(transparent, tmp_path, work, WATCHER, _change_home, 8,
                                        (str(work) + "/",) if paths == "absolute" else ())
     assert seen == ["mode seen: 0o640", "created seen: True", "retargeted seen: ('b.txt', 4)",
-                    "renamed seen: False", "grown seen: 5", "removed seen: False"], err
+                    "renamed seen: False", "grown seen: 5", "removed seen: False",
+                    "fd-mode seen: 0o600", "fd-grown seen: 8"], err
     cached = re.search(r"cached=(\d+)", err)
-    assert cached is not None and int(cached.group(1)) >= 6 * 40, err
+    assert cached is not None and int(cached.group(1)) >= 8 * 40, err
 
 
 OWN_CHANGES = """\
