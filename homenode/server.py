@@ -108,9 +108,10 @@ class HomeServer:
         # libzmq's default of 1000 messages, before one would be discarded (and the gap
         # then noticed, see server_answers.py).
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        # No frame a stub of ours sends is larger than a message may be: libzmq drops a
-        # connection that tries, before it has allocated the frame.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        # No frame a stub of ours sends is larger than its largest request (a buffer of
+        # MAX_BUF in the map): libzmq drops a connection that tries, before it has
+        # allocated the frame.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_REQUEST_FRAME)
         for name, value in wire.liveness_options().items():
             self.sock.setsockopt(getattr(zmq, name), value)
         self.sock.bind(self.bind)

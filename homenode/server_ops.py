@@ -284,6 +284,8 @@ def _pwrite_all(fd: int, parts: list[memoryview], at: int) -> int:
     views = [p for p in parts if len(p)]
     while views:
         n = os.pwritev(fd, views, at)
+        if n == 0:
+            raise OSError(errno.EIO, "the file took no more data")  # (never spin on it)
         at += n
         while views and n >= len(views[0]):
             n -= len(views[0])

@@ -667,7 +667,7 @@ static int routes_local(const char *path, const char *policy, int policy_len)
 #define ANSWER_OUT 256
 
 struct answer {
-    unsigned gen;
+    uint64_t gen;
     int nr;
     long keys[6];
     long ret;
@@ -677,7 +677,7 @@ struct answer {
 };
 
 static struct answer answers[ANSWER_SLOTS];
-static unsigned answers_gen = 1;
+static uint64_t answers_gen = 1;   /* (64 bits: it never wraps to an old one) */
 static long answers_hits;
 static signed char answer_out[1024];     /* by nr: -2 never answered here, -1 no output, else its arg */
 static signed char answer_size[1024];    /* by nr: the argument that limits the output (readlink), or -1 */
@@ -779,13 +779,14 @@ static int answered_here(int pid, const struct qr_regs *r, const char *path, lon
     if (a == NULL)
         return 0;
     long ret = a->ret, len = a->out_len;
-    if (ret >= 0 && answer_size[nr] >= 0) {   /* readlink: as much of the target as fits */
+    if (answer_size[nr] >= 0) {   /* readlink: as much of the target as fits */
         unsigned long room = r->args[answer_size[nr]];
         if (room == 0 || room > 0x7fffffffUL)
-            return 0;    /* (the kernel's EINVAL and the like: Python's) */
-        if ((unsigned long)len > room)
+            return 0;    /* (the kernel's EINVAL for any such buffer: Python's) */
+        if (ret >= 0 && (unsigned long)len > room)
             len = (long)room;
-        ret = len;
+        if (ret >= 0)
+            ret = len;
     }
     if (ret >= 0 && len > 0 && qr_write_mem(pid, r->args[answer_out[nr]], a->out, (size_t)len) != len)
         return 0;    /* (a bad pointer: Python answers it, with EFAULT) */
@@ -835,6 +836,8 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
                      int *seen_kind, long long answers_until)
 {
+    if (nbits > 1024)
+        nbits = 1024;    /* (the loop's own tables by syscall number) */
     size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
     char path[64], target[4096];
     struct qr_regs r;

@@ -10,7 +10,7 @@ one socket per thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ class Rpc:
         return self._wait_for(self.seq, flight, {})
 
     def pipeline(self, op: str, argss: Iterable[list[Any]], tid: int = 0,
-                 umask: int = 0o022) -> Iterator[dict[str, Any]]:
+                 umask: int = 0o022) -> Generator[dict[str, Any], None, None]:
         """The replies to a run of requests, in order, with up to wire.REPLY_WINDOW in
         flight so that home works on the next while this end uses the last (home keeps that
         many replies, so a resend is still answered from its cache). The consumer may stop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,16 +133,18 @@ class Job:
         off, end = start, start + size
         while off < end:
             asks = ([handle, at, min(FETCH_CHUNK, end - at)] for at in range(off, end, FETCH_CHUNK))
-            for rep in self.rpc.pipeline("fetch", asks, tid=t.tid, umask=t.fs.umask):
-                data = rep["o"].get("data", b"")
-                if rep["e"] or not data:
-                    return
-                asked = min(FETCH_CHUNK, end - off)
-                self.fetched += len(data)
-                yield data
-                off += len(data)
-                if len(data) < asked:
-                    break  # (a short read: the chunks in flight start at the wrong offsets)
+            # (closed here, not by the garbage collector: a home lost meanwhile is raised)
+            with closing(self.rpc.pipeline("fetch", asks, tid=t.tid, umask=t.fs.umask)) as replies:
+                for rep in replies:
+                    data = rep["o"].get("data", b"")
+                    if rep["e"] or not data:
+                        return
+                    asked = min(FETCH_CHUNK, end - off)
+                    self.fetched += len(data)
+                    yield data
+                    off += len(data)
+                    if len(data) < asked:
+                        break  # (a short read: the chunks in flight start at the wrong offsets)
 
     def fd_kind(self, s: Stop, i: int) -> tuple[str, int | None]:
         """What argument i's fd is (LOCAL, HOME or COPY, and its handle); for the first

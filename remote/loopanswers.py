@@ -79,8 +79,9 @@ class LoopAnswers:
         """The cache keeps `rep`, the answer (`ret`) to stop `s`: the loop may give it too,
         if the stop named its path plainly and absolutely (the loop read it: s.seen_path)."""
         got = self.shapes.get(s.regs.nr)
-        if not self.enabled or got is None or s.seen_path is None or s.sc.number(self.arch) != s.regs.nr:
-            return
+        if (not self.enabled or got is None or s.seen_path is None or not s.seen_path.startswith(b"/")
+                or s.sc.number(self.arch) != s.regs.nr):
+            return  # (the loop looks up only absolute paths)
         out = b""
         if got.out >= 0 and not rep["e"]:
             kind, value = s.sc.args[got.out], rep["o"].get(str(got.out))

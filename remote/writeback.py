@@ -30,6 +30,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,12 +273,14 @@ class LiveFiles:
         digests = (lf.digests + [b""] * n)[:n]
         first = 0 if thorough else min(size, lf.synced_size) // BLOCK
         reply: dict[str, Any] | None = None
-        # (several runs in flight: home writes one while this end reads and digests the next)
-        for reply in self.rpc.pipeline("writeback", self._requests(lf, size, first, digests)):
-            if reply["e"]:
-                lf.error = reply["e"]
-                return  # the next sync sends it all again (the digests stay as they were)
-            self.bytes_sent += reply["r"]
+        # (several runs in flight: home writes one while this end reads and digests the next;
+        # closed here, not by the garbage collector, so a home lost meanwhile is raised)
+        with closing(self.rpc.pipeline("writeback", self._requests(lf, size, first, digests))) as replies:
+            for reply in replies:
+                if reply["e"]:
+                    lf.error = reply["e"]
+                    return  # the next sync sends it all again (the digests stay as they were)
+                self.bytes_sent += reply["r"]
         lf.digests, lf.synced_size = digests, size
         lf.sig, lf.synced_at = _sig(st), started
         lf.unchecked = not thorough and (lf.unchecked or first > 0)

@@ -14,8 +14,10 @@ from typing import Any
 import msgpack
 from qrun.syscalls.table import TABLE
 
-PROTOCOL_VERSION = 1
+# 2: write-back data travels in frames after the map (REQUEST_DATA_OPS)
+PROTOCOL_VERSION = 2
 MAX_MESSAGE = 64 << 20
+MAX_REQUEST_FRAME = 16 << 20   # the largest frame home accepts (libzmq drops the connection)
 
 
 # Transport liveness, the same on both ends: ZeroMQ heartbeats find a connection that went

@@ -89,7 +89,10 @@ def wait_for(what, probe, old):
     while time.monotonic() < deadline:
         now = probe()
         if now != old:
-            print(what, "seen:", now, flush=True)
+            # (a change in two steps, unlink + symlink, may be seen half done, as natively
+            # between two calls of the probe: what counts is what it settles to)
+            time.sleep(0.05)
+            print(what, "seen:", probe(), flush=True)
             return
         time.sleep(0.002)
     print(what, "NOT SEEN, still", old, flush=True)
