@@ -36,7 +36,9 @@ from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
 from qrun.homenode.zap import KeyGate
 from qrun.syscalls import wire
+from qrun.syscalls.model import DirFd
 from qrun.syscalls.paths import PathPolicy
+from qrun.syscalls.table import BY_NAME
 
 __all__ = ["HomeServer", "JobFailed", "Keys", "Outcome", "exit_status", "exit_usage"]
 
@@ -127,7 +129,9 @@ class HomeServer:
         self.replies: dict[int, wire.Frames] = {}
         # What the stub's kept answers depend on (nothing is kept with home roots).
         self.answers = Answers(enabled=not self.roots)
-        self.open_answers: dict[int, int] = {}   # handle -> the kept answer of its open
+        # handle -> the kept answers that live as long as it is open: its open's, and those
+        # about its own file (fstat as newfstatat(handle, "", AT_EMPTY_PATH))
+        self.handle_answers: dict[int, list[int]] = {}
         self.rpc_ident: bytes | None = None
         self.hello: dict[str, Any] | None = None
         self.control = ControlChannel(self.sock)
@@ -298,8 +302,10 @@ class HomeServer:
         keepable = not is_open or (e is None and o.get("kind") == "copy" and not o.get("writable"))
         for drop in self.answers.settle(seq, tracked, e, o, keepable):
             self.sock.send_multipart([ident, drop])
-        if is_open and "c" in o:
-            self.open_answers[o["handle"]] = seq
+        if "c" in o:  # (a kept answer: its request was checked and ran)
+            held = o.get("handle") if is_open else held_file(msg["op"], msg["a"])
+            if isinstance(held, int):
+                self.handle_answers.setdefault(held, []).append(seq)
         reply = self._reply_frames(msg["op"], seq, r, e, o)
         self.last_seq, self.replies[seq] = seq, reply
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
@@ -326,7 +332,8 @@ class HomeServer:
         try:
             for h in schema.each("close", schema.HANDLE, msg.get("close", [])):
                 self.handles.close(h)
-                self.answers.forget(self.open_answers.pop(h, None))
+                for answer in self.handle_answers.pop(h, []):
+                    self.answers.forget(answer)
             for hp in schema.each("retire", schema.I32, msg.get("retire", [])):
                 self.deputies.retire(hp)
             schema.integer(0, 0o777, "umask")(msg["umask"])
@@ -369,3 +376,15 @@ class HomeServer:
     # ---- operations -------------------------------------------------------------------
     def dispatch(self, op: str, a: list[Any], track: Tracker | None = None) -> Reply:
         return self.ops.dispatch(op, a, track)
+
+
+def held_file(op: str, a: list[Any]) -> int | None:
+    """The handle a cached call asks about with an empty path (its own file), if it does:
+    home forgets that answer when the handle closes, as the stub can no longer ask it."""
+    sc = BY_NAME.get(op)
+    if sc is None or not sc.cached:
+        return None
+    for i, _ in sc.path_args:
+        if 0 < i < len(a) and isinstance(sc.args[i - 1], DirFd) and a[i] == b"" and isinstance(a[i - 1], int):
+            return int(a[i - 1])
+    return None

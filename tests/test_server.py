@@ -416,3 +416,32 @@ def test_without_its_key_gate_the_server_admits_no_one(server: HomeServer, tmp_p
     target = tmp_path / "intruder"
     assert exchange(server, intruder, req(1, "mkdir", [os.fsencode(target), 0o755]), wait=1.0) is None
     assert not target.exists()
+
+
+def test_answers_about_a_held_file_are_dropped_when_it_changes_and_forgotten_when_it_closes(
+        server: HomeServer, tmp_path: Path) -> None:
+    """fstat of a file the job holds (newfstatat(handle, "", AT_EMPTY_PATH)) is kept,
+    watching that inode; once the handle is closed, no change of the file concerns it."""
+    def dropped() -> set[int]:
+        time.sleep(0.05)  # (inotify's events are queued by now)
+        return {n for d in server.answers.changed() for n in wire.decode(d)["c"]}
+    c = client(server)
+    f = tmp_path / "held"
+    f.write_bytes(b"x")
+    rep = exchange(server, c, req(1, "open", [None, os.fsencode(f), os.O_RDONLY, 0, False, None, None]))
+    assert rep is not None and rep["o"]["kind"] == "copy"
+    h = rep["o"]["handle"]
+    empty_path = 0x1000  # AT_EMPTY_PATH
+    rep = exchange(server, c, req(2, "newfstatat", [h, b"", None, empty_path]))
+    assert rep is not None and rep["e"] is None and rep["o"].get("c") == 2
+    assert rep["o"]["2"][structs.STAT_FIELDS.index("size")] == 1
+    os.chmod(f, 0o600)
+    assert 2 in dropped()
+    rep = exchange(server, c, req(3, "newfstatat", [h, b"", None, empty_path]))
+    assert rep is not None and rep["o"].get("c") == 3 and h in server.handle_answers
+    closing = wire.encode("req", seq=4, tid=1, op="newfstatat", a=[None, os.fsencode(tmp_path), None, 0],
+                          umask=0o022, close=[h])
+    rep = exchange(server, c, closing)
+    assert rep is not None and rep["e"] is None and h not in server.handle_answers
+    os.chmod(f, 0o644)
+    assert 3 not in dropped()
