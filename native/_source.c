@@ -817,17 +817,30 @@ void qr_set_empty_path_dirfd(const signed char *arg, int nbits)
     memcpy(empty_path_dirfd, arg, (size_t)(nbits < 1024 ? nbits : 1024));
 }
 
-/* Whether fd `fd` of `pid` is one of qrun's (a placeholder or a copy): then Python decides. */
-static int qruns_fd(int pid, int fd, const char *home_prefix, size_t hl, const char *copy_prefix, size_t cl)
+enum { FD_LOCAL, FD_PLACEHOLDER, FD_COPY };
+
+/* The directories qrun's own fds point into: placeholders' and copies'. */
+struct qruns_dirs {
+    const char *ph, *copy;
+    size_t ph_len, copy_len;
+};
+
+/* What fd `fd` of `pid` is, by its /proc link: that link is left in `target` (its length
+ * in *len, <= 0 if it could not be read, which makes the fd local: the kernel answers). */
+static int fd_kind(int pid, int fd, const struct qruns_dirs *d, char *target, size_t size, ssize_t *len)
 {
-    char path[64], target[4096];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
-    ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
+    ssize_t n = fd < 0 ? -1 : readlink(path, target, size - 1);
+    *len = n;
     if (n <= 0)
-        return 0;
+        return FD_LOCAL;
     target[n] = 0;
-    return ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0) ||
-           ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0);
+    if ((size_t)n > d->ph_len && strncmp(target, d->ph, d->ph_len) == 0)
+        return FD_PLACEHOLDER;
+    if ((size_t)n > d->copy_len && strncmp(target, d->copy, d->copy_len) == 0)
+        return FD_COPY;
+    return FD_LOCAL;
 }
 
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
@@ -838,8 +851,9 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
 {
     if (nbits > 1024)
         nbits = 1024;    /* (the loop's own tables by syscall number) */
-    size_t hl = strlen(home_prefix), cl = strlen(copy_prefix);
-    char path[64], target[4096];
+    const struct qruns_dirs dirs = {home_prefix, copy_prefix, strlen(home_prefix), strlen(copy_prefix)};
+    char target[4096];
+    ssize_t link_len;
     struct qr_regs r;
     for (;;) {
         *have_regs = 0;
@@ -865,33 +879,24 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
                 /* An empty path names the dirfd itself: a local fd's call just runs (the
                  * kernel says ENOENT without AT_EMPTY_PATH, as it would anyway). */
                 int dfd = (int)r.args[empty_path_dirfd[nr]];
-                if (dfd == AT_FDCWD || qruns_fd(pid, dfd, home_prefix, hl, copy_prefix, cl))
+                if (dfd == AT_FDCWD || fd_kind(pid, dfd, &dirs, target, sizeof target, &link_len) != FD_LOCAL)
                     return pid;
-                if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)
+            } else {
+                if (n <= 0)
                     return pid;
-                continue;
+                int route = route_of(target, policy, policy_len);
+                if (route == ROUTE_HOME && answered_here(pid, &r, target, answers_until))
+                    continue;
+                if (route != ROUTE_LOCAL)
+                    return seen_as(pid, QR_SEEN_PATH, target, (size_t)n, seen, seen_size, seen_kind);
             }
-            if (n <= 0)
-                return pid;
-            int route = route_of(target, policy, policy_len);
-            if (route == ROUTE_HOME && answered_here(pid, &r, target, answers_until))
-                continue;
-            if (route != ROUTE_LOCAL)
-                return seen_as(pid, QR_SEEN_PATH, target, (size_t)n, seen, seen_size, seen_kind);
         } else {
             if (!(local_ok[nr / 8] & (1 << (nr % 8))))
                 return pid;
-            int fd = (int)r.args[0];
-            snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
-            ssize_t n = fd < 0 ? -1 : readlink(path, target, sizeof target - 1);
-            if (n > 0) {
-                target[n] = 0;
-                if ((size_t)n > hl && strncmp(target, home_prefix, hl) == 0)   /* a home placeholder */
-                    return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)n, seen, seen_size, seen_kind);
-                if ((size_t)n > cl && strncmp(target, copy_prefix, cl) == 0 &&
-                    !(copy_ok[nr / 8] & (1 << (nr % 8))))      /* a copy, and not its data path */
-                    return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)n, seen, seen_size, seen_kind);
-            }
+            int kind = fd_kind(pid, (int)r.args[0], &dirs, target, sizeof target, &link_len);
+            if (kind == FD_PLACEHOLDER ||
+                (kind == FD_COPY && !(copy_ok[nr / 8] & (1 << (nr % 8)))))   /* not a copy's data path */
+                return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)link_len, seen, seen_size, seen_kind);
         }
         /* A local fd or path (or none: the kernel will say EBADF): the kernel runs it. */
         if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)

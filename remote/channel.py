@@ -150,6 +150,11 @@ class Rpc:
             args, bulk = args[:-1], args[-1]
         return wire.encode_frames("req", bulk, seq=self.seq, tid=tid, op=op, a=args, umask=umask, **extra)
 
+    @property
+    def owes_closes(self) -> bool:
+        """Whether handles wait to be closed at home (their locks go with the next request)."""
+        return bool(self.pending_close or self.pending_retire)
+
     def take_pushes(self) -> None:
         """Handle what home sent unasked and has arrived (no request is in flight)."""
         # (EVENTS, not poll(): a poll costs a Poller, ten times the check itself)

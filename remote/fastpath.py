@@ -48,19 +48,17 @@ class FastPath:
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
         self._copy_prefix = os.fsencode(fds.copies_dir + "/")
         self._have_regs = ffi.new("int *")  # the C wait loop already read this stop's registers
-        path_arg = [-1] * FAST_BITS
-        for s in calls:
-            n = s.number(arch)
-            if n is not None and n < FAST_BITS:
-                path_arg[n] = s.local_path_arg
-        self._path_arg = ffi.new("signed char[]", path_arg)
-        # An empty path names the dirfd before it (AT_EMPTY_PATH): on a local fd such a call
-        # runs in the loop too (glibc's fstat is newfstatat(fd, "", buf, AT_EMPTY_PATH)).
-        empty = [-1] * FAST_BITS
+        # By number: the path argument the loop routes by, and the dirfd before it that an
+        # empty path names (AT_EMPTY_PATH): on a local fd such a call runs in the loop too
+        # (glibc's fstat is newfstatat(fd, "", buf, AT_EMPTY_PATH)).
+        path_arg, empty = [-1] * FAST_BITS, [-1] * FAST_BITS
         for s in calls:
             n, pa = s.number(arch), s.local_path_arg
-            if n is not None and n < FAST_BITS and pa > 0 and isinstance(s.args[pa - 1], DirFd):
-                empty[n] = pa - 1
+            if n is not None and n < FAST_BITS:
+                path_arg[n] = pa
+                if pa > 0 and isinstance(s.args[pa - 1], DirFd):
+                    empty[n] = pa - 1
+        self._path_arg = ffi.new("signed char[]", path_arg)
         lib.qr_set_empty_path_dirfd(ffi.new("signed char[]", empty), FAST_BITS)
         self._policy = policy_bytes(policy)
         self._seen = ffi.new("char[]", 4096)

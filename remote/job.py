@@ -106,7 +106,7 @@ class Job:
         """Whether the stub may answer a call itself (from the metadata cache, or with a
         kept handle): not while handles wait to be closed at home, as their locks must go
         now, and only once home's drops that have arrived are applied."""
-        if self.rpc.pending_close or self.rpc.pending_retire:
+        if self.rpc.owes_closes:
             return False
         self.rpc.take_pushes()
         self.pushes_taken_ns = time.monotonic_ns()
@@ -117,7 +117,7 @@ class Job:
         metadata cache (loopanswers.py): a short while after home's drops were last taken
         in, and not at all while the stub itself would not answer (see answerable_here) or
         a live file may have a tail to send home first (Job.call's sync_changed)."""
-        if self.rpc.pending_close or self.rpc.pending_retire or self.live.by_home:
+        if self.rpc.owes_closes or self.live.by_home:
             return 0
         return self.pushes_taken_ns + WINDOW_NS
 

@@ -41,6 +41,10 @@ class FakeChannel:
         self.pushes: list[dict[str, Any]] = []   # home's unasked messages, not yet taken in
         self.on_push: Callable[[dict[str, Any]], None] = lambda msg: None
 
+    @property
+    def owes_closes(self) -> bool:
+        return bool(self.pending_close or self.pending_retire)
+
     def take_pushes(self) -> None:
         while self.pushes:
             self.on_push(self.pushes.pop(0))
