@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from qrun.homenode.watches import Watches
-from test_real_programs import job_env
+from test_real_programs import job_env, native_and_qrun
 
 PY = "/usr/bin/python3"
 
@@ -266,35 +266,25 @@ os.mkdir(B + "d"); show("d"); os.rmdir(B + "d"); show("d")
 
 
 def test_the_job_s_own_changes_to_absolute_paths_are_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
-    outs = []
-    for mode in ("native", "qrun"):
-        work = tmp_path / mode
-        work.mkdir()
+    def prepare(work: Path) -> None:
         (work / "own.py").write_text(OWN_CHANGES_ABSOLUTE)
         (work / "f").write_text("f")
         os.chmod(work / "f", 0o644)
-        prefix = [] if mode == "native" else transparent
-        r = subprocess.run([*prefix, PY, "own.py", str(work)], cwd=work, capture_output=True, text=True,
-                           timeout=120, env=job_env(tmp_path, work))
-        assert r.returncode == 0, r.stderr
-        outs.append(r.stdout)
-    assert outs[1] == outs[0]
-    assert "f 0o100600 6 1 True" in outs[0] and "nope 0o100644 1 1 True" in outs[0]
+    work = tmp_path / "work"
+    pair, _, _ = native_and_qrun(transparent, work, prepare, [PY, "own.py", str(work)], job_env(tmp_path, work))
+    assert pair.native.returncode == 0, pair.native.report()
+    pair.check()
+    assert "f 0o100600 6 1 True" in pair.native.stdout and "nope 0o100644 1 1 True" in pair.native.stdout
 
 
 def test_the_job_s_own_changes_are_seen_at_once(transparent: list[str], tmp_path: Path) -> None:
-    outs = []
-    for mode in ("native", "qrun"):
-        work = tmp_path / mode
-        work.mkdir()
+    def prepare(work: Path) -> None:
         (work / "own.py").write_text(OWN_CHANGES)
-        prefix = [] if mode == "native" else transparent
-        r = subprocess.run([*prefix, PY, "own.py"], cwd=work, capture_output=True, text=True,
-                           timeout=120, env=job_env(tmp_path, work))
-        assert r.returncode == 0, r.stderr
-        outs.append(r.stdout)
-    assert outs[1] == outs[0]
-    assert "directory time moved: True 3" in outs[0]
+    work = tmp_path / "work"
+    pair, _, _ = native_and_qrun(transparent, work, prepare, [PY, "own.py"], job_env(tmp_path, work))
+    assert pair.native.returncode == 0, pair.native.report()
+    pair.check()
+    assert "directory time moved: True 3" in pair.native.stdout
 
 
 def test_dotdot_from_a_directory_handle_depends_on_where_that_directory_is(watches: Watches,

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -278,20 +279,28 @@ except OSError as exc:
 """
 
 
-def test_a_full_home_disk_is_reported_by_fsync_and_close(transparent: list[str], tmp_path: Path) -> None:
-    """Written locally, the data meets home's full disk at write-back: fsync and close say
-    ENOSPC, as on NFS (natively the write itself would fail)."""
+@contextmanager
+def _tiny_tmpfs(where: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` at `where` (made, with its parents) while the block runs: a home
+    disk that fills up."""
     if os.geteuid() != 0:
         from conftest import skip_or_fail
         skip_or_fail("mounting a tiny tmpfs needs root")
-    work = tmp_path / "work"
-    (work / "full").mkdir(parents=True)
-    (work / "w.py").write_text(FULL_DISK)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(work / "full")], check=True)
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
     try:
-        r = run([*transparent, PY, "w.py"], work, job_env(tmp_path, work), timeout=120)
+        yield
     finally:
-        subprocess.run(["umount", "-l", str(work / "full")], check=False)
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_home_disk_is_reported_by_fsync_and_close(transparent: list[str], tmp_path: Path) -> None:
+    """Written locally, the data meets home's full disk at write-back: fsync and close say
+    ENOSPC, as on NFS (natively the write itself would fail)."""
+    work = tmp_path / "work"
+    with _tiny_tmpfs(work / "full", "1m"):
+        (work / "w.py").write_text(FULL_DISK)
+        r = run([*transparent, PY, "w.py"], work, job_env(tmp_path, work), timeout=120)
     assert r.returncode == 0, r.report()
     assert r.stdout == "write/fsync failed: ENOSPC\nclose failed: ENOSPC\n", r.report()
 
@@ -319,20 +328,13 @@ def test_a_full_disk_mid_write_back_fails_the_fsync_and_the_next_sync_sends_it_a
     """The disk fills while several write-back runs are in flight: fsync says ENOSPC, and
     the next sync sends the file as it now is, whole (nothing the failed one half-wrote
     is taken for sent)."""
-    if os.geteuid() != 0:
-        from conftest import skip_or_fail
-        skip_or_fail("mounting a tiny tmpfs needs root")
     work = tmp_path / "work"
-    (work / "full").mkdir(parents=True)
-    (work / "w.py").write_text(FULL_THEN_ROOM)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(work / "full")], check=True)
-    try:
+    with _tiny_tmpfs(work / "full", "16m"):
+        (work / "w.py").write_text(FULL_THEN_ROOM)
         r = run([*transparent, PY, "w.py"], work, job_env(tmp_path, work), timeout=120)
         assert r.returncode == 0, r.report()
         assert r.stdout == "fsync failed: ENOSPC\nclosed\n", r.report()
         assert (work / "full" / "big.bin").read_bytes() == bytes(range(256)) * 4096
-    finally:
-        subprocess.run(["umount", "-l", str(work / "full")], check=False)
 
 
 KILLED = """\
