@@ -29,7 +29,7 @@ from qrun.homenode.cli_options import (
     working_directory,
 )
 from qrun.homenode.cli_report import fail, report
-from qrun.homenode.cli_run import LAUNCHER_GRACE, home_roots, run, welcome_for
+from qrun.homenode.cli_run import LAUNCHER_GRACE, BatchHooks, home_roots, run, welcome_for
 from qrun.homenode.cli_where import where_to_run
 from qrun.homenode.placement import Ledger, PlacementError
 from qrun.syscalls.paths import PathPolicy
@@ -39,7 +39,7 @@ __all__ = ["BUILTIN_HOSTS", "DISTRIBUTION", "LAUNCHER_GRACE", "CwdError", "Parse
            "stub_command", "version", "where_to_run", "working_directory"]
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The job cannot start as asked: one `qrun: ...` line and this exit status."""
 
     def __init__(self, message: str, code: int) -> None:
@@ -54,24 +54,31 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["agent"]:
         from qrun.homenode import agent
         return agent.main(args[1:])
+    if args[:1] and args[0] in BATCH_COMMANDS:
+        from qrun.homenode import cli_batch
+        return cli_batch.main(args)
     opts = parser().parse_args(args)
     try:
         return _submit(opts)
-    except _Refused as exc:
+    except Refused as exc:
         return fail(str(exc), exc.code)
 
 
-def _submit(opts: argparse.Namespace) -> int:
+BATCH_COMMANDS = ("submit", "status", "cancel", "wait", "acct", "output", "daemon")
+
+
+def _submit(opts: argparse.Namespace, batch: BatchHooks | None = None) -> int:
+    """Run the job the options describe (a batch job's shepherd passes its hooks)."""
     cmd = command_of(opts)
     if not cmd:
-        raise _Refused("missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])",
+        raise Refused("missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])",
                        exitcodes.USAGE)
     try:
         settings = job_settings(opts)
     except (ValueError, PlacementError, config.ConfigError) as exc:
-        raise _Refused(str(exc), exitcodes.USAGE) from exc
+        raise Refused(str(exc), exitcodes.USAGE) from exc
     job = uuid.uuid4().hex[:12]
-    launch, ledger = _place(opts, settings, job)
+    launch, ledger = _place(opts, settings, job, patient=batch is not None)
     welcome = welcome_for(opts, cmd, settings, _policy(opts, ledger))
     limit = launch.cache_limit if opts.cache_limit is None else opts.cache_limit
     welcome["options"]["cache"] = {"dir": opts.cache_dir or launch.cache_dir, "limit": limit}
@@ -79,8 +86,8 @@ def _submit(opts: argparse.Namespace) -> int:
         roots = home_roots(opts, settings.cfg, launch) if opts.transparent else []
         if roots is None:
             return exitcodes.USAGE
-        return run(job, launch, welcome, settings.timeout, opts.verbose, cmd[0], opts.output, roots,
-                   opts.trace_file)
+        return run(job, launch, welcome, settings.timeout, opts.verbose, cmd[0],
+                   None if batch is not None else opts.output, roots, opts.trace_file, batch)
     finally:
         if ledger is not None:
             try:
@@ -89,15 +96,21 @@ def _submit(opts: argparse.Namespace) -> int:
                 fail(str(exc), exitcodes.USAGE)
 
 
-def _place(opts: argparse.Namespace, s: JobSettings, job: str) -> tuple[launchers.Launch, Ledger | None]:
+def run_batch(opts: argparse.Namespace, hooks: BatchHooks) -> int:
+    """A batch job's run, for its shepherd (Refused if it cannot start)."""
+    return _submit(opts, hooks)
+
+
+def _place(opts: argparse.Namespace, s: JobSettings, job: str,
+           patient: bool = False) -> tuple[launchers.Launch, Ledger | None]:
     try:
-        return where_to_run(opts, s.cfg, job, s.stub, s.cwd, s.requirements)
+        return where_to_run(opts, s.cfg, job, s.stub, s.cwd, s.requirements, patient)
     except launchers.LaunchError as exc:
-        raise _Refused(str(exc), exc.code) from exc
+        raise Refused(str(exc), exc.code) from exc
     except PlacementError as exc:
-        raise _Refused(str(exc), exitcodes.NO_HOST) from exc
+        raise Refused(str(exc), exitcodes.NO_HOST) from exc
     except (hostlist.HostListError, config.ConfigError) as exc:
-        raise _Refused(str(exc), exitcodes.USAGE) from exc
+        raise Refused(str(exc), exitcodes.USAGE) from exc
 
 
 def _policy(opts: argparse.Namespace, ledger: Ledger | None) -> PathPolicy | None:
@@ -109,7 +122,7 @@ def _policy(opts: argparse.Namespace, ledger: Ledger | None) -> PathPolicy | Non
     except OSError as exc:  # relative --local/--home paths from a removed directory
         if ledger is not None:
             ledger.release()
-        raise _Refused(f"--local/--home: {exc.strerror}", exitcodes.USAGE) from exc
+        raise Refused(f"--local/--home: {exc.strerror}", exitcodes.USAGE) from exc
 
 
 def entry() -> None:

@@ -82,7 +82,21 @@ def seconds(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(batch: bool = False) -> argparse.ArgumentParser:
+    """qrun's command line; `batch`: that of `qrun submit`, which takes the same options
+    but output files instead of --pty and the copy of output."""
+    if batch:
+        ap = Parser(prog="qrun submit",
+                    usage="qrun submit [--transparent] [-w HOSTS] [options] [-o FILE] [-e FILE] "
+                          "[-J NAME] [--] CMD [ARGS...]",
+                    description="Submit a batch job: print its id and return at once. The job runs "
+                                "under this user's qrun daemon, whatever becomes of this terminal.")
+        ap.add_argument("--transparent", action="store_true",
+                        help="forward file and identity syscalls to this machine (the home node)")
+        _where_options(ap.add_argument_group("where to run"))
+        _job_options(ap.add_argument_group("the job"), batch=True)
+        ap.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+        return ap
     ap = Parser(
         prog="qrun",
         usage="qrun [--transparent] [-w HOSTS] [options] [--] CMD [ARGS...]\n"
@@ -120,15 +134,24 @@ def _where_options(where: argparse._ArgumentGroup) -> None:
                        "~/.config/qrun/config.toml, /etc/qrun/qrun.toml)")
 
 
-def _job_options(job: argparse._ArgumentGroup) -> None:
+def _job_options(job: argparse._ArgumentGroup, batch: bool = False) -> None:
     job.add_argument("-D", "--chdir", metavar="DIR", help="the job's working directory (default: cwd)")
     job.add_argument("--export", default="ALL", metavar="ALL|NONE|VAR[=val],...",
                      help="plain execution: the job's environment (default ALL: this one; "
                           "a transparent job always gets this one)")
-    job.add_argument("--pty", action="store_true",
-                     help="run the job on a pseudo-terminal of the execution host (editors, REPLs, "
-                          "shells); qrun's terminal is in raw mode meanwhile")
-    job.add_argument("-o", "--output", metavar="FILE", help="also copy all job output into FILE")
+    if batch:
+        job.add_argument("-o", "--output", default="qrun-%j.out", metavar="FILE",
+                         help="where the job's output goes (default qrun-%%j.out); %%j is the job id, "
+                              "%%x its name, %%u the user, %%%% a %%")
+        job.add_argument("-e", "--error", metavar="FILE",
+                         help="where its standard error goes (default: with its output)")
+        job.add_argument("-J", "--job-name", metavar="NAME", help="the job's name (default: the command's)")
+        job.set_defaults(pty=False)
+    else:
+        job.add_argument("--pty", action="store_true",
+                         help="run the job on a pseudo-terminal of the execution host (editors, "
+                              "REPLs, shells); qrun's terminal is in raw mode meanwhile")
+        job.add_argument("-o", "--output", metavar="FILE", help="also copy all job output into FILE")
     job.add_argument("--trace", nargs="?", const="all", default=None, metavar="SET",
                      help="transparent: print each trapped call of the job (arguments, route, result, "
                           "time) to stderr; SET selects as strace's -e trace= does: %%file,%%process, "

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qrun.homenode import config, exitcodes, launchers, terminal
@@ -18,6 +20,7 @@ from qrun.syscalls.paths import PathPolicy
 
 if TYPE_CHECKING:
     from qrun.homenode.server import HomeServer
+    from qrun.homenode.server_outcome import Outcome
 
 LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
 
@@ -54,9 +57,29 @@ def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
     return roots
 
 
+@dataclass
+class BatchHooks:
+    """How a batch job's shepherd follows the job it serves: told where it runs and how it
+    ended (the outcome, None if it never ran, and qrun's exit status), and how long a
+    cancelled job gets between SIGTERM and SIGKILL."""
+    placed: Callable[[launchers.Launch], None]
+    ended: Callable[[Outcome | None, int], None]
+    term_grace: float
+
+
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
         verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
-        trace_file: str | None = None) -> int:
+        trace_file: str | None = None, batch: BatchHooks | None = None) -> int:
+    ended: list[Outcome] = []
+    code = _run(job, launch, welcome, timeout, verbose, argv0, output, roots, trace_file, batch, ended)
+    if batch is not None:
+        batch.ended(ended[0] if ended else None, code)
+    return code
+
+
+def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
+         verbose: bool, argv0: str, output: str | None, roots: list[str] | None,
+         trace_file: str | None, batch: BatchHooks | None, ended: list[Outcome]) -> int:
     # The launcher starts first: the stub's interpreter starts up while the home server is
     # imported and set up, and waits for its bootstrap line on stdin.
     try:
@@ -69,6 +92,8 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
     if isinstance(server, int):
         _stop(proc)
         return server
+    if batch is not None:
+        batch.placed(launch)
     try:
         assert proc.stdin is not None
         try:
@@ -76,7 +101,8 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel)
+        outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
+                               batch.term_grace if batch is not None else None)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)
@@ -90,6 +116,7 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
         _stop(proc, grace=LAUNCHER_GRACE)
         for d in launch.cleanup:
             _rmtree(d)
+    ended.append(outcome)
     return report(outcome, verbose, argv0)
 
 

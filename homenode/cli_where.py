@@ -12,8 +12,10 @@ from qrun.homenode.placement import HostView, Ledger, PlacementError, Requiremen
 
 
 def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, stub: list[str],
-                 cwd: str, requirements: list[Requirement]) -> tuple[launchers.Launch, Ledger | None]:
-    """Pick the host and its launcher: "where" is decided here, the stub is always the same."""
+                 cwd: str, requirements: list[Requirement],
+                 patient: bool = False) -> tuple[launchers.Launch, Ledger | None]:
+    """Pick the host and its launcher: "where" is decided here, the stub is always the same.
+    `patient` (a batch job): while every fitting host is full, wait for one to free up."""
     if opts.via:
         _no_requirements(requirements, "--via")
         addr = opts.home_addr or cfg.home_addr
@@ -26,7 +28,7 @@ def where_to_run(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, 
     launch = _builtin_host(opts, cfg, job, stub, cwd, requirements, wanted, excluded)
     if launch is not None:
         return launch, None
-    return _cluster_host(opts, cfg, job, stub, requirements, wanted, excluded)
+    return _cluster_host(opts, cfg, job, stub, requirements, wanted, excluded, patient)
 
 
 def _builtin_host(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, stub: list[str],
@@ -54,7 +56,7 @@ def _builtin_host(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str,
 
 def _cluster_host(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str, stub: list[str],
                   requirements: list[Requirement], wanted: list[str],
-                  excluded: list[str]) -> tuple[launchers.Launch, Ledger]:
+                  excluded: list[str], patient: bool) -> tuple[launchers.Launch, Ledger]:
     """A host of the cluster file, chosen by load and counted as running the job."""
     if not cfg.hosts:
         raise launchers.LaunchError(f"unknown host '{opts.host}' (known: {', '.join(BUILTIN_HOSTS)}; "
@@ -71,7 +73,7 @@ def _cluster_host(opts: argparse.Namespace, cfg: config.ClusterConfig, job: str,
         agent.query(cfg, views)
     else:
         assume_idle(views)  # one host named explicitly: just go there
-    chosen = _claim(cfg, ledger, views, requirements)
+    chosen = _claim(cfg, ledger, views, requirements, patient)
     try:
         return _launch_on(chosen.config, opts, cfg, job, stub), ledger
     except launchers.LaunchError:
@@ -108,19 +110,26 @@ def assume_idle(views: list[HostView]) -> None:
 
 
 def _claim(cfg: config.ClusterConfig, ledger: Ledger, views: list[HostView],
-           requirements: list[Requirement]) -> HostView:
+           requirements: list[Requirement], patient: bool) -> HostView:
     """Choose a host and count this job as running there, waiting (with a message) while
-    the user's cluster-wide cap on running jobs is reached."""
-    announced = False
+    the user's cluster-wide cap on running jobs is reached, and, if `patient`, while every
+    host that would do is full (its max_jobs)."""
+    announced = ""
     while True:
         ledger.annotate(views)
-        chosen = choose(views, requirements)
-        if ledger.claim(chosen.name, cfg.max_jobs_per_user):
-            return chosen
-        if not announced:
-            sys.stderr.write(f"qrun: waiting: {cfg.max_jobs_per_user} of your jobs are running "
-                             "(max_jobs_per_user)\n")
-            announced = True
+        try:
+            chosen = choose(views, requirements)
+        except PlacementError as exc:
+            if not patient or not any(v.why_not.startswith("full") for v in views):
+                raise
+            why = f"every host is full ({exc})"
+        else:
+            if ledger.claim(chosen.name, cfg.max_jobs_per_user):
+                return chosen
+            why = f"{cfg.max_jobs_per_user} of your jobs are running (max_jobs_per_user)"
+        if why != announced:
+            sys.stderr.write(f"qrun: waiting: {why}\n")
+            announced = why
         time.sleep(0.5)
         for v in views:
             v.why_not = ""

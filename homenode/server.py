@@ -164,9 +164,10 @@ class HomeServer:
     # ---- main loop --------------------------------------------------------------------
     def serve(self, launcher: subprocess.Popen[bytes], describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
-              waiting_for: str = "", cancel: list[str] | None = None) -> Outcome:
+              waiting_for: str = "", cancel: list[str] | None = None,
+              term_grace: float | None = None) -> Outcome:
         """Run the job to its end (see ServeLoop)."""
-        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel).run()
+        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, term_grace).run()
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""

@@ -43,9 +43,11 @@ class ServeLoop:
     classify: Callable[[str], tuple[str, int]] | None = None
     waiting_for: str = ""
     cancel: list[str] | None = None
+    term_grace: float | None = None
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
+        self.kill_at: float | None = None
         self.announced = False
         self.last_heard = self.started
         self.last_int = 0.0
@@ -110,6 +112,9 @@ class ServeLoop:
             self._check_start(now, stderr)
         else:
             self._check_contact(now)
+        if self.kill_at is not None and now > self.kill_at:
+            srv.control.send("sig", pid=0, sig=signal.SIGKILL)
+            self.kill_at = None
         return None
 
     def _deputies(self, events: dict[Any, int], child_exited: bool) -> None:
@@ -157,6 +162,8 @@ class ServeLoop:
             srv.control.send("sig", pid=0, sig=b)
         if b == signal.SIGINT:
             self.last_int = now
+        if b == signal.SIGTERM and self.term_grace is not None and self.kill_at is None:
+            self.kill_at = now + self.term_grace
         if b == signal.SIGCONT:
             self.last_heard = now  # qrun itself was stopped: that was no silence
         if srv.hello is None and b in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -1,0 +1,380 @@
+"""Batch jobs on the command line: `qrun submit`, `status`, `cancel`, `wait`, `acct`,
+`output` and `daemon`. The job records (jobstore) answer every question; the daemon is
+asked only to start and cancel jobs. Columns and `--json` field names are documented in
+docs/guide.md ("Batch jobs") and kept stable."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from importlib import resources
+from typing import Any
+
+from qrun.homenode import config, exitcodes
+from qrun.homenode.cli_options import Parser, command_of, job_settings, parser
+from qrun.homenode.cli_report import fail
+from qrun.homenode.daemon import DaemonError, ensure_running, request
+from qrun.homenode.daemon import main as daemon_main
+from qrun.homenode.jobstore import (
+    CANCELLED,
+    FINAL,
+    LOST,
+    PENDING,
+    RUNNING,
+    STATES,
+    NewJob,
+    Store,
+    StoreError,
+    user_name,
+)
+from qrun.homenode.placement import PlacementError
+
+POLL = 0.2   # seconds between looks at the records while waiting or following
+
+
+def main(args: list[str]) -> int:
+    command, rest = args[0], args[1:]
+    try:
+        return COMMANDS[command](rest)
+    except (StoreError, DaemonError) as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- submit -----------------------------------------------------------------------------
+_PATTERN = re.compile(r"%(.)")
+
+
+def expand(pattern: str, job_id: int, name: str) -> str:
+    """An output file name from its pattern: %j the job id, %x its name, %u the user, %% a
+    %; ValueError for any other."""
+    values = {"j": str(job_id), "x": name, "u": user_name(), "%": "%"}
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise ValueError(f"unknown pattern %{m.group(1)} in {pattern!r} (known: %j %x %u %%)")
+        return values[m.group(1)]
+    return _PATTERN.sub(one, pattern)
+
+
+def submit(args: list[str]) -> int:
+    opts = parser(batch=True).parse_args(args)
+    cmd = command_of(opts)
+    if not cmd:
+        return fail("missing command (usage: qrun submit [options] -- CMD [ARGS...])", exitcodes.USAGE)
+    try:
+        settings = job_settings(opts)
+        name = opts.job_name or os.path.basename(cmd[0]) or cmd[0]
+        for pattern in (opts.output, opts.error):
+            if pattern is not None:
+                expand(pattern, 0, name)
+    except (ValueError, PlacementError, config.ConfigError) as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    store = Store()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    job_id = store.add(NewJob(name, cmd, args, dict(os.environ), settings.cwd, umask,
+                              "transparent" if opts.transparent else "plain", batch=True))
+    out = os.path.join(settings.cwd, expand(opts.output, job_id, name))
+    err = os.path.join(settings.cwd, expand(opts.error, job_id, name)) if opts.error else out
+    store.set_paths(job_id, out, err)
+    try:
+        ensure_running()
+        request("wake")
+    except DaemonError as exc:
+        store.ended(job_id, "FAILED", None, reason=str(exc))
+        return fail(f"job {job_id} cannot run: {exc}", exitcodes.LAUNCH)
+    sys.stdout.write(f"{job_id}\n")
+    return 0
+
+
+# ---- status and acct --------------------------------------------------------------------
+STATUS_COLUMNS = ("JOBID", "NAME", "USER", "STATE", "HOST", "SUBMITTED", "TIME", "REASON")
+ACCT_COLUMNS = ("JOBID", "NAME", "STATE", "EXIT", "HOST", "START", "ELAPSED", "CPU", "MAXRSS",
+                "CALLS", "FETCHED", "WRITTEN", "ATTEMPTS")
+
+
+def _states(text: str | None) -> list[str]:
+    if not text:
+        return []
+    states = [s.strip().upper() for s in text.split(",") if s.strip()]
+    unknown = [s for s in states if s not in STATES]
+    if unknown:
+        raise ValueError(f"--state: unknown state {unknown[0]} (known: {', '.join(STATES)})")
+    return states
+
+
+def _ids(words: list[str]) -> list[int]:
+    try:
+        return [int(w) for w in words]
+    except ValueError:
+        raise ValueError(f"job ids are numbers, not {next(w for w in words if not w.isdigit())!r}") from None
+
+
+def status(args: list[str]) -> int:
+    ap = Parser(prog="qrun status", description="Jobs that are pending or running (--all: every job).")
+    ap.add_argument("ids", nargs="*", help="only these jobs")
+    ap.add_argument("--all", "-a", action="store_true", help="finished jobs too")
+    ap.add_argument("--state", "-t", metavar="STATES", help="only jobs in these states (comma-separated)")
+    ap.add_argument("--name", "-n", metavar="NAME", help="only jobs of this name")
+    ap.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
+    ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
+    opts = ap.parse_args(args)
+    try:
+        states = _states(opts.state) or ([] if opts.all or opts.ids else [PENDING, RUNNING])
+        jobs = Store().jobs(states, opts.name, opts.user, ids=_ids(opts.ids))
+    except ValueError as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    if opts.json:
+        json.dump([public(j) for j in jobs], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    now = time.time()
+    rows = [[str(j["id"]), j["name"], j["user"], j["state"], j["host"] or "-", _clock(j["submitted"]),
+             _duration(_elapsed(j, now)), _reason(j)] for j in jobs]
+    _table(STATUS_COLUMNS, rows)
+    return 0
+
+
+def acct(args: list[str]) -> int:
+    ap = Parser(prog="qrun acct", description="Accounting of jobs: how each ended and what it used.")
+    ap.add_argument("ids", nargs="*", help="only these jobs")
+    ap.add_argument("--since", "-S", metavar="WHEN",
+                    help="jobs submitted since WHEN: YYYY-MM-DD[THH:MM[:SS]], or an age as 30m, 12h, 7d")
+    ap.add_argument("--state", "-s", metavar="STATES", help="only jobs in these states (comma-separated)")
+    ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
+    opts = ap.parse_args(args)
+    try:
+        since = _since(opts.since) if opts.since else None
+        jobs = Store().jobs(_states(opts.state), since=since, ids=_ids(opts.ids))
+    except ValueError as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    if opts.json:
+        json.dump([public(j) for j in jobs], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    now = time.time()
+    rows = [[str(j["id"]), j["name"], j["state"], _exit(j), j["host"] or "-", _clock(j["started"]),
+             _duration(_elapsed(j, now)), _num(j["utime"], j["stime"]), _kib(j["maxrss_kb"]),
+             _int(j["calls"]), _bytes(j["fetched"]), _bytes(j["written_back"]), str(j["attempts"])]
+            for j in jobs]
+    _table(ACCT_COLUMNS, rows)
+    return 0
+
+
+def public(j: dict[str, Any]) -> dict[str, Any]:
+    """A job as `--json` shows it: the record's fields, plus its elapsed seconds."""
+    out = dict(j)
+    out["elapsed"] = _elapsed(j, time.time())
+    return out
+
+
+def _elapsed(j: dict[str, Any], now: float) -> float | None:
+    if j["started"] is None:
+        return None
+    return round((j["ended"] or now) - j["started"], 3)
+
+
+def _since(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return time.mktime(time.strptime(text, fmt))
+        except ValueError:
+            continue
+    raise ValueError(f"--since: {text!r} is neither a date (YYYY-MM-DD[THH:MM[:SS]]) nor an age "
+                     "(30m, 12h, 7d)")
+
+
+def _reason(j: dict[str, Any]) -> str:
+    if j["cancelled"] is not None and j["state"] not in FINAL:
+        return "cancelling"
+    if j["state"] in FINAL and j["state"] != CANCELLED and j["exit_code"] is not None and not j["reason"]:
+        return f"exit {_exit(j)}"
+    return j["reason"] or "-"
+
+
+def _exit(j: dict[str, Any]) -> str:
+    if j["signal"]:
+        try:
+            return f"{j['exit_code']} ({signal.Signals(j['signal']).name})"
+        except ValueError:
+            return str(j["exit_code"])
+    return "-" if j["exit_code"] is None else str(j["exit_code"])
+
+
+def _clock(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 86400}-{s % 86400 // 3600:02}:{s % 3600 // 60:02}:{s % 60:02}" if s >= 86400 else \
+        f"{s // 3600}:{s % 3600 // 60:02}:{s % 60:02}"
+
+
+def _num(*parts: float | None) -> str:
+    return "-" if all(p is None for p in parts) else f"{sum(p or 0 for p in parts):.2f}s"
+
+
+def _int(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def _kib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1024:.1f}M"
+
+
+def _bytes(v: int | None) -> str:
+    if v is None:
+        return "-"
+    for unit in ("", "K", "M", "G"):
+        if v < 1024 or unit == "G":
+            return f"{v:.0f}{unit}" if unit == "" else f"{v:.1f}{unit}"
+        v = v / 1024  # type: ignore[assignment]
+    return str(v)
+
+
+def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for line in [list(columns)] + rows:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() + "\n")
+
+
+# ---- cancel, wait, output ---------------------------------------------------------------
+def cancel(args: list[str]) -> int:
+    ap = Parser(prog="qrun cancel", description="Cancel jobs: a pending one never starts; a running "
+                "one gets SIGTERM, and SIGKILL to all its processes 10 s later.")
+    ap.add_argument("ids", nargs="*", help="the jobs")
+    ap.add_argument("--name", "-n", metavar="NAME", help="every unfinished job of this name")
+    ap.add_argument("--all", action="store_true", help="every unfinished job of yours")
+    opts = ap.parse_args(args)
+    store = Store()
+    try:
+        ids = _ids(opts.ids)
+    except ValueError as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    if opts.name is not None or opts.all:
+        ids += [j["id"] for j in store.jobs([PENDING, RUNNING], opts.name, user_name())]
+    elif not ids:
+        return fail("name the jobs to cancel (IDs, --name NAME or --all)", exitcodes.USAGE)
+    unknown = [i for i in ids if store.get(i) is None]
+    if unknown:
+        return fail(f"no job {unknown[0]}", exitcodes.USAGE)
+    if not ids:
+        return 0
+    ensure_running()
+    reply = request("cancel", ids=ids)
+    if not reply.get("ok"):
+        return fail(f"cancel: {reply.get('error', 'refused')}", exitcodes.USAGE)
+    code = 0
+    for job_id, result in reply["results"].items():
+        if result not in ("cancelled", "cancelling") and not result.startswith("already"):
+            code = fail(f"job {job_id}: {result}", 1)
+    return code
+
+
+def exit_status(j: dict[str, Any]) -> int:
+    """What `qrun wait` returns for a finished job: its status as `qrun` would have (128+N
+    for signal N), else 143 for a job cancelled before it ran, 124 for a lost one and 125
+    for one that could not be started."""
+    if j["exit_code"] is not None:
+        return int(j["exit_code"])
+    return {CANCELLED: 128 + signal.SIGTERM, LOST: exitcodes.LOST}.get(j["state"], exitcodes.LAUNCH)
+
+
+def wait(args: list[str]) -> int:
+    ap = Parser(prog="qrun wait", description="Wait for jobs to end; the exit status is the last "
+                "one's, as the shell's wait returns.")
+    ap.add_argument("ids", nargs="+", help="the jobs")
+    ap.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 124)")
+    opts = ap.parse_args(args)
+    store = Store()
+    try:
+        ids = _ids(opts.ids)
+    except ValueError as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
+    last: dict[str, Any] | None = None
+    for job_id in ids:
+        while True:
+            last = store.get(job_id)
+            if last is None:
+                return fail(f"no job {job_id}", exitcodes.USAGE)
+            if last["state"] in FINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return fail(f"job {job_id} is still {last['state']}", exitcodes.LOST)
+            time.sleep(POLL)
+    assert last is not None
+    return exit_status(last)
+
+
+def output(args: list[str]) -> int:
+    ap = Parser(prog="qrun output", description="A job's output so far.")
+    ap.add_argument("id", help="the job")
+    ap.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    ap.add_argument("-e", "--error", action="store_true", help="its standard error file instead "
+                    "(when it has one of its own)")
+    opts = ap.parse_args(args)
+    store = Store()
+    try:
+        job_id = _ids([opts.id])[0]
+    except ValueError as exc:
+        return fail(str(exc), exitcodes.USAGE)
+    j = store.get(job_id)
+    if j is None:
+        return fail(f"no job {job_id}", exitcodes.USAGE)
+    path = j["err_path"] if opts.error else j["out_path"]
+    done = j["state"] in FINAL
+    f = None
+    out = sys.stdout.buffer
+    while True:
+        if f is None:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                if done or not opts.follow:
+                    if j["state"] == PENDING or (done and j["started"] is None):
+                        return 0   # (nothing written yet, or never started)
+                    return fail(f"job {job_id}: its output file {path} is gone", 1)
+        if f is not None:
+            shutil.copyfileobj(f, out)
+            out.flush()
+        if done or not opts.follow:
+            break
+        time.sleep(POLL)
+        now = store.get(job_id)
+        done = now is None or now["state"] in FINAL   # (one more read after the end)
+    if f is not None:
+        f.close()
+    return 0
+
+
+def daemon(args: list[str]) -> int:
+    ap = Parser(prog="qrun daemon", description="Run this user's qrun daemon in the foreground (as a "
+                "systemd user unit does); `qrun submit` starts one itself when none runs.")
+    ap.add_argument("--print-unit", action="store_true",
+                    help="print a systemd user unit for it (~/.config/systemd/user/qrun.service)")
+    opts = ap.parse_args(args)
+    if opts.print_unit:
+        unit = resources.files("qrun.homenode").joinpath("qrun.service").read_text()
+        sys.stdout.write(unit.replace("@PYTHON@", sys.executable))
+        return 0
+    return daemon_main([])
+
+
+COMMANDS = {"submit": submit, "status": status, "cancel": cancel, "wait": wait, "acct": acct,
+            "output": output, "daemon": daemon}
+
+__all__ = ["main"]

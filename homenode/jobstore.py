@@ -1,0 +1,285 @@
+"""The job records: one SQLite database per user ($XDG_STATE_HOME/qrun/jobs.db), in WAL
+mode, written by `qrun submit`, the daemon, each batch job's shepherd and interactive
+`qrun`, read by `qrun status`, `acct`, `wait` and `output`.
+
+Every change is one short transaction, so a process killed at any point leaves every
+committed record whole (WAL keeps the file consistent; `PRAGMA integrity_check` passes).
+The schema is versioned by `PRAGMA user_version` and brought up to date, in order, by the
+scripts of MIGRATIONS when a newer qrun opens an older file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PENDING, RUNNING, DONE, FAILED, CANCELLED, LOST = "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "LOST"
+STATES = (PENDING, RUNNING, DONE, FAILED, CANCELLED, LOST)
+FINAL = frozenset({DONE, FAILED, CANCELLED, LOST})
+
+# Each entry takes the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        name          TEXT NOT NULL,
+        user          TEXT NOT NULL,
+        argv          TEXT NOT NULL,      -- the job's command, JSON list
+        options       TEXT NOT NULL,      -- qrun's options for it, JSON list
+        env           TEXT NOT NULL,      -- its environment at submission, JSON object
+        cwd           TEXT NOT NULL,
+        umask         INTEGER NOT NULL,
+        mode          TEXT NOT NULL,      -- transparent | plain
+        batch         INTEGER NOT NULL,   -- 1: qrun submit; 0: interactive qrun
+        state         TEXT NOT NULL,
+        reason        TEXT NOT NULL DEFAULT '',
+        host          TEXT NOT NULL DEFAULT '',
+        launcher      TEXT NOT NULL DEFAULT '',
+        out_path      TEXT NOT NULL DEFAULT '',
+        err_path      TEXT NOT NULL DEFAULT '',
+        submitted     REAL NOT NULL,
+        started       REAL,
+        ended         REAL,
+        exit_code     INTEGER,            -- the status qrun returns (128+N for signal N)
+        signal        INTEGER,
+        utime         REAL,
+        stime         REAL,
+        maxrss_kb     INTEGER,
+        calls         INTEGER,
+        cached        INTEGER,
+        fetched       INTEGER,
+        written_back  INTEGER,
+        reconnects    INTEGER NOT NULL DEFAULT 0,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        cancelled     REAL,               -- when a cancel was asked for (it may still be ending)
+        pid           INTEGER,            -- the process serving it at home (shepherd or qrun)
+        pid_start     TEXT NOT NULL DEFAULT ''   -- that process's start time, against pid reuse
+    );
+    CREATE INDEX jobs_state ON jobs (state);
+    """,
+)
+
+FIELDS = ("id", "name", "user", "argv", "cwd", "mode", "batch", "state", "reason", "host", "launcher",
+          "out_path", "err_path", "submitted", "started", "ended", "exit_code", "signal", "utime",
+          "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects", "attempts",
+          "cancelled")
+USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back")
+
+
+class StoreError(Exception):
+    """The records cannot be opened or written (one line says why)."""
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "qrun"
+
+
+def user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+@dataclass
+class NewJob:
+    name: str
+    argv: list[str]
+    options: list[str]
+    env: dict[str, str]
+    cwd: str
+    umask: int
+    mode: str
+    batch: bool
+    out_path: str = ""
+    err_path: str = ""
+
+
+class Store:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or state_dir() / "jobs.db"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (environments)
+            os.close(fd)
+            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")   # (WAL: durable against any crash of ours)
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the job records {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, taken for writing at once (BEGIN IMMEDIATE): readers go on."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the job records {self.path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"the job records {self.path} are of a newer qrun (schema {version}; "
+                             f"this one knows {len(MIGRATIONS)})")
+        for i in range(version, len(MIGRATIONS)):
+            with self._write() as db:
+                for statement in _statements(MIGRATIONS[i]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {i + 1}")
+
+    # ---- writing ------------------------------------------------------------------------
+    def add(self, job: NewJob, state: str = PENDING, pid: int | None = None) -> int:
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
+                "out_path, err_path, submitted, started, pid, pid_start, attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options), json.dumps(job.env),
+                 job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path, job.err_path, now,
+                 now if state == RUNNING else None, pid, process_start(pid) if pid else "",
+                 1 if state == RUNNING else 0))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def set_paths(self, job_id: int, out_path: str, err_path: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET out_path = ?, err_path = ? WHERE id = ?",
+                       (out_path, err_path, job_id))
+
+    def handed(self, job_id: int, pid: int) -> bool:
+        """A PENDING job handed to its shepherd, process `pid` (it stays PENDING until a host
+        is chosen); False if it is no longer pending (cancelled meanwhile)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE jobs SET pid = ?, pid_start = ?, reason = 'choosing a host', "
+                             "attempts = attempts + 1 WHERE id = ? AND state = ?",
+                             (pid, process_start(pid), job_id, PENDING))
+            return cur.rowcount == 1
+
+    def running(self, job_id: int, host: str, launcher: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET state = ?, started = ?, host = ?, launcher = ?, reason = '' "
+                       "WHERE id = ? AND state = ?", (RUNNING, time.time(), host, launcher, job_id, PENDING))
+
+    def cancel_asked(self, job_id: int) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET cancelled = ? WHERE id = ? AND cancelled IS NULL",
+                       (time.time(), job_id))
+
+    def ended(self, job_id: int, state: str, code: int | None, sig: int | None = None,
+              usage: dict[str, float] | None = None, reason: str = "") -> bool:
+        """Record how a job ended, once: False if it had already ended."""
+        u = usage or {}
+        values = [int(u[k]) if k in u and k not in ("utime", "stime") else u.get(k) for k in USAGE_FIELDS]
+        with self._write() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended = ?, "
+                f"{', '.join(k + ' = ?' for k in USAGE_FIELDS)} WHERE id = ? AND state NOT IN "
+                f"({', '.join('?' * len(FINAL))})",
+                (state, code, sig, reason[:500], time.time(), *values, job_id, *sorted(FINAL)))
+            return cur.rowcount == 1
+
+    def set_reason(self, job_id: int, reason: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason[:500], job_id))
+
+    # ---- reading ------------------------------------------------------------------------
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def jobs(self, states: Sequence[str] = (), name: str | None = None, user: str | None = None,
+             since: float | None = None, ids: Sequence[int] = ()) -> list[dict[str, Any]]:
+        where, args = [], []  # type: list[str], list[Any]
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += states
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if since is not None:
+            where.append("submitted >= ?")
+            args.append(since)
+        if ids:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args += ids
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [_record(r) for r in self.db.execute(sql, args)]
+
+    def spec(self, job_id: int) -> dict[str, Any] | None:
+        """What a shepherd needs to run the job: its options, environment and umask too."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        out = _record(row)
+        out["options"] = json.loads(row["options"])
+        out["env"] = json.loads(row["env"])
+        out["umask"] = row["umask"]
+        out["pid"], out["pid_start"] = row["pid"], row["pid_start"]
+        return out
+
+    def served(self) -> list[tuple[int, int, str]]:
+        """(job id, pid, pid start) of every unfinished batch job handed to a shepherd."""
+        return [(r["id"], r["pid"], r["pid_start"]) for r in self.db.execute(
+            "SELECT id, pid, pid_start FROM jobs WHERE batch = 1 AND pid IS NOT NULL AND state IN (?, ?)",
+            (PENDING, RUNNING))]
+
+    def waiting(self) -> list[int]:
+        """Batch jobs not yet handed to a shepherd, oldest first."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,))]
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, one by one (executescript would commit on its own)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current)
+            current = ""
+    return out
+
+
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    out = {k: row[k] for k in FIELDS}
+    out["argv"] = json.loads(out["argv"])
+    out["batch"] = bool(out["batch"])
+    return out
+
+
+def process_start(pid: int) -> str:
+    """A process's start time (clock ticks since boot), which with its pid names it
+    uniquely: pids are reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid: int | None, start: str) -> bool:
+    return bool(pid) and start != "" and process_start(pid or 0) == start
