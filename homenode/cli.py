@@ -29,7 +29,7 @@ from qrun.homenode.cli_options import (
     working_directory,
 )
 from qrun.homenode.cli_report import fail, report
-from qrun.homenode.cli_run import LAUNCHER_GRACE, BatchHooks, home_roots, run, welcome_for
+from qrun.homenode.cli_run import LAUNCHER_GRACE, JobHooks, home_roots, run, welcome_for
 from qrun.homenode.cli_where import where_to_run
 from qrun.homenode.placement import Ledger, PlacementError
 from qrun.syscalls.paths import PathPolicy
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 BATCH_COMMANDS = ("submit", "status", "cancel", "wait", "acct", "output", "daemon")
 
 
-def _submit(opts: argparse.Namespace, batch: BatchHooks | None = None) -> int:
-    """Run the job the options describe (a batch job's shepherd passes its hooks)."""
+def _submit(opts: argparse.Namespace, batch: JobHooks | None = None) -> int:
+    """Run the job the options describe: interactively, recorded here, or for a batch job's
+    shepherd, which passes the hooks that keep its record."""
     cmd = command_of(opts)
     if not cmd:
         raise Refused("missing command (usage: qrun --transparent [--host NAME] -- CMD [ARGS...])",
@@ -86,8 +87,9 @@ def _submit(opts: argparse.Namespace, batch: BatchHooks | None = None) -> int:
         roots = home_roots(opts, settings.cfg, launch) if opts.transparent else []
         if roots is None:
             return exitcodes.USAGE
+        hooks = batch or _recorded(opts, cmd, settings.cwd, welcome["umask"])
         return run(job, launch, welcome, settings.timeout, opts.verbose, cmd[0],
-                   None if batch is not None else opts.output, roots, opts.trace_file, batch)
+                   None if batch is not None else opts.output, roots, opts.trace_file, hooks)
     finally:
         if ledger is not None:
             try:
@@ -96,7 +98,17 @@ def _submit(opts: argparse.Namespace, batch: BatchHooks | None = None) -> int:
                 fail(str(exc), exitcodes.USAGE)
 
 
-def run_batch(opts: argparse.Namespace, hooks: BatchHooks) -> int:
+def _recorded(opts: argparse.Namespace, cmd: list[str], cwd: str, umask: int) -> JobHooks:
+    """An interactive job's record, added once it has a host."""
+    from qrun.homenode.jobrecord import JobRecord
+    from qrun.homenode.jobstore import NewJob
+    new = NewJob(os.path.basename(cmd[0]) or cmd[0], cmd, [], {}, cwd, umask,
+                 "transparent" if opts.transparent else "plain", batch=False)
+    record = JobRecord(None, new=new)
+    return JobHooks(record.placed, record.ended)
+
+
+def run_batch(opts: argparse.Namespace, hooks: JobHooks) -> int:
     """A batch job's run, for its shepherd (Refused if it cannot start)."""
     return _submit(opts, hooks)
 

@@ -5,6 +5,7 @@ docs/guide.md ("Batch jobs") and kept stable."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -30,9 +31,11 @@ from qrun.homenode.jobstore import (
     NewJob,
     Store,
     StoreError,
+    expand,
     user_name,
 )
 from qrun.homenode.placement import PlacementError
+from qrun.homenode.queueing import KINDS, parse_array, parse_ids
 
 POLL = 0.2   # seconds between looks at the records while waiting or following
 
@@ -45,53 +48,66 @@ def main(args: list[str]) -> int:
         return fail(str(exc), exitcodes.USAGE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # (`qrun status | head`: the reader has what it wanted)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 0
 
 
 # ---- submit -----------------------------------------------------------------------------
-_PATTERN = re.compile(r"%(.)")
-
-
-def expand(pattern: str, job_id: int, name: str) -> str:
-    """An output file name from its pattern: %j the job id, %x its name, %u the user, %% a
-    %; ValueError for any other."""
-    values = {"j": str(job_id), "x": name, "u": user_name(), "%": "%"}
-
-    def one(m: re.Match[str]) -> str:
-        if m.group(1) not in values:
-            raise ValueError(f"unknown pattern %{m.group(1)} in {pattern!r} (known: %j %x %u %%)")
-        return values[m.group(1)]
-    return _PATTERN.sub(one, pattern)
-
-
 def submit(args: list[str]) -> int:
     opts = parser(batch=True).parse_args(args)
     cmd = command_of(opts)
     if not cmd:
         return fail("missing command (usage: qrun submit [options] -- CMD [ARGS...])", exitcodes.USAGE)
+    store = Store()
     try:
         settings = job_settings(opts)
-        name = opts.job_name or os.path.basename(cmd[0]) or cmd[0]
-        for pattern in (opts.output, opts.error):
-            if pattern is not None:
-                expand(pattern, 0, name)
+        jobs = _new_jobs(opts, args, cmd, settings.cwd)
+        _known(store, jobs[0].depends)
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
-    store = Store()
-    umask = os.umask(0o022)
-    os.umask(umask)
-    job_id = store.add(NewJob(name, cmd, args, dict(os.environ), settings.cwd, umask,
-                              "transparent" if opts.transparent else "plain", batch=True))
-    out = os.path.join(settings.cwd, expand(opts.output, job_id, name))
-    err = os.path.join(settings.cwd, expand(opts.error, job_id, name)) if opts.error else out
-    store.set_paths(job_id, out, err)
+    ids = store.add_all(jobs)
     try:
         ensure_running()
         request("wake")
     except DaemonError as exc:
-        store.ended(job_id, "FAILED", None, reason=str(exc))
-        return fail(f"job {job_id} cannot run: {exc}", exitcodes.LAUNCH)
-    sys.stdout.write(f"{job_id}\n")
+        for job_id in ids:
+            store.ended(job_id, "FAILED", None, reason=str(exc))
+        return fail(f"job {ids[0]} cannot run: {exc}", exitcodes.LAUNCH)
+    sys.stdout.write(f"{ids[0]}\n")
     return 0
+
+
+def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: str) -> list[NewJob]:
+    """The records to add: one job, or an array's tasks; ValueError for a bad option."""
+    name = opts.job_name or os.path.basename(cmd[0]) or cmd[0]
+    out = opts.output or ("qrun-%A_%a.out" if opts.array else "qrun-%j.out")
+    probe = {"id": 1, "name": name, "array_job": None, "array_index": None}
+    for pattern in (out, opts.error):
+        if pattern is not None:
+            expand(pattern, probe)
+    depends = {k: [i for text in getattr(opts, k) for i in parse_ids(k, text)] for k in KINDS}
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def job(array: tuple[int, int, int] | None) -> NewJob:
+        return NewJob(name, cmd, args, dict(os.environ), cwd, umask,
+                      "transparent" if opts.transparent else "plain", batch=True,
+                      out_path=os.path.join(cwd, out),
+                      err_path=os.path.join(cwd, opts.error) if opts.error else "",
+                      array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue)
+    if not opts.array:
+        return [job(None)]
+    indices, limit = parse_array(opts.array)
+    return [job((0, i, limit)) for i in indices]
+
+
+def _known(store: Store, depends: dict[str, list[int]]) -> None:
+    for ids in depends.values():
+        found = {j["id"] for j in store.members(ids)} | {j["array_job"] for j in store.members(ids)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ValueError(f"no job {missing[0]} to depend on")
 
 
 # ---- status and acct --------------------------------------------------------------------
@@ -110,11 +126,22 @@ def _states(text: str | None) -> list[str]:
     return states
 
 
-def _ids(words: list[str]) -> list[int]:
-    try:
-        return [int(w) for w in words]
-    except ValueError:
-        raise ValueError(f"job ids are numbers, not {next(w for w in words if not w.isdigit())!r}") from None
+def _select(store: Store, words: list[str]) -> list[dict[str, Any]]:
+    """The jobs the words name: N is job N (for an array's id, all its tasks), N_I task I
+    of array N; ValueError for a malformed or unknown one."""
+    out: dict[int, dict[str, Any]] = {}
+    for w in words:
+        m = re.fullmatch(r"(\d+)(?:_(\d+))?", w)
+        if not m:
+            raise ValueError(f"a job id is N or N_I (array N's task I), not {w!r}")
+        found = store.members([int(m.group(1))])   # (job N, and an array N's tasks)
+        if m.group(2) is not None:
+            found = [j for j in found if j["array_job"] == int(m.group(1))
+                     and j["array_index"] == int(m.group(2))]
+        if not found:
+            raise ValueError(f"no job {w}")
+        out.update((j["id"], j) for j in found)
+    return [out[i] for i in sorted(out)]
 
 
 def status(args: list[str]) -> int:
@@ -126,9 +153,12 @@ def status(args: list[str]) -> int:
     ap.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
     ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
     opts = ap.parse_args(args)
+    store = Store()
+    store.settle()
     try:
         states = _states(opts.state) or ([] if opts.all or opts.ids else [PENDING, RUNNING])
-        jobs = Store().jobs(states, opts.name, opts.user, ids=_ids(opts.ids))
+        ids = [j["id"] for j in _select(store, opts.ids)]
+        jobs = store.jobs(states, opts.name, opts.user, ids=ids) if ids or not opts.ids else []
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     if opts.json:
@@ -136,7 +166,7 @@ def status(args: list[str]) -> int:
         sys.stdout.write("\n")
         return 0
     now = time.time()
-    rows = [[str(j["id"]), j["name"], j["user"], j["state"], j["host"] or "-", _clock(j["submitted"]),
+    rows = [[j["label"], j["name"], j["user"], j["state"], j["host"] or "-", _clock(j["submitted"]),
              _duration(_elapsed(j, now)), _reason(j)] for j in jobs]
     _table(STATUS_COLUMNS, rows)
     return 0
@@ -150,9 +180,12 @@ def acct(args: list[str]) -> int:
     ap.add_argument("--state", "-s", metavar="STATES", help="only jobs in these states (comma-separated)")
     ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
     opts = ap.parse_args(args)
+    store = Store()
+    store.settle()
     try:
         since = _since(opts.since) if opts.since else None
-        jobs = Store().jobs(_states(opts.state), since=since, ids=_ids(opts.ids))
+        ids = [j["id"] for j in _select(store, opts.ids)]
+        jobs = store.jobs(_states(opts.state), since=since, ids=ids) if ids or not opts.ids else []
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     if opts.json:
@@ -160,7 +193,7 @@ def acct(args: list[str]) -> int:
         sys.stdout.write("\n")
         return 0
     now = time.time()
-    rows = [[str(j["id"]), j["name"], j["state"], _exit(j), j["host"] or "-", _clock(j["started"]),
+    rows = [[j["label"], j["name"], j["state"], _exit(j), j["host"] or "-", _clock(j["started"]),
              _duration(_elapsed(j, now)), _num(j["utime"], j["stime"]), _kib(j["maxrss_kb"]),
              _int(j["calls"]), _bytes(j["fetched"]), _bytes(j["written_back"]), str(j["attempts"])]
             for j in jobs]
@@ -197,7 +230,7 @@ def _since(text: str) -> float:
 def _reason(j: dict[str, Any]) -> str:
     if j["cancelled"] is not None and j["state"] not in FINAL:
         return "cancelling"
-    if j["state"] in FINAL and j["state"] != CANCELLED and j["exit_code"] is not None and not j["reason"]:
+    if j["state"] in FINAL and j["state"] != CANCELLED and j["exit_code"] and not j["reason"]:
         return f"exit {_exit(j)}"
     return j["reason"] or "-"
 
@@ -261,16 +294,14 @@ def cancel(args: list[str]) -> int:
     opts = ap.parse_args(args)
     store = Store()
     try:
-        ids = _ids(opts.ids)
+        jobs = _select(store, opts.ids)
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     if opts.name is not None or opts.all:
-        ids += [j["id"] for j in store.jobs([PENDING, RUNNING], opts.name, user_name())]
-    elif not ids:
+        jobs += store.jobs([PENDING, RUNNING], opts.name, user_name())
+    elif not jobs:
         return fail("name the jobs to cancel (IDs, --name NAME or --all)", exitcodes.USAGE)
-    unknown = [i for i in ids if store.get(i) is None]
-    if unknown:
-        return fail(f"no job {unknown[0]}", exitcodes.USAGE)
+    ids = sorted({j["id"] for j in jobs if j["state"] not in FINAL})
     if not ids:
         return 0
     ensure_running()
@@ -278,9 +309,10 @@ def cancel(args: list[str]) -> int:
     if not reply.get("ok"):
         return fail(f"cancel: {reply.get('error', 'refused')}", exitcodes.USAGE)
     code = 0
+    labels = {str(j["id"]): j["label"] for j in jobs}
     for job_id, result in reply["results"].items():
         if result not in ("cancelled", "cancelling") and not result.startswith("already"):
-            code = fail(f"job {job_id}: {result}", 1)
+            code = fail(f"job {labels.get(job_id, job_id)}: {result}", 1)
     return code
 
 
@@ -301,23 +333,21 @@ def wait(args: list[str]) -> int:
     opts = ap.parse_args(args)
     store = Store()
     try:
-        ids = _ids(opts.ids)
+        ids = [j["id"] for j in _select(store, opts.ids)]
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
     last: dict[str, Any] | None = None
     for job_id in ids:
         while True:
+            store.settle([job_id])
             last = store.get(job_id)
-            if last is None:
-                return fail(f"no job {job_id}", exitcodes.USAGE)
-            if last["state"] in FINAL:
+            if last is None or last["state"] in FINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                return fail(f"job {job_id} is still {last['state']}", exitcodes.LOST)
+                return fail(f"job {last['label']} is still {last['state']}", exitcodes.LOST)
             time.sleep(POLL)
-    assert last is not None
-    return exit_status(last)
+    return exit_status(last) if last is not None else 0
 
 
 def output(args: list[str]) -> int:
@@ -329,12 +359,10 @@ def output(args: list[str]) -> int:
     opts = ap.parse_args(args)
     store = Store()
     try:
-        job_id = _ids([opts.id])[0]
+        j = _select(store, [opts.id])[0]
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
-    j = store.get(job_id)
-    if j is None:
-        return fail(f"no job {job_id}", exitcodes.USAGE)
+    job_id = j["id"]
     path = j["err_path"] if opts.error else j["out_path"]
     done = j["state"] in FINAL
     f = None

@@ -140,12 +140,22 @@ def _job_options(job: argparse._ArgumentGroup, batch: bool = False) -> None:
                      help="plain execution: the job's environment (default ALL: this one; "
                           "a transparent job always gets this one)")
     if batch:
-        job.add_argument("-o", "--output", default="qrun-%j.out", metavar="FILE",
+        job.add_argument("-o", "--output", metavar="FILE",
                          help="where the job's output goes (default qrun-%%j.out); %%j is the job id, "
-                              "%%x its name, %%u the user, %%%% a %%")
+                              "%%A and %%a an array's id and the task's index, %%x the job's name, "
+                              "%%u the user, %%%% a %%")
         job.add_argument("-e", "--error", metavar="FILE",
                          help="where its standard error goes (default: with its output)")
         job.add_argument("-J", "--job-name", metavar="NAME", help="the job's name (default: the command's)")
+        job.add_argument("--array", metavar="INDICES[%N]",
+                         help="a job array: one task per index (1-100, 1,3,5, 0-20:4), at most N at "
+                              "once; each sees QRUN_ARRAY_TASK_ID (default output qrun-%%A_%%a.out)")
+        for kind, when in (("after", "have started"), ("afterok", "have succeeded (exit 0)"),
+                           ("afternotok", "have failed")):
+            job.add_argument(f"--{kind}", metavar="ID[:ID...]", action="append", default=[],
+                             help=f"start only once these jobs {when}")
+        job.add_argument("--requeue", action="store_true",
+                         help="start the job again from the beginning if its host is lost")
         job.set_defaults(pty=False)
     else:
         job.add_argument("--pty", action="store_true",

@@ -58,28 +58,28 @@ def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
 
 
 @dataclass
-class BatchHooks:
-    """How a batch job's shepherd follows the job it serves: told where it runs and how it
-    ended (the outcome, None if it never ran, and qrun's exit status), and how long a
-    cancelled job gets between SIGTERM and SIGKILL."""
+class JobHooks:
+    """Who follows the job (its record): told where it runs and how it ended (the outcome,
+    None if it never ran, and qrun's exit status); for a batch job, how long a cancelled
+    job gets between SIGTERM and SIGKILL."""
     placed: Callable[[launchers.Launch], None]
     ended: Callable[[Outcome | None, int], None]
-    term_grace: float
+    term_grace: float | None = None
 
 
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
         verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
-        trace_file: str | None = None, batch: BatchHooks | None = None) -> int:
+        trace_file: str | None = None, hooks: JobHooks | None = None) -> int:
     ended: list[Outcome] = []
-    code = _run(job, launch, welcome, timeout, verbose, argv0, output, roots, trace_file, batch, ended)
-    if batch is not None:
-        batch.ended(ended[0] if ended else None, code)
+    code = _run(job, launch, welcome, timeout, verbose, argv0, output, roots, trace_file, hooks, ended)
+    if hooks is not None:
+        hooks.ended(ended[0] if ended else None, code)
     return code
 
 
 def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
          verbose: bool, argv0: str, output: str | None, roots: list[str] | None,
-         trace_file: str | None, batch: BatchHooks | None, ended: list[Outcome]) -> int:
+         trace_file: str | None, hooks: JobHooks | None, ended: list[Outcome]) -> int:
     # The launcher starts first: the stub's interpreter starts up while the home server is
     # imported and set up, and waits for its bootstrap line on stdin.
     try:
@@ -92,8 +92,8 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
     if isinstance(server, int):
         _stop(proc)
         return server
-    if batch is not None:
-        batch.placed(launch)
+    if hooks is not None:
+        hooks.placed(launch)
     try:
         assert proc.stdin is not None
         try:
@@ -102,7 +102,7 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
         except BrokenPipeError:
             pass
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               batch.term_grace if batch is not None else None)
+                               hooks.term_grace if hooks is not None else None)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from qrun.homenode import config
-from qrun.homenode.jobstore import FINAL, PENDING, Store, StoreError, alive
+from qrun.homenode.jobstore import FINAL, PENDING, Store, StoreError, alive, expand
+from qrun.homenode.queueing import READY, WAIT, dependency
 
 IDLE_EXIT = 600.0       # seconds with no job before an on-demand daemon exits
 TERM_GRACE = 10.0       # seconds between a cancel's SIGTERM and SIGKILL to the job's processes
@@ -134,12 +135,12 @@ class Daemon:
             signal.signal(s, lambda *_: None)
         self._adopt()
         while True:
-            ready, _, _ = select.select([listener, sig_r], [], [], TICK)
+            ready, _, _ = select.select([listener.fileno(), sig_r], [], [], TICK)
             if sig_r in ready:
                 caught = os.read(sig_r, 256)
                 if {signal.SIGTERM, signal.SIGINT} & set(caught):
                     return   # (shepherds go on: a restarted daemon adopts them)
-            if listener in ready:
+            if listener.fileno() in ready:
                 self._accept(listener)
             self._reap()
             self._escalate()
@@ -160,34 +161,41 @@ class Daemon:
                 self._lost_shepherd(job_id)
 
     def _lost_shepherd(self, job_id: int) -> None:
-        rec = self.store.get(job_id)
-        if rec is not None and rec["cancelled"] is not None:
-            self.store.ended(job_id, "CANCELLED", None, reason="cancelled")
-        else:
-            self.store.ended(job_id, "FAILED", None, reason="its home server (shepherd) died")
+        self.store.settle([job_id])
 
     def running_count(self) -> int:
         return len(self.children) + len(self.adopted)
 
     def schedule(self) -> None:
-        """Start waiting jobs while the user's cap (max_jobs_per_user) allows."""
+        """Start the waiting jobs whose dependencies are met, oldest first, while the
+        user's cap (max_jobs_per_user) and each array's limit allow."""
         try:
             cap = config.load().max_jobs_per_user
         except config.ConfigError:
             cap = 0
-        for job_id in self.store.waiting():
+        for w in self.store.waiting():
             if cap and self.running_count() >= cap:
                 return
-            self._start(job_id)
+            state, why = dependency(w["depends"], self.store.members)
+            if state == READY and w["array_limit"] and \
+                    self.store.running_tasks(w["array_job"]) >= w["array_limit"]:
+                state, why = WAIT, f"{w['array_limit']} tasks of its array are running (array limit)"
+            if state == READY:
+                self._start(w["id"])
+            elif why != w["reason"]:
+                self.store.set_reason(w["id"], why)
 
     def _start(self, job_id: int) -> None:
         spec = self.store.spec(job_id)
         if spec is None or spec["state"] != PENDING:
             return
         try:
-            out = _open_output(spec["out_path"])
-            err = out if spec["err_path"] in ("", spec["out_path"]) else _open_output(spec["err_path"])
-        except OSError as exc:
+            out_path = expand(spec["out_path"], spec)
+            err_path = expand(spec["err_path"], spec) if spec["err_path"] else out_path
+            self.store.set_paths(job_id, out_path, err_path)
+            out = _open_output(out_path)
+            err = out if err_path == out_path else _open_output(err_path)
+        except (OSError, ValueError) as exc:
             self.store.ended(job_id, "FAILED", None, reason=f"cannot open its output file: {exc}")
             return
         try:
@@ -212,16 +220,12 @@ class Daemon:
             if proc.poll() is not None:
                 del self.children[pid]
                 self.cancels.pop(job_id, None)
-                rec = self.store.get(job_id)
-                if rec is not None and rec["state"] not in FINAL:
-                    self._lost_shepherd(job_id)
+                self._lost_shepherd(job_id)
         for job_id, (pid, start) in list(self.adopted.items()):
             if not alive(pid, start):
                 del self.adopted[job_id]
                 self.cancels.pop(job_id, None)
-                rec = self.store.get(job_id)
-                if rec is not None and rec["state"] not in FINAL:
-                    self._lost_shepherd(job_id)
+                self._lost_shepherd(job_id)
 
     def cancel(self, job_id: int) -> str:
         rec = self.store.get(job_id)

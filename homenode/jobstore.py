@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,11 @@ MIGRATIONS: tuple[str, ...] = (
         reconnects    INTEGER NOT NULL DEFAULT 0,
         attempts      INTEGER NOT NULL DEFAULT 0,
         cancelled     REAL,               -- when a cancel was asked for (it may still be ending)
+        array_job     INTEGER,            -- an array task: the array's id (its first task's)
+        array_index   INTEGER,            -- and its index in the array
+        array_limit   INTEGER NOT NULL DEFAULT 0,   -- at most this many of its tasks at once
+        depends       TEXT NOT NULL DEFAULT '{}',   -- {"after"|"afterok"|"afternotok": [ids]}
+        requeue       INTEGER NOT NULL DEFAULT 0,   -- 1: started again if its host is lost
         pid           INTEGER,            -- the process serving it at home (shepherd or qrun)
         pid_start     TEXT NOT NULL DEFAULT ''   -- that process's start time, against pid reuse
     );
@@ -70,7 +76,7 @@ MIGRATIONS: tuple[str, ...] = (
 FIELDS = ("id", "name", "user", "argv", "cwd", "mode", "batch", "state", "reason", "host", "launcher",
           "out_path", "err_path", "submitted", "started", "ended", "exit_code", "signal", "utime",
           "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects", "attempts",
-          "cancelled")
+          "cancelled", "array_job", "array_index", "requeue")
 USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back")
 
 
@@ -102,6 +108,9 @@ class NewJob:
     batch: bool
     out_path: str = ""
     err_path: str = ""
+    array: tuple[int, int, int] | None = None   # (array id or 0 for the first task, index, limit)
+    depends: dict[str, list[int]] = field(default_factory=dict)
+    requeue: bool = False
 
 
 class Store:
@@ -149,18 +158,33 @@ class Store:
 
     # ---- writing ------------------------------------------------------------------------
     def add(self, job: NewJob, state: str = PENDING, pid: int | None = None) -> int:
+        return self.add_all([job], state, pid)[0]
+
+    def add_all(self, jobs: Sequence[NewJob], state: str = PENDING, pid: int | None = None) -> list[int]:
+        """Record jobs in one transaction (an array's tasks all appear at once, or none
+        does); an array's first task names the array (array id 0 stands for it)."""
         now = time.time()
+        ids: list[int] = []
         with self._write() as db:
-            cur = db.execute(
-                "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
-                "out_path, err_path, submitted, started, pid, pid_start, attempts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options), json.dumps(job.env),
-                 job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path, job.err_path, now,
-                 now if state == RUNNING else None, pid, process_start(pid) if pid else "",
-                 1 if state == RUNNING else 0))
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+            for job in jobs:
+                array_job, index, limit = job.array if job.array is not None else (None, None, 0)
+                if array_job == 0:
+                    array_job = ids[0] if ids else None
+                cur = db.execute(
+                    "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
+                    "out_path, err_path, submitted, started, pid, pid_start, attempts, array_job, "
+                    "array_index, array_limit, depends, requeue) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options),
+                     json.dumps(job.env), job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path,
+                     job.err_path, now, now if state == RUNNING else None, pid,
+                     process_start(pid) if pid else "", 1 if pid else 0, array_job, index,
+                     limit, json.dumps(job.depends), int(job.requeue)))
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+                if array_job is None and job.array is not None:  # (the first task: its own array)
+                    db.execute("UPDATE jobs SET array_job = id WHERE id = ?", (cur.lastrowid,))
+        return ids
 
     def set_paths(self, job_id: int, out_path: str, err_path: str) -> None:
         with self._write() as db:
@@ -181,6 +205,12 @@ class Store:
             db.execute("UPDATE jobs SET state = ?, started = ?, host = ?, launcher = ?, reason = '' "
                        "WHERE id = ? AND state = ?", (RUNNING, time.time(), host, launcher, job_id, PENDING))
 
+    def requeued(self, job_id: int, reason: str) -> None:
+        """A job whose host was lost, waiting to be started again from the beginning."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET state = ?, pid = NULL, pid_start = '', started = NULL, host = '', "
+                       "reason = ? WHERE id = ?", (PENDING, reason[:500], job_id))
+
     def cancel_asked(self, job_id: int) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET cancelled = ? WHERE id = ? AND cancelled IS NULL",
@@ -198,6 +228,20 @@ class Store:
                 f"({', '.join('?' * len(FINAL))})",
                 (state, code, sig, reason[:500], time.time(), *values, job_id, *sorted(FINAL)))
             return cur.rowcount == 1
+
+    def settle(self, job_ids: Sequence[int] | None = None) -> None:
+        """Unfinished jobs (those of `job_ids`, else all) whose serving process is gone
+        without recording an end: a cancelled one counts as CANCELLED, any other as FAILED
+        (the shepherd or the interactive qrun was killed)."""
+        rows = self.db.execute("SELECT id, pid, pid_start, cancelled, batch FROM jobs WHERE pid IS NOT NULL "
+                               "AND state IN (?, ?)", (PENDING, RUNNING)).fetchall()
+        for r in rows:
+            if (job_ids is None or r["id"] in job_ids) and not alive(r["pid"], r["pid_start"]):
+                if r["cancelled"] is not None:
+                    self.ended(r["id"], CANCELLED, None, reason="cancelled")
+                else:
+                    self.ended(r["id"], FAILED, None, reason="its home server (shepherd) died" if r["batch"]
+                               else "qrun was killed before the job ended")
 
     def set_reason(self, job_id: int, reason: str) -> None:
         with self._write() as db:
@@ -247,10 +291,28 @@ class Store:
             "SELECT id, pid, pid_start FROM jobs WHERE batch = 1 AND pid IS NOT NULL AND state IN (?, ?)",
             (PENDING, RUNNING))]
 
-    def waiting(self) -> list[int]:
-        """Batch jobs not yet handed to a shepherd, oldest first."""
-        return [r[0] for r in self.db.execute(
-            "SELECT id FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,))]
+    def waiting(self) -> list[dict[str, Any]]:
+        """Batch jobs not yet handed to a shepherd, oldest first, with their dependencies
+        and array limits."""
+        out = []
+        for r in self.db.execute("SELECT id, depends, array_job, array_limit, reason FROM jobs "
+                                 "WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,)):
+            out.append({"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
+                        "array_limit": r["array_limit"], "reason": r["reason"]})
+        return out
+
+    def members(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The jobs `ids` name: each job itself, and for an array's id all its tasks."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) OR array_job IN ({marks}) "
+                               "ORDER BY id", (*ids, *ids))
+        return [_record(r) for r in rows]
+
+    def running_tasks(self, array_job: int) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
+                                   "state IN (?, ?)", (array_job, PENDING, RUNNING)).fetchone()[0])
 
 
 def _statements(script: str) -> list[str]:
@@ -268,17 +330,43 @@ def _record(row: sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in FIELDS}
     out["argv"] = json.loads(out["argv"])
     out["batch"] = bool(out["batch"])
+    out["requeue"] = bool(out["requeue"])
+    out["depends"] = json.loads(row["depends"])
+    out["label"] = label(out)
     return out
 
 
+def label(j: dict[str, Any]) -> str:
+    """How a job is named to the user: its id, or ARRAY_INDEX for an array's task (as Slurm)."""
+    return f"{j['array_job']}_{j['array_index']}" if j["array_job"] is not None else str(j["id"])
+
+
+_PATTERN = re.compile(r"%(.)")
+
+
+def expand(pattern: str, j: dict[str, Any]) -> str:
+    """An output file name from its pattern: %j the job id, %A an array's id, %a the
+    task's index, %x the job's name, %u the user, %% a %; ValueError for any other."""
+    values = {"j": str(j["id"]), "x": j["name"], "u": user_name(), "%": "%",
+              "A": str(j["array_job"] if j["array_job"] is not None else j["id"]),
+              "a": str(j["array_index"] if j["array_index"] is not None else 0)}
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise ValueError(f"unknown pattern %{m.group(1)} in {pattern!r} (known: %j %A %a %x %u %%)")
+        return values[m.group(1)]
+    return _PATTERN.sub(one, pattern)
+
+
 def process_start(pid: int) -> str:
-    """A process's start time (clock ticks since boot), which with its pid names it
-    uniquely: pids are reused."""
+    """A live process's start time (clock ticks since boot), which with its pid names it
+    uniquely: pids are reused. "" for no process, or a zombie (it has ended)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return ""
+    return "" if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
 def alive(pid: int | None, start: str) -> bool:

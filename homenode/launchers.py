@@ -52,6 +52,7 @@ class Launch:
     # (the host's cache_dir and cache_limit; "" and 0: the stub's defaults).
     cache_dir: str = ""
     cache_limit: int = 0
+    kind: str = ""   # which launcher: local, sandbox, via, ssh or slurm (for the job records)
 
 
 def _last_line(tail: str) -> str:
@@ -109,7 +110,8 @@ def _ipc_dir() -> str:
 
 def local(job: str, stub: list[str]) -> Launch:
     d = _ipc_dir()
-    return Launch(stub, f"ipc://{d}/home.sock", "local", [d], waiting_for="the stub to start on this machine")
+    return Launch(stub, f"ipc://{d}/home.sock", "local", [d], waiting_for="the stub to start on this machine",
+                  kind="local")
 
 
 def sandbox_support() -> tuple[bool, str]:
@@ -148,7 +150,7 @@ def sandbox(job: str, stub: list[str], hide: list[str]) -> Launch:
     hides = [a for p in hide for a in ("--hide", p)]
     argv = ns + stub + ["--hostname", "sandbox", "--private-tmp"] + hides
     return Launch(argv, f"ipc://{d}/home.sock", "sandbox", [d],
-                  waiting_for="the stub to start in the sandbox")
+                  waiting_for="the stub to start in the sandbox", kind="sandbox")
 
 
 def via(job: str, stub: list[str], prefix: str, home_addr: str) -> Launch:
@@ -164,7 +166,7 @@ def via(job: str, stub: list[str], prefix: str, home_addr: str) -> Launch:
         host = host[len("tcp://"):]
     bind = f"tcp://{host}" if ":" in host.rsplit("]", 1)[-1] else f"tcp://{host}:0"
     describe = " ".join(words)
-    return Launch(words + stub, bind, describe, waiting_for=f"`{describe}` to start the stub")
+    return Launch(words + stub, bind, describe, waiting_for=f"`{describe}` to start the stub", kind="via")
 
 
 def hidden_paths(cwd: str) -> list[str]:
@@ -205,7 +207,7 @@ def ssh(job: str, stub: list[str], host: str, target: str, home_addr: str,
     if not any(w.lower().startswith(("controlmaster", "controlpath")) for w in base[1:]):
         ssh_master(base, target, host, control, cm_dir)
     return Launch(words, _tcp_bind(addr), host, classify=classify_ssh(host),
-                  waiting_for=f"ssh to start the stub on {host}")
+                  waiting_for=f"ssh to start the stub on {host}", kind="ssh")
 
 
 MASTER_TIMEOUT = 60.0   # as long as a stub gets to connect back (HomeServer.connect_timeout)
@@ -288,7 +290,7 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
         waiting = f"Slurm to start the job (squeue -n {name})"
         cancel = ["scancel", f"--name={name}", f"--user={_user()}"]
     return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm,
-                  waiting_for=waiting, cancel=cancel)
+                  waiting_for=waiting, cancel=cancel, kind="slurm")
 
 
 def _user() -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qrun.homenode.config import ClusterConfig, ConfigError, HostConfig, env_seconds
+from qrun.homenode.jobstore import alive, process_start
 
 # How long a dispatch counts as virtual load, by default ($QRUN_VIRTUAL_TTL, read when a
 # Ledger is made; tests make it long so the formula's outcome does not depend on how fast
@@ -168,7 +169,7 @@ class Ledger:
             if cap and len(data["running"]) >= cap:
                 return False
             data["dispatches"].append([host, time.time()])
-            data["running"][str(os.getpid())] = {"host": host, "start": _start_time(os.getpid())}
+            data["running"][str(os.getpid())] = {"host": host, "start": process_start(os.getpid())}
             return True
 
     def release(self) -> None:
@@ -196,17 +197,9 @@ def _sane(path: Path, now: float, ttl: float) -> dict[str, Any]:
     return data
 
 
-def _start_time(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
 def _alive(pid: int, record: dict[str, Any]) -> bool:
     """Still running, and the same process (pids are reused)."""
-    return _start_time(pid) == record.get("start") != ""
+    return alive(pid, str(record.get("start", "")))
 
 
 def views_for(cfg: ClusterConfig, names: list[str]) -> list[HostView]:

@@ -11,20 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
-from qrun.homenode import exitcodes, launchers
+from qrun.homenode import exitcodes
 from qrun.homenode.cli_options import parser
-from qrun.homenode.cli_run import BatchHooks
+from qrun.homenode.cli_run import JobHooks
 from qrun.homenode.daemon import TERM_GRACE
-from qrun.homenode.jobstore import CANCELLED, DONE, FAILED, LOST, Store, StoreError
-from qrun.homenode.server_outcome import Outcome
-
-
-def final_state(code: int, cancelled: bool) -> str:
-    if cancelled:
-        return CANCELLED
-    if code == 0:
-        return DONE
-    return LOST if code == exitcodes.LOST else FAILED
+from qrun.homenode.jobrecord import JobRecord
+from qrun.homenode.jobstore import Store, StoreError
 
 
 def shepherd(store: Store, job_id: int) -> int:
@@ -34,27 +26,17 @@ def shepherd(store: Store, job_id: int) -> int:
         sys.stderr.write(f"qrun: no job {job_id} in {store.path}\n")
         return exitcodes.USAGE
     os.umask(spec["umask"])
+    os.environ["QRUN_JOB_ID"] = str(job_id)
+    if spec["array_job"] is not None:
+        os.environ["QRUN_ARRAY_JOB_ID"] = str(spec["array_job"])
+        os.environ["QRUN_ARRAY_TASK_ID"] = str(spec["array_index"])
     opts = parser(batch=True).parse_args(spec["options"])
-
-    def placed(launch: launchers.Launch) -> None:
-        store.running(job_id, launch.describe, opts.launcher or launch.argv[0].rsplit("/", 1)[-1])
-
-    def ended(outcome: Outcome | None, code: int) -> None:
-        rec = store.get(job_id)
-        cancelled = rec is not None and rec["cancelled"] is not None
-        sig = outcome.status.get("signal") if outcome is not None else None
-        reason = "" if outcome is not None else f"qrun: {exitcodes.DOC.get(code, f'exit status {code}')}"
-        store.ended(job_id, final_state(code, cancelled), code, sig,
-                    outcome.usage if outcome is not None else None, reason)
-
-    hooks = BatchHooks(placed, ended, TERM_GRACE)
+    record = JobRecord(store, job_id, requeue=spec["requeue"], attempt=spec["attempts"])
     try:
-        return cli.run_batch(opts, hooks)
+        return cli.run_batch(opts, JobHooks(record.placed, record.ended, TERM_GRACE))
     except cli.Refused as exc:
         cli.fail(str(exc), exc.code)
-        rec = store.get(job_id)
-        store.ended(job_id, final_state(exc.code, rec is not None and rec["cancelled"] is not None),
-                    exc.code, reason=str(exc))
+        record.ended(None, exc.code, str(exc))
         return exc.code
 
 

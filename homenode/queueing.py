@@ -1,0 +1,82 @@
+"""When a waiting batch job may start: its dependencies (`--after`, `--afterok`,
+`--afternotok`, as Slurm's) and its array's limit (`--array 1-100%8`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from qrun.homenode.jobstore import CANCELLED, DONE, FINAL, PENDING
+
+KINDS = ("after", "afterok", "afternotok")
+MAX_TASKS = 10_000
+WAIT, READY, NEVER = "wait", "ready", "never"
+
+
+def parse_array(spec: str) -> tuple[list[int], int]:
+    """`1-100%8`, `0,3,5-9:2`: the indices (sorted, each once) and the limit on tasks
+    running at once (0: none); ValueError if malformed."""
+    body, _, limit_text = spec.partition("%")
+    if limit_text and not limit_text.isdigit():
+        raise ValueError(f"--array {spec}: the limit after % must be a number")
+    indices: set[int] = set()
+    for part in body.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
+        if not m:
+            raise ValueError(f"--array {spec}: expected indices as 1-100, 1,3,5 or 0-20:4, "
+                             "with %N for a limit")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) else first
+        step = int(m.group(3)) if m.group(3) else 1
+        if last < first or step < 1:
+            raise ValueError(f"--array {spec}: {part} is an empty range")
+        indices.update(range(first, last + 1, step))
+        if len(indices) > MAX_TASKS:
+            raise ValueError(f"--array {spec}: more than {MAX_TASKS} tasks")
+    return sorted(indices), int(limit_text or 0)
+
+
+def parse_ids(kind: str, text: str) -> list[int]:
+    ids = text.split(":")
+    if not ids or not all(i.isdigit() for i in ids):
+        raise ValueError(f"--{kind} {text}: expected job ids separated by ':'")
+    return [int(i) for i in ids]
+
+
+Members = Callable[[list[int]], list[dict[str, Any]]]
+
+
+def dependency(depends: dict[str, list[int]], members: Members) -> tuple[str, str]:
+    """(WAIT, READY or NEVER, and the reason while it is not READY). A dependency on an
+    array is on all its tasks."""
+    for kind in KINDS:
+        ids = depends.get(kind) or []
+        if not ids:
+            continue
+        jobs = members(ids)
+        state, why = _one(kind, jobs)
+        if state != READY:
+            return state, why
+    return READY, ""
+
+
+def _one(kind: str, jobs: list[dict[str, Any]]) -> tuple[str, str]:
+    for j in jobs:
+        name = j["label"]
+        if kind == "after":
+            if j["state"] == CANCELLED and j["started"] is None:
+                return NEVER, f"dependency never satisfied: job {name} was cancelled before it started"
+            if j["state"] == PENDING:
+                return WAIT, f"waiting for job {name} to start (after)"
+        elif kind == "afterok":
+            if j["state"] in FINAL and j["state"] != DONE:
+                return NEVER, f"dependency never satisfied: job {name} ended {j['state']} (afterok)"
+            if j["state"] not in FINAL:
+                return WAIT, f"waiting for job {name} to succeed (afterok)"
+        else:
+            if j["state"] == DONE:
+                return NEVER, f"dependency never satisfied: job {name} succeeded (afternotok)"
+            if j["state"] not in FINAL:
+                return WAIT, f"waiting for job {name} to fail (afternotok)"
+    return READY, ""
