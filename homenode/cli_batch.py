@@ -62,7 +62,7 @@ def submit(args: list[str]) -> int:
     store = Store()
     try:
         settings = job_settings(opts)
-        jobs = _new_jobs(opts, args, cmd, settings.cwd)
+        jobs = _new_jobs(opts, args, cmd, settings.cwd, settings.cfg.source)
         _known(store, jobs[0].depends)
     except (ValueError, PlacementError, config.ConfigError) as exc:
         return fail(str(exc), exitcodes.USAGE)
@@ -78,7 +78,8 @@ def submit(args: list[str]) -> int:
     return 0
 
 
-def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: str) -> list[NewJob]:
+def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: str,
+              cfg_path: str) -> list[NewJob]:
     """The records to add: one job, or an array's tasks; ValueError for a bad option."""
     name = opts.job_name or os.path.basename(cmd[0]) or cmd[0]
     out = opts.output or ("qrun-%A_%a.out" if opts.array else "qrun-%j.out")
@@ -95,7 +96,8 @@ def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: st
                       "transparent" if opts.transparent else "plain", batch=True,
                       out_path=os.path.join(cwd, out),
                       err_path=os.path.join(cwd, opts.error) if opts.error else "",
-                      array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue)
+                      array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue,
+                      config=os.path.abspath(cfg_path) if cfg_path else "")
     if not opts.array:
         return [job(None)]
     indices, limit = parse_array(opts.array)

@@ -168,14 +168,17 @@ class Daemon:
 
     def schedule(self) -> None:
         """Start the waiting jobs whose dependencies are met, oldest first, while the
-        user's cap (max_jobs_per_user) and each array's limit allow."""
-        try:
-            cap = config.load().max_jobs_per_user
-        except config.ConfigError:
-            cap = 0
+        user's cap (max_jobs_per_user, of the job's cluster file) and each array's limit
+        allow."""
+        caps: dict[str, int] = {}
         for w in self.store.waiting():
+            if w["config"] not in caps:
+                caps[w["config"]] = _cap(w["config"])
+            cap = caps[w["config"]]
             if cap and self.running_count() >= cap:
-                return
+                if w["reason"] != (why := f"{cap} of your jobs are running (max_jobs_per_user)"):
+                    self.store.set_reason(w["id"], why)
+                continue
             state, why = dependency(w["depends"], self.store.members)
             if state == READY and w["array_limit"] and \
                     self.store.running_tasks(w["array_job"]) >= w["array_limit"]:
@@ -301,6 +304,16 @@ class Daemon:
             except StoreError as exc:
                 return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown request {op[:40]!r}"}
+
+
+def _cap(path: str) -> int:
+    """max_jobs_per_user of a cluster file ("": none, so no cap)."""
+    if not path:
+        return 0
+    try:
+        return config.load(path).max_jobs_per_user
+    except config.ConfigError:
+        return 0   # (its shepherd says what is wrong with it, once it runs)
 
 
 def _read_line(conn: socket.socket) -> bytes:

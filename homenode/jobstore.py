@@ -66,6 +66,7 @@ MIGRATIONS: tuple[str, ...] = (
         array_limit   INTEGER NOT NULL DEFAULT 0,   -- at most this many of its tasks at once
         depends       TEXT NOT NULL DEFAULT '{}',   -- {"after"|"afterok"|"afternotok": [ids]}
         requeue       INTEGER NOT NULL DEFAULT 0,   -- 1: started again if its host is lost
+        config        TEXT NOT NULL DEFAULT '',     -- its cluster file ('': none)
         pid           INTEGER,            -- the process serving it at home (shepherd or qrun)
         pid_start     TEXT NOT NULL DEFAULT ''   -- that process's start time, against pid reuse
     );
@@ -111,6 +112,7 @@ class NewJob:
     array: tuple[int, int, int] | None = None   # (array id or 0 for the first task, index, limit)
     depends: dict[str, list[int]] = field(default_factory=dict)
     requeue: bool = False
+    config: str = ""
 
 
 class Store:
@@ -173,13 +175,13 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
                     "out_path, err_path, submitted, started, pid, pid_start, attempts, array_job, "
-                    "array_index, array_limit, depends, requeue) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "array_index, array_limit, depends, requeue, config) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options),
                      json.dumps(job.env), job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path,
                      job.err_path, now, now if state == RUNNING else None, pid,
                      process_start(pid) if pid else "", 1 if pid else 0, array_job, index,
-                     limit, json.dumps(job.depends), int(job.requeue)))
+                     limit, json.dumps(job.depends), int(job.requeue), job.config))
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
                 if array_job is None and job.array is not None:  # (the first task: its own array)
@@ -295,10 +297,10 @@ class Store:
         """Batch jobs not yet handed to a shepherd, oldest first, with their dependencies
         and array limits."""
         out = []
-        for r in self.db.execute("SELECT id, depends, array_job, array_limit, reason FROM jobs "
+        for r in self.db.execute("SELECT id, depends, array_job, array_limit, reason, config FROM jobs "
                                  "WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,)):
             out.append({"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
-                        "array_limit": r["array_limit"], "reason": r["reason"]})
+                        "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"]})
         return out
 
     def members(self, ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -1,0 +1,291 @@
+"""Batch jobs: `qrun submit` and the per-user daemon, job records, queueing, arrays and
+dependencies, cancel, wait, acct and output. The jobs run on the local host, so every
+developer runs these; the cluster test at the end needs the namespace hosts (root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qrun.homenode import daemon as daemon_mod
+from qrun.homenode.jobstore import Store
+
+BOUND = 90.0   # seconds any one wait in these tests may take
+
+
+class Batch:
+    """A user's batch world: their own records, runtime directory and daemon."""
+
+    def __init__(self, qrun_cmd: list[str], root: Path) -> None:
+        self.qrun_cmd = qrun_cmd
+        self.root = root
+        run = root / "run"
+        run.mkdir(mode=0o700)
+        self.env = dict(os.environ, XDG_STATE_HOME=str(root / "state"), XDG_RUNTIME_DIR=str(run))
+        self.env.pop("QRUN_CONF", None)
+        self.work = root / "work"
+        self.work.mkdir()
+
+    def qrun(self, *args: str, timeout: float = BOUND, check: bool = False) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(self.qrun_cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                           env=self.env, cwd=self.work, stdin=subprocess.DEVNULL)
+        if check:
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r
+
+    def submit(self, *args: str) -> str:
+        r = self.qrun("submit", *args, check=True)
+        assert r.stdout.strip().isdigit(), r.stdout
+        return r.stdout.strip()
+
+    def records(self) -> list[dict[str, Any]]:
+        r = self.qrun("acct", "--json", check=True)
+        out: list[dict[str, Any]] = json.loads(r.stdout)
+        return out
+
+    def record(self, label: str) -> dict[str, Any]:
+        return next(j for j in self.records() if j["label"] == label)
+
+    def daemon_pid(self) -> int | None:
+        path = Path(self.env["XDG_RUNTIME_DIR"]) / "qrun" / "daemon.sock"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+            s.sendall(b'{"op": "ping"}\n')
+            return int(json.loads(s.makefile().readline())["pid"])
+        except OSError:
+            return None
+        finally:
+            s.close()
+
+    def stop(self) -> None:
+        """The daemon, and any shepherd still running, go (the test bounds what it starts)."""
+        pid = self.daemon_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            _gone(pid)
+        db = Path(self.env["XDG_STATE_HOME"]) / "qrun" / "jobs.db"
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                pids = [r[0] for r in conn.execute(
+                    "SELECT pid FROM jobs WHERE pid IS NOT NULL AND state IN ('PENDING', 'RUNNING')")]
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_until(what: str, ok: Any, within: float = BOUND) -> None:
+    deadline = time.monotonic() + within
+    while not ok():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def batch(qrun_cmd: list[str], tmp_path: Path) -> Iterator[Batch]:
+    b = Batch(qrun_cmd, tmp_path)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+LOCAL = ("--transparent", "--host", "local", "--timeout", "20")
+
+
+def test_submit_returns_at_once_and_the_job_outlives_its_submitter(batch: Batch) -> None:
+    marker = batch.work / "started"
+    job = batch.submit(*LOCAL, "-J", "three", "--", "sh", "-c",
+                       f"sleep 1; echo out; echo err >&2; touch {marker}; exit 3")
+    # submit has returned (its process is gone) and the job has not got far
+    assert not marker.exists()
+    assert batch.record(job)["state"] in ("PENDING", "RUNNING")
+    r = batch.qrun("wait", job)
+    assert r.returncode == 3, r.stderr
+    rec = batch.record(job)
+    assert (rec["state"], rec["exit_code"], rec["signal"], rec["name"]) == ("FAILED", 3, None, "three")
+    assert rec["batch"] and rec["host"] == "local" and rec["launcher"] == "local" and rec["attempts"] == 1
+    assert rec["started"] >= rec["submitted"] and rec["ended"] >= rec["started"]
+    assert rec["calls"] > 0 and rec["maxrss_kb"] > 0
+    out = (batch.work / f"qrun-{job}.out").read_text()
+    assert "out\n" in out and "err\n" in out
+    assert batch.qrun("output", job, check=True).stdout == out
+    table = batch.qrun("acct", job, check=True).stdout.splitlines()
+    assert table[0].split()[:4] == ["JOBID", "NAME", "STATE", "EXIT"]
+    assert table[1].split()[:4] == [job, "three", "FAILED", "3"]
+
+
+def test_a_killed_job_counts_as_128_plus_its_signal(batch: Batch) -> None:
+    job = batch.submit(*LOCAL, "--", "sh", "-c", "kill -9 $$")
+    assert batch.qrun("wait", job).returncode == 137
+    rec = batch.record(job)
+    assert (rec["state"], rec["exit_code"], rec["signal"]) == ("FAILED", 137, 9)
+    assert "137 (SIGKILL)" in batch.qrun("acct", job, check=True).stdout
+
+
+def test_the_users_cap_holds_across_jobs(batch: Batch) -> None:
+    conf = batch.root / "cluster.toml"
+    conf.write_text("max_jobs_per_user = 2\n")
+    jobs = [batch.submit("--config", str(conf), *LOCAL, "--", "sleep", "1") for _ in range(6)]
+    assert batch.qrun("wait", *jobs).returncode == 0
+    recs = [batch.record(j) for j in jobs]
+    assert all(r["state"] == "DONE" for r in recs)
+    events = sorted([(r["started"], 1) for r in recs] + [(r["ended"], -1) for r in recs])
+    running, most = 0, 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most <= 2
+    assert [r["id"] for r in sorted(recs, key=lambda r: r["started"])] == sorted(r["id"] for r in recs)
+
+
+def test_arrays_and_dependencies(batch: Batch) -> None:
+    array = batch.submit(*LOCAL, "--array", "1-4%2", "-o", "task-%a.out", "--", "sh", "-c",
+                         'echo "$QRUN_ARRAY_JOB_ID $QRUN_ARRAY_TASK_ID"')
+    ok = batch.submit(*LOCAL, "--afterok", array, "--", "sh", "-c", "cat task-*.out > all.txt")
+    notok = batch.submit(*LOCAL, "--afternotok", array, "--", "touch", "never")
+    failing = batch.submit(*LOCAL, "--", "false")
+    blocked = batch.submit(*LOCAL, "--afterok", failing, "--", "touch", "never2")
+    assert batch.qrun("wait", ok).returncode == 0
+    assert (batch.work / "all.txt").read_text() == "".join(f"{array} {i}\n" for i in range(1, 5))
+    tasks = [j for j in batch.records() if j["array_job"] == int(array)]
+    assert [t["label"] for t in tasks] == [f"{array}_{i}" for i in range(1, 5)]
+    assert all(t["state"] == "DONE" for t in tasks)
+    assert batch.record(ok)["started"] >= max(t["ended"] for t in tasks)
+    wait_until("the failing job", lambda: batch.record(failing)["state"] == "FAILED")
+    wait_until("the blocked job's reason", lambda: "never satisfied" in batch.record(blocked)["reason"])
+    for j in (notok, blocked):
+        rec = batch.record(j)
+        assert rec["state"] == "PENDING" and "dependency never satisfied" in rec["reason"], rec
+    status = batch.qrun("status", check=True).stdout
+    assert "dependency never satisfied" in status and f"\n{blocked} " in status
+    assert not (batch.work / "never").exists() and not (batch.work / "never2").exists()
+    assert batch.qrun("cancel", notok, blocked).returncode == 0
+    assert batch.record(notok)["state"] == "CANCELLED" and batch.record(notok)["started"] is None
+    assert batch.qrun("wait", notok).returncode == 143
+
+
+def _left(seconds: set[str]) -> list[str]:
+    """The `sleep` processes still running with one of these (unique) durations."""
+    r = subprocess.run(["pgrep", "-a", "-x", "sleep"], capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines() if line.split()[-1] in seconds]
+
+
+def test_cancel_leaves_nothing_running(batch: Batch) -> None:
+    base = 100_000 + os.getpid() % 50_000 * 4
+    seconds = {str(base + i) for i in range(4)}
+    script = (f'sleep {base} & setsid sh -c "sleep {base + 1} & sleep {base + 2}" & '
+              f"sleep {base + 3}")
+    job = batch.submit(*LOCAL, "--", "sh", "-c", script)
+    wait_until("the job's processes", lambda: len(_left(seconds)) == 4)
+    r = batch.qrun("cancel", job)
+    assert r.returncode == 0, r.stderr
+    wait_until("the cancel", lambda: batch.record(job)["state"] == "CANCELLED")
+    wait_until("no process left", lambda: not _left(seconds), within=30)
+    assert batch.qrun("wait", job).returncode == 143
+    assert "CANCELLED" in batch.qrun("status", "--all", check=True).stdout
+
+
+def test_the_daemon_can_die_and_come_back_while_jobs_run(batch: Batch) -> None:
+    first = batch.submit(*LOCAL, "--", "sh", "-c", "sleep 2; echo first > first.txt")
+    wait_until("the first job to run", lambda: batch.record(first)["state"] == "RUNNING")
+    pid = batch.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _gone(pid)
+    second = batch.submit(*LOCAL, "--", "sh", "-c", "echo second > second.txt")   # (a new daemon)
+    assert batch.daemon_pid() not in (None, pid)
+    assert batch.qrun("wait", first, second).returncode == 0
+    assert (batch.work / "first.txt").read_text() == "first\n"
+    assert (batch.work / "second.txt").read_text() == "second\n"
+    assert [batch.record(j)["state"] for j in (first, second)] == ["DONE", "DONE"]
+    db = Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "jobs.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_interactive_jobs_are_recorded_too(batch: Batch) -> None:
+    r = batch.qrun(*LOCAL, "--", "sh", "-c", "exit 5")
+    assert r.returncode == 5
+    rec = batch.records()[-1]
+    assert (rec["batch"], rec["state"], rec["exit_code"], rec["argv"]) == (False, "FAILED", 5,
+                                                                          ["sh", "-c", "exit 5"])
+    assert batch.daemon_pid() is None   # (interactive qrun needs no daemon)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["wait", "99"], "no job 99"),
+    (["cancel"], "name the jobs to cancel"),
+    (["output", "x1"], "a job id is N or N_I"),
+    (["submit", "--host", "local"], "missing command"),
+    (["submit", "--array", "5-1", "--host", "local", "true"], "empty range"),
+    (["submit", "-o", "out-%q", "--host", "local", "true"], "unknown pattern %q"),
+    (["submit", "--afterok", "77", "--host", "local", "true"], "no job 77"),
+    (["status", "--state", "sleeping"], "unknown state SLEEPING"),
+    (["acct", "--since", "yesterday"], "--since"),
+])
+def test_bad_input_gets_one_line(batch: Batch, args: list[str], message: str) -> None:
+    r = batch.qrun(*args)
+    assert r.returncode == 2, r
+    assert r.stderr.startswith("qrun") and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_status_json_fields_are_the_documented_ones(batch: Batch) -> None:
+    job = batch.submit(*LOCAL, "--", "true")
+    assert batch.qrun("wait", job).returncode == 0
+    rec = json.loads(batch.qrun("status", "--all", "--json", check=True).stdout)[0]
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
+    documented = guide.split("<!-- job fields -->", 2)[1]
+    for key in rec:
+        assert f"`{key}`" in documented, key
+
+
+def test_the_daemon_checks_what_it_is_sent(tmp_path: Path) -> None:
+    d = daemon_mod.Daemon(Store(tmp_path / "jobs.db"))
+    for line in (b"", b"[]", b'{"op": 3}', b"\xff\xfe", b'{"op": "cancel", "ids": "1"}',
+                 b'{"op": "cancel", "ids": [true]}', b'{"op": "rm -rf"}'):
+        reply = d.answer(line)
+        assert reply["ok"] is False and reply["error"], line
+    assert d.answer(b'{"op": "cancel", "ids": [12345]}') == {"ok": True, "results": {"12345": "unknown job"}}
+
+
+def test_the_runtime_directory_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    (run / "qrun").mkdir(parents=True)
+    os.chmod(run / "qrun", 0o755)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    with pytest.raises(daemon_mod.DaemonError, match="not a private directory"):
+        daemon_mod.runtime_dir()
+    os.chmod(run / "qrun", 0o700)
+    assert daemon_mod.runtime_dir() == run / "qrun"
+
+
+def test_the_systemd_unit(batch: Batch) -> None:
+    unit = batch.qrun("daemon", "--print-unit", check=True).stdout
+    assert "ExecStart=" in unit and "-m qrun.homenode.daemon" in unit and "@PYTHON@" not in unit
