@@ -180,6 +180,9 @@ def _job_options(job: argparse._ArgumentGroup, batch: bool = False) -> None:
     job.add_argument("--cache-limit", type=size, metavar="SIZE",
                      help="how much room those copies may take, e.g. 2G (default: the host's "
                           "cache_limit, else what the disk has)")
+    job.add_argument("--lease", type=seconds, default=None, metavar="SECONDS",
+                     help="how long the job goes on once contact with it is lost (after --timeout), "
+                          "while both sides keep trying to reconnect (default: $QRUN_LEASE, else 1200)")
     job.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                      help="seconds of silence after which the other side counts as lost "
                           "(default: $QRUN_TIMEOUT, else 30)")
@@ -203,6 +206,7 @@ class JobSettings:
 
     cwd: str
     timeout: float
+    lease: float
     stub: list[str]
     export: dict[str, Any]
     requirements: list[Requirement]
@@ -214,6 +218,7 @@ def job_settings(opts: argparse.Namespace) -> JobSettings:
     not go together or values that are not usable."""
     cwd = working_directory(opts.chdir, opts.transparent)
     timeout = opts.timeout if opts.timeout is not None else config.env_seconds("QRUN_TIMEOUT", 30.0)
+    lease = opts.lease if opts.lease is not None else config.env_seconds("QRUN_LEASE", 1200.0)
     stub = stub_command(opts.stub_command)
     export = parse_export(opts.export)
     if opts.transparent and export["mode"] != "ALL":
@@ -225,7 +230,7 @@ def job_settings(opts: argparse.Namespace) -> JobSettings:
         _check_trace(opts)
     requirements = [Requirement.parse(r) for r in opts.require]
     cfg = config.load(opts.config)
-    return JobSettings(cwd, timeout, stub, export, requirements, cfg)
+    return JobSettings(cwd, timeout, lease, stub, export, requirements, cfg)
 
 
 def _check_trace(opts: argparse.Namespace) -> None:

@@ -52,4 +52,5 @@ def _data_path(u: dict[str, float]) -> str:
     answered by a kept handle, bytes fetched from and written back to home, and copies
     evicted to make room."""
     keys = ("calls", "cached", "reopened", "fetched", "written_back", "evicted")
-    return "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in keys if k in u)
+    out = "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in keys if k in u)
+    return out + (f" reconnects={int(u['reconnects'])}" if u.get("reconnects") else "")

@@ -32,12 +32,13 @@ def welcome_for(opts: argparse.Namespace, cmd: list[str], settings: JobSettings,
         welcome: dict[str, Any] = {
             "argv": cmd, "env": dict(os.environ), "cwd": settings.cwd, "umask": _umask(),
             "identity": snapshot(), "policy": policy.to_wire(),
-            "options": {"timeout": settings.timeout, "mode": "transparent"},
+            "options": {"timeout": settings.timeout, "lease": settings.lease, "mode": "transparent"},
         }
     else:
         welcome = {"argv": cmd, "env": dict(os.environ), "cwd": settings.cwd, "umask": _umask(),
                    "identity": {}, "policy": {"local": [], "home": []},
-                   "options": {"timeout": settings.timeout, "mode": "plain", "export": settings.export}}
+                   "options": {"timeout": settings.timeout, "lease": settings.lease, "mode": "plain",
+                               "export": settings.export}}
     if opts.pty:
         welcome["options"]["pty"] = terminal.describe(0)
     if opts.trace is not None:
@@ -102,7 +103,7 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
         except BrokenPipeError:
             pass
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               hooks.term_grace if hooks is not None else None)
+                               hooks.term_grace if hooks is not None else None, launch.kind)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

@@ -78,7 +78,7 @@ FIELDS = ("id", "name", "user", "argv", "cwd", "mode", "batch", "state", "reason
           "out_path", "err_path", "submitted", "started", "ended", "exit_code", "signal", "utime",
           "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects", "attempts",
           "cancelled", "array_job", "array_index", "requeue")
-USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back")
+USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects")
 
 
 class StoreError(Exception):
@@ -223,6 +223,7 @@ class Store:
         """Record how a job ended, once: False if it had already ended."""
         u = usage or {}
         values = [int(u[k]) if k in u and k not in ("utime", "stime") else u.get(k) for k in USAGE_FIELDS]
+        values[-1] = values[-1] or 0   # (reconnects: none unless the stub said so)
         with self._write() as db:
             cur = db.execute(
                 f"UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended = ?, "

@@ -138,6 +138,10 @@ class HomeServer:
         self.stdin = StdinRelay(self.control)
         self.output = OutputRelay(self.control, self.progress.clear)
         self.progress.may_draw = lambda: self.output.at_line_start
+        self.out_seen = 0    # the job's output chunks written, in order (acknowledged to the stub)
+        self._out_acked = 0
+        lease = self.welcome["options"].get("lease", 0)
+        self.lease = float(lease) if isinstance(lease, (int, float)) else 0.0
         self.rejected: set[str] = set()
         self.refused = 0   # calls the home roots did not allow
         self.raw: RawMode | None = None   # qrun's terminal, with --pty
@@ -165,9 +169,10 @@ class HomeServer:
     def serve(self, launcher: subprocess.Popen[bytes], describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
               waiting_for: str = "", cancel: list[str] | None = None,
-              term_grace: float | None = None) -> Outcome:
+              term_grace: float | None = None, launch_kind: str = "") -> Outcome:
         """Run the job to its end (see ServeLoop)."""
-        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, term_grace).run()
+        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, term_grace,
+                         launch_kind).run()
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""
@@ -178,6 +183,9 @@ class HomeServer:
             outcome = self._message(*frames, started)
             if outcome is not None:
                 return outcome
+        if self.out_seen != self._out_acked and self.control.ident is not None:
+            self._send(self.control.ident, "ack", out=self.out_seen)   # (one for all read here)
+            self._out_acked = self.out_seen
         return None
 
     def _frames(self) -> tuple[bytes, bytes, list[memoryview]] | None:
@@ -241,7 +249,7 @@ class HomeServer:
         elif kind == "ping":
             self._ping(ident, msg)
         elif kind == "out":
-            self.output.write(2 if msg["fd"] == 2 else 1, msg["d"])
+            self._output(msg)
         elif kind == "state" and msg["stopped"]:
             self._stopped()
         elif kind == "exit":
@@ -250,12 +258,21 @@ class HomeServer:
                            time.monotonic() - started)
         return None
 
+    def _output(self, msg: dict[str, Any]) -> None:
+        """A chunk of the job's output: written once, in order. One sent again (after a
+        reconnect) is dropped, and one after a lost one waits for the stub's resend."""
+        n = msg.get("n")
+        if not isinstance(n, int) or n != self.out_seen + 1:
+            return
+        self.output.write(2 if msg["fd"] == 2 else 1, msg["d"])
+        self.out_seen = n
+
     def _ping(self, ident: bytes, msg: dict[str, Any]) -> None:
         self.control.acked(msg.get("ack"))
         if self.control.ident is None:
             self.control.attach(ident)
             self.stdin.close_if_unusable()
-        self._send(ident, "pong")
+        self._send(ident, "pong", out=self.out_seen)
 
     def _stopped(self) -> None:
         # The job stopped (Ctrl-Z, SIGTSTP, SIGSTOP): so does qrun, and its shell takes

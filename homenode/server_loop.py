@@ -44,10 +44,12 @@ class ServeLoop:
     waiting_for: str = ""
     cancel: list[str] | None = None
     term_grace: float | None = None
+    launch_kind: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.kill_at: float | None = None
+        self.away_since: float | None = None   # when the stub's silence passed the timeout
         self.announced = False
         self.last_heard = self.started
         self.last_int = 0.0
@@ -94,6 +96,10 @@ class ServeLoop:
         srv.control.resend(now)
         if srv.sock in events:
             self.last_heard = now
+            if self.away_since is not None:
+                sys.stderr.write(f"qrun: contact with {self.describe} is back after "
+                                 f"{now - self.away_since + srv.timeout:.0f} s\n")
+                self.away_since = None
             outcome = srv.receive(self.started)
             if outcome is not None:
                 self._last_words(stderr)
@@ -189,13 +195,25 @@ class ServeLoop:
                             f"{self.server.connect_timeout:.0f} s", 125)
 
     def _check_contact(self, now: float) -> None:
-        """After the hello: the stub must be heard from, and its launcher still run."""
-        if now - self.last_heard > self.server.timeout:
-            raise JobFailed(f"lost contact with the execution host {self.describe} "
-                            f"(silent for {self.server.timeout:.0f} s); the job was killed", 124)
-        if self.launcher.poll() is not None and now - self.last_heard > 2.0:
+        """After the hello: the stub must be heard from. Past the silence timeout the job
+        goes on there while the stub keeps reconnecting, for the job's lease; then it
+        counts as lost (the stub has killed it by then). A launcher that exits while the
+        stub is silent means the stub died, unless the launcher is ssh, whose connection a
+        partition can end while the stub lives on."""
+        srv = self.server
+        silent = now - self.last_heard
+        if self.launcher.poll() is not None and silent > 2.0 and self.launch_kind != "ssh":
             raise JobFailed(f"the stub on {self.describe} died before the job ended "
                             f"(launcher status {self.launcher.returncode})", 124)
+        if silent <= srv.timeout:
+            return
+        if self.away_since is None:
+            self.away_since = now
+            sys.stderr.write(f"qrun: lost contact with {self.describe} (silent for {srv.timeout:.0f} s); "
+                             f"the job goes on there, and qrun waits up to {srv.lease:.0f} s for it\n")
+        if silent > srv.timeout + srv.lease:
+            raise JobFailed(f"lost contact with the execution host {self.describe} "
+                            f"(silent for {silent:.0f} s, past the job's lease); the job was killed", 124)
 
     def _last_words(self, stderr: LauncherStderr, wait: float = 2.0) -> None:
         """Everything the stub (or ssh, srun) still writes after the job's exit reaches the

@@ -50,5 +50,5 @@ def exit_status(st: dict[str, Any]) -> dict[str, Any]:
 def exit_usage(u: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "calls", "cached",
                                                         "reopened", "fetched", "written_back",
-                                                        "evicted")
+                                                        "evicted", "reconnects")
             and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**53}

@@ -95,6 +95,13 @@ static void job_child(const char *path, char *const argv[], char *const envp[], 
                       int err_pipe, const unsigned char *filter, int filter_len,
                       int use_path_search, int traced, int sync_fd, pid_t parent)
 {
+    /* The stub ignores SIGPIPE (its stderr may outlive qrun's reader: a lease); the job
+     * starts with the default, as a shell would give it. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &dfl, NULL);
+    sigaction(SIGXFSZ, &dfl, NULL);
     if (traced) {
         char go;
         if (read(sync_fd, &go, 1) != 1)

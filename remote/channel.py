@@ -89,6 +89,7 @@ class Rpc:
     def __init__(self, sock: zmq.Socket, timeout: float, resend_after: float = 2.0) -> None:
         self.sock = sock
         self.timeout = timeout
+        self.lease = 0.0   # seconds a call waits past `timeout` for home to come back
         self.resend_after = resend_after
         self.seq = 0
         self.pending_retire: list[int] = []
@@ -181,8 +182,10 @@ class Rpc:
     def _wait_for(self, want: int, flight: dict[int, Frames],
                   got: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """Home's reply to request `want`, keeping in `got` the replies to the others in
-        flight as they come; on silence the whole flight is sent again."""
-        deadline = time.monotonic() + self.timeout
+        flight as they come; on silence the whole flight is sent again. Home may be away
+        for the job's lease (the caller just waits, as on a slow disk): only after that is
+        it counted as lost."""
+        deadline = time.monotonic() + self.timeout + self.lease
         while True:
             wait_until = min(deadline, time.monotonic() + self.resend_after)
             while want not in got:
@@ -194,7 +197,7 @@ class Rpc:
             if want in got:
                 return got.pop(want)
             if time.monotonic() >= deadline:
-                raise HomeLost(f"no reply from the home node for {self.timeout:.0f} s")
+                raise HomeLost(f"no reply from the home node for {self.timeout + self.lease:.0f} s")
             self._send_all({seq: frame for seq, frame in flight.items() if seq not in got})
 
     def _recv_message(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import fcntl
 import os
 import struct
 import sys
+import tempfile
 import termios
 import threading
 import time
@@ -14,11 +15,13 @@ from typing import Any, Protocol
 
 import zmq
 from qrun.remote.channel import try_send
+from qrun.remote.outqueue import OutQueue
 from qrun.syscalls import structs, wire
 from qrun.syscalls.abi import ARCH
 
-STOPPED_GRACE = 300.0   # seconds a stopped job waits for a home node that closed its connection
 EXIT_RESEND = 0.3   # seconds between resends of the job's exit report until home acknowledges
+OUT_RESEND = 2.0    # seconds without an acknowledgement of output in flight before it is resent
+LEASE = 1200.0      # seconds the job outlives contact with home (after the silence timeout)
 
 
 class JobControl(Protocol):
@@ -32,18 +35,33 @@ class JobControl(Protocol):
 
 
 def eprint(msg: str) -> None:
-    sys.stderr.write(f"qrun-stub: {msg}\n")
-    sys.stderr.flush()
+    """A line for qrun's user (through the launcher's stderr). Home may be gone, and its
+    end of that pipe with it: the job must not fail for a message nobody can read."""
+    try:
+        sys.stderr.write(f"qrun-stub: {msg}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 class StdioPump(threading.Thread):
-    """Moves the job's stdio and home's signals over the control connection."""
+    """Moves the job's stdio and home's signals over the control connection.
+
+    Contact with home may be lost (a partition, home stopped or restarted): after
+    `timeout` seconds of silence the job goes on and the stub keeps reconnecting (ZeroMQ
+    does, with backoff) for up to `lease` more seconds, its output kept meanwhile
+    (outqueue.py); only when the lease runs out is the job killed."""
 
     def __init__(self, sock: zmq.Socket, timeout: float, out_fds: dict[int, int], in_fd: int,
-                 tracer: JobControl) -> None:
+                 tracer: JobControl, lease: float = LEASE, spill_dir: str | None = None) -> None:
         super().__init__(daemon=True, name="qrun-stdio")
         self.sock = sock
         self.timeout = timeout
+        self.lease = lease
+        self.out = OutQueue(spill_dir or tempfile.gettempdir(), self._send_out)
+        self.last_out_ack = time.monotonic()
+        self.reconnects = 0
+        self.away_since: float | None = None   # when the silence passed `timeout`, if it has
         self.out_fds = dict(out_fds)  # pipe read end -> stream number
         self.in_fd: int | None = in_fd
         self.in_buf = bytearray()
@@ -60,8 +78,7 @@ class StdioPump(threading.Thread):
         self.last_ping = 0.0
         self.last_exit = 0.0
         self.bye_deadline: float | None = None
-        self.disconnected_at: float | None = None
-        self.grace = min(3.0, timeout)
+        self.dropped = False   # the control connection went down (and not up again yet)
         self._polled: set[int] = set(out_fds)
         self._polled_in: int | None = None
 
@@ -99,9 +116,10 @@ class StdioPump(threading.Thread):
             now = time.monotonic()
             if monitor in events:
                 self._connection_events(monitor, now)
-            if self._home_gone(now) or (self.sock in events and self._receive(now)):
+            if self.sock in events and self._receive(now):
                 return
             self._move_stdio(events)
+            self._resend_output(now)
             if self._exit_report(now):
                 return
             self._keep_alive(now)
@@ -109,10 +127,14 @@ class StdioPump(threading.Thread):
                 return
 
     def _sync(self, poller: zmq.Poller) -> None:
-        """Keep the poller in step with the fds still open and whether stdin has data."""
-        for fd in self._polled - set(self.out_fds):
+        """Keep the poller in step with the fds still open (not while the output queue
+        is full: then the job waits on its writes) and whether stdin has data."""
+        wanted = set() if self.out.full else set(self.out_fds)
+        for fd in self._polled - wanted:
             poller.unregister(fd)
-        self._polled = set(self.out_fds)
+        for fd in wanted - self._polled:
+            poller.register(fd, zmq.POLLIN)
+        self._polled = wanted
         want_in = self.in_fd if self.in_fd is not None and (self.in_buf or self.in_eof) else None
         if want_in != self._polled_in:
             if self._polled_in is not None:
@@ -125,19 +147,21 @@ class StdioPump(threading.Thread):
         while monitor.poll(0):
             event = monitor_event(monitor.recv_multipart())
             if event == zmq.EVENT_DISCONNECTED:
-                self.disconnected_at = self.disconnected_at or now
-            elif event == zmq.EVENT_CONNECTED:
-                self.disconnected_at = None
+                self.dropped = True
+            elif event == zmq.EVENT_CONNECTED and self.dropped:
+                self.dropped = False
+                self.reconnects += 1
+                self.out.resend()   # (what was in flight on the old connection is lost)
+                self.last_out_ack = now
 
-    def _home_gone(self, now: float) -> bool:
-        # A stopped job's home node may be stopped too (qrun stops with its job): give it
-        # long enough to be resumed before counting it as gone.
-        allowed = STOPPED_GRACE if self.told_stopped else self.grace
-        if self.disconnected_at is None or now - self.disconnected_at <= allowed or self.bye_deadline:
-            return False
-        eprint(f"the home node closed the connection ({self.grace:.0f} s ago); killing the job")
-        self._give_up()
-        return True
+    def _resend_output(self, now: float) -> None:
+        self.out.flush()
+        if self.out.sent > self.out.acked and now - self.last_out_ack > OUT_RESEND:
+            self.out.resend()
+            self.last_out_ack = now
+
+    def _send_out(self, n: int, stream: int, data: bytes) -> bool:
+        return try_send(self.sock, wire.encode("out", fd=stream, d=data, n=n))
 
     def _receive(self, now: float) -> bool:
         """Handle home's messages; True once home said bye."""
@@ -145,6 +169,10 @@ class StdioPump(threading.Thread):
         while self.sock.poll(0):
             msg = wire.decode(self.sock.recv())
             self.last_heard = now
+            if self.away_since is not None:
+                eprint(f"contact with the home node is back after "
+                       f"{now - self.away_since + self.timeout:.0f} s")
+                self.away_since = None
             self._control(msg)
             if msg["t"] == "bye":
                 return True
@@ -164,9 +192,9 @@ class StdioPump(threading.Thread):
     def _exit_report(self, now: float) -> bool:
         """Resend how the job ended until home says bye (one lost message must not change
         the outcome); True when home stays silent past the deadline."""
-        if self.final is not None and not self.out_fds:
-            if self.bye_deadline is None:
-                self.bye_deadline, self.last_exit = now + 10, 0.0
+        if self.final is not None and not self.out_fds and self.out.empty:
+            if self.bye_deadline is None:   # (home may be away: it gets the lease to come back)
+                self.bye_deadline, self.last_exit = now + 10 + self.timeout + self.lease, 0.0
             if now - self.last_exit >= EXIT_RESEND:
                 try_send(self.sock, wire.encode("exit", **self.final))
                 self.last_exit = now
@@ -185,9 +213,16 @@ class StdioPump(threading.Thread):
             self.last_heard = now  # a stopped job does not miss its stopped home node
 
     def _silent_too_long(self, now: float) -> bool:
-        if now - self.last_heard <= self.timeout:
+        silent = now - self.last_heard
+        if silent <= self.timeout:
             return False
-        eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); killing the job")
+        if self.away_since is None:
+            self.away_since = now
+            eprint(f"lost contact with the home node (silent for {self.timeout:.0f} s); the job goes on, "
+                   f"and the stub keeps trying to reach home for up to {self.lease:.0f} s (its lease)")
+        if silent <= self.timeout + self.lease:
+            return False
+        eprint(f"the job's lease ran out (home silent for {silent:.0f} s); killing the job")
         self._give_up()
         return True
 
@@ -197,6 +232,11 @@ class StdioPump(threading.Thread):
 
     def _control(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
+        if t in ("ack", "pong") and "out" in msg:
+            before = self.out.acked
+            self.out.ack(msg["out"])
+            if self.out.acked != before:
+                self.last_out_ack = time.monotonic()
         n = msg.get("n")
         if isinstance(n, int):
             if n != self.ctl_seen + 1:
@@ -238,11 +278,7 @@ class StdioPump(threading.Thread):
         except OSError:  # EIO: a pty whose every slave end is closed (the job is gone)
             data = b""
         if data:
-            # Blocking here is flow control (the home node is slow); a dead home node is
-            # caught by the silence timer, which the send timeout lets run.
-            while not try_send(self.sock, wire.encode("out", fd=self.out_fds[fd], d=data)):
-                if time.monotonic() - self.last_heard > self.timeout:
-                    return
+            self.out.add(self.out_fds[fd], data)
         else:
             os.close(fd)
             del self.out_fds[fd]

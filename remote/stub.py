@@ -27,7 +27,7 @@ from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
-from qrun.remote.stdio import StdioPump, eprint, set_winsize
+from qrun.remote.stdio import LEASE, StdioPump, eprint, set_winsize
 from qrun.remote.trace import CallTrace, select
 from qrun.remote.tracer import ARCH, DEBUG, Tracer
 from qrun.syscalls import wire
@@ -119,8 +119,8 @@ def plain_env(welcome: dict[str, Any], pty: dict[str, Any] | None = None) -> dic
     return env
 
 
-def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
-                pty: dict[str, Any] | None = None) -> tuple[StdioPump, tuple[int, int, int]]:
+def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob, pty: dict[str, Any] | None = None,
+                lease: float = LEASE) -> tuple[StdioPump, tuple[int, int, int]]:
     """The job's stdin/stdout/stderr (pipes, or one pty of the given size), relayed home by
     a running pump; returns the job's ends (the caller closes them once the job has them)."""
     if pty is not None:
@@ -131,7 +131,7 @@ def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
         os.set_blocking(master, False)
         writer = os.dup(master)  # closed at home's end of input; the pty itself stays
         os.set_inheritable(writer, False)
-        pump = StdioPump(ctl, timeout, {master: 1}, writer, job)  # type: ignore[arg-type]
+        pump = StdioPump(ctl, timeout, {master: 1}, writer, job, lease)  # type: ignore[arg-type]
         pump.pty = master
         pump.start()
         return pump, (slave, os.dup(slave), os.dup(slave))
@@ -139,7 +139,7 @@ def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob,
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(in_w, False)
-    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job)  # type: ignore[arg-type]
+    pump = StdioPump(ctl, timeout, {out_r: 1, err_r: 2}, in_w, job, lease)  # type: ignore[arg-type]
     pump.start()
     return pump, (in_r, out_w, err_w)
 
@@ -150,8 +150,8 @@ def report_exit(pump: StdioPump, status: dict[str, Any], host: str,
     its data path moved) and wait for home's goodbye."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     usage = {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss, **(data or {})}
-    pump.finish({"status": status, "usage": usage, "host": host})
-    pump.done.wait(15)
+    pump.finish({"status": status, "usage": {**usage, "reconnects": pump.reconnects}, "host": host})
+    pump.done.wait(pump.timeout + pump.lease + 30)   # (it waits out home's absence, up to the lease)
     return 0
 
 
@@ -163,7 +163,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
     os.umask(int(welcome["umask"]))
     job = PlainJob()
     pty = welcome["options"].get("pty")
-    pump, stdio = start_stdio(ctl, timeout, job, pty)
+    pump, stdio = start_stdio(ctl, timeout, job, pty, lease_of(welcome))
     try:
         # (closed before any report: the pump sends the exit once the job's ends are shut)
         missing_cwd = not os.path.isdir(cwd)
@@ -238,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         eprint(f"bad bootstrap line on stdin: {exc}")
         return EXIT_STUB_FAILURE
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGPIPE stays ignored (Python's default) in the stub itself: a write to a stderr
+    # whose reader is gone (qrun killed, its lease running) must not kill it. The job gets
+    # the default back (native/_source.c, job_child).
     ctx = zmq.Context()
     rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
     state, alive = "", -1
     try:
         welcome = handshake(rpc, cred, timeout=30.0)
         timeout = float(welcome["options"].get("timeout", 30.0))
-        rpc.timeout = timeout
+        rpc.timeout, rpc.lease = timeout, lease_of(welcome)
         ctl = connect(ctx, cred, "ctl")
         if not control_ready(ctl, timeout):
             eprint("the home node did not answer on the control connection")
@@ -270,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(state, ignore_errors=True)
             os.close(alive)
         ctx.destroy(linger=0)
+
+
+def lease_of(welcome: dict[str, Any]) -> float:
+    """How long the job outlives contact with home, past the silence timeout."""
+    lease = welcome["options"].get("lease", LEASE)
+    return float(lease) if isinstance(lease, (int, float)) and 0 <= lease < 1e8 else LEASE
 
 
 def control_ready(ctl: zmq.Socket, timeout: float) -> bool:
@@ -312,7 +320,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         trace = CallTrace(select(trace_spec), sys.stderr, job.pids.to_home, lambda: rpc.seq, mark)
     tracer = Tracer(job, trace)
     pty = welcome["options"].get("pty")
-    pump, stdio = start_stdio(ctl, timeout, tracer, pty)
+    pump, stdio = start_stdio(ctl, timeout, tracer, pty, lease_of(welcome))
     tracer.on_stop_change = pump.wake
     try:
         tracer.spawn(argv, env, cwd, real_cwd, stdio, terminal=pty is not None)

@@ -15,7 +15,7 @@ import msgpack
 from qrun.syscalls.table import TABLE
 
 # 2: write-back data travels in frames after the map (REQUEST_DATA_OPS)
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE = 64 << 20
 MAX_REQUEST_FRAME = 16 << 20   # the largest frame home accepts (libzmq drops the connection)
 
@@ -62,7 +62,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
                 "identity": (dict,), "policy": (dict,), "options": (dict,)},
     "req": {"seq": (int,), "tid": (int,), "op": (str,), "a": (list,), "umask": (int,)},
     "rep": {"seq": (int,), "r": (int,), "e": (str, type(None)), "o": (dict,)},
-    "out": {"fd": (int,), "d": (bytes,)},
+    # the job's output: chunk n (numbered from 1, kept by the stub until home's ack or pong
+    # says "out": n or later, and sent again after a reconnect)
+    "out": {"fd": (int,), "d": (bytes,), "n": (int,)},
+    "ack": {"out": (int,)},
     "in": {"d": (bytes,)},
     "closed": {"fd": (int,)},   # home's stdout or stderr reader went away
     "state": {"stopped": (bool,)},  # the job's main process stopped, or went on
@@ -72,7 +75,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     # one; n: this drop's number (a gap means one was lost). Replies carry "dn", the drops so far.
     "drop": {"c": (list,), "all": (bool,), "n": (int,)},
     "ping": {},
-    "pong": {},
+    "pong": {"out": (int,)},
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
     "bye": {},
     "error": {"msg": (str,), "code": (int,)},

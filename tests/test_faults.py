@@ -256,3 +256,200 @@ def test_a_connection_flood_does_not_starve_the_job(qrun_cmd: list[str], tmp_pat
     assert (proc.returncode, out) == (0, f"{sum(range(200))}\n"), err
     assert len(flood) > 100, "the flood never reached home"
     assert os.path.exists(tmp_path / "in0")
+
+
+# ---- leases: contact lost for longer than --timeout, and home that never returns ----------
+
+class FaultyProxy:
+    """A TCP relay between the stub and home that can pause (nothing relayed on any
+    connection, old or new, as during a partition: what was sent arrives afterwards) and
+    cut connections (both ends reset) at seeded random moments, at most `cuts` times."""
+
+    def __init__(self, note: Path) -> None:
+        self.note = note
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paused = threading.Event()
+        self.stop = threading.Event()
+        self.accepted = 0
+        self.cut_times: list[float] = []
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            host, port = self.note.read_text().removeprefix("tcp://").rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.1)
+        while not self.stop.is_set():
+            if self.paused.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut_all(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.cut_times.append(time.monotonic())
+
+    def cut_randomly(self, seed: int, cuts: int, mean_gap: float) -> threading.Thread:
+        import random
+        rng = random.Random(seed)
+
+        def run() -> None:
+            for _ in range(cuts):
+                if self.stop.wait(rng.expovariate(1 / mean_gap)):
+                    return
+                self.cut_all()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.cut_all()
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[FaultyProxy]:
+    p = FaultyProxy(tmp_path / "home-endpoint")
+    yield p
+    p.close()
+
+
+def _through(proxy: FaultyProxy, tmp_path: Path) -> list[str]:
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text(STUB_WRAPPER)
+    return ["--stub-command", shlex.join([sys.executable, str(wrapper), str(proxy.port),
+                                          str(tmp_path / "home-endpoint"), sys.executable, "-P",
+                                          "-m", "qrun.remote.stub"])]
+
+
+def _records(tmp_path: Path) -> list[dict[str, Any]]:
+    import sqlite3
+    with sqlite3.connect(tmp_path / "state" / "qrun" / "jobs.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
+
+
+def test_a_job_outlives_a_partition_longer_than_its_timeout(qrun_cmd: list[str], faulty: FaultyProxy,
+                                                            tmp_path: Path) -> None:
+    """Nothing relayed for 8 s, with --timeout 2: both sides wait (the job's lease), the
+    stub reconnects, and the job's output and files are whole."""
+    (tmp_path / "f").write_text("home file\n")
+    job = "for i in $(seq 1 40); do echo line $i; echo $i >> log; sleep 0.2; done; cat f"
+    cmd = qrun_cmd + ["--transparent", "--timeout", "2", "--lease", "60", "-v", "--via", "env",
+                      "--home-addr", "127.0.0.1", *_through(faulty, tmp_path), "--", "/bin/sh", "-c", job]
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env)
+    time.sleep(2.5)
+    faulty.paused.set()
+    time.sleep(8)
+    faulty.paused.clear()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert out == "".join(f"line {i}\n" for i in range(1, 41)) + "home file\n"
+    assert (tmp_path / "log").read_text() == "".join(f"{i}\n" for i in range(1, 41))
+    assert "lost contact" in err and "is back" in err, err
+    rec = _records(tmp_path)[-1]
+    assert rec["state"] == "DONE" and rec["reconnects"] >= 1, rec
+    assert f"reconnects={rec['reconnects']}" in err
+
+
+def _sleeps(seconds: str) -> list[str]:
+    r = subprocess.run(["pgrep", "-a", "-x", "sleep"], capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines() if line.split()[-1] == seconds]
+
+
+def test_home_that_never_returns_ends_the_job_at_its_lease(qrun_cmd: list[str], faulty: FaultyProxy,
+                                                           tmp_path: Path) -> None:
+    """qrun SIGKILLed: the job runs on until its lease (3 s past --timeout 1) runs out, and
+    then nothing of it is left on the execution host."""
+    seconds = str(200_000 + os.getpid() % 50_000)
+    cmd = qrun_cmd + ["--transparent", "--timeout", "1", "--lease", "3", "--via", "env",
+                      "--home-addr", "127.0.0.1", *_through(faulty, tmp_path), "--", "sleep", seconds]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not _sleeps(seconds):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    proc.kill()
+    proc.communicate(timeout=30)
+    killed = time.monotonic()
+    time.sleep(1.5)
+    assert _sleeps(seconds), "the job did not outlive home's silence timeout"
+    while _sleeps(seconds):
+        assert time.monotonic() - killed < 30, "the job outlived its lease"
+        time.sleep(0.2)
+    assert time.monotonic() - killed >= 3.5   # (timeout 1 + lease 3, from the last word heard)
+
+
+def test_resent_requests_run_once_across_cut_connections(qrun_cmd: list[str], faulty: FaultyProxy,
+                                                         tmp_path: Path) -> None:
+    """Connections reset at seeded random moments (at most 8 times) while the job mkdirs,
+    renames, links, unlinks, creates with O_EXCL and appends: each ran exactly once at home
+    (a second run of any of them would fail, or double a line), and no output is lost.
+    $QRUN_CUT_SEED picks other moments (default 8)."""
+    job = ('i=0; while [ $i -lt 25 ]; do i=$((i+1)); mkdir d$i && echo $i > d$i/f && mv d$i/f d$i/g && '
+           'ln d$i/g d$i/h && rm d$i/h && (set -C; echo x > d$i/excl) && echo $i >> app && '
+           'echo out $i || exit 9; done')
+    cmd = qrun_cmd + ["--transparent", "--timeout", "5", "--lease", "60", "--via", "env",
+                      "--home-addr", "127.0.0.1", *_through(faulty, tmp_path), "--", "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    cutter = faulty.cut_randomly(seed=int(os.environ.get("QRUN_CUT_SEED", "8")), cuts=8, mean_gap=0.4)
+    out, err = proc.communicate(timeout=120)
+    cutter.join(timeout=10)
+    assert (proc.returncode, err) == (0, ""), err
+    assert out == "".join(f"out {i}\n" for i in range(1, 26))
+    assert (tmp_path / "app").read_text() == "".join(f"{i}\n" for i in range(1, 26))
+    for i in range(1, 26):
+        d = tmp_path / f"d{i}"
+        assert sorted(p.name for p in d.iterdir()) == ["excl", "g"]
+        assert (d / "g").read_text() == f"{i}\n" and (d / "g").stat().st_nlink == 1
+    assert len(faulty.cut_times) >= 3 and faulty.accepted > 2, "the connections were hardly cut"
