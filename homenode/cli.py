@@ -29,9 +29,10 @@ from qrun.homenode.cli_options import (
     working_directory,
 )
 from qrun.homenode.cli_report import fail, report
-from qrun.homenode.cli_run import LAUNCHER_GRACE, JobHooks, home_roots, run, welcome_for
+from qrun.homenode.cli_run import LAUNCHER_GRACE, home_roots, run, welcome_for
 from qrun.homenode.cli_where import where_to_run
 from qrun.homenode.placement import Ledger, PlacementError
+from qrun.homenode.server_outcome import JobHooks
 from qrun.syscalls.paths import PathPolicy
 
 __all__ = ["BUILTIN_HOSTS", "DISTRIBUTION", "LAUNCHER_GRACE", "CwdError", "Parser", "entry", "fail",
@@ -105,7 +106,7 @@ def _recorded(opts: argparse.Namespace, cmd: list[str], cwd: str, umask: int) ->
     new = NewJob(os.path.basename(cmd[0]) or cmd[0], cmd, [], {}, cwd, umask,
                  "transparent" if opts.transparent else "plain", batch=False)
     record = JobRecord(None, new=new)
-    return JobHooks(record.placed, record.ended)
+    return JobHooks(record.placed, record.contact, record.ended)
 
 
 def run_batch(opts: argparse.Namespace, hooks: JobHooks) -> int:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from importlib import resources
@@ -97,7 +98,7 @@ def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: st
                       out_path=os.path.join(cwd, out),
                       err_path=os.path.join(cwd, opts.error) if opts.error else "",
                       array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue,
-                      config=os.path.abspath(cfg_path) if cfg_path else "")
+                      config=os.path.abspath(cfg_path) if cfg_path else "", launcher=opts.launcher or "")
     if not opts.array:
         return [job(None)]
     indices, limit = parse_array(opts.array)
@@ -163,6 +164,7 @@ def status(args: list[str]) -> int:
         jobs = store.jobs(states, opts.name, opts.user, ids=ids) if ids or not opts.ids else []
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
+    _with_slurm_states(jobs)
     if opts.json:
         json.dump([public(j) for j in jobs], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -201,6 +203,25 @@ def acct(args: list[str]) -> int:
             for j in jobs]
     _table(ACCT_COLUMNS, rows)
     return 0
+
+
+def _with_slurm_states(jobs: list[dict[str, Any]]) -> None:
+    """A job waiting in Slurm's queue (a batch job with the slurm launcher) has Slurm's
+    state and reason as its reason, from one squeue (nothing if squeue cannot tell)."""
+    waiting = {j["launch_name"]: j for j in jobs
+               if j["state"] == PENDING and j["launcher"] == "slurm" and j["launch_name"]}
+    if not waiting:
+        return
+    try:
+        r = subprocess.run(["squeue", "-h", "-o", "%j|%T|%r", f"--name={','.join(waiting)}"],
+                           capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        name, _, rest = line.partition("|")
+        state, _, why = rest.partition("|")
+        if name in waiting:
+            waiting[name]["reason"] = f"Slurm: {state}" + (f" ({why})" if why and why != "None" else "")
 
 
 def public(j: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qrun.homenode import config, exitcodes, launchers, terminal
@@ -20,7 +18,7 @@ from qrun.syscalls.paths import PathPolicy
 
 if TYPE_CHECKING:
     from qrun.homenode.server import HomeServer
-    from qrun.homenode.server_outcome import Outcome
+    from qrun.homenode.server_outcome import JobHooks, Outcome
 
 LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
 
@@ -58,16 +56,6 @@ def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
     return roots
 
 
-@dataclass
-class JobHooks:
-    """Who follows the job (its record): told where it runs and how it ended (the outcome,
-    None if it never ran, and qrun's exit status); for a batch job, how long a cancelled
-    job gets between SIGTERM and SIGKILL."""
-    placed: Callable[[launchers.Launch], None]
-    ended: Callable[[Outcome | None, int], None]
-    term_grace: float | None = None
-
-
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
         verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
         trace_file: str | None = None, hooks: JobHooks | None = None) -> int:
@@ -103,7 +91,7 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
         except BrokenPipeError:
             pass
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               hooks.term_grace if hooks is not None else None, launch.kind)
+                               hooks, launch.kind)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

@@ -113,16 +113,17 @@ def _claim(cfg: config.ClusterConfig, ledger: Ledger, views: list[HostView],
            requirements: list[Requirement], patient: bool) -> HostView:
     """Choose a host and count this job as running there, waiting (with a message) while
     the user's cluster-wide cap on running jobs is reached, and, if `patient`, while every
-    host that would do is full (its max_jobs)."""
+    host that would do is full (its max_jobs) or busy (its max_load, as GNU Queue's
+    load threshold). (The loads are those obtained when it started.)"""
     announced = ""
     while True:
         ledger.annotate(views)
         try:
             chosen = choose(views, requirements)
         except PlacementError as exc:
-            if not patient or not any(v.why_not.startswith("full") for v in views):
+            if not patient or not any(v.why_not.startswith(("full", "busy")) for v in views):
                 raise
-            why = f"every host is full ({exc})"
+            why = f"every host that fits is full or busy ({exc})"
         else:
             if ledger.claim(chosen.name, cfg.max_jobs_per_user):
                 return chosen

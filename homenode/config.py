@@ -46,6 +46,7 @@ class HostConfig:
     speed: float = 1.0
     memory: float = 1.0
     max_jobs: int = 0                # 0: no per-host limit
+    max_load: float = 0.0            # a host whose load average is at or above this takes no job (0: none)
     resources: dict[str, float] = field(default_factory=dict)
     stub: str = ""                   # how to run the stub there (default: this Python's)
     partition: str = ""              # slurm: partition to ask for
@@ -145,8 +146,8 @@ def env_seconds(name: str, default: float, zero_ok: bool = False) -> float:
 
 _HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "launcher": str, "address": str, "user": str, "speed": (int, float), "memory": (int, float),
-    "max_jobs": int, "resources": dict, "stub": str, "partition": str, "home_roots": list,
-    "cache_dir": str, "cache_limit": (int, str)}
+    "max_jobs": int, "max_load": (int, float), "resources": dict, "stub": str, "partition": str,
+    "home_roots": list, "cache_dir": str, "cache_limit": (int, str)}
 
 
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -198,6 +199,8 @@ def _host(name: str, h: object, where: str) -> HostConfig:
         raise ConfigError(f"{where} speed and memory must be positive")
     if hc.max_jobs < 0:
         raise ConfigError(f"{where} max_jobs must be 0 (no limit) or more")
+    if not 0 <= hc.max_load < math.inf:
+        raise ConfigError(f"{where} max_load must be 0 (no threshold) or more")
     _check_roots(hc.home_roots, f"{where} home_roots")
     if hc.cache_dir and not hc.cache_dir.startswith("/"):
         raise ConfigError(f"{where} cache_dir must be an absolute path on that host")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qrun.homenode import config
-from qrun.homenode.jobstore import FINAL, PENDING, Store, StoreError, alive, expand
+from qrun.homenode.jobstore import FINAL, PENDING, RUNNING, Store, StoreError, alive, expand
 from qrun.homenode.queueing import READY, WAIT, dependency
 
 IDLE_EXIT = 600.0       # seconds with no job before an on-demand daemon exits
@@ -164,7 +164,10 @@ class Daemon:
         self.store.settle([job_id])
 
     def running_count(self) -> int:
-        return len(self.children) + len(self.adopted)
+        """Shepherds serving jobs qrun queues (not those waiting in Slurm's queue)."""
+        slurm = {j["id"] for j in self.store.jobs([PENDING, RUNNING]) if j["launcher"] == "slurm"}
+        return sum(1 for job_id, _ in self.children.values() if job_id not in slurm) + \
+            sum(1 for job_id in self.adopted if job_id not in slurm)
 
     def schedule(self) -> None:
         """Start the waiting jobs whose dependencies are met, oldest first, while the
@@ -174,7 +177,7 @@ class Daemon:
         for w in self.store.waiting():
             if w["config"] not in caps:
                 caps[w["config"]] = _cap(w["config"])
-            cap = caps[w["config"]]
+            cap = caps[w["config"]] if w["launcher"] != "slurm" else 0   # (Slurm queues those)
             if cap and self.running_count() >= cap:
                 if w["reason"] != (why := f"{cap} of your jobs are running (max_jobs_per_user)"):
                     self.store.set_reason(w["id"], why)

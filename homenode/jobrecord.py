@@ -42,9 +42,17 @@ class JobRecord:
             if self.job_id is None:
                 assert self.new is not None
                 self.job_id = self.store.add(self.new, pid=os.getpid())
-            self.store.running(self.job_id, launch.describe, launch.kind)
+            self.store.placed(self.job_id, launch.describe, launch.kind, launch.name,
+                              f"waiting for {launch.waiting_for}" if launch.waiting_for else "")
         except StoreError as exc:
             self._warn(exc)
+
+    def contact(self) -> None:
+        if self.store is not None and self.job_id is not None:
+            try:
+                self.store.running(self.job_id)
+            except StoreError as exc:
+                self._warn(exc)
 
     def ended(self, outcome: Outcome | None, code: int, reason: str = "") -> None:
         if self.store is None or self.job_id is None:

@@ -67,6 +67,7 @@ MIGRATIONS: tuple[str, ...] = (
         depends       TEXT NOT NULL DEFAULT '{}',   -- {"after"|"afterok"|"afternotok": [ids]}
         requeue       INTEGER NOT NULL DEFAULT 0,   -- 1: started again if its host is lost
         config        TEXT NOT NULL DEFAULT '',     -- its cluster file ('': none)
+        launch_name   TEXT NOT NULL DEFAULT '',     -- its name at the launcher (Slurm's job name)
         pid           INTEGER,            -- the process serving it at home (shepherd or qrun)
         pid_start     TEXT NOT NULL DEFAULT ''   -- that process's start time, against pid reuse
     );
@@ -77,7 +78,7 @@ MIGRATIONS: tuple[str, ...] = (
 FIELDS = ("id", "name", "user", "argv", "cwd", "mode", "batch", "state", "reason", "host", "launcher",
           "out_path", "err_path", "submitted", "started", "ended", "exit_code", "signal", "utime",
           "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects", "attempts",
-          "cancelled", "array_job", "array_index", "requeue")
+          "cancelled", "array_job", "array_index", "requeue", "launch_name")
 USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects")
 
 
@@ -113,6 +114,7 @@ class NewJob:
     depends: dict[str, list[int]] = field(default_factory=dict)
     requeue: bool = False
     config: str = ""
+    launcher: str = ""    # as asked for (--launcher), until the job is placed
 
 
 class Store:
@@ -175,13 +177,13 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
                     "out_path, err_path, submitted, started, pid, pid_start, attempts, array_job, "
-                    "array_index, array_limit, depends, requeue, config) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "array_index, array_limit, depends, requeue, config, launcher) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options),
                      json.dumps(job.env), job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path,
                      job.err_path, now, now if state == RUNNING else None, pid,
                      process_start(pid) if pid else "", 1 if pid else 0, array_job, index,
-                     limit, json.dumps(job.depends), int(job.requeue), job.config))
+                     limit, json.dumps(job.depends), int(job.requeue), job.config, job.launcher))
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
                 if array_job is None and job.array is not None:  # (the first task: its own array)
@@ -202,10 +204,18 @@ class Store:
                              (pid, process_start(pid), job_id, PENDING))
             return cur.rowcount == 1
 
-    def running(self, job_id: int, host: str, launcher: str) -> None:
+    def placed(self, job_id: int, host: str, launcher: str, launch_name: str, reason: str) -> None:
+        """Where the job goes; it stays PENDING (with `reason`) until its stub is heard."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET state = ?, started = ?, host = ?, launcher = ?, reason = '' "
-                       "WHERE id = ? AND state = ?", (RUNNING, time.time(), host, launcher, job_id, PENDING))
+            db.execute("UPDATE jobs SET host = ?, launcher = ?, launch_name = ?, reason = ? "
+                       "WHERE id = ? AND state = ?",
+                       (host, launcher, launch_name, reason[:500], job_id, PENDING))
+
+    def running(self, job_id: int) -> None:
+        """Its stub has called home: the job runs."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET state = ?, started = ?, reason = '' WHERE id = ? AND state = ?",
+                       (RUNNING, time.time(), job_id, PENDING))
 
     def requeued(self, job_id: int, reason: str) -> None:
         """A job whose host was lost, waiting to be started again from the beginning."""
@@ -297,12 +307,12 @@ class Store:
     def waiting(self) -> list[dict[str, Any]]:
         """Batch jobs not yet handed to a shepherd, oldest first, with their dependencies
         and array limits."""
-        out = []
-        for r in self.db.execute("SELECT id, depends, array_job, array_limit, reason, config FROM jobs "
-                                 "WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,)):
-            out.append({"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
-                        "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"]})
-        return out
+        rows = self.db.execute("SELECT id, depends, array_job, array_limit, reason, config, launcher "
+                               "FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id",
+                               (PENDING,))
+        return [{"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
+                 "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"],
+                 "launcher": r["launcher"]} for r in rows]
 
     def members(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """The jobs `ids` name: each job itself, and for an array's id all its tasks."""

@@ -53,6 +53,7 @@ class Launch:
     cache_dir: str = ""
     cache_limit: int = 0
     kind: str = ""   # which launcher: local, sandbox, via, ssh or slurm (for the job records)
+    name: str = ""   # the job's name there, if it has one (Slurm's job name)
 
 
 def _last_line(tail: str) -> str:
@@ -290,7 +291,7 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
         waiting = f"Slurm to start the job (squeue -n {name})"
         cancel = ["scancel", f"--name={name}", f"--user={_user()}"]
     return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm,
-                  waiting_for=waiting, cancel=cancel, kind="slurm")
+                  waiting_for=waiting, cancel=cancel, kind="slurm", name=name)
 
 
 def _user() -> str:

@@ -115,6 +115,8 @@ def choose(views: list[HostView], requirements: list[Requirement]) -> HostView:
             v.why_not = "requirement not met"
         elif v.config.max_jobs and v.running >= v.config.max_jobs:
             v.why_not = f"full ({v.running}/{v.config.max_jobs} jobs)"
+        elif v.config.max_load and v.load >= v.config.max_load:
+            v.why_not = f"busy (load {v.load:.2f} >= max_load {v.config.max_load:g})"
     eligible = [v for v in views if not v.why_not]
     if not eligible:
         reasons = ", ".join(f"{v.name}: {v.why_not}" for v in views) or "no hosts"

@@ -30,7 +30,7 @@ from qrun.homenode.server_answers import Answers
 from qrun.homenode.server_control import ControlChannel
 from qrun.homenode.server_loop import ServeLoop
 from qrun.homenode.server_ops import HomeOps, Reply
-from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_usage
+from qrun.homenode.server_outcome import JobFailed, JobHooks, Outcome, exit_status, exit_usage
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
@@ -169,10 +169,9 @@ class HomeServer:
     def serve(self, launcher: subprocess.Popen[bytes], describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
               waiting_for: str = "", cancel: list[str] | None = None,
-              term_grace: float | None = None, launch_kind: str = "") -> Outcome:
+              hooks: JobHooks | None = None, launch_kind: str = "") -> Outcome:
         """Run the job to its end (see ServeLoop)."""
-        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, term_grace,
-                         launch_kind).run()
+        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, hooks, launch_kind).run()
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from qrun.homenode.server_outcome import JobFailed, Outcome
+from qrun.homenode.server_outcome import JobFailed, JobHooks, Outcome
 from qrun.homenode.server_stdio import LauncherStderr
 from qrun.homenode.terminal import RawMode
 
@@ -43,13 +43,17 @@ class ServeLoop:
     classify: Callable[[str], tuple[str, int]] | None = None
     waiting_for: str = ""
     cancel: list[str] | None = None
-    term_grace: float | None = None
+    hooks: JobHooks | None = None
     launch_kind: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.kill_at: float | None = None
         self.away_since: float | None = None   # when the stub's silence passed the timeout
+        self.contacted = False
+        self.term_grace = self.hooks.term_grace if self.hooks is not None else None
+        # Slurm owns a batch job's queueing: its stub may call home hours later.
+        self.waits_for_slurm = self.hooks is not None and self.hooks.batch and self.launch_kind == "slurm"
         self.announced = False
         self.last_heard = self.started
         self.last_int = 0.0
@@ -117,6 +121,9 @@ class ServeLoop:
         if srv.hello is None:
             self._check_start(now, stderr)
         else:
+            if not self.contacted and self.hooks is not None:
+                self.hooks.contact()
+            self.contacted = True
             self._check_contact(now)
         if self.kill_at is not None and now > self.kill_at:
             srv.control.send("sig", pid=0, sig=signal.SIGKILL)
@@ -189,7 +196,7 @@ class ServeLoop:
         if self.waiting_for and not self.announced and now - self.started > WAIT_NOTICE:
             sys.stderr.write(f"qrun: waiting for {self.waiting_for}\n")
             self.announced = True
-        if now - self.started > self.server.connect_timeout:
+        if now - self.started > self.server.connect_timeout and not self.waits_for_slurm:
             _run_quietly(self.cancel)
             raise JobFailed(f"the stub on {self.describe} did not connect back within "
                             f"{self.server.connect_timeout:.0f} s", 125)

@@ -13,10 +13,10 @@ import sys
 
 from qrun.homenode import exitcodes
 from qrun.homenode.cli_options import parser
-from qrun.homenode.cli_run import JobHooks
 from qrun.homenode.daemon import TERM_GRACE
 from qrun.homenode.jobrecord import JobRecord
 from qrun.homenode.jobstore import Store, StoreError
+from qrun.homenode.server_outcome import JobHooks
 
 
 def shepherd(store: Store, job_id: int) -> int:
@@ -33,7 +33,7 @@ def shepherd(store: Store, job_id: int) -> int:
     opts = parser(batch=True).parse_args(spec["options"])
     record = JobRecord(store, job_id, requeue=spec["requeue"], attempt=spec["attempts"])
     try:
-        return cli.run_batch(opts, JobHooks(record.placed, record.ended, TERM_GRACE))
+        return cli.run_batch(opts, JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE))
     except cli.Refused as exc:
         cli.fail(str(exc), exc.code)
         record.ended(None, exc.code, str(exc))

@@ -127,9 +127,11 @@ class StdioPump(threading.Thread):
                 return
 
     def _sync(self, poller: zmq.Poller) -> None:
-        """Keep the poller in step with the fds still open (not while the output queue
-        is full: then the job waits on its writes) and whether stdin has data."""
-        wanted = set() if self.out.full else set(self.out_fds)
+        """Keep the poller in step with the fds still open and whether stdin has data.
+        The job's pipes are not read while its output in flight fills the window and home
+        answers (flow control), nor while the spill for an absent home is full."""
+        answering = time.monotonic() - self.last_heard < 2.0
+        wanted = set() if self.out.full or (self.out.window_full and answering) else set(self.out_fds)
         for fd in self._polled - wanted:
             poller.unregister(fd)
         for fd in wanted - self._polled:

@@ -289,3 +289,79 @@ def test_the_runtime_directory_must_be_private(tmp_path: Path, monkeypatch: pyte
 def test_the_systemd_unit(batch: Batch) -> None:
     unit = batch.qrun("daemon", "--print-unit", check=True).stdout
     assert "ExecStart=" in unit and "-m qrun.homenode.daemon" in unit and "@PYTHON@" not in unit
+
+
+def test_twenty_jobs_over_three_hosts_keep_the_cap(qrun_cmd: list[str], ssh_cluster: object,
+                                                   cluster_hosts: Any, tmp_path: Path) -> None:
+    """20 plain batch jobs over the ssh test cluster with max_jobs_per_user = 4: never more
+    than 4 at once (from the records), all DONE on the cluster's hosts, output right, and
+    the accounting of a failed and a killed job right."""
+    from test_cluster import write_config
+    b = Batch(qrun_cmd, tmp_path)
+    try:
+        conf = write_config(tmp_path / "c.toml", cluster_hosts, ssh_cluster.ssh_config,  # type: ignore[attr-defined]
+                            max_jobs_per_user=4)
+        common = ["--config", str(conf), "-D", "/", "-o", f"{b.work}/out-%j"]
+        jobs = [b.submit(*common, "--", "sh", "-c", "hostname; sleep 1") for _ in range(20)]
+        three = b.submit(*common, "--", "sh", "-c", "exit 3")
+        killed = b.submit(*common, "--", "sh", "-c", "kill -9 $$")
+        assert b.qrun("wait", *jobs, timeout=300).returncode == 0
+        assert b.qrun("wait", three).returncode == 3 and b.qrun("wait", killed).returncode == 137
+        recs = [b.record(j) for j in jobs]
+        hosts = {h.name for h in cluster_hosts}
+        for r in recs:
+            assert r["state"] == "DONE" and r["host"] in hosts and r["launcher"] == "ssh", r
+            assert (b.work / f"out-{r['id']}").read_text() == f"{r['host']}\n"
+        assert len({r["host"] for r in recs}) >= 2   # (spread over the hosts)
+        events = sorted([(r["started"], 1) for r in recs] + [(r["ended"], -1) for r in recs])
+        running, most = 0, 0
+        for _, step in events:
+            running += step
+            most = max(most, running)
+        assert most <= 4
+        assert (b.record(three)["exit_code"], b.record(killed)["exit_code"]) == (3, 137)
+        assert b.record(killed)["signal"] == 9
+    finally:
+        b.stop()
+
+
+def test_on_slurm_slurm_owns_the_queue(qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: Any,
+                                       tmp_path: Path) -> None:
+    """With --launcher slurm a batch job waits in Slurm's queue, `qrun status` shows Slurm's
+    state, it runs once Slurm starts it, and a cancel of one still queued leaves nothing
+    in Slurm."""
+    b = Batch(qrun_cmd, tmp_path)
+    b.env.update(slurm_cluster.env)  # type: ignore[attr-defined]
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'home_addr = "{cluster_hosts[0].home_ip}"\n')
+
+    def squeue(*args: str) -> str:
+        return subprocess.run(["squeue", "-h", *args], env=b.env, capture_output=True, text=True,
+                              timeout=30).stdout
+
+    holder = subprocess.run(["sbatch", "--parsable", "-N3", "--exclusive", "-J", "holder", "-o", "/dev/null",
+                             "--wrap", "sleep 300"], env=b.env, capture_output=True, text=True,
+                            timeout=30, cwd="/")
+    assert holder.returncode == 0, holder.stderr
+    hid = holder.stdout.strip().split(";")[0]
+    try:
+        common = ["--config", str(conf), "--launcher", "slurm", "-D", "/"]
+        job = b.submit(*common, "-o", f"{b.work}/out-%j", "--", "hostname")
+        doomed = b.submit(*common, "--", "true")
+        wait_until("Slurm's state in qrun status",
+                   lambda: b.record(job)["reason"].startswith("waiting for Slurm")
+                   and "Slurm: PENDING" in b.qrun("status", job, check=True).stdout, within=60)
+        time.sleep(2)
+        assert b.record(job)["state"] == "PENDING"
+        assert b.qrun("cancel", doomed).returncode == 0
+        wait_until("the cancel", lambda: b.record(doomed)["state"] == "CANCELLED")
+        subprocess.run(["scancel", hid], env=b.env, capture_output=True, timeout=30)
+        assert b.qrun("wait", job, timeout=180).returncode == 0
+        rec = b.record(job)
+        assert rec["state"] == "DONE" and rec["launcher"] == "slurm" and rec["launch_name"].startswith("qrun-")
+        assert (b.work / f"out-{job}").read_text().strip() in {h.name for h in cluster_hosts}
+        wait_until("Slurm's queue to empty", lambda: not [ln for ln in squeue("-o", "%j").splitlines()
+                                                          if ln.startswith("qrun-")], within=30)
+    finally:
+        subprocess.run(["scancel", hid], env=b.env, capture_output=True, timeout=30)
+        b.stop()

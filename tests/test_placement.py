@@ -84,6 +84,17 @@ def test_choose_prefers_the_lowest_weighted_load() -> None:
     assert [v.why_not for v in views if v.name == "d"] == ["agent silent"]
 
 
+def test_a_host_at_its_load_threshold_takes_no_job() -> None:
+    cfg = config.parse({"hosts": {"hot": {"max_load": 2}, "cool": {"max_load": 2.5}, "any": {}}})
+    views = views_for(cfg, ["hot", "cool", "any"])
+    for v, load in zip(views, (2.0, 1.0, 9.0), strict=True):
+        v.load, v.cpus = load, 8
+    assert choose(views, []).name == "cool"   # (hot is at its threshold; any has none, but more load)
+    assert views[0].why_not == "busy (load 2.00 >= max_load 2)"
+    with pytest.raises(config.ConfigError, match="max_load"):
+        config.parse({"hosts": {"x": {"max_load": -1}}})
+
+
 def test_requirements_filter_hosts() -> None:
     cfg = config.parse({"hosts": {"big": {"resources": {"scratch_gb": 500}}, "small": {}}})
     views = views_for(cfg, ["big", "small"])

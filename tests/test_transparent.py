@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from hosts import HostCluster
 
 GCC = shutil.which("gcc")
@@ -210,8 +211,11 @@ def _job_processes(hosts: HostCluster, marker: str) -> list[str]:
 
 def test_home_node_killed_mid_job_leaves_nothing_running(qrun_prefix: list[str], hosts: HostCluster,
                                                          workdir: Path) -> None:
+    """Home dies: the job runs on for its lease (3 s past the 10 s silence timeout), then
+    nothing of it is left on the host."""
     marker = f"299.{os.getpid()}"  # a unique argument to find the job's sleep by
-    proc = subprocess.Popen(qrun_prefix + ["/bin/sh", "-c", f"echo started; exec sleep {marker}"],
+    prefix = qrun_prefix[:-1] + ["--lease", "3", "--"]
+    proc = subprocess.Popen(prefix + ["/bin/sh", "-c", f"echo started; exec sleep {marker}"],
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     assert proc.stdout is not None
@@ -228,13 +232,13 @@ def test_home_node_killed_mid_job_leaves_nothing_running(qrun_prefix: list[str],
     assert _job_processes(hosts, marker) == []
 
 
-def test_network_cut_mid_job_kills_the_job_and_says_so(qrun_cmd: list[str], hosts: HostCluster,
-                                                       workdir: Path) -> None:
+def test_network_cut_past_the_lease_kills_the_job_and_says_so(qrun_cmd: list[str], hosts: HostCluster,
+                                                              workdir: Path) -> None:
     h = hosts[1]
     if not h.iptables_available():
-        pytest.skip("iptables is not installed")
+        skip_or_fail("iptables is not installed")
     marker = f"298.{os.getpid()}"
-    cmd = qrun_cmd + ["--transparent", "--timeout", "3", "--via", " ".join(h.nsenter_prefix()),
+    cmd = qrun_cmd + ["--transparent", "--timeout", "3", "--lease", "4", "--via", " ".join(h.nsenter_prefix()),
                       "--home-addr", h.home_ip, "--", "/bin/sh", "-c", f"echo started; exec sleep {marker}"]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -247,7 +251,7 @@ def test_network_cut_mid_job_kills_the_job_and_says_so(qrun_cmd: list[str], host
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 124
-    assert "qrun: lost contact with the execution host" in err
+    assert "qrun: lost contact with" in err and "past the job's lease; the job was killed" in err, err
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         r = h.run(["/bin/sh", "-c", f"ps -eo args | grep -F {marker} | grep -v grep || true"])
@@ -255,6 +259,75 @@ def test_network_cut_mid_job_kills_the_job_and_says_so(qrun_cmd: list[str], host
             break
         time.sleep(0.5)
     assert r.stdout.strip() == ""
+
+
+def test_a_job_writing_home_outlives_a_partition(qrun_cmd: list[str], hosts: HostCluster,
+                                                 workdir: Path, tmp_path: Path) -> None:
+    """All traffic between h2 and home dropped for 10 s (iptables, in h2) while the job
+    writes 50 MB to home, with --timeout 3: the job goes on, the stub reconnects, the file
+    is the one a native run writes, and the record counts the reconnect."""
+    h = hosts[1]
+    if not h.iptables_available():
+        skip_or_fail("iptables is not installed")
+    job = ("i=0; while [ $i -lt 50 ]; do i=$((i+1)); head -c 1000000 /dev/zero | tr '\\0' x >> big; "
+           "echo $i >> progress; sleep 0.2; done; echo done")
+    native = tmp_path / "native"
+    native.mkdir()
+    subprocess.run(["/bin/sh", "-c", job], cwd=native, check=True, capture_output=True, timeout=120)
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    cmd = qrun_cmd + ["--transparent", "--timeout", "3", "--via", " ".join(h.nsenter_prefix()),
+                      "--home-addr", h.home_ip, "--", "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "progress").exists() or len((workdir / "progress").read_text().split()) < 5:
+            assert time.monotonic() < deadline, "the job did not get going"
+            time.sleep(0.1)
+        h.block_home()
+        time.sleep(10)
+        h.unblock_home()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        h.unblock_home()
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, out) == (0, "done\n"), err
+    digest = [hashlib.sha256((d / "big").read_bytes()).hexdigest() for d in (native, workdir)]
+    assert digest[0] == digest[1]
+    assert (workdir / "progress").read_text() == (native / "progress").read_text()
+    assert "lost contact" in err, err
+    import sqlite3
+    with sqlite3.connect(tmp_path / "state" / "qrun" / "jobs.db") as db:
+        state, reconnects = db.execute("SELECT state, reconnects FROM jobs").fetchall()[-1]
+    assert state == "DONE" and reconnects >= 1
+
+
+def test_a_job_outlives_its_home_stopped_for_30_s(qrun_cmd: list[str], hosts: HostCluster,
+                                                  workdir: Path) -> None:
+    """qrun SIGSTOPped for 30 s (with --timeout 5) while the job keeps writing home: the
+    job waits for it and finishes whole once it is continued."""
+    h = hosts[1]
+    job = "for i in $(seq 1 60); do echo $i >> log; echo line $i; sleep 0.1; done"
+    cmd = qrun_cmd + ["--transparent", "--timeout", "5", "--via", " ".join(h.nsenter_prefix()),
+                      "--home-addr", h.home_ip, "--", "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "log").exists():
+            assert time.monotonic() < deadline, "the job did not get going"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(30)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "".join(f"line {i}\n" for i in range(1, 61))
+    assert (workdir / "log").read_text() == "".join(f"{i}\n" for i in range(1, 61))
 
 
 def test_exit_status_and_signals(transparent: list[str], workdir: Path) -> None:
