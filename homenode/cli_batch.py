@@ -26,6 +26,7 @@ from qrun.homenode.jobstore import (
     CANCELLED,
     FINAL,
     LOST,
+    MAX_ID,
     PENDING,
     RUNNING,
     STATES,
@@ -33,10 +34,10 @@ from qrun.homenode.jobstore import (
     Store,
     StoreError,
     expand,
-    user_name,
 )
 from qrun.homenode.placement import PlacementError
 from qrun.homenode.queueing import KINDS, parse_array, parse_ids
+from qrun.homenode.userdirs import user_name
 
 POLL = 0.2   # seconds between looks at the records while waiting or following
 
@@ -70,18 +71,23 @@ def submit(args: list[str]) -> int:
     ids = store.add_all(jobs)
     try:
         ensure_running()
-        request("wake")
     except DaemonError as exc:
-        for job_id in ids:
-            store.ended(job_id, "FAILED", None, reason=str(exc))
+        store.abandon(ids, str(exc))   # (those no daemon took meanwhile)
         return fail(f"job {ids[0]} cannot run: {exc}", exitcodes.LAUNCH)
+    try:
+        request("wake")
+    except DaemonError:
+        pass   # (it schedules every second anyway)
     sys.stdout.write(f"{ids[0]}\n")
     return 0
 
 
 def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: str,
               cfg_path: str) -> list[NewJob]:
-    """The records to add: one job, or an array's tasks; ValueError for a bad option."""
+    """The records to add: one job, or an array's tasks; ValueError for a bad option. The
+    job's shepherd runs in the submission directory, so the options' relative paths (-D,
+    --config, -o) mean what they meant here; output file patterns are expanded when the
+    job starts, then taken relative to that directory."""
     name = opts.job_name or os.path.basename(cmd[0]) or cmd[0]
     out = opts.output or ("qrun-%A_%a.out" if opts.array else "qrun-%j.out")
     probe = {"id": 1, "name": name, "array_job": None, "array_index": None}
@@ -91,12 +97,15 @@ def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: st
     depends = {k: [i for text in getattr(opts, k) for i in parse_ids(k, text)] for k in KINDS}
     umask = os.umask(0o022)
     os.umask(umask)
+    try:
+        submit_dir = os.getcwd()
+    except OSError:
+        submit_dir = cwd   # (a removed current directory, with -D elsewhere)
 
     def job(array: tuple[int, int, int] | None) -> NewJob:
         return NewJob(name, cmd, args, dict(os.environ), cwd, umask,
                       "transparent" if opts.transparent else "plain", batch=True,
-                      out_path=os.path.join(cwd, out),
-                      err_path=os.path.join(cwd, opts.error) if opts.error else "",
+                      out_path=out, err_path=opts.error or "", submit_dir=submit_dir,
                       array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue,
                       config=os.path.abspath(cfg_path) if cfg_path else "", launcher=opts.launcher or "")
     if not opts.array:
@@ -135,7 +144,7 @@ def _select(store: Store, words: list[str]) -> list[dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for w in words:
         m = re.fullmatch(r"(\d+)(?:_(\d+))?", w)
-        if not m:
+        if not m or not 0 < int(m.group(1)) <= MAX_ID or int(m.group(2) or 0) > MAX_ID:
             raise ValueError(f"a job id is N or N_I (array N's task I), not {w!r}")
         found = store.members([int(m.group(1))])   # (job N, and an array N's tasks)
         if m.group(2) is not None:
@@ -385,28 +394,27 @@ def output(args: list[str]) -> int:
         j = _select(store, [opts.id])[0]
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
-    job_id = j["id"]
-    path = j["err_path"] if opts.error else j["out_path"]
-    done = j["state"] in FINAL
+    if not j["batch"]:
+        return fail(f"job {j['label']} ran interactively: its output went to its terminal", exitcodes.USAGE)
+    if opts.error and not j["err_path"]:
+        return fail(f"job {j['label']} has no error file of its own (see its output)", exitcodes.USAGE)
     f = None
     out = sys.stdout.buffer
     while True:
-        if f is None:
+        done = j["state"] in FINAL
+        if f is None and j["attempts"]:   # (its file exists once a shepherd took it)
             try:
-                f = open(path, "rb")  # noqa: SIM115 - closed below
+                f = open(j["err_path"] if opts.error else j["out_path"], "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 if done or not opts.follow:
-                    if j["state"] == PENDING or (done and j["started"] is None):
-                        return 0   # (nothing written yet, or never started)
-                    return fail(f"job {job_id}: its output file {path} is gone", 1)
+                    return fail(f"job {j['label']}: its output file is gone", 1)
         if f is not None:
             shutil.copyfileobj(f, out)
             out.flush()
         if done or not opts.follow:
             break
         time.sleep(POLL)
-        now = store.get(job_id)
-        done = now is None or now["state"] in FINAL   # (one more read after the end)
+        j = store.get(j["id"]) or j   # (one more read after the end)
     if f is not None:
         f.close()
     return 0

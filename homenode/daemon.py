@@ -3,17 +3,18 @@ cancels them; the job records (jobstore) are what it works from.
 
 Each batch job is served at home by a shepherd of its own (`homenode/shepherd.py`, a child
 of the daemon, as HTCondor's schedd starts a shadow per job): the job's home server, with
-its own CURVE keys, in its own process. A shepherd records the job's start and end itself,
-so the daemon can die and be restarted while jobs run: it re-adopts each running job whose
-shepherd still lives (by pid and start time), and marks FAILED one whose shepherd died
-without recording an end.
+its own CURVE keys, in its own process and session. A shepherd records the job's start and
+end itself, so the daemon can die and be restarted while jobs run: it re-adopts each
+running job whose shepherd still lives (by pid and start time), and marks FAILED one whose
+shepherd died without recording an end.
 
-One daemon per user: it holds an exclusive lock on `daemon.lock` in its runtime directory
-($XDG_RUNTIME_DIR/qrun, else /tmp/qrun-UID; mode 0700, refused if another user owns it)
-and listens on the Unix socket `daemon.sock` there, to which only its own user can connect
-(the directory's mode, and each peer's uid checked with SO_PEERCRED). A request is one JSON
-line, its reply one JSON line; nothing is ever unpickled. `qrun submit` starts the daemon
-when none answers; started that way, it exits after IDLE_EXIT seconds with nothing to do.
+One daemon per user and job records: it holds an exclusive lock on `daemon.lock` beside
+the records (in $XDG_STATE_HOME/qrun, made 0700, refused if another user owns it) and
+listens on the Unix socket `daemon.sock` there, to which only its own user can connect
+(the directory's mode, and each peer's uid checked with SO_PEERCRED). A request is one
+JSON line, its reply one JSON line; nothing is ever unpickled. `qrun submit` starts the
+daemon when none answers; started that way, it exits after IDLE_EXIT seconds in which no
+job could run.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from qrun.homenode import config
-from qrun.homenode.jobstore import FINAL, PENDING, RUNNING, Store, StoreError, alive, expand
-from qrun.homenode.queueing import READY, WAIT, dependency
+from qrun.homenode.jobstore import FINAL, MAX_ID, PENDING, RUNNING, Store, StoreError, alive, expand
+from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
+from qrun.homenode.userdirs import state_dir
 
-IDLE_EXIT = 600.0       # seconds with no job before an on-demand daemon exits
+IDLE_EXIT = 600.0       # seconds with no job that could run before an on-demand daemon exits
 TERM_GRACE = 10.0       # seconds between a cancel's SIGTERM and SIGKILL to the job's processes
 SHEPHERD_GRACE = 30.0   # further seconds before a shepherd that does not end is killed itself
 MAX_LINE = 1 << 16      # longest request line
+REQUEST_TIME = 2.0      # seconds a client has to send its whole request
 TICK = 1.0
 
 
@@ -48,24 +51,48 @@ class DaemonError(Exception):
     pass
 
 
-def runtime_dir() -> Path:
-    """The daemon's private directory: created 0700, and refused unless it is ours and
-    nobody else's to enter (the socket in it runs jobs as us)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "qrun" if base else Path(f"/tmp/qrun-{os.getuid()}")
+def private_dir() -> Path:
+    """The records' directory, which also holds the daemon's lock and socket: made 0700,
+    and refused unless it is ours (its socket runs jobs as us)."""
+    path = state_dir()
     try:
-        path.mkdir(mode=0o700, parents=bool(base), exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(path)
+        if st.st_uid == os.getuid() and st.st_mode & 0o077 and not os.path.islink(path):
+            os.chmod(path, 0o700)   # (qrun's own directory, made by an older qrun or by hand)
+            st = os.lstat(path)
     except OSError as exc:
-        raise DaemonError(f"cannot use {path} for the daemon's socket: {exc.strerror}") from None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(path) or os.path.islink(path):
+        raise DaemonError(f"cannot use {path} for the daemon: {exc.strerror}") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or os.path.islink(path) or not os.path.isdir(path):
         raise DaemonError(f"{path} is not a private directory of this user (mode {st.st_mode & 0o777:o}, "
                           f"owner {st.st_uid}): refusing to use it for the daemon's socket")
     return path
 
 
 def socket_path() -> Path:
-    return runtime_dir() / "daemon.sock"
+    path = private_dir() / "daemon.sock"
+    if len(os.fsencode(path)) > 107:
+        raise DaemonError(f"the daemon's socket path {path} is too long for a Unix socket "
+                          "(set XDG_STATE_HOME to a shorter directory)")
+    return path
+
+
+def read_line(conn: socket.socket, within: float) -> bytes:
+    """One line from `conn` within `within` seconds in all; ValueError if it is longer
+    than MAX_LINE, OSError (a timeout) if it takes longer."""
+    deadline = time.monotonic() + within
+    data = b""
+    while not data.endswith(b"\n"):
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = conn.recv(MAX_LINE)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise ValueError("request too long")
+        if time.monotonic() > deadline:
+            raise TimeoutError("request too slow")
+    return data
 
 
 # ---- the client side: what `qrun submit`, `cancel` and friends use ------------------------
@@ -76,14 +103,10 @@ def request(op: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
     try:
         s.connect(str(socket_path()))
         s.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(MAX_LINE)
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise DaemonError(f"the qrun daemon does not answer ({exc.strerror or exc})") from None
+        data = read_line(s, timeout)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise DaemonError(f"the qrun daemon does not answer ({why})") from None
     finally:
         s.close()
     try:
@@ -102,7 +125,7 @@ def ensure_running(wait: float = 10.0) -> None:
         return
     except DaemonError:
         pass
-    log = Store().path.parent / "daemon.log"
+    log = private_dir() / "daemon.log"
     with open(log, "ab") as out:
         subprocess.Popen([sys.executable, "-P", "-m", "qrun.homenode.daemon", "--on-demand"],
                          stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
@@ -142,13 +165,27 @@ class Daemon:
                     return   # (shepherds go on: a restarted daemon adopts them)
             if listener.fileno() in ready:
                 self._accept(listener)
-            self._reap()
-            self._escalate()
-            self.schedule()
-            if self.children or self.adopted or self.store.waiting():
-                self.idle_since = time.monotonic()
-            elif self.on_demand and time.monotonic() - self.idle_since > IDLE_EXIT:
+            try:
+                self._tick()
+            except Exception as exc:   # (a damaged record, a full disk: said, then tried again)
+                log(f"{type(exc).__name__}: {exc}")
+            if self._idle():
                 return
+
+    def _tick(self) -> None:
+        self._reap()
+        self._escalate()
+        self.schedule()
+
+    def _idle(self) -> bool:
+        """An on-demand daemon with nothing that could run for IDLE_EXIT seconds is done
+        (a job whose dependency can never be met does not keep it)."""
+        busy = self.children or self.adopted or any(
+            not w["reason"].startswith(NEVER_PREFIX) for w in self.store.waiting())
+        if busy:
+            self.idle_since = time.monotonic()
+            return False
+        return self.on_demand and time.monotonic() - self.idle_since > IDLE_EXIT
 
     # ---- jobs ---------------------------------------------------------------------------
     def _adopt(self) -> None:
@@ -157,81 +194,79 @@ class Daemon:
         for job_id, pid, start in self.store.served():
             if alive(pid, start):
                 self.adopted[job_id] = (pid, start)
-            else:
-                self._lost_shepherd(job_id)
-
-    def _lost_shepherd(self, job_id: int) -> None:
-        self.store.settle([job_id])
-
-    def running_count(self) -> int:
-        """Shepherds serving jobs qrun queues (not those waiting in Slurm's queue)."""
-        slurm = {j["id"] for j in self.store.jobs([PENDING, RUNNING]) if j["launcher"] == "slurm"}
-        return sum(1 for job_id, _ in self.children.values() if job_id not in slurm) + \
-            sum(1 for job_id in self.adopted if job_id not in slurm)
+        self.store.settle()
 
     def schedule(self) -> None:
         """Start the waiting jobs whose dependencies are met, oldest first, while the
         user's cap (max_jobs_per_user, of the job's cluster file) and each array's limit
-        allow."""
+        allow. Jobs waiting in Slurm's queue do not count: Slurm queues those."""
         caps: dict[str, int] = {}
+        slurm = {j["id"] for j in self.store.jobs([PENDING, RUNNING]) if j["launcher"] == "slurm"}
+        running = sum(1 for job_id, _ in self.children.values() if job_id not in slurm) + \
+            sum(1 for job_id in self.adopted if job_id not in slurm)
         for w in self.store.waiting():
             if w["config"] not in caps:
                 caps[w["config"]] = _cap(w["config"])
-            cap = caps[w["config"]] if w["launcher"] != "slurm" else 0   # (Slurm queues those)
-            if cap and self.running_count() >= cap:
-                if w["reason"] != (why := f"{cap} of your jobs are running (max_jobs_per_user)"):
-                    self.store.set_reason(w["id"], why)
+            cap = caps[w["config"]] if w["launcher"] != "slurm" else 0
+            if cap and running >= cap:
+                self._wait_because(w, f"{cap} of your jobs are running (max_jobs_per_user)")
                 continue
             state, why = dependency(w["depends"], self.store.members)
             if state == READY and w["array_limit"] and \
                     self.store.running_tasks(w["array_job"]) >= w["array_limit"]:
                 state, why = WAIT, f"{w['array_limit']} tasks of its array are running (array limit)"
-            if state == READY:
-                self._start(w["id"])
-            elif why != w["reason"]:
-                self.store.set_reason(w["id"], why)
+            if state != READY:
+                self._wait_because(w, why)
+            elif self._start(w["id"]) and w["launcher"] != "slurm":
+                running += 1
 
-    def _start(self, job_id: int) -> None:
+    def _wait_because(self, w: dict[str, Any], why: str) -> None:
+        if why != w["reason"]:
+            self.store.set_reason(w["id"], why)
+
+    def _start(self, job_id: int) -> bool:
         spec = self.store.spec(job_id)
         if spec is None or spec["state"] != PENDING:
-            return
+            return False
+        base = spec["submit_dir"] or spec["cwd"]
         try:
-            out_path = expand(spec["out_path"], spec)
-            err_path = expand(spec["err_path"], spec) if spec["err_path"] else out_path
+            out_path = os.path.join(base, expand(spec["out_path"], spec))
+            err_path = os.path.join(base, expand(spec["err_path"], spec)) if spec["err_path"] else out_path
             self.store.set_paths(job_id, out_path, err_path)
-            out = _open_output(out_path)
-            err = out if err_path == out_path else _open_output(err_path)
+            out = _open_output(out_path, spec["umask"])
+            err = out if err_path == out_path else _open_output(err_path, spec["umask"])
         except (OSError, ValueError) as exc:
             self.store.ended(job_id, "FAILED", None, reason=f"cannot open its output file: {exc}")
-            return
+            return False
         try:
             proc = subprocess.Popen([sys.executable, "-P", "-m", "qrun.homenode.shepherd", str(job_id)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=spec["env"],
-                                    cwd=spec["cwd"], close_fds=True)
+                                    cwd=base, close_fds=True, start_new_session=True)
         except OSError as exc:
             self.store.ended(job_id, "FAILED", None, reason=f"cannot start its shepherd: {exc.strerror}")
-            return
+            return False
         finally:
             out.close()
             if err is not out:
                 err.close()
         if self.store.handed(job_id, proc.pid):
             self.children[proc.pid] = (job_id, proc)
-        else:  # cancelled meanwhile
-            proc.kill()
-            proc.wait()
+            return True
+        proc.kill()   # (cancelled meanwhile, or handed by another daemon)
+        proc.wait()
+        return False
 
     def _reap(self) -> None:
         for pid, (job_id, proc) in list(self.children.items()):
             if proc.poll() is not None:
                 del self.children[pid]
                 self.cancels.pop(job_id, None)
-                self._lost_shepherd(job_id)
+                self.store.settle([job_id])
         for job_id, (pid, start) in list(self.adopted.items()):
             if not alive(pid, start):
                 del self.adopted[job_id]
                 self.cancels.pop(job_id, None)
-                self._lost_shepherd(job_id)
+                self.store.settle([job_id])
 
     def cancel(self, job_id: int) -> str:
         rec = self.store.get(job_id)
@@ -239,31 +274,41 @@ class Daemon:
             return "unknown job"
         if rec["state"] in FINAL:
             return f"already {rec['state']}"
-        self.store.cancel_asked(job_id)
         pid = self._shepherd_of(job_id)
         if pid is None:
-            if rec["state"] == PENDING:
+            spec = self.store.spec(job_id)
+            if rec["state"] == PENDING and rec["batch"] and spec is not None and spec["pid"] is None:
+                self.store.cancel_asked(job_id)
                 self.store.ended(job_id, "CANCELLED", None, reason="cancelled before it started")
                 return "cancelled"
-            return "not served by this daemon"
-        os.kill(pid, signal.SIGTERM)   # its home server passes it on, then SIGKILL after TERM_GRACE
+            return "not served by this daemon (an interactive job: signal its qrun)"
+        self.store.cancel_asked(job_id)
+        try:
+            os.kill(pid, signal.SIGTERM)   # its home server passes it on, then SIGKILL after TERM_GRACE
+        except ProcessLookupError:
+            return "cancelling"   # (it has just ended: the next look settles it)
         self.cancels.setdefault(job_id, time.monotonic() + TERM_GRACE + SHEPHERD_GRACE)
         return "cancelling"
 
     def _shepherd_of(self, job_id: int) -> int | None:
-        for pid, (j, _) in self.children.items():
-            if j == job_id:
+        for pid, (j, proc) in self.children.items():
+            if j == job_id and proc.poll() is None:
                 return pid
-        if job_id in self.adopted:
+        if job_id in self.adopted and alive(*self.adopted[job_id]):
             return self.adopted[job_id][0]
         return None
 
     def _escalate(self) -> None:
+        """A shepherd that has not ended SHEPHERD_GRACE seconds after its job's SIGKILL is
+        killed with its session (the job's stub then ends the job at its lease)."""
         now = time.monotonic()
         for job_id, deadline in list(self.cancels.items()):
             pid = self._shepherd_of(job_id)
             if pid is not None and now > deadline:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 del self.cancels[job_id]
 
     # ---- the control socket -------------------------------------------------------------
@@ -273,18 +318,21 @@ class Daemon:
         except OSError:
             return
         with conn:
-            conn.settimeout(2.0)
             try:
                 uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
                 if uid != os.getuid():
                     return
-                line = _read_line(conn)
-                reply = self.answer(line)
+                try:
+                    reply = self.answer(read_line(conn, REQUEST_TIME))
+                except ValueError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                conn.settimeout(REQUEST_TIME)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-            except (OSError, ValueError):
-                return   # (a client that went away, or sent too much, or too slowly)
+            except OSError:
+                return   # (a client that went away, or was too slow)
 
     def answer(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line; never raises (a failure is the reply's error)."""
         try:
             msg = json.loads(line)
         except ValueError:
@@ -292,21 +340,28 @@ class Daemon:
         if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
             return {"ok": False, "error": "malformed request"}
         op = msg["op"]
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "wake":
-            self.schedule()
-            return {"ok": True}
-        if op == "cancel":
-            ids = msg.get("ids")
-            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                    for i in ids) or len(ids) > 100_000:
-                return {"ok": False, "error": "cancel: a list of job ids expected"}
-            try:
+        try:
+            if op == "ping":
+                return {"ok": True, "pid": os.getpid()}
+            if op == "wake":
+                return {"ok": True}   # (the loop schedules right after this reply)
+            if op == "cancel":
+                ids = msg.get("ids")
+                if not isinstance(ids, list) or len(ids) > 100_000 or not all(
+                        isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_ID for i in ids):
+                    return {"ok": False, "error": "cancel: a list of job ids expected"}
                 return {"ok": True, "results": {str(i): self.cancel(i) for i in ids}}
-            except StoreError as exc:
-                return {"ok": False, "error": str(exc)}
+        except (StoreError, OSError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:   # a bug must fail one request, not the daemon
+            log(f"{op}: {type(exc).__name__}: {exc}")
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
         return {"ok": False, "error": f"unknown request {op[:40]!r}"}
+
+
+def log(line: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qrun daemon: {line}\n")
+    sys.stderr.flush()
 
 
 def _cap(path: str) -> int:
@@ -319,67 +374,69 @@ def _cap(path: str) -> int:
         return 0   # (its shepherd says what is wrong with it, once it runs)
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(MAX_LINE)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_LINE:
-            raise ValueError("request too long")
-    return data
-
-
-def _open_output(path: str) -> Any:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+def _open_output(path: str, umask: int) -> IO[bytes]:
+    """A job's output file, appended to, with the submitter's umask (not the daemon's)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666 & ~umask)
     return os.fdopen(fd, "ab")
+
+
+def _lock(directory: Path, wait: float) -> IO[str] | None:
+    """The daemon lock, waiting up to `wait` seconds (an exiting daemon lets it go); None
+    if another daemon holds it."""
+    lock = open(directory / "daemon.lock", "a")  # noqa: SIM115 - held for the daemon's life
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            lock.close()
+            return None
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     on_demand = "--on-demand" in args
     try:
-        rdir = runtime_dir()
-        lock = open(rdir / "daemon.lock", "a")  # noqa: SIM115 - held for the daemon's life
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                sys.stderr.write("qrun: a qrun daemon of this user is already running\n")
-                return 0 if on_demand else 1
-            raise
+        path = socket_path()
+        lock = _lock(path.parent, 3.0 if on_demand else 0.0)
+        if lock is None:
+            sys.stderr.write("qrun: a qrun daemon of this user is already running\n")
+            return 0 if on_demand else 1
         store = Store()
+        try:
+            path.unlink()   # (a dead daemon's: we hold the lock, so no live one listens there)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old)
+        listener.listen(64)
     except (DaemonError, StoreError) as exc:
         sys.stderr.write(f"qrun: {exc}\n")
         return 1
     except OSError as exc:
-        sys.stderr.write(f"qrun: cannot start the daemon: {exc.strerror}\n")
+        sys.stderr.write(f"qrun: cannot start the daemon: {exc.strerror or exc}\n")
         return 1
-    path = rdir / "daemon.sock"
+    log(f"{os.getpid()} started (records {store.path}, socket {path})")
     try:
-        path.unlink()   # (a dead daemon's: we hold the lock, so no live one listens there)
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(path))
+        Daemon(store, on_demand).serve(listener)
     finally:
-        os.umask(old)
-    listener.listen(64)
-    sys.stderr.write(f"qrun daemon {os.getpid()} started at {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                     f"(records {store.path}, socket {path})\n")
-    sys.stderr.flush()
-    Daemon(store, on_demand).serve(listener)
-    listener.close()
-    try:
-        path.unlink()
-    except OSError:
-        pass
+        try:
+            path.unlink()   # (first: a client that finds no socket starts a new daemon)
+        except OSError:
+            pass
+        listener.close()
+        log(f"{os.getpid()} stopped")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -60,8 +60,8 @@ class JobRecord:
         try:
             rec = self.store.get(self.job_id)
             state = final_state(code, rec is not None and rec["cancelled"] is not None)
-            if state == LOST and self.requeue:
-                self.store.requeued(self.job_id, f"requeued: its host was lost in attempt {self.attempt}")
+            why = f"requeued: its host was lost in attempt {self.attempt}"
+            if state == LOST and self.requeue and self.store.requeued(self.job_id, why):
                 return
             if outcome is None and not reason:
                 reason = f"qrun: {exitcodes.DOC.get(code, f'exit status {code}')}"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qrun.homenode.userdirs import state_dir, user_name
+
 PENDING, RUNNING, DONE, FAILED, CANCELLED, LOST = "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "LOST"
 STATES = (PENDING, RUNNING, DONE, FAILED, CANCELLED, LOST)
 FINAL = frozenset({DONE, FAILED, CANCELLED, LOST})
+_FINAL_MARKS = ", ".join("?" * len(FINAL))
+MAX_ID = 2**63 - 1
 
 # Each entry takes the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -68,6 +72,8 @@ MIGRATIONS: tuple[str, ...] = (
         requeue       INTEGER NOT NULL DEFAULT 0,   -- 1: started again if its host is lost
         config        TEXT NOT NULL DEFAULT '',     -- its cluster file ('': none)
         launch_name   TEXT NOT NULL DEFAULT '',     -- its name at the launcher (Slurm's job name)
+        submit_dir    TEXT NOT NULL DEFAULT '',     -- where it was submitted (its options' relative paths)
+        pid_host      TEXT NOT NULL DEFAULT '',     -- the machine `pid` runs on
         pid           INTEGER,            -- the process serving it at home (shepherd or qrun)
         pid_start     TEXT NOT NULL DEFAULT ''   -- that process's start time, against pid reuse
     );
@@ -84,18 +90,6 @@ USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "wr
 
 class StoreError(Exception):
     """The records cannot be opened or written (one line says why)."""
-
-
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "qrun"
-
-
-def user_name() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 @dataclass
@@ -115,6 +109,7 @@ class NewJob:
     requeue: bool = False
     config: str = ""
     launcher: str = ""    # as asked for (--launcher), until the job is placed
+    submit_dir: str = ""
 
 
 class Store:
@@ -150,15 +145,19 @@ class Store:
             raise StoreError(f"cannot write the job records {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise StoreError(f"the job records {self.path} are of a newer qrun (schema {version}; "
-                             f"this one knows {len(MIGRATIONS)})")
-        for i in range(version, len(MIGRATIONS)):
+        """Bring the schema up to date, one version per transaction; the version is read
+        again inside each (another qrun may have migrated meanwhile)."""
+        while True:
             with self._write() as db:
-                for statement in _statements(MIGRATIONS[i]):
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > len(MIGRATIONS):
+                    raise StoreError(f"the job records {self.path} are of a newer qrun (schema {version}; "
+                                     f"this one knows {len(MIGRATIONS)})")
+                if version == len(MIGRATIONS):
+                    return
+                for statement in _statements(MIGRATIONS[version]):
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {i + 1}")
+                db.execute(f"PRAGMA user_version = {version + 1}")
 
     # ---- writing ------------------------------------------------------------------------
     def add(self, job: NewJob, state: str = PENDING, pid: int | None = None) -> int:
@@ -177,13 +176,14 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
                     "out_path, err_path, submitted, started, pid, pid_start, attempts, array_job, "
-                    "array_index, array_limit, depends, requeue, config, launcher) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "array_index, array_limit, depends, requeue, config, launcher, submit_dir, pid_host) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options),
                      json.dumps(job.env), job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path,
                      job.err_path, now, now if state == RUNNING else None, pid,
                      process_start(pid) if pid else "", 1 if pid else 0, array_job, index,
-                     limit, json.dumps(job.depends), int(job.requeue), job.config, job.launcher))
+                     limit, json.dumps(job.depends), int(job.requeue), job.config, job.launcher,
+                     job.submit_dir, socket.gethostname() if pid else ""))
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
                 if array_job is None and job.array is not None:  # (the first task: its own array)
@@ -199,9 +199,10 @@ class Store:
         """A PENDING job handed to its shepherd, process `pid` (it stays PENDING until a host
         is chosen); False if it is no longer pending (cancelled meanwhile)."""
         with self._write() as db:
-            cur = db.execute("UPDATE jobs SET pid = ?, pid_start = ?, reason = 'choosing a host', "
-                             "attempts = attempts + 1 WHERE id = ? AND state = ?",
-                             (pid, process_start(pid), job_id, PENDING))
+            cur = db.execute("UPDATE jobs SET pid = ?, pid_start = ?, pid_host = ?, "
+                             "reason = 'choosing a host', attempts = attempts + 1 "
+                             "WHERE id = ? AND state = ? AND pid IS NULL",
+                             (pid, process_start(pid), socket.gethostname(), job_id, PENDING))
             return cur.rowcount == 1
 
     def placed(self, job_id: int, host: str, launcher: str, launch_name: str, reason: str) -> None:
@@ -217,11 +218,22 @@ class Store:
             db.execute("UPDATE jobs SET state = ?, started = ?, reason = '' WHERE id = ? AND state = ?",
                        (RUNNING, time.time(), job_id, PENDING))
 
-    def requeued(self, job_id: int, reason: str) -> None:
-        """A job whose host was lost, waiting to be started again from the beginning."""
+    def requeued(self, job_id: int, reason: str) -> bool:
+        """A job whose host was lost, waiting to be started again from the beginning;
+        False if it was cancelled or had ended meanwhile."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET state = ?, pid = NULL, pid_start = '', started = NULL, host = '', "
-                       "reason = ? WHERE id = ?", (PENDING, reason[:500], job_id))
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, pid = NULL, pid_start = '', pid_host = '', started = NULL, "
+                f"host = '', reason = ? WHERE id = ? AND cancelled IS NULL AND state NOT IN ({_FINAL_MARKS})",
+                (PENDING, reason[:500], job_id, *sorted(FINAL)))
+            return cur.rowcount == 1
+
+    def abandon(self, job_ids: Sequence[int], reason: str) -> None:
+        """Jobs no daemon can run (it would not start): FAILED, unless one took them."""
+        with self._write() as db:
+            for job_id in job_ids:
+                db.execute("UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND state = ? "
+                           "AND pid IS NULL", (FAILED, reason[:500], time.time(), job_id, PENDING))
 
     def cancel_asked(self, job_id: int) -> None:
         with self._write() as db:
@@ -238,32 +250,50 @@ class Store:
             cur = db.execute(
                 f"UPDATE jobs SET state = ?, exit_code = ?, signal = ?, reason = ?, ended = ?, "
                 f"{', '.join(k + ' = ?' for k in USAGE_FIELDS)} WHERE id = ? AND state NOT IN "
-                f"({', '.join('?' * len(FINAL))})",
+                f"({_FINAL_MARKS})",
                 (state, code, sig, reason[:500], time.time(), *values, job_id, *sorted(FINAL)))
             return cur.rowcount == 1
 
     def settle(self, job_ids: Sequence[int] | None = None) -> None:
-        """Unfinished jobs (those of `job_ids`, else all) whose serving process is gone
-        without recording an end: a cancelled one counts as CANCELLED, any other as FAILED
-        (the shepherd or the interactive qrun was killed)."""
-        rows = self.db.execute("SELECT id, pid, pid_start, cancelled, batch FROM jobs WHERE pid IS NOT NULL "
-                               "AND state IN (?, ?)", (PENDING, RUNNING)).fetchall()
+        """Unfinished jobs (those of `job_ids`, else all) whose serving process on this
+        machine is gone without recording an end: a cancelled one counts as CANCELLED, any
+        other as FAILED (the shepherd or the interactive qrun was killed). The record
+        changes only if that process still is the one recorded."""
+        rows = self._query("SELECT id, pid, pid_start, cancelled, batch FROM jobs WHERE pid IS NOT NULL "
+                           "AND pid_host = ? AND state IN (?, ?)", (socket.gethostname(), PENDING, RUNNING))
         for r in rows:
-            if (job_ids is None or r["id"] in job_ids) and not alive(r["pid"], r["pid_start"]):
-                if r["cancelled"] is not None:
-                    self.ended(r["id"], CANCELLED, None, reason="cancelled")
-                else:
-                    self.ended(r["id"], FAILED, None, reason="its home server (shepherd) died" if r["batch"]
-                               else "qrun was killed before the job ended")
+            if (job_ids is not None and r["id"] not in job_ids) or alive(r["pid"], r["pid_start"]):
+                continue
+            if r["cancelled"] is not None:
+                state, reason = CANCELLED, "cancelled"
+            else:
+                state, reason = FAILED, ("its home server (shepherd) died" if r["batch"]
+                                         else "qrun was killed before the job ended")
+            with self._write() as db:
+                db.execute(f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND pid = ? AND "
+                           f"pid_start = ? AND state NOT IN ({_FINAL_MARKS})",
+                           (state, reason, time.time(), r["id"], r["pid"], r["pid_start"], *sorted(FINAL)))
 
     def set_reason(self, job_id: int, reason: str) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason[:500], job_id))
 
     # ---- reading ------------------------------------------------------------------------
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the job records {self.path}: {exc}") from None
+
+    def _records(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        try:
+            return [_record(r) for r in self._query(sql, args)]
+        except (ValueError, TypeError) as exc:   # (a record damaged by hand)
+            raise StoreError(f"a damaged record in {self.path}: {exc}") from None
+
     def get(self, job_id: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _record(row)
+        found = self._records("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return found[0] if found else None
 
     def jobs(self, states: Sequence[str] = (), name: str | None = None, user: str | None = None,
              since: float | None = None, ids: Sequence[int] = ()) -> list[dict[str, Any]]:
@@ -284,48 +314,54 @@ class Store:
             where.append(f"id IN ({', '.join('?' * len(ids))})")
             args += ids
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        return [_record(r) for r in self.db.execute(sql, args)]
+        return self._records(sql, args)
 
     def spec(self, job_id: int) -> dict[str, Any] | None:
         """What a shepherd needs to run the job: its options, environment and umask too."""
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
             return None
-        out = _record(row)
-        out["options"] = json.loads(row["options"])
-        out["env"] = json.loads(row["env"])
-        out["umask"] = row["umask"]
+        row = rows[0]
+        try:
+            out = _record(row)
+            out["options"] = [str(a) for a in json.loads(row["options"])]
+            out["env"] = {str(k): str(v) for k, v in json.loads(row["env"]).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"a damaged record in {self.path}: {exc}") from None
+        out["umask"] = int(row["umask"]) & 0o777
         out["pid"], out["pid_start"] = row["pid"], row["pid_start"]
+        out["submit_dir"], out["config"] = row["submit_dir"], row["config"]
         return out
 
     def served(self) -> list[tuple[int, int, str]]:
-        """(job id, pid, pid start) of every unfinished batch job handed to a shepherd."""
-        return [(r["id"], r["pid"], r["pid_start"]) for r in self.db.execute(
-            "SELECT id, pid, pid_start FROM jobs WHERE batch = 1 AND pid IS NOT NULL AND state IN (?, ?)",
-            (PENDING, RUNNING))]
+        """(job id, pid, pid start) of every unfinished batch job handed to a shepherd here."""
+        return [(r["id"], r["pid"], r["pid_start"]) for r in self._query(
+            "SELECT id, pid, pid_start FROM jobs WHERE batch = 1 AND pid IS NOT NULL AND pid_host = ? "
+            "AND state IN (?, ?)", (socket.gethostname(), PENDING, RUNNING))]
 
     def waiting(self) -> list[dict[str, Any]]:
         """Batch jobs not yet handed to a shepherd, oldest first, with their dependencies
         and array limits."""
-        rows = self.db.execute("SELECT id, depends, array_job, array_limit, reason, config, launcher "
-                               "FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id",
-                               (PENDING,))
-        return [{"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
-                 "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"],
-                 "launcher": r["launcher"]} for r in rows]
+        rows = self._query("SELECT id, depends, array_job, array_limit, reason, config, launcher "
+                           "FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,))
+        try:
+            return [{"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
+                     "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"],
+                     "launcher": r["launcher"]} for r in rows]
+        except ValueError as exc:
+            raise StoreError(f"a damaged record in {self.path}: {exc}") from None
 
     def members(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """The jobs `ids` name: each job itself, and for an array's id all its tasks."""
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) OR array_job IN ({marks}) "
-                               "ORDER BY id", (*ids, *ids))
-        return [_record(r) for r in rows]
+        return self._records(f"SELECT * FROM jobs WHERE id IN ({marks}) OR array_job IN ({marks}) "
+                             "ORDER BY id", (*ids, *ids))
 
     def running_tasks(self, array_job: int) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
-                                   "state IN (?, ?)", (array_job, PENDING, RUNNING)).fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
+                               "state IN (?, ?)", (array_job, PENDING, RUNNING))[0][0])
 
 
 def _statements(script: str) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import pwd
 import shlex
 import shutil
 import socket
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qrun.homenode import exitcodes
+from qrun.homenode.userdirs import user_name
 
 STUB_COMMAND = [sys.executable, "-P", "-m", "qrun.remote.stub"]
 
@@ -289,16 +289,9 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
     else:
         addr = home_addr
         waiting = f"Slurm to start the job (squeue -n {name})"
-        cancel = ["scancel", f"--name={name}", f"--user={_user()}"]
+        cancel = ["scancel", f"--name={name}", f"--user={user_name()}"]
     return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm,
                   waiting_for=waiting, cancel=cancel, kind="slurm", name=name)
-
-
-def _user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def is_local_address(addr: str) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 from qrun.homenode.config import ClusterConfig, ConfigError, HostConfig, env_seconds
 from qrun.homenode.jobstore import alive, process_start
+from qrun.homenode.userdirs import state_dir
 
 # How long a dispatch counts as virtual load, by default ($QRUN_VIRTUAL_TTL, read when a
 # Ledger is made; tests make it long so the formula's outcome does not depend on how fast
@@ -127,8 +128,7 @@ def choose(views: list[HostView], requirements: list[Requirement]) -> HostView:
 # ---- shared state: recent dispatches and running jobs ----------------------------------
 
 def state_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "qrun" / "placement.json"
+    return state_dir() / "placement.json"
 
 
 @dataclass

@@ -7,11 +7,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from qrun.homenode.jobstore import CANCELLED, DONE, FINAL, PENDING
+from qrun.homenode.jobstore import CANCELLED, DONE, FINAL, MAX_ID, PENDING
 
 KINDS = ("after", "afterok", "afternotok")
 MAX_TASKS = 10_000
 WAIT, READY, NEVER = "wait", "ready", "never"
+NEVER_PREFIX = "dependency never satisfied"   # how the reason of a job that cannot start begins
 
 
 def parse_array(spec: str) -> tuple[list[int], int]:
@@ -31,6 +32,8 @@ def parse_array(spec: str) -> tuple[list[int], int]:
         step = int(m.group(3)) if m.group(3) else 1
         if last < first or step < 1:
             raise ValueError(f"--array {spec}: {part} is an empty range")
+        if len(indices) + (last - first) // step + 1 > MAX_TASKS:
+            raise ValueError(f"--array {spec}: more than {MAX_TASKS} tasks")
         indices.update(range(first, last + 1, step))
         if len(indices) > MAX_TASKS:
             raise ValueError(f"--array {spec}: more than {MAX_TASKS} tasks")
@@ -39,7 +42,7 @@ def parse_array(spec: str) -> tuple[list[int], int]:
 
 def parse_ids(kind: str, text: str) -> list[int]:
     ids = text.split(":")
-    if not ids or not all(i.isdigit() for i in ids):
+    if not ids or not all(i.isdigit() and 0 < int(i) <= MAX_ID for i in ids):
         raise ValueError(f"--{kind} {text}: expected job ids separated by ':'")
     return [int(i) for i in ids]
 
@@ -66,17 +69,17 @@ def _one(kind: str, jobs: list[dict[str, Any]]) -> tuple[str, str]:
         name = j["label"]
         if kind == "after":
             if j["state"] == CANCELLED and j["started"] is None:
-                return NEVER, f"dependency never satisfied: job {name} was cancelled before it started"
+                return NEVER, f"{NEVER_PREFIX}: job {name} was cancelled before it started"
             if j["state"] == PENDING:
                 return WAIT, f"waiting for job {name} to start (after)"
         elif kind == "afterok":
             if j["state"] in FINAL and j["state"] != DONE:
-                return NEVER, f"dependency never satisfied: job {name} ended {j['state']} (afterok)"
+                return NEVER, f"{NEVER_PREFIX}: job {name} ended {j['state']} (afterok)"
             if j["state"] not in FINAL:
                 return WAIT, f"waiting for job {name} to succeed (afterok)"
         else:
             if j["state"] == DONE:
-                return NEVER, f"dependency never satisfied: job {name} succeeded (afternotok)"
+                return NEVER, f"{NEVER_PREFIX}: job {name} succeeded (afternotok)"
             if j["state"] not in FINAL:
                 return WAIT, f"waiting for job {name} to fail (afternotok)"
     return READY, ""

@@ -59,9 +59,10 @@ class OutQueue:
         self.flush()
 
     def ack(self, n: object) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n <= self.acked or n > self.sent:
+        if not isinstance(n, int) or isinstance(n, bool) or n <= self.acked or n > self.numbered:
             return
         self.acked = n
+        self.sent = max(self.sent, n)   # (after a resend: home already had these)
         while self.window and self.window[0][0] <= n:
             self.window_bytes -= len(self.window.popleft()[2])
         self._refill()

@@ -251,7 +251,7 @@ def test_network_cut_past_the_lease_kills_the_job_and_says_so(qrun_cmd: list[str
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 124
-    assert "qrun: lost contact with" in err and "past the job's lease; the job was killed" in err, err
+    assert "qrun: lost contact with" in err and "past the job's lease); the job was killed" in err, err
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         r = h.run(["/bin/sh", "-c", f"ps -eo args | grep -F {marker} | grep -v grep || true"])
