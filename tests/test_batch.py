@@ -369,3 +369,22 @@ def test_on_slurm_slurm_owns_the_queue(qrun_cmd: list[str], slurm_cluster: objec
     finally:
         subprocess.run(["scancel", hid], env=b.env, capture_output=True, timeout=30)
         b.stop()
+
+
+def test_a_requeued_job_whose_host_is_lost_starts_again(batch: Batch, tmp_path: Path) -> None:
+    """--requeue: the first attempt's stub is killed mid-job (its host lost, status 124);
+    the job is started again from the beginning and its record counts two attempts."""
+    import shlex
+    import sys
+    wrap = tmp_path / "wrap.sh"
+    wrap.write_text('mark=$1; shift\nif [ -e "$mark" ]; then exec "$@"; fi\n: > "$mark"\n'
+                    'exec 3<&0\n"$@" <&3 3<&- & pid=$!\nsleep 2; kill -9 $pid; exit 1\n')   # (fd 3: a background job's stdin is /dev/null)
+    stub = shlex.join(["sh", str(wrap), str(tmp_path / "first-attempt-done"), sys.executable, "-P", "-m",
+                       "qrun.remote.stub"])
+    job = batch.submit("--transparent", "--requeue", "--timeout", "20", "--via", "env", "--home-addr",
+                       "127.0.0.1", "--stub-command", stub, "--", "sh", "-c", "echo attempt; sleep 4; echo done")
+    assert batch.qrun("wait", job).returncode == 0
+    rec = batch.record(job)
+    assert (rec["state"], rec["attempts"]) == ("DONE", 2), rec
+    out = (batch.work / f"qrun-{job}.out").read_text()
+    assert out.endswith("attempt\ndone\n") and "died before the job ended" in out, out
