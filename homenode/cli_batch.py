@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -174,15 +175,10 @@ def status(args: list[str]) -> int:
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     _with_slurm_states(jobs)
-    if opts.json:
-        json.dump([public(j) for j in jobs], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
     now = time.time()
-    rows = [[j["label"], j["name"], j["user"], j["state"], j["host"] or "-", _clock(j["submitted"]),
-             _duration(_elapsed(j, now)), _reason(j)] for j in jobs]
-    _table(STATUS_COLUMNS, rows)
-    return 0
+    return _show(jobs, opts.json, STATUS_COLUMNS, lambda j: [
+        j["label"], j["name"], j["user"], j["state"], j["host"] or "-", _clock(j["submitted"]),
+        _duration(_elapsed(j, now)), _reason(j)])
 
 
 def acct(args: list[str]) -> int:
@@ -201,16 +197,21 @@ def acct(args: list[str]) -> int:
         jobs = store.jobs(_states(opts.state), since=since, ids=ids) if ids or not opts.ids else []
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
-    if opts.json:
+    now = time.time()
+    return _show(jobs, opts.json, ACCT_COLUMNS, lambda j: [
+        j["label"], j["name"], j["state"], _exit(j), j["host"] or "-", _clock(j["started"]),
+        _duration(_elapsed(j, now)), _num(j["utime"], j["stime"]), _kib(j["maxrss_kb"]), _int(j["calls"]),
+        _bytes(j["fetched"]), _bytes(j["written_back"]), str(j["attempts"])])
+
+
+def _show(jobs: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...],
+          row: Callable[[dict[str, Any]], list[str]]) -> int:
+    """Jobs as a table of `columns`, one `row` each, or as one JSON list (--json)."""
+    if as_json:
         json.dump([public(j) for j in jobs], sys.stdout, indent=1)
         sys.stdout.write("\n")
-        return 0
-    now = time.time()
-    rows = [[j["label"], j["name"], j["state"], _exit(j), j["host"] or "-", _clock(j["started"]),
-             _duration(_elapsed(j, now)), _num(j["utime"], j["stime"]), _kib(j["maxrss_kb"]),
-             _int(j["calls"]), _bytes(j["fetched"]), _bytes(j["written_back"]), str(j["attempts"])]
-            for j in jobs]
-    _table(ACCT_COLUMNS, rows)
+    else:
+        _table(columns, [row(j) for j in jobs])
     return 0
 
 

@@ -97,6 +97,16 @@ def _gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+def most_at_once(recs: list[dict[str, Any]]) -> int:
+    """How many of these jobs ran at once at most, from their records' start and end."""
+    events = sorted([(r["started"], 1) for r in recs] + [(r["ended"], -1) for r in recs])
+    running, most = 0, 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
 def wait_until(what: str, ok: Any, within: float = BOUND) -> None:
     deadline = time.monotonic() + within
     while not ok():
@@ -153,11 +163,7 @@ def test_the_users_cap_holds_across_jobs(batch: Batch) -> None:
     assert batch.qrun("wait", *jobs).returncode == 0
     recs = [batch.record(j) for j in jobs]
     assert all(r["state"] == "DONE" for r in recs)
-    events = sorted([(r["started"], 1) for r in recs] + [(r["ended"], -1) for r in recs])
-    running, most = 0, 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
+    most = most_at_once(recs)
     assert most <= 2
 
 
@@ -316,11 +322,7 @@ def test_twenty_jobs_over_three_hosts_keep_the_cap(qrun_cmd: list[str], ssh_clus
             assert r["state"] == "DONE" and r["host"] in hosts and r["launcher"] == "ssh", r
             assert (b.work / f"out-{r['id']}").read_text() == f"{r['host']}\n"
         assert len({r["host"] for r in recs}) >= 2   # (spread over the hosts)
-        events = sorted([(r["started"], 1) for r in recs] + [(r["ended"], -1) for r in recs])
-        running, most = 0, 0
-        for _, step in events:
-            running += step
-            most = max(most, running)
+        most = most_at_once(recs)
         assert most <= 4
         assert (b.record(three)["exit_code"], b.record(killed)["exit_code"]) == (3, 137)
         assert b.record(killed)["signal"] == 9
