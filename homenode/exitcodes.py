@@ -10,7 +10,7 @@ NO_HOST = 121        # no host fits: an unknown host name, the host list matched
                      # full or failing --require
 REMOTE_CWD = 122     # plain execution: the working directory does not exist on the execution host
 PROTOCOL = 123       # stub and home node disagree on protocol or syscall table
-LOST = 124           # contact with the execution host was lost mid-job; the job was killed
+LOST = 124           # contact with the execution host was lost mid-job, past its lease; the job was killed
 LAUNCH = 125         # the job could not be started: launcher or sandbox failure
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
@@ -27,7 +27,8 @@ DOC = {
              "or --require unmet)",
     REMOTE_CWD: "plain execution: the working directory does not exist on the execution host",
     PROTOCOL: "the stub and the home node run different protocol or syscall-table versions",
-    LOST: "contact with the execution host was lost while the job ran; the job was killed",
+    LOST: "contact with the execution host was lost while the job ran, for longer than its lease; "
+          "the job was killed",
     LAUNCH: "the job could not be started (launcher failed, sandbox unavailable)",
     NOT_EXECUTABLE: "the command was found but could not be executed",
     NOT_FOUND: "the command was not found",

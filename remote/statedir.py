@@ -63,6 +63,9 @@ def sweep(root: str) -> None:
 def _abandoned(path: str) -> bool:
     try:
         st = os.lstat(path)
+    except OSError:
+        return False   # (gone already: its stub, or another stub's sweep, removed it)
+    try:
         if st.st_uid != os.getuid() or not os.path.isdir(path):
             return False
         fd = os.open(os.path.join(path, ALIVE), os.O_RDWR | os.O_CLOEXEC)

@@ -30,7 +30,6 @@ RECIPES: dict[str, tuple[str, ...] | str] = {
     "qrun --help": (FAKE,),
     "qrun -- cmd": (FAKE, SSH),
     "qrun -w host -- cmd": (FAKE, SSH),
-    "setsid qrun -o job.log -- cmd </dev/null >/dev/null 2>&1 &": (FAKE, SSH),
     "qrun agent": (FAKE,),
     'for h in node1 node2 node3; do qrun -w "$h" -D / -- uptime; done': (FAKE, SSH),
     "qrun --launcher slurm -- cmd": (FAKE, SLURM),
@@ -71,6 +70,22 @@ RECIPES: dict[str, tuple[str, ...] | str] = {
     "<srun_command> -N1 -n1 --quiet --job-name=qrun-JOBID --chdir=/ [--nodelist=NODE] [--partition=P] "
     "[--exclude=HOSTS] <stub command>": (LAUNCHER,),
     'sbatch --wrap "qrun --launcher slurm -- hostname"': (SLURM,),
+    # batch jobs: their forms run in tests/test_batch.py, against a daemon of each test's own
+    "qrun submit -- cmd": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun submit [-o FILE] -- cmd": "not run here: a batch job; tests/test_batch.py::test_twenty_jobs_over_three_hosts_keep_the_cap runs this form",
+    "qrun status": "not run here: a batch job; tests/test_batch.py::test_arrays_and_dependencies runs this form",
+    "qrun wait ID": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun output ID -f": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun cancel ID": "not run here: a batch job; tests/test_batch.py::test_cancel_leaves_nothing_running runs this form",
+    "qrun submit -J NAME": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun submit [--transparent] -- script": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun submit -o FILE -e FILE -J NAME": "not run here: a batch job; tests/test_batch.py::test_twenty_jobs_over_three_hosts_keep_the_cap runs this form",
+    "qrun submit --array 1-100%8": "not run here: a batch job; tests/test_batch.py::test_arrays_and_dependencies runs this form",
+    "qrun submit --afterok ID": "not run here: a batch job; tests/test_batch.py::test_arrays_and_dependencies runs this form",
+    "qrun submit --requeue": "not run here: a batch job; tests/test_batch.py::test_a_requeued_job_whose_host_is_lost_starts_again runs this form",
+    "qrun cancel --name NAME": "not run here: a batch job; tests/test_batch.py::test_arrays_and_dependencies runs this form",
+    "qrun acct [ID] [--since 7d] [--json]": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
+    "qrun submit": "not run here: a batch job; tests/test_batch.py::test_submit_returns_at_once_and_the_job_outlives_its_submitter runs this form",
 }
 
 # Placeholders that stand for a value the reader supplies; everything else (cmd, host,

@@ -145,3 +145,20 @@ def test_a_killed_stub_s_state_is_swept_but_a_live_one_s_never(tmp_path: Path) -
     os.utime(starting, (old, old))
     statedir.sweep(str(root))
     assert not starting.exists() and not os.path.exists(live)
+
+
+def test_a_state_directory_gone_while_swept_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two stubs starting at once: one's sweep lists a directory that the other removes
+    before it is looked at; the sweep goes on (it once crashed the stub)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "qrun-stub-9-gone").mkdir()
+    real_listdir = os.listdir
+
+    def listed_then_removed(path: str) -> list[str]:
+        names = real_listdir(path)
+        (root / "qrun-stub-9-gone").rmdir()
+        return names
+    monkeypatch.setattr(statedir.os, "listdir", listed_then_removed)
+    statedir.sweep(str(root))   # (no exception)
+    assert real_listdir(root) == []

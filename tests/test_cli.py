@@ -537,7 +537,6 @@ EXPECT: dict[str, Expect] = {
     "qrun -- cmd": Expect(out="ran in {work}\n", one_of=frozenset({"host", "node1", "node2", "node3", "node4",
                                                                      "node5"})),
     "qrun -w host -- cmd": Expect(out="ran in {work}\n", jobs=("host",)),
-    "setsid qrun -o job.log -- cmd </dev/null >/dev/null 2>&1 &": Expect(out="", log="ran in {work}\n"),
     'for h in node1 node2 node3; do qrun -w "$h" -D / -- uptime; done':
         Expect(contains=("load average",), jobs=("node1", "node2", "node3")),
     "qrun --launcher slurm -- cmd": Expect(out="ran in {work}\n", jobs=(), srun=("-N1", "-n1", "--quiet",

@@ -85,7 +85,6 @@ ANY = "h[123]"
 EXPECT_SSH: dict[str, str] = {   # recipe -> regex for its stdout
     "qrun -- cmd": rf"ran in {{work}} on {ANY}\n",
     "qrun -w host -- cmd": r"ran in {work} on h1\n",
-    "setsid qrun -o job.log -- cmd </dev/null >/dev/null 2>&1 &": "",
     'for h in node1 node2 node3; do qrun -w "$h" -D / -- uptime; done': r"(.*load average.*\n){3}",
     "qrun -w node1 -- cmd": r"ran in {work} on h1\n",
     "qrun -w 'node[1-3]' -- cmd": rf"ran in {{work}} on {ANY}\n",
