@@ -147,6 +147,8 @@ class Store:
     def _migrate(self) -> None:
         """Bring the schema up to date, one version per transaction; the version is read
         again inside each (another qrun may have migrated meanwhile)."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+            return   # (the usual case: no write lock taken)
         while True:
             with self._write() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -390,3 +390,16 @@ def test_a_requeued_job_whose_host_is_lost_starts_again(batch: Batch, tmp_path: 
     assert (rec["state"], rec["attempts"]) == ("DONE", 2), rec
     out = (batch.work / f"qrun-{job}.out").read_text()
     assert out.endswith("attempt\ndone\n") and "died before the job ended" in out, out
+
+
+def test_the_records_schema_is_versioned(tmp_path: Path) -> None:
+    from qrun.homenode import jobstore
+    db = tmp_path / "jobs.db"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(jobstore.MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(jobstore.StoreError, match="newer qrun"):
+        Store(db)
+    assert os.stat(db).st_mode & 0o777 == 0o600   # (it holds batch jobs' environments)
