@@ -290,7 +290,7 @@ def test_the_daemons_directory_is_private(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "linked" / "qrun").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(daemon_mod.DaemonError, match="not a private directory"):
         daemon_mod.private_dir()
-    monkeypatch.setenv("XDG_STATE_HOME", "/tmp/" + "x" * 120)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / ("x" * 120)))
     with pytest.raises(daemon_mod.DaemonError, match="too long"):
         daemon_mod.socket_path()
 
