@@ -115,155 +115,11 @@ os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
-class FreezingProxy:
-    """A TCP relay whose existing connections can be frozen: kept open, nothing relayed,
-    as a connection through a dead NAT or a vanished route looks to both ends."""
-
-    def __init__(self, note: Path) -> None:
-        self.note = note
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.frozen: set[int] = set()
-        self.generation = 0
-        self.accepted = 0
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self.generation += 1   # connections of earlier generations stop relaying
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            self.accepted += 1
-            host, port = self.note.read_text().removeprefix("tcp://").rsplit(":", 1)
-            upstream = socket.create_connection((host, int(port)))
-            gen = self.generation
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b, gen), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, gen: int) -> None:
-        src.settimeout(0.2)
-        while not self.stop.is_set():
-            if gen != self.generation:
-                time.sleep(0.2)  # frozen: hold the connection, relay nothing
-                continue
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-
-
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[FreezingProxy]:
-    p = FreezingProxy(tmp_path / "home-endpoint")
-    yield p
-    p.close()
-
-
-def test_a_job_survives_a_half_open_connection(qrun_cmd: list[str], proxy: FreezingProxy,
-                                               tmp_path: Path) -> None:
-    """Every connection freezes mid-job; the stub's heartbeats notice, it reconnects through
-    the proxy, and the job ends as it would have, well within --timeout."""
-    wrapper = tmp_path / "wrap.py"
-    wrapper.write_text(STUB_WRAPPER)
-    stub = [sys.executable, str(wrapper), str(proxy.port), str(tmp_path / "home-endpoint"),
-            sys.executable, "-P", "-m", "qrun.remote.stub"]
-    (tmp_path / "f").write_text("home file\n")
-    job = "sleep 1.5; cat f; sleep 6; cat f; echo done > g"
-    cmd = qrun_cmd + ["--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1",
-                      "--stub-command", shlex.join(stub), "--", "/bin/sh", "-c", job]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    time.sleep(3.0)
-    before = proxy.accepted
-    proxy.freeze()
-    out, err = proc.communicate(timeout=60)
-    assert (proc.returncode, out) == (0, "home file\nhome file\n"), err
-    assert (tmp_path / "g").read_text() == "done\n"
-    assert proxy.accepted > before, "the stub never reconnected (were the connections frozen?)"
-
-
-# ---- a flood of idle, unauthenticated connections ------------------------------------------
-
-def test_a_connection_flood_does_not_starve_the_job(qrun_cmd: list[str], tmp_path: Path) -> None:
-    """1100 idle TCP connections to the home node, at `ulimit -n 512`, while the job opens
-    200 home files at once: the job gets all of them (its calls wait while the
-    connections hold the fds; home drops them when their handshake times out)."""
-    import resource
-
-    import psutil
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1300:
-        pytest.skip(f"this test opens 1100 connections itself; the fd limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(4096, hard)), hard))
-    for i in range(200):
-        (tmp_path / f"in{i}").write_text(f"{i}\n")
-    job = ("sleep 3; /usr/bin/python3 -c \"fs=[open('in%d' % i) for i in range(200)]; "
-           "print(sum(int(f.read()) for f in fs))\"")
-    cmd = ["prlimit", "--nofile=512:512", "--"] + qrun_cmd + [
-        "--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1", "--",
-        "/bin/sh", "-c", job]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    port = None
-    deadline = time.monotonic() + 10
-    while port is None and time.monotonic() < deadline:
-        try:
-            listening = [c for c in psutil.Process(proc.pid).net_connections("tcp")
-                         if c.status == psutil.CONN_LISTEN]
-        except psutil.Error:
-            listening = []
-        port = listening[0].laddr.port if listening else None
-        time.sleep(0.05)
-    assert port is not None, "qrun never listened"
-    flood: list[socket.socket] = []
-    try:
-        for _ in range(1100):
-            s = socket.socket()
-            s.settimeout(1)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                s.close()  # refused while home stopped listening: that is the point
-                continue
-            flood.append(s)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        for s in flood:
-            s.close()
-        if proc.poll() is None:
-            proc.kill()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert (proc.returncode, out) == (0, f"{sum(range(200))}\n"), err
-    assert len(flood) > 100, "the flood never reached home"
-    assert os.path.exists(tmp_path / "in0")
-
-
-# ---- leases: contact lost for longer than --timeout, and home that never returns ----------
-
 class FaultyProxy:
-    """A TCP relay between the stub and home that can pause (nothing relayed on any
-    connection, old or new, as during a partition: what was sent arrives afterwards) and
-    cut connections (both ends reset) at seeded random moments, at most `cuts` times."""
+    """A TCP relay between the stub and home that can freeze its existing connections
+    (kept open, nothing relayed, ever again: a dead NAT or a vanished route, as both ends
+    see it), pause every connection, old or new (a partition: what was sent arrives
+    afterwards), and cut connections (both ends reset) at seeded random moments."""
 
     def __init__(self, note: Path) -> None:
         self.note = note
@@ -271,6 +127,7 @@ class FaultyProxy:
         self.port = self.listener.getsockname()[1]
         self.paused = threading.Event()
         self.stop = threading.Event()
+        self.generation = 0   # connections of earlier generations are frozen
         self.accepted = 0
         self.cut_times: list[float] = []
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -296,12 +153,15 @@ class FaultyProxy:
             with self.lock:
                 self.pairs.append((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, self.generation), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def freeze(self) -> None:
+        self.generation += 1
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, gen: int) -> None:
         src.settimeout(0.1)
         while not self.stop.is_set():
-            if self.paused.is_set():
+            if self.paused.is_set() or gen != self.generation:
                 time.sleep(0.05)
                 continue
             try:
@@ -363,10 +223,88 @@ def faulty(tmp_path: Path) -> Iterator[FaultyProxy]:
 def _through(proxy: FaultyProxy, tmp_path: Path) -> list[str]:
     wrapper = tmp_path / "wrap.py"
     wrapper.write_text(STUB_WRAPPER)
+    """qrun options that start the stub behind the proxy."""
     return ["--stub-command", shlex.join([sys.executable, str(wrapper), str(proxy.port),
                                           str(tmp_path / "home-endpoint"), sys.executable, "-P",
                                           "-m", "qrun.remote.stub"])]
 
+
+def test_a_job_survives_a_half_open_connection(qrun_cmd: list[str], faulty: FaultyProxy,
+                                               tmp_path: Path) -> None:
+    """Every connection freezes mid-job; the stub's heartbeats notice, it reconnects through
+    the proxy, and the job ends as it would have, well within --timeout."""
+    (tmp_path / "f").write_text("home file\n")
+    job = "sleep 1.5; cat f; sleep 6; cat f; echo done > g"
+    cmd = qrun_cmd + ["--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1",
+                      *_through(faulty, tmp_path), "--", "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    time.sleep(3.0)
+    before = faulty.accepted
+    faulty.freeze()
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (0, "home file\nhome file\n"), err
+    assert (tmp_path / "g").read_text() == "done\n"
+    assert faulty.accepted > before, "the stub never reconnected (were the connections frozen?)"
+
+
+# ---- a flood of idle, unauthenticated connections ------------------------------------------
+
+def test_a_connection_flood_does_not_starve_the_job(qrun_cmd: list[str], tmp_path: Path) -> None:
+    """1100 idle TCP connections to the home node, at `ulimit -n 512`, while the job opens
+    200 home files at once: the job gets all of them (its calls wait while the
+    connections hold the fds; home drops them when their handshake times out)."""
+    import resource
+
+    import psutil
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"this test opens 1100 connections itself; the fd limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(4096, hard)), hard))
+    for i in range(200):
+        (tmp_path / f"in{i}").write_text(f"{i}\n")
+    job = ("sleep 3; /usr/bin/python3 -c \"fs=[open('in%d' % i) for i in range(200)]; "
+           "print(sum(int(f.read()) for f in fs))\"")
+    cmd = ["prlimit", "--nofile=512:512", "--"] + qrun_cmd + [
+        "--transparent", "--timeout", "20", "--via", "env", "--home-addr", "127.0.0.1", "--",
+        "/bin/sh", "-c", job]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    port = None
+    deadline = time.monotonic() + 10
+    while port is None and time.monotonic() < deadline:
+        try:
+            listening = [c for c in psutil.Process(proc.pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            listening = []
+        port = listening[0].laddr.port if listening else None
+        time.sleep(0.05)
+    assert port is not None, "qrun never listened"
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            s = socket.socket()
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()  # refused while home stopped listening: that is the point
+                continue
+            flood.append(s)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        for s in flood:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (proc.returncode, out) == (0, f"{sum(range(200))}\n"), err
+    assert len(flood) > 100, "the flood never reached home"
+    assert os.path.exists(tmp_path / "in0")
+
+
+# ---- leases: contact lost for longer than --timeout, and home that never returns ----------
 
 def _records(tmp_path: Path) -> list[dict[str, Any]]:
     import sqlite3
