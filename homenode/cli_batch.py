@@ -157,21 +157,36 @@ def _select(store: Store, words: list[str]) -> list[dict[str, Any]]:
     return [out[i] for i in sorted(out)]
 
 
-def status(args: list[str]) -> int:
-    ap = Parser(prog="qrun status", description="Jobs that are pending or running (--all: every job).")
+def _listing(prog: str, description: str, state_flag: str, args: list[str],
+             more: Callable[[Parser], None]) -> argparse.Namespace:
+    """The options status and acct share (job ids, --state, --json) and their own."""
+    ap = Parser(prog=prog, description=description)
     ap.add_argument("ids", nargs="*", help="only these jobs")
-    ap.add_argument("--all", "-a", action="store_true", help="finished jobs too")
-    ap.add_argument("--state", "-t", metavar="STATES", help="only jobs in these states (comma-separated)")
-    ap.add_argument("--name", "-n", metavar="NAME", help="only jobs of this name")
-    ap.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
+    ap.add_argument("--state", state_flag, metavar="STATES",
+                    help="only jobs in these states (comma-separated)")
     ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
-    opts = ap.parse_args(args)
+    more(ap)
+    return ap.parse_args(args)
+
+
+def _listed(opts: argparse.Namespace, default_states: list[str], **filters: Any) -> list[dict[str, Any]]:
+    """The jobs the listing options select (ValueError for a bad one), each settled first."""
     store = Store()
     store.settle()
+    states = _states(opts.state) or default_states
+    ids = [j["id"] for j in _select(store, opts.ids)]
+    return store.jobs(states, ids=ids, **filters) if ids or not opts.ids else []
+
+
+def status(args: list[str]) -> int:
+    def more(ap: Parser) -> None:
+        ap.add_argument("--all", "-a", action="store_true", help="finished jobs too")
+        ap.add_argument("--name", "-n", metavar="NAME", help="only jobs of this name")
+        ap.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
+    opts = _listing("qrun status", "Jobs that are pending or running (--all: every job).", "-t", args, more)
     try:
-        states = _states(opts.state) or ([] if opts.all or opts.ids else [PENDING, RUNNING])
-        ids = [j["id"] for j in _select(store, opts.ids)]
-        jobs = store.jobs(states, opts.name, opts.user, ids=ids) if ids or not opts.ids else []
+        jobs = _listed(opts, [] if opts.all or opts.ids else [PENDING, RUNNING], name=opts.name,
+                       user=opts.user)
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     _with_slurm_states(jobs)
@@ -182,19 +197,12 @@ def status(args: list[str]) -> int:
 
 
 def acct(args: list[str]) -> int:
-    ap = Parser(prog="qrun acct", description="Accounting of jobs: how each ended and what it used.")
-    ap.add_argument("ids", nargs="*", help="only these jobs")
-    ap.add_argument("--since", "-S", metavar="WHEN",
-                    help="jobs submitted since WHEN: YYYY-MM-DD[THH:MM[:SS]], or an age as 30m, 12h, 7d")
-    ap.add_argument("--state", "-s", metavar="STATES", help="only jobs in these states (comma-separated)")
-    ap.add_argument("--json", action="store_true", help="one JSON list of job objects")
-    opts = ap.parse_args(args)
-    store = Store()
-    store.settle()
+    def more(ap: Parser) -> None:
+        ap.add_argument("--since", "-S", metavar="WHEN", help="jobs submitted since WHEN: "
+                        "YYYY-MM-DD[THH:MM[:SS]], or an age as 30m, 12h, 7d")
+    opts = _listing("qrun acct", "Accounting of jobs: how each ended and what it used.", "-s", args, more)
     try:
-        since = _since(opts.since) if opts.since else None
-        ids = [j["id"] for j in _select(store, opts.ids)]
-        jobs = store.jobs(_states(opts.state), since=since, ids=ids) if ids or not opts.ids else []
+        jobs = _listed(opts, [], since=_since(opts.since) if opts.since else None)
     except ValueError as exc:
         return fail(str(exc), exitcodes.USAGE)
     now = time.time()

@@ -150,6 +150,7 @@ class Daemon:
     adopted: dict[int, tuple[int, str]] = field(default_factory=dict)  # job -> (pid, start)
     cancels: dict[int, float] = field(default_factory=dict)   # job -> when its shepherd is killed
     idle_since: float = field(default_factory=time.monotonic)
+    waiting: list[dict[str, Any]] = field(default_factory=list)   # as the last schedule saw them
 
     def serve(self, listener: socket.socket) -> None:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -175,13 +176,13 @@ class Daemon:
     def _tick(self) -> None:
         self._reap()
         self._escalate()
-        self.schedule()
+        self.waiting = self.schedule()
 
     def _idle(self) -> bool:
         """An on-demand daemon with nothing that could run for IDLE_EXIT seconds is done
         (a job whose dependency can never be met does not keep it)."""
         busy = self.children or self.adopted or any(
-            not w["reason"].startswith(NEVER_PREFIX) for w in self.store.waiting())
+            not w["reason"].startswith(NEVER_PREFIX) for w in self.waiting)
         if busy:
             self.idle_since = time.monotonic()
             return False
@@ -196,33 +197,38 @@ class Daemon:
                 self.adopted[job_id] = (pid, start)
         self.store.settle()
 
-    def schedule(self) -> None:
+    def schedule(self) -> list[dict[str, Any]]:
         """Start the waiting jobs whose dependencies are met, oldest first, while the
         user's cap (max_jobs_per_user, of the job's cluster file) and each array's limit
-        allow. Jobs waiting in Slurm's queue do not count: Slurm queues those."""
+        allow. Jobs waiting in Slurm's queue do not count: Slurm queues those. Returns the
+        jobs that still wait, with their reasons."""
         caps: dict[str, int] = {}
         slurm = {j["id"] for j in self.store.jobs([PENDING, RUNNING]) if j["launcher"] == "slurm"}
         running = sum(1 for job_id, _ in self.children.values() if job_id not in slurm) + \
             sum(1 for job_id in self.adopted if job_id not in slurm)
+        still: list[dict[str, Any]] = []
         for w in self.store.waiting():
             if w["config"] not in caps:
                 caps[w["config"]] = _cap(w["config"])
             cap = caps[w["config"]] if w["launcher"] != "slurm" else 0
             if cap and running >= cap:
-                self._wait_because(w, f"{cap} of your jobs are running (max_jobs_per_user)")
+                still.append(self._wait_because(w, f"{cap} of your jobs are running (max_jobs_per_user)"))
                 continue
             state, why = dependency(w["depends"], self.store.members)
             if state == READY and w["array_limit"] and \
                     self.store.running_tasks(w["array_job"]) >= w["array_limit"]:
                 state, why = WAIT, f"{w['array_limit']} tasks of its array are running (array limit)"
             if state != READY:
-                self._wait_because(w, why)
+                still.append(self._wait_because(w, why))
             elif self._start(w["id"]) and w["launcher"] != "slurm":
                 running += 1
+        return still
 
-    def _wait_because(self, w: dict[str, Any], why: str) -> None:
+    def _wait_because(self, w: dict[str, Any], why: str) -> dict[str, Any]:
         if why != w["reason"]:
             self.store.set_reason(w["id"], why)
+            w["reason"] = why
+        return w
 
     def _start(self, job_id: int) -> bool:
         spec = self.store.spec(job_id)
