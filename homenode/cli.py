@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import uuid
+from typing import TYPE_CHECKING
 
 from qrun.homenode import config, exitcodes, hostlist, launchers
 from qrun.homenode.cli_hosts import hosts_command
@@ -31,9 +32,12 @@ from qrun.homenode.cli_options import (
 from qrun.homenode.cli_report import fail, report
 from qrun.homenode.cli_run import LAUNCHER_GRACE, home_roots, run, welcome_for
 from qrun.homenode.cli_where import where_to_run
+from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.placement import Ledger, PlacementError
-from qrun.homenode.server_outcome import JobHooks
 from qrun.syscalls.paths import PathPolicy
+
+if TYPE_CHECKING:
+    from qrun.homenode.jobrecord import JobRecord
 
 __all__ = ["BUILTIN_HOSTS", "DISTRIBUTION", "LAUNCHER_GRACE", "CwdError", "Parser", "entry", "fail",
            "home_roots", "hosts_command", "main", "parse_export", "parser", "report", "run", "seconds",
@@ -100,13 +104,20 @@ def _submit(opts: argparse.Namespace, batch: JobHooks | None = None) -> int:
 
 
 def _recorded(opts: argparse.Namespace, cmd: list[str], cwd: str, umask: int) -> JobHooks:
-    """An interactive job's record, added once it has a host."""
-    from qrun.homenode.jobrecord import JobRecord
-    from qrun.homenode.jobstore import NewJob
-    new = NewJob(os.path.basename(cmd[0]) or cmd[0], cmd, [], {}, cwd, umask,
-                 "transparent" if opts.transparent else "plain", batch=False)
-    record = JobRecord(None, new=new)
-    return JobHooks(record.placed, record.contact, record.ended)
+    """An interactive job's record, added once it has a host. The records' modules (and
+    SQLite) are loaded only then, once the stub has its bootstrap line, not on the way to
+    starting it."""
+    records: list[JobRecord] = []
+
+    def placed(launch: launchers.Launch) -> None:
+        from qrun.homenode.jobrecord import JobRecord
+        from qrun.homenode.jobstore import NewJob
+        records.append(JobRecord(None, new=NewJob(os.path.basename(cmd[0]) or cmd[0], cmd, [], {}, cwd,
+                                                  umask, "transparent" if opts.transparent else "plain",
+                                                  batch=False)))
+        records[0].placed(launch)
+    return JobHooks(placed, lambda: records[0].contact() if records else None,
+                    lambda outcome, code: records[0].ended(outcome, code) if records else None)
 
 
 def run_batch(opts: argparse.Namespace, hooks: JobHooks) -> int:

@@ -17,8 +17,9 @@ from qrun.homenode.identity import snapshot
 from qrun.syscalls.paths import PathPolicy
 
 if TYPE_CHECKING:
+    from qrun.homenode.jobhooks import JobHooks
     from qrun.homenode.server import HomeServer
-    from qrun.homenode.server_outcome import JobHooks, Outcome
+    from qrun.homenode.server_outcome import Outcome
 
 LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
 
@@ -81,8 +82,6 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
     if isinstance(server, int):
         _stop(proc)
         return server
-    if hooks is not None:
-        hooks.placed(launch)
     try:
         assert proc.stdin is not None
         try:
@@ -90,6 +89,8 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
             proc.stdin.close()
         except BrokenPipeError:
             pass
+        if hooks is not None:
+            hooks.placed(launch)   # (after the bootstrap line: the stub goes on meanwhile)
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
                                hooks, launch.kind)
     except JobFailed as exc:

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from qrun.homenode import config
-from qrun.homenode.jobstore import FINAL, MAX_ID, PENDING, RUNNING, Store, StoreError, alive, expand
+from qrun.homenode.jobstore import FINAL, MAX_ID, PENDING, RUNNING, Store, StoreError, expand
+from qrun.homenode.processes import alive
 from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
 from qrun.homenode.userdirs import state_dir
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qrun.homenode.processes import alive, process_start
 from qrun.homenode.userdirs import state_dir, user_name
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED, LOST = "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "LOST"
@@ -407,18 +408,3 @@ def expand(pattern: str, j: dict[str, Any]) -> str:
             raise ValueError(f"unknown pattern %{m.group(1)} in {pattern!r} (known: %j %A %a %x %u %%)")
         return values[m.group(1)]
     return _PATTERN.sub(one, pattern)
-
-
-def process_start(pid: int) -> str:
-    """A live process's start time (clock ticks since boot), which with its pid names it
-    uniquely: pids are reused. "" for no process, or a zombie (it has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return ""
-    return "" if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
-
-
-def alive(pid: int | None, start: str) -> bool:
-    return bool(pid) and start != "" and process_start(pid or 0) == start

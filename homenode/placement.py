@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qrun.homenode.config import ClusterConfig, ConfigError, HostConfig, env_seconds
-from qrun.homenode.jobstore import alive, process_start
+from qrun.homenode.processes import alive, process_start
 from qrun.homenode.userdirs import state_dir
 
 # How long a dispatch counts as virtual load, by default ($QRUN_VIRTUAL_TTL, read when a

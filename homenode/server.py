@@ -24,13 +24,14 @@ import zmq
 from qrun.homenode import schema
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import BadRequest, Handles, Tracker
+from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.progress import Progress
 from qrun.homenode.resolve import Local, Refused, Resolver
 from qrun.homenode.server_answers import Answers
 from qrun.homenode.server_control import ControlChannel
 from qrun.homenode.server_loop import ServeLoop
 from qrun.homenode.server_ops import HomeOps, Reply
-from qrun.homenode.server_outcome import JobFailed, JobHooks, Outcome, exit_status, exit_usage
+from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_usage
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size

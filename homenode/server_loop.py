@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from qrun.homenode.server_outcome import JobFailed, JobHooks, Outcome
+from qrun.homenode.jobhooks import JobHooks
+from qrun.homenode.server_outcome import JobFailed, Outcome
 from qrun.homenode.server_stdio import LauncherStderr
 from qrun.homenode.terminal import RawMode
 

@@ -3,28 +3,11 @@ checked field by field, or the failure that ended the job early."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qrun.homenode import schema
 from qrun.homenode.executor import BadRequest
-
-if TYPE_CHECKING:
-    from qrun.homenode.launchers import Launch
-
-
-@dataclass
-class JobHooks:
-    """Who follows the job (its record): told where it goes (the launch), when its stub
-    called home, and how it ended (the outcome, None if it never ran, and qrun's exit
-    status). A batch job's (`batch`) waits for Slurm as long as Slurm keeps it queued, and
-    gets `term_grace` seconds between a cancel's SIGTERM and SIGKILL."""
-    placed: Callable[[Launch], None]
-    contact: Callable[[], None]
-    ended: Callable[[Outcome | None, int], None]
-    batch: bool = False
-    term_grace: float | None = None
 
 
 class JobFailed(Exception):

@@ -14,9 +14,9 @@ import sys
 from qrun.homenode import exitcodes
 from qrun.homenode.cli_options import parser
 from qrun.homenode.daemon import TERM_GRACE
+from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.jobrecord import JobRecord
 from qrun.homenode.jobstore import Store, StoreError
-from qrun.homenode.server_outcome import JobHooks
 
 
 def shepherd(store: Store, job_id: int) -> int:
