@@ -85,6 +85,8 @@ def _submit(opts: argparse.Namespace, batch: JobHooks | None = None) -> int:
         raise Refused(str(exc), exitcodes.USAGE) from exc
     job = uuid.uuid4().hex[:12]
     launch, ledger = _place(opts, settings, job, patient=batch is not None)
+    if batch is not None and batch.relaunch is not None:
+        launch = batch.relaunch(launch)
     welcome = welcome_for(opts, cmd, settings, _policy(opts, ledger))
     limit = launch.cache_limit if opts.cache_limit is None else opts.cache_limit
     welcome["options"]["cache"] = {"dir": opts.cache_dir or launch.cache_dir, "limit": limit}

@@ -108,11 +108,18 @@ def _new_jobs(opts: argparse.Namespace, args: list[str], cmd: list[str], cwd: st
                       "transparent" if opts.transparent else "plain", batch=True,
                       out_path=out, err_path=opts.error or "", submit_dir=submit_dir,
                       array=array, depends={k: v for k, v in depends.items() if v}, requeue=opts.requeue,
-                      config=os.path.abspath(cfg_path) if cfg_path else "", launcher=opts.launcher or "")
+                      config=os.path.abspath(cfg_path) if cfg_path else "", launcher=opts.launcher or "",
+                      handoff=_slurm_queues(opts))
     if not opts.array:
         return [job(None)]
     indices, limit = parse_array(opts.array)
     return [job((0, i, limit)) for i in indices]
+
+
+def _slurm_queues(opts: argparse.Namespace) -> bool:
+    """Whether sbatch is to queue the job: --launcher slurm outside an allocation (inside
+    one, its steps are srun's, as for interactive qrun)."""
+    return opts.launcher == "slurm" and not opts.via and "SLURM_JOB_ID" not in os.environ
 
 
 def _known(store: Store, depends: dict[str, list[int]]) -> None:
@@ -225,21 +232,28 @@ def _show(jobs: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...],
 
 def _with_slurm_states(jobs: list[dict[str, Any]]) -> None:
     """A job waiting in Slurm's queue (a batch job with the slurm launcher) has Slurm's
-    state and reason as its reason, from one squeue (nothing if squeue cannot tell)."""
-    waiting = {j["launch_name"]: j for j in jobs
-               if j["state"] == PENDING and j["launcher"] == "slurm" and j["launch_name"]}
+    state and reason as its reason, from one squeue (nothing if squeue cannot tell): by
+    its Slurm id once sbatch queued it, else by its job name (srun's)."""
+    waiting = {j["slurm_id"] or j["launch_name"]: j for j in jobs
+               if j["state"] == PENDING and j["launcher"] == "slurm" and (j["slurm_id"] or j["launch_name"])}
     if not waiting:
         return
-    try:
-        r = subprocess.run(["squeue", "-h", "-o", "%j|%T|%r", f"--name={','.join(waiting)}"],
-                           capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return
-    for line in r.stdout.splitlines() if r.returncode == 0 else []:
-        name, _, rest = line.partition("|")
-        state, _, why = rest.partition("|")
-        if name in waiting:
-            waiting[name]["reason"] = f"Slurm: {state}" + (f" ({why})" if why and why != "None" else "")
+    names = [k for k, j in waiting.items() if not j["slurm_id"]]
+    ids = sorted({k.split("_")[0] for k, j in waiting.items() if j["slurm_id"]})
+    selects = ([f"--name={','.join(names)}"] if names else []) + ([f"--jobs={','.join(ids)}"] if ids else [])
+    for select in selects:
+        try:
+            r = subprocess.run(["squeue", "-h", "-r", "-o", "%j|%i|%T|%r", select],
+                               capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in r.stdout.splitlines() if r.returncode == 0 else []:
+            name, _, rest = line.partition("|")
+            slurm_id, _, rest = rest.partition("|")
+            state, _, why = rest.partition("|")
+            j = waiting.get(slurm_id) or waiting.get(name)
+            if j is not None:
+                j["reason"] = f"Slurm: {state}" + (f" ({why})" if why and why != "None" else "")
 
 
 def public(j: dict[str, Any]) -> dict[str, Any]:

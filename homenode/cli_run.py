@@ -85,14 +85,18 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
     try:
         assert proc.stdin is not None
         try:
-            proc.stdin.write(server.bootstrap_line())
+            if launch.publish is None:
+                proc.stdin.write(server.bootstrap_line())
             proc.stdin.close()
         except BrokenPipeError:
             pass
+        if launch.publish is not None:   # (a stub Slurm started: it asks the daemon where we are)
+            launch.publish(server.endpoint, server.keys.server_public, job)
         if hooks is not None:
             hooks.placed(launch)   # (after the bootstrap line: the stub goes on meanwhile)
+        # (a stub Slurm started says nothing through its watch: it need not be waited for)
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               hooks, launch.kind)
+                               hooks, launch.kind, last_words=0.0 if launch.publish else 2.0)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)
@@ -103,7 +107,7 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
         # The job has reported how it ended: the launcher only has to wind down (ssh and
         # srun exit as soon as the stub has). One that lingers (an ssh that became a
         # ControlPersist master, a --via wrapper with more to do) is not waited for.
-        _stop(proc, grace=LAUNCHER_GRACE)
+        _stop(proc, grace=0.0 if launch.publish else LAUNCHER_GRACE)
         for d in launch.cleanup:
             _rmtree(d)
     ended.append(outcome)
@@ -113,9 +117,12 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
 def _server(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
             roots: list[str] | None, output: str | None, trace_file: str | None) -> HomeServer | int:
     """The job's home server, with its -o and --trace-file open; an exit code if not."""
-    from qrun.homenode.server import HomeServer  # late: see run()
+    from qrun.homenode.server import HomeServer, Keys  # late: see run()
+    keys = Keys.fresh()
+    if launch.client_key:   # (the key of a stub already started, given in its batch script)
+        keys.client_public, keys.client_secret = launch.client_key, b""
     try:
-        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [])
+        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [], keys=keys)
     except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
         return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
     try:

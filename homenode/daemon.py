@@ -32,13 +32,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from qrun.homenode import config
-from qrun.homenode.jobstore import FINAL, MAX_ID, PENDING, RUNNING, Store, StoreError, expand
+from qrun.homenode.jobstore import (
+    CANCELLED,
+    FAILED,
+    FINAL,
+    MAX_ID,
+    PENDING,
+    RUNNING,
+    Store,
+    StoreError,
+    expand,
+)
 from qrun.homenode.processes import alive
 from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
 from qrun.homenode.userdirs import state_dir
+
+if TYPE_CHECKING:
+    from qrun.homenode.rendezvous import Rendezvous
 
 IDLE_EXIT = 600.0       # seconds with no job that could run before an on-demand daemon exits
 TERM_GRACE = 10.0       # seconds between a cancel's SIGTERM and SIGKILL to the job's processes
@@ -46,6 +59,8 @@ SHEPHERD_GRACE = 30.0   # further seconds before a shepherd that does not end is
 MAX_LINE = 1 << 16      # longest request line
 REQUEST_TIME = 2.0      # seconds a client has to send its whole request
 TICK = 1.0
+SLURM_LOOK = 30.0       # seconds between looks at Slurm's queue for jobs it ended unstarted
+KEYS_KEPT = 3600.0      # seconds an ended Slurm job's stub is still admitted, to be told so
 
 
 class DaemonError(Exception):
@@ -152,6 +167,11 @@ class Daemon:
     cancels: dict[int, float] = field(default_factory=dict)   # job -> when its shepherd is killed
     idle_since: float = field(default_factory=time.monotonic)
     waiting: list[dict[str, Any]] = field(default_factory=list)   # as the last schedule saw them
+    handing: dict[int, tuple[list[int], subprocess.Popen[bytes]]] = field(default_factory=dict)  # pid -> jobs
+    at_slurm: list[dict[str, Any]] = field(default_factory=list)   # jobs Slurm queues (Store.at_slurm)
+    rendezvous: Rendezvous | None = None
+    missing: dict[int, int] = field(default_factory=dict)   # job -> looks in a row Slurm did not know it
+    slurm_looked: float = 0.0
 
     def serve(self, listener: socket.socket) -> None:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -159,30 +179,56 @@ class Daemon:
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, lambda *_: None)
         self._adopt()
-        while True:
-            ready, _, _ = select.select([listener.fileno(), sig_r], [], [], TICK)
-            if sig_r in ready:
-                caught = os.read(sig_r, 256)
-                if {signal.SIGTERM, signal.SIGINT} & set(caught):
-                    return   # (shepherds go on: a restarted daemon adopts them)
-            if listener.fileno() in ready:
-                self._accept(listener)
+        if (private_dir() / "rendezvous.json").exists():
+            self._meet()   # (stubs Slurm starts later expect it where it was)
+        try:
+            while True:
+                ready = self._wait(listener.fileno(), sig_r)
+                if sig_r in ready:
+                    caught = os.read(sig_r, 256)
+                    if {signal.SIGTERM, signal.SIGINT} & set(caught):
+                        return   # (shepherds go on: a restarted daemon adopts them)
+                if listener.fileno() in ready:
+                    self._accept(listener)
+                try:
+                    self._tick()
+                except Exception as exc:   # (a damaged record, a full disk: said, then tried again)
+                    log(f"{type(exc).__name__}: {exc}")
+                if self._idle():
+                    return
+        finally:
+            if self.rendezvous is not None:
+                self.rendezvous.close()
+
+    def _wait(self, *fds: int) -> set[int]:
+        """The fds of `fds` that are readable within a TICK; the rendezvous' messages are
+        answered meanwhile."""
+        if self.rendezvous is None:
+            return set(select.select(list(fds), [], [], TICK)[0])
+        import zmq
+        poller = zmq.Poller()
+        for fd in fds:
+            poller.register(fd, zmq.POLLIN)
+        poller.register(self.rendezvous.sock, zmq.POLLIN)
+        ready = dict(poller.poll(int(TICK * 1000)))
+        if self.rendezvous.sock in ready:
             try:
-                self._tick()
-            except Exception as exc:   # (a damaged record, a full disk: said, then tried again)
-                log(f"{type(exc).__name__}: {exc}")
-            if self._idle():
-                return
+                self._claims()
+            except Exception as exc:   # (as for a tick)
+                log(f"rendezvous: {type(exc).__name__}: {exc}")
+        return {fd for fd in fds if fd in ready}
 
     def _tick(self) -> None:
         self._reap()
         self._escalate()
         self.waiting = self.schedule()
+        self._follow_slurm()
 
     def _idle(self) -> bool:
         """An on-demand daemon with nothing that could run for IDLE_EXIT seconds is done
-        (a job whose dependency can never be met does not keep it)."""
-        busy = self.children or self.adopted or any(
+        (a job whose dependency can never be met does not keep it; one Slurm queues does:
+        its stub will phone the daemon)."""
+        busy = self.children or self.adopted or self.handing or self.at_slurm or any(
             not w["reason"].startswith(NEVER_PREFIX) for w in self.waiting)
         if busy:
             self.idle_since = time.monotonic()
@@ -209,6 +255,10 @@ class Daemon:
             sum(1 for job_id in self.adopted if job_id not in slurm)
         still: list[dict[str, Any]] = []
         for w in self.store.waiting():
+            if w["handoff"]:
+                if not any(w["id"] in ids for ids, _ in self.handing.values()):
+                    still.extend(self._to_slurm(w))
+                continue
             if w["config"] not in caps:
                 caps[w["config"]] = _cap(w["config"])
             cap = caps[w["config"]] if w["launcher"] != "slurm" else 0
@@ -224,6 +274,33 @@ class Daemon:
             elif self._start(w["id"]) and w["launcher"] != "slurm":
                 running += 1
         return still
+
+    def _to_slurm(self, w: dict[str, Any]) -> list[dict[str, Any]]:
+        """Hand a job Slurm is to queue to sbatch (an array's waiting tasks all at once,
+        from its first), once its dependencies on jobs qrun runs are met (those on jobs
+        Slurm queues go with it); [w] while it must wait."""
+        state, why = dependency(w["depends"], self.store.members, slurm_decides=True)
+        if state != READY:
+            return [self._wait_because(w, why)]
+        ids = [w["id"]]
+        if w["array_job"] is not None:
+            ids = [t["id"] for t in self.store.waiting() if t["array_job"] == w["array_job"] and t["handoff"]]
+        spec = self.store.spec(w["id"])
+        if spec is None:
+            return []
+        for i in ids:
+            self.store.set_reason(i, "being handed to Slurm (sbatch)")
+        try:
+            proc = subprocess.Popen([sys.executable, "-P", "-m", "qrun.homenode.handoff", *map(str, ids)],
+                                    stdin=subprocess.DEVNULL, env=spec["env"],
+                                    cwd=spec["submit_dir"] or spec["cwd"],
+                                    close_fds=True, start_new_session=True)
+        except OSError as exc:
+            for i in ids:
+                self.store.ended(i, FAILED, None, reason=f"cannot start sbatch's helper: {exc.strerror}")
+            return []
+        self.handing[proc.pid] = (ids, proc)
+        return []
 
     def _wait_because(self, w: dict[str, Any], why: str) -> dict[str, Any]:
         if why != w["reason"]:
@@ -264,6 +341,14 @@ class Daemon:
         return False
 
     def _reap(self) -> None:
+        for pid, (ids, helper) in list(self.handing.items()):
+            if helper.poll() is not None:
+                del self.handing[pid]
+                for i in ids:   # (a helper that died without a word: its jobs failed)
+                    rec = self.store.get(i)
+                    if rec is not None and rec["state"] == PENDING and not rec["slurm_id"]:
+                        self.store.ended(i, FAILED, None, reason=f"handing it to Slurm failed (helper status "
+                                         f"{helper.returncode}; see {private_dir() / 'daemon.log'})")
         for pid, (job_id, proc) in list(self.children.items()):
             if proc.poll() is not None:
                 del self.children[pid]
@@ -286,7 +371,9 @@ class Daemon:
             spec = self.store.spec(job_id)
             if rec["state"] == PENDING and rec["batch"] and spec is not None and spec["pid"] is None:
                 self.store.cancel_asked(job_id)
-                self.store.ended(job_id, "CANCELLED", None, reason="cancelled before it started")
+                if rec["slurm_id"]:
+                    _slurm_command(spec, "scancel", [rec["slurm_id"]])
+                self.store.ended(job_id, CANCELLED, None, reason="cancelled before it started")
                 return "cancelled"
             return "not served by this daemon (an interactive job: signal its qrun)"
         self.store.cancel_asked(job_id)
@@ -317,6 +404,81 @@ class Daemon:
                 except ProcessLookupError:
                     pass
                 del self.cancels[job_id]
+
+    # ---- jobs Slurm queues ----------------------------------------------------------------
+    def _meet(self) -> Rendezvous:
+        """The rendezvous, opened on first use (RendezvousError if it cannot be)."""
+        if self.rendezvous is None:
+            from qrun.homenode.rendezvous import Rendezvous
+            self.rendezvous = Rendezvous(private_dir())
+            for problem in self.rendezvous.problems:
+                log(problem)
+            self.rendezvous.keys = self.store.stub_keys(KEYS_KEPT)
+        return self.rendezvous
+
+    def _follow_slurm(self) -> None:
+        """Keep the stubs' keys current, and every SLURM_LOOK seconds fail the jobs Slurm
+        ended before their stubs phoned home (gone from its queue at two looks in a row)."""
+        self.at_slurm = self.store.at_slurm()
+        if self.rendezvous is not None:
+            self.rendezvous.keys = self.store.stub_keys(KEYS_KEPT)
+        unserved = [j for j in self.at_slurm if j["slurm_id"] and not j["served"]]
+        now = time.monotonic()
+        if not unserved or now - self.slurm_looked < SLURM_LOOK:
+            return
+        self.slurm_looked = now
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for j in unserved:   # (one look per Slurm cluster the jobs went to)
+            where = json.dumps([j["env"].get("SLURM_CONF", ""), (j["contact"] or {}).get("slurm_tools")])
+            groups.setdefault(where, []).append(j)
+        for group in groups.values():
+            known = _slurm_queue(group)
+            if known is not None:   # (None: Slurm does not answer, so nothing is known)
+                self._missing_from_slurm(group, known)
+
+    def _missing_from_slurm(self, jobs: list[dict[str, Any]], known: set[str]) -> None:
+        for j in jobs:
+            if j["slurm_id"] in known:
+                self.missing.pop(j["id"], None)
+                continue
+            self.missing[j["id"]] = self.missing.get(j["id"], 0) + 1
+            if self.missing[j["id"]] < 2:
+                continue
+            del self.missing[j["id"]]
+            spec = self.store.spec(j["id"])
+            if spec is not None and spec["state"] == PENDING and spec["pid"] is None:
+                self.store.ended(j["id"], FAILED, None, reason=f"Slurm ended job {j['slurm_id']} before "
+                                 f"its stub phoned home (sacct -j {j['slurm_id']})")
+
+    def _claims(self) -> None:
+        assert self.rendezvous is not None
+        for ident, key, msg in self.rendezvous.messages():
+            if msg["t"] != "claim":
+                continue
+            kind, fields = self.claim(key, msg["job"], msg["task"])
+            self.rendezvous.reply(ident, kind, **fields)
+
+    def claim(self, key: bytes, job: int, task: int | None) -> tuple[str, dict[str, Any]]:
+        """A stub Slurm started says it is `job` (task `task` of array `job`): start the
+        job's shepherd, and once it listens tell the stub where ("serve"; "later" until
+        then, "error" for a job that is not this stub's or no longer runs)."""
+        who = f"{job}_{task}" if task is not None else str(job)
+        if not 0 < job <= MAX_ID or (task is not None and not 0 <= task <= MAX_ID):
+            return "error", {"msg": "bad job id", "code": 0}
+        spec = self.store.task(job, task)
+        if spec is None or not spec["handoff"] or spec["client_key"].encode() != key:
+            return "error", {"msg": f"no job {who} of this stub's key", "code": 0}
+        if spec["state"] in FINAL:
+            return "error", {"msg": f"job {who} has ended ({spec['state']}: {spec['reason']})", "code": 0}
+        if spec["pid"] is None:
+            self._start(spec["id"])
+            return "later", {}
+        contact = spec["contact"]
+        if isinstance(contact.get("endpoint"), str) and isinstance(contact.get("server_key"), str) \
+                and isinstance(contact.get("job"), str):
+            return "serve", {"endpoint": contact["endpoint"], "server_key": contact["server_key"],
+                             "job": contact["job"]}
+        return "later", {}
 
     # ---- the control socket -------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
@@ -352,6 +514,17 @@ class Daemon:
                 return {"ok": True, "pid": os.getpid()}
             if op == "wake":
                 return {"ok": True}   # (the loop schedules right after this reply)
+            if op == "rendezvous":
+                addr = msg.get("addr")
+                if not isinstance(addr, str) or not 0 < len(addr) < 256 or any(c in addr for c in "/ \n"):
+                    return {"ok": False, "error": "rendezvous: an address expected"}
+                from qrun.homenode.rendezvous import RendezvousError
+                try:
+                    meeting = self._meet()
+                    return {"ok": True, "endpoint": meeting.endpoint(addr),
+                            "server_key": meeting.public.decode()}
+                except RendezvousError as exc:
+                    return {"ok": False, "error": str(exc)}
             if op == "cancel":
                 ids = msg.get("ids")
                 if not isinstance(ids, list) or len(ids) > 100_000 or not all(
@@ -379,6 +552,37 @@ def _cap(path: str) -> int:
         return config.load(path).max_jobs_per_user
     except config.ConfigError:
         return 0   # (its shepherd says what is wrong with it, once it runs)
+
+
+def _slurm_command(spec: dict[str, Any], tool: str,
+                   args: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """One of Slurm's commands for a job it queues, run as the job's srun would be (its
+    environment, srun_command's prefix and directory); None if it could not be run."""
+    from qrun.homenode.launchers import SlurmTools
+    tools = SlurmTools.from_wire(spec.get("contact", {}).get("slurm_tools"))
+    try:
+        return subprocess.run([*tools.argv(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, env=spec["env"], cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"{tool} {' '.join(args)}: {exc}")
+        return None
+
+
+def _slurm_queue(jobs: list[dict[str, Any]]) -> set[str] | None:
+    """The ids (123, 123_4) of the user's jobs in the queue of `jobs`' Slurm that have not
+    ended there; None if Slurm cannot say."""
+    from qrun.homenode.slurmwatch import ENDED
+    from qrun.homenode.userdirs import user_name
+    done = _slurm_command({"env": jobs[0]["env"], "contact": jobs[0]["contact"] or {}}, "squeue",
+                          ["-h", "-r", "-o", "%i %T", "-u", user_name()])
+    if done is None or done.returncode != 0:
+        return None
+    known = set()
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1] not in ENDED:
+            known.add(words[0])
+    return known
 
 
 def _open_output(path: str, umask: int) -> IO[bytes]:

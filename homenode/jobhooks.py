@@ -18,9 +18,11 @@ class JobHooks:
     """Who follows the job (its record): told where it goes (the launch), when its stub
     called home, and how it ended (the outcome, None if it never ran, and qrun's exit
     status). A batch job's (`batch`) waits for Slurm as long as Slurm keeps it queued, and
-    gets `term_grace` seconds between a cancel's SIGTERM and SIGKILL."""
+    gets `term_grace` seconds between a cancel's SIGTERM and SIGKILL. `relaunch` turns the
+    launch chosen for the job into the one used (for a stub Slurm has already started)."""
     placed: Callable[[Launch], None]
     contact: Callable[[], None]
     ended: Callable[[Outcome | None, int], None]
     batch: bool = False
     term_grace: float | None = None
+    relaunch: Callable[[Launch], Launch] | None = None

@@ -80,12 +80,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_state ON jobs (state);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN handoff INTEGER NOT NULL DEFAULT 0;     -- 1: Slurm queues it (sbatch)
+    ALTER TABLE jobs ADD COLUMN slurm_id TEXT NOT NULL DEFAULT '';      -- its id there: 123, or 123_4
+    ALTER TABLE jobs ADD COLUMN client_key TEXT NOT NULL DEFAULT '';    -- its stub's CURVE public key
+    ALTER TABLE jobs ADD COLUMN contact TEXT NOT NULL DEFAULT '';       -- where its shepherd serves it, JSON
+    """,
 )
 
 FIELDS = ("id", "name", "user", "argv", "cwd", "mode", "batch", "state", "reason", "host", "launcher",
           "out_path", "err_path", "submitted", "started", "ended", "exit_code", "signal", "utime",
           "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects", "attempts",
-          "cancelled", "array_job", "array_index", "requeue", "launch_name")
+          "cancelled", "array_job", "array_index", "requeue", "launch_name", "slurm_id")
 USAGE_FIELDS = ("utime", "stime", "maxrss_kb", "calls", "cached", "fetched", "written_back", "reconnects")
 
 
@@ -111,6 +117,7 @@ class NewJob:
     config: str = ""
     launcher: str = ""    # as asked for (--launcher), until the job is placed
     submit_dir: str = ""
+    handoff: bool = False   # sbatch queues it: Slurm, not qrun, decides when it starts
 
 
 class Store:
@@ -179,14 +186,14 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO jobs (name, user, argv, options, env, cwd, umask, mode, batch, state, "
                     "out_path, err_path, submitted, started, pid, pid_start, attempts, array_job, "
-                    "array_index, array_limit, depends, requeue, config, launcher, submit_dir, pid_host) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "array_index, array_limit, depends, requeue, config, launcher, submit_dir, pid_host, "
+                    f"handoff) VALUES ({', '.join('?' * 27)})",
                     (job.name, user_name(), json.dumps(job.argv), json.dumps(job.options),
                      json.dumps(job.env), job.cwd, job.umask, job.mode, int(job.batch), state, job.out_path,
                      job.err_path, now, now if state == RUNNING else None, pid,
                      process_start(pid) if pid else "", 1 if pid else 0, array_job, index,
                      limit, json.dumps(job.depends), int(job.requeue), job.config, job.launcher,
-                     job.submit_dir, socket.gethostname() if pid else ""))
+                     job.submit_dir, socket.gethostname() if pid else "", int(job.handoff)))
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
                 if array_job is None and job.array is not None:  # (the first task: its own array)
@@ -227,7 +234,8 @@ class Store:
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, pid = NULL, pid_start = '', pid_host = '', started = NULL, "
-                f"host = '', reason = ? WHERE id = ? AND cancelled IS NULL AND state NOT IN ({_FINAL_MARKS})",
+                "host = '', slurm_id = '', client_key = '', contact = '', reason = ? "
+                f"WHERE id = ? AND cancelled IS NULL AND state NOT IN ({_FINAL_MARKS})",
                 (PENDING, reason[:500], job_id, *sorted(FINAL)))
             return cur.rowcount == 1
 
@@ -276,6 +284,62 @@ class Store:
                 db.execute(f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND pid = ? AND "
                            f"pid_start = ? AND state NOT IN ({_FINAL_MARKS})",
                            (state, reason, time.time(), r["id"], r["pid"], r["pid_start"], *sorted(FINAL)))
+
+    # ---- jobs Slurm queues (handoff) ------------------------------------------------------
+    def set_client_key(self, job_ids: Sequence[int], key: str) -> None:
+        """The public key of the stub sbatch will start for these jobs (before sbatch runs:
+        that stub may call home before sbatch has even answered)."""
+        with self._write() as db:
+            db.executemany("UPDATE jobs SET client_key = ? WHERE id = ? AND state = ? AND pid IS NULL",
+                           [(key, i, PENDING) for i in job_ids])
+
+    def queued_at_slurm(self, job_id: int, slurm_id: str, launch_name: str, reason: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET slurm_id = ?, launcher = 'slurm', launch_name = ?, reason = ? "
+                       "WHERE id = ? AND state = ?", (slurm_id, launch_name, reason[:500], job_id, PENDING))
+
+    def set_contact(self, job_id: int, contact: dict[str, Any]) -> None:
+        """What the daemon needs to reach the job at Slurm: where Slurm's commands are, and
+        then where the job's shepherd listens for its stub (merged into what is there)."""
+        with self._write() as db:
+            row = db.execute("SELECT contact FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            try:
+                old = json.loads(row["contact"]) if row is not None and row["contact"] else {}
+            except ValueError:
+                old = {}
+            db.execute("UPDATE jobs SET contact = ? WHERE id = ?",
+                       (json.dumps({**(old if isinstance(old, dict) else {}), **contact}), job_id))
+
+    def at_slurm(self) -> list[dict[str, Any]]:
+        """Unfinished jobs sbatch has queued: their Slurm ids, stub keys, whether a shepherd
+        serves them yet, where (contact), and the environment Slurm's commands need."""
+        rows = self._query("SELECT id, slurm_id, client_key, contact, pid, env, array_job, array_index "
+                           "FROM jobs WHERE handoff = 1 AND client_key != '' AND state IN (?, ?)",
+                           (PENDING, RUNNING))
+        try:
+            return [{"id": r["id"], "slurm_id": r["slurm_id"], "client_key": r["client_key"],
+                     "contact": json.loads(r["contact"]) if r["contact"] else None,
+                     "served": r["pid"] is not None,
+                     "env": {str(k): str(v) for k, v in json.loads(r["env"]).items()},
+                     "array_job": r["array_job"], "array_index": r["array_index"]} for r in rows]
+        except (ValueError, AttributeError) as exc:
+            raise StoreError(f"a damaged record in {self.path}: {exc}") from None
+
+    def stub_keys(self, ended_within: float) -> frozenset[bytes]:
+        """The keys of the stubs sbatch may start: those of unfinished jobs Slurm queues, and
+        of those that ended in the last `ended_within` seconds (whose stubs, if Slurm still
+        starts them, are told so instead of being left to retry)."""
+        rows = self._query("SELECT client_key FROM jobs WHERE handoff = 1 AND client_key != '' AND "
+                           "(state IN (?, ?) OR ended > ?)", (PENDING, RUNNING, time.time() - ended_within))
+        return frozenset(str(r["client_key"]).encode() for r in rows)
+
+    def task(self, job: int, index: int | None) -> dict[str, Any] | None:
+        """Job `job`, or task `index` of array `job`, as `spec` gives it."""
+        if index is None:
+            rows = self._query("SELECT id FROM jobs WHERE id = ? AND array_job IS NULL", (job,))
+        else:
+            rows = self._query("SELECT id FROM jobs WHERE array_job = ? AND array_index = ?", (job, index))
+        return self.spec(rows[0]["id"]) if rows else None
 
     def set_reason(self, job_id: int, reason: str) -> None:
         with self._write() as db:
@@ -334,6 +398,13 @@ class Store:
         out["umask"] = int(row["umask"]) & 0o777
         out["pid"], out["pid_start"] = row["pid"], row["pid_start"]
         out["submit_dir"], out["config"] = row["submit_dir"], row["config"]
+        out["handoff"], out["client_key"] = bool(row["handoff"]), row["client_key"]
+        out["array_limit"] = row["array_limit"]
+        try:
+            contact = json.loads(row["contact"]) if row["contact"] else {}
+        except ValueError:
+            contact = {}
+        out["contact"] = contact if isinstance(contact, dict) else {}
         return out
 
     def served(self) -> list[tuple[int, int, str]]:
@@ -343,14 +414,16 @@ class Store:
             "AND state IN (?, ?)", (socket.gethostname(), PENDING, RUNNING))]
 
     def waiting(self) -> list[dict[str, Any]]:
-        """Batch jobs not yet handed to a shepherd, oldest first, with their dependencies
-        and array limits."""
-        rows = self._query("SELECT id, depends, array_job, array_limit, reason, config, launcher "
-                           "FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL ORDER BY id", (PENDING,))
+        """Batch jobs not yet handed to a shepherd nor queued by Slurm, oldest first, with
+        their dependencies and array limits."""
+        rows = self._query("SELECT id, depends, array_job, array_index, array_limit, reason, config, "
+                           "launcher, handoff FROM jobs WHERE batch = 1 AND state = ? AND pid IS NULL "
+                           "AND slurm_id = '' ORDER BY id", (PENDING,))
         try:
             return [{"id": r["id"], "depends": json.loads(r["depends"]), "array_job": r["array_job"],
-                     "array_limit": r["array_limit"], "reason": r["reason"], "config": r["config"],
-                     "launcher": r["launcher"]} for r in rows]
+                     "array_index": r["array_index"], "array_limit": r["array_limit"], "reason": r["reason"],
+                     "config": r["config"], "launcher": r["launcher"], "handoff": bool(r["handoff"])}
+                    for r in rows]
         except ValueError as exc:
             raise StoreError(f"a damaged record in {self.path}: {exc}") from None
 

@@ -30,6 +30,31 @@ class LaunchError(Exception):
 
 
 @dataclass
+class SlurmTools:
+    """How Slurm's commands are run: as srun_command runs srun (`ssh login /opt/slurm/bin/srun`
+    gives prefix ["ssh", "login"] and bindir "/opt/slurm/bin")."""
+    prefix: list[str] = field(default_factory=list)
+    bindir: str = ""   # "": found on PATH
+
+    @classmethod
+    def of(cls, srun_words: list[str]) -> SlurmTools:
+        head, _, tail = srun_words[-1].rpartition("/")
+        return cls(srun_words[:-1], head if tail == "srun" else "")
+
+    def argv(self, tool: str) -> list[str]:
+        return [*self.prefix, f"{self.bindir}/{tool}" if self.bindir else tool]
+
+    def to_wire(self) -> list[str]:
+        return [*self.prefix, self.bindir]
+
+    @classmethod
+    def from_wire(cls, words: object) -> SlurmTools:
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+            return cls()
+        return cls(words[:-1], words[-1])
+
+
+@dataclass
 class Launch:
     argv: list[str]
     bind: str                 # where the home server listens
@@ -54,6 +79,16 @@ class Launch:
     cache_limit: int = 0
     kind: str = ""   # which launcher: local, sandbox, via, ssh or slurm (for the job records)
     name: str = ""   # the job's name there, if it has one (Slurm's job name)
+    # Slurm: how sbatch would queue the same job (the command and its options, without
+    # --array, --dependency and the script), the stub command the script runs, and where
+    # Slurm's commands are.
+    sbatch: list[str] = field(default_factory=list)
+    stub: list[str] = field(default_factory=list)
+    slurm_tools: SlurmTools | None = None
+    # A stub that Slurm started and that phoned the daemon (sbatch_script): its public key,
+    # and who is told where the home server listens, in place of a bootstrap line.
+    client_key: bytes = b""
+    publish: Callable[[str, bytes, str], None] | None = None
 
 
 def _last_line(tail: str) -> str:
@@ -269,13 +304,18 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
     except ValueError as exc:
         raise LaunchError(f"srun_command cannot be split like a command line ({exc})",
                           exitcodes.USAGE) from None
-    words += ["-N1", "-n1", "--quiet", f"--job-name={name}", "--chdir=/"]
+    if not words:
+        raise LaunchError("srun_command is empty", exitcodes.USAGE)
+    where = [f"--job-name={name}", "--chdir=/"]
     if host:
-        words.append(f"--nodelist={host}")
+        where.append(f"--nodelist={host}")
     if partition:
-        words.append(f"--partition={partition}")
+        where.append(f"--partition={partition}")
     if exclude:
-        words.append(f"--exclude={','.join(exclude)}")
+        where.append(f"--exclude={','.join(exclude)}")
+    tools = SlurmTools.of(words)
+    batch = tools.argv("sbatch") + ["--parsable", "-N1", "-n1", "--no-requeue", "--output=/dev/null", *where]
+    words += ["-N1", "-n1", "--quiet", *where]
     allocation = os.environ.get("SLURM_JOB_ID", "")
     if allocation:
         # Inside salloc or an sbatch script the stub runs as a step of this allocation and
@@ -291,7 +331,42 @@ def slurm(job: str, stub: list[str], host: str | None, home_addr: str, partition
         waiting = f"Slurm to start the job (squeue -n {name})"
         cancel = ["scancel", f"--name={name}", f"--user={user_name()}"]
     return Launch(words + stub, _tcp_bind(addr), host or "slurm", classify=classify_slurm,
-                  waiting_for=waiting, cancel=cancel, kind="slurm", name=name)
+                  waiting_for=waiting, cancel=cancel, kind="slurm", name=name, sbatch=batch, stub=stub,
+                  slurm_tools=tools)
+
+
+BOOTSTRAP_END = "QRUN_BOOTSTRAP_END"
+
+
+def sbatch_script(stub: list[str], bootstrap: dict[str, object]) -> str:
+    """The batch script of a job Slurm queues: the stub, with its bootstrap line as its
+    stdin (a quoted here-document: nothing in it is expanded). The stub then asks the
+    daemon at home which home server serves its job (and, for an array, which task it is:
+    SLURM_ARRAY_TASK_ID), and exits with the job's status, which Slurm's afterok reads."""
+    import json
+    line = json.dumps(bootstrap)
+    assert BOOTSTRAP_END not in line and "\n" not in line
+    return f"#!/bin/sh\nexec {shlex.join(stub)} <<'{BOOTSTRAP_END}'\n{line}\n{BOOTSTRAP_END}\n"
+
+
+WATCH_EVERY = 10.0   # seconds between looks at Slurm's queue for a started stub's job
+
+
+def claimed(launch: Launch, slurm_id: str, client_key: bytes,
+            publish: Callable[[str, bytes, str], None]) -> Launch:
+    """The launch of a job whose stub Slurm has started and which phoned the daemon: no
+    launcher to start, only a watch of the Slurm job (python -m qrun.homenode.slurmwatch),
+    which ends when Slurm ends it: the stub is then gone, whatever it managed to say."""
+    tools = launch.slurm_tools or SlurmTools()
+    watch = [sys.executable, "-P", "-m", "qrun.homenode.slurmwatch", slurm_id, str(WATCH_EVERY),
+             *tools.argv("squeue")]
+
+    def classify(tail: str) -> tuple[str, int]:
+        return f"Slurm ended job {slurm_id} before its stub reported ({_last_line(tail)})", exitcodes.LOST
+    return Launch(watch, launch.bind, launch.describe, launch.cleanup, classify=classify,
+                  waiting_for=f"the stub of Slurm job {slurm_id} to call", kind="slurm", name=launch.name,
+                  home_roots=launch.home_roots, cache_dir=launch.cache_dir, cache_limit=launch.cache_limit,
+                  client_key=client_key, publish=publish)
 
 
 def is_local_address(addr: str) -> bool:

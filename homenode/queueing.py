@@ -50,14 +50,16 @@ def parse_ids(kind: str, text: str) -> list[int]:
 Members = Callable[[list[int]], list[dict[str, Any]]]
 
 
-def dependency(depends: dict[str, list[int]], members: Members) -> tuple[str, str]:
+def dependency(depends: dict[str, list[int]], members: Members,
+               slurm_decides: bool = False) -> tuple[str, str]:
     """(WAIT, READY or NEVER, and the reason while it is not READY). A dependency on an
-    array is on all its tasks."""
+    array is on all its tasks. `slurm_decides` (a job sbatch will queue): dependencies on
+    jobs Slurm already queues are left to Slurm (slurm_dependency)."""
     for kind in KINDS:
         ids = depends.get(kind) or []
         if not ids:
             continue
-        jobs = members(ids)
+        jobs = [j for j in members(ids) if not (slurm_decides and _at_slurm(j))]
         state, why = _one(kind, jobs)
         if state != READY:
             return state, why
@@ -83,3 +85,29 @@ def _one(kind: str, jobs: list[dict[str, Any]]) -> tuple[str, str]:
             if j["state"] not in FINAL:
                 return WAIT, f"waiting for job {name} to fail (afternotok)"
     return READY, ""
+
+
+def _at_slurm(j: dict[str, Any]) -> bool:
+    return bool(j.get("slurm_id")) and j["state"] not in FINAL
+
+
+def slurm_dependency(depends: dict[str, list[int]], members: Members) -> str:
+    """sbatch's --dependency for the dependencies Slurm decides (e.g. `afterok:41_1:41_2`),
+    "" if none: those on jobs that Slurm queues and that have not ended."""
+    parts = []
+    for kind in KINDS:
+        ids = [j["slurm_id"] for j in members(depends.get(kind) or []) if _at_slurm(j)]
+        if ids:
+            parts.append(":".join([kind, *ids]))
+    return ",".join(parts)
+
+
+def index_ranges(indices: list[int]) -> str:
+    """`1-4,7,9-10` for [1, 2, 3, 4, 7, 9, 10]: an array's indices as sbatch --array takes them."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -2,7 +2,8 @@
 it runs the job exactly as interactive `qrun` would, from the options recorded at
 submission, in the submission's directory, environment and umask, with the job's output
 files as its stdout and stderr, and records in the job store where the job runs and how
-it ended. A SIGTERM (a cancel) goes on to the job, and SIGKILL to all its processes
+it ended. For a job Slurm queued (sbatch), it is started once the job's stub has phoned
+the daemon, and serves that stub. A SIGTERM (a cancel) goes on to the job, and SIGKILL to all its processes
 TERM_GRACE seconds later.
 """
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
-from qrun.homenode import exitcodes
+from qrun.homenode import exitcodes, launchers
 from qrun.homenode.cli_options import parser
 from qrun.homenode.daemon import TERM_GRACE
 from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.jobrecord import JobRecord
 from qrun.homenode.jobstore import Store, StoreError
+from qrun.homenode.launchers import Launch
 
 
 def shepherd(store: Store, job_id: int) -> int:
@@ -32,12 +35,26 @@ def shepherd(store: Store, job_id: int) -> int:
         os.environ["QRUN_ARRAY_TASK_ID"] = str(spec["array_index"])
     opts = parser(batch=True).parse_args(spec["options"])
     record = JobRecord(store, job_id, requeue=spec["requeue"], attempt=spec["attempts"])
+    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE)
+    if spec["slurm_id"]:
+        hooks.relaunch = _claimed(store, job_id, spec["slurm_id"], spec["client_key"])
     try:
-        return cli.run_batch(opts, JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE))
+        return cli.run_batch(opts, hooks)
     except cli.Refused as exc:
         cli.fail(str(exc), exc.code)
         record.ended(None, exc.code, str(exc))
         return exc.code
+
+
+def _claimed(store: Store, job_id: int, slurm_id: str, client_key: str) -> Callable[[Launch], Launch]:
+    """A job Slurm queued and started: its stub, waiting at the daemon's rendezvous, is
+    told (through the job's record) where this shepherd's home server listens."""
+    def publish(endpoint: str, server_key: bytes, job: str) -> None:
+        store.set_contact(job_id, {"endpoint": endpoint, "server_key": server_key.decode(), "job": job})
+
+    def relaunch(launch: Launch) -> Launch:
+        return launchers.claimed(launch, slurm_id, client_key.encode(), publish)
+    return relaunch
 
 
 def main() -> int:

@@ -1,6 +1,8 @@
 """The ZAP handler (ZeroMQ RFC 27) that admits a job's stub: a CURVE client is accepted
-only if its public key is the job's own. libzmq asks it about every connection of the
-context's CURVE server sockets before any message of that connection is delivered.
+only if its public key is the job's own (or, for the daemon's rendezvous socket, one of
+the keys of the jobs Slurm queues). The key, in Z85, is the connection's User-Id. libzmq
+asks it about every connection of the context's CURVE server sockets before any message
+of that connection is delivered.
 
 Written here rather than taken from `zmq.auth` because that package pulls in asyncio, a
 tenth of qrun's start-up, for a check this small."""
@@ -8,6 +10,7 @@ tenth of qrun's start-up, for a check this small."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import zmq
 from zmq.utils import z85
@@ -19,9 +22,14 @@ ZAP_VERSION = b"1.0"
 class KeyGate:
     """Runs the handler on its own thread from `start()` to `stop()`."""
 
-    def __init__(self, ctx: zmq.Context, allowed_z85: bytes) -> None:
+    def __init__(self, ctx: zmq.Context, allowed: bytes | Callable[[bytes], bool]) -> None:
+        """`allowed`: the one key admitted (Z85), or a check of a key (Z85), asked on this
+        handler's thread."""
         self.ctx = ctx
-        self.allowed = z85.decode(allowed_z85)
+        if isinstance(allowed, bytes):
+            self.admits: Callable[[bytes], bool] = allowed.__eq__
+        else:
+            self.admits = allowed
         self._stop_addr = f"inproc://qrun-zap-stop-{id(self)}"
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -55,8 +63,14 @@ class KeyGate:
             request_id = frames[1] if len(frames) > 1 else b""
             return [ZAP_VERSION, request_id, b"400", b"malformed request", b"", b""]
         request_id, mechanism, credentials = frames[1], frames[5], frames[6:]
-        if mechanism == b"CURVE" and credentials == [self.allowed]:
-            return [ZAP_VERSION, request_id, b"200", b"OK", b"job", b""]
+        if mechanism == b"CURVE" and len(credentials) == 1 and len(credentials[0]) == 32:
+            key = z85.encode(credentials[0])
+            try:
+                ok = self.admits(key)
+            except Exception:   # (a failing check refuses; it must not end the handler)
+                ok = False
+            if ok:
+                return [ZAP_VERSION, request_id, b"200", b"OK", key, b""]
         return [ZAP_VERSION, request_id, b"400", b"not this job's key", b"", b""]
 
     def _serve(self) -> None:

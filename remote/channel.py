@@ -4,11 +4,13 @@
 fetches: up to wire.REPLY_WINDOW), and resends on silence; the home node answers a resend
 from its reply cache, so a request never executes twice. `Control` (used by the I/O
 thread) carries stdio, signals and heartbeats. ZeroMQ sockets are not thread-safe, hence
-one socket per thread.
+one socket per thread. A stub that Slurm started first asks the daemon where its home
+server is (`claim`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -51,6 +53,11 @@ class Credentials:
     secret: bytes
     job: str
     encrypted: bool = True   # False only on home's private Unix socket (HomeServer.encrypted)
+    # A stub Slurm started (sbatch): the endpoint is the daemon's rendezvous, and `job` the
+    # job's id in the records; claim() asks it where the job's home server is.
+    rendezvous: bool = False
+    array: bool = False   # an array's: the task is SLURM_ARRAY_TASK_ID
+    lease: float = 0.0    # how long to keep asking while home does not answer
 
 
 def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
@@ -222,3 +229,71 @@ class Rpc:
         elif msg["t"] == "drop":
             self.on_push(msg)
         # (anything else: a late duplicate of an earlier reply)
+
+
+def claim(ctx: zmq.Context, cred: Credentials, say: Callable[[str], None]) -> Credentials:
+    """For a stub Slurm started: ask the daemon's rendezvous which home server serves this
+    job (the daemon starts it now), asking again while it answers "later" or not at all,
+    for up to the lease; the credentials for that server. SystemExit with the daemon's
+    word if it refuses the job (cancelled meanwhile, unknown)."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID", "") if cred.array else ""
+    if cred.array and not task.isdigit():
+        raise SystemExit("qrun-stub: an array job's stub needs SLURM_ARRAY_TASK_ID")
+    who = f"{cred.job}_{task}" if task else cred.job
+    sock = connect(ctx, Credentials(cred.endpoint, cred.server_key, cred.public, cred.secret,
+                                    f"claim-{who}-{os.getpid()}"), "claim")
+    ask = wire.encode("claim", job=int(cred.job), task=int(task) if task else None,
+                      slurm=os.environ.get("SLURM_JOB_ID", ""))
+    deadline = time.monotonic() + max(cred.lease, 60.0)
+    quiet_since, said = time.monotonic(), False
+    refusals = Refusals(sock)
+    try:
+        while time.monotonic() < deadline:
+            if refusals.for_long():
+                raise SystemExit(f"qrun-stub: the qrun daemon at {cred.endpoint} does not admit job {who}'s "
+                                 f"key (the job is no longer in its records)")
+            if not sock.poll(500, zmq.POLLOUT) or not try_send(sock, ask):
+                if not said and time.monotonic() - quiet_since > 30:
+                    say(f"the qrun daemon at {cred.endpoint} does not answer yet; still trying")
+                    said = True
+                continue
+            if not sock.poll(5000):
+                continue
+            msg = wire.decode(sock.recv())
+            quiet_since = time.monotonic()
+            if msg["t"] == "serve":
+                return Credentials(msg["endpoint"], msg["server_key"].encode(), cred.public, cred.secret,
+                                   msg["job"])
+            if msg["t"] == "error":
+                raise SystemExit(f"qrun-stub: the qrun daemon refused job {who}: {msg['msg']}")
+            time.sleep(0.2)   # ("later": its shepherd is starting)
+    finally:
+        refusals.close()
+        sock.close(linger=0)
+    raise HomeLost(f"the qrun daemon at {cred.endpoint} did not take job {who} within the lease")
+
+
+class Refusals:
+    """Whether the daemon has refused this stub's key (ZAP's 400) for REFUSED_FOR seconds
+    on end: it admits a job's key from the moment sbatch is run, so a refusal that lasts
+    means a job it no longer knows, and asking on until the lease would only hold a Slurm
+    allocation."""
+    REFUSED_FOR = 15.0
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        events = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        self.monitor = sock.get_monitor_socket(events)
+        self.since: float | None = None
+
+    def for_long(self) -> bool:
+        from zmq.utils.monitor import recv_monitor_message
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.since = None
+            elif self.since is None:
+                self.since = time.monotonic()
+        return self.since is not None and time.monotonic() - self.since > self.REFUSED_FOR
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)

@@ -23,7 +23,7 @@ import zmq
 from qrun.native import ffi, lib
 from qrun.remote import statedir
 from qrun.remote.cachespace import CacheSpace
-from qrun.remote.channel import Credentials, HomeLost, Rpc, connect, try_send
+from qrun.remote.channel import Credentials, HomeLost, Rpc, claim, connect, try_send
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
@@ -47,9 +47,12 @@ def read_bootstrap() -> Credentials:
             raise ValueError("bootstrap line too long")
     d = json.loads(line)
     plain = d.get("encrypted") is False and str(d["endpoint"]).startswith("ipc://")
+    lease = d.get("lease", LEASE)
     return Credentials(endpoint=d["endpoint"], server_key=d["server_key"].encode(),
-                       public=d["public"].encode(), secret=d["secret"].encode(), job=d["job"],
-                       encrypted=not plain)
+                       public=d["public"].encode(), secret=d["secret"].encode(), job=str(d["job"]),
+                       encrypted=not plain, rendezvous=d.get("rendezvous") in ("job", "array"),
+                       array=d.get("rendezvous") == "array",
+                       lease=float(lease) if isinstance(lease, (int, float)) else LEASE)
 
 
 def handshake(rpc: Rpc, cred: Credentials, timeout: float) -> dict[str, Any]:
@@ -145,14 +148,16 @@ def start_stdio(ctl: zmq.Socket, timeout: float, job: Tracer | PlainJob, pty: di
 
 
 def report_exit(pump: StdioPump, status: dict[str, Any], host: str,
-                data: dict[str, int] | None = None) -> int:
+                data: dict[str, int] | None = None, exit_with_job: bool = False) -> int:
     """Send how the job ended (with its resource usage and, for a transparent job, what
     its data path moved) and wait for home's goodbye."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     usage = {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss, **(data or {})}
     pump.finish({"status": status, "usage": {**usage, "reconnects": pump.reconnects}, "host": host})
     pump.done.wait(pump.timeout + pump.lease + 30)   # (it waits out home's absence, up to the lease)
-    return 0
+    if not exit_with_job:
+        return 0
+    return 128 + int(status["signal"]) if "signal" in status else int(status.get("code", 0))
 
 
 def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
@@ -178,7 +183,8 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
             os.close(fd)
     if missing_cwd:
         return report_exit(pump, {"code": 1, "error_kind": "remote_cwd",
-                                  "error": f"the working directory {cwd} does not exist on {host}"}, host)
+                                  "error": f"the working directory {cwd} does not exist on {host}"}, host,
+                           exit_with_job=welcome["options"]["exit_with_job"])
     while True:
         try:
             _, status = os.waitpid(wait_pid, 0)
@@ -187,7 +193,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
             continue
     job.kill_all()  # nothing the job left behind outlives it
     result = wait_status_to_wire(status) | start_failure(err_fd)
-    return report_exit(pump, result, host)
+    return report_exit(pump, result, host, exit_with_job=welcome["options"]["exit_with_job"])
 
 
 def wait_status_to_wire(status: int) -> dict[str, object]:
@@ -242,10 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     # whose reader is gone (qrun killed, its lease running) must not kill it. The job gets
     # the default back (native/_source.c, job_child).
     ctx = zmq.Context()
-    rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
     state, alive = "", -1
     try:
+        from_slurm = cred.rendezvous
+        if from_slurm:
+            cred = claim(ctx, cred, eprint)
+        rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
         welcome = handshake(rpc, cred, timeout=30.0)
+        # Slurm's afterok and sacct read a batch script's status: it is the job's.
+        welcome["options"]["exit_with_job"] = from_slurm
         timeout = float(welcome["options"].get("timeout", 30.0))
         rpc.timeout, rpc.lease = timeout, lease_of(welcome)
         ctl = connect(ctx, cred, "ctl")
@@ -343,7 +354,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     cached = job.meta.hits + (job.loop.hits if job.loop else 0)
     data = {"calls": rpc.seq, "cached": cached, "reopened": job.kept.reused, "fetched": job.fetched,
             "written_back": job.live.bytes_sent, "evicted": space.evicted}
-    return report_exit(pump, result, socket.gethostname(), data)
+    return report_exit(pump, result, socket.gethostname(), data, welcome["options"]["exit_with_job"])
 
 
 if __name__ == "__main__":

@@ -79,6 +79,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
     "bye": {},
     "error": {"msg": (str,), "code": (int,)},
+    # a stub Slurm started -> the daemon's rendezvous: which job (and array task) it is;
+    # the reply: where the job's home server listens, or "later" while it is starting
+    "claim": {"job": (int,), "task": (int, type(None)), "slurm": (str,)},
+    "serve": {"endpoint": (str,), "server_key": (str,), "job": (str,)},
+    "later": {},
     # host agents (qrun agent)
     "load?": {},
     "load": {"host": (str,), "load1": (float, int), "cpus": (int,), "mem_total": (int,),

@@ -53,6 +53,12 @@ class Batch:
     def record(self, label: str) -> dict[str, Any]:
         return next(j for j in self.records() if j["label"] == label)
 
+    def diagnosis(self) -> str:
+        """The records' states and reasons and the daemon's log, for a failure's message."""
+        log = Path(self.env["XDG_STATE_HOME"]) / "qrun" / "daemon.log"
+        states = [(j["label"], j["state"], j["reason"]) for j in self.records()]
+        return f"{states}\n{log.read_text()[-3000:] if log.exists() else 'no daemon log'}"
+
     def daemon_pid(self) -> int | None:
         path = Path(self.env["XDG_STATE_HOME"]) / "qrun" / "daemon.sock"
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,10 +113,11 @@ def most_at_once(recs: list[dict[str, Any]]) -> int:
     return most
 
 
-def wait_until(what: str, ok: Any, within: float = BOUND) -> None:
+def wait_until(what: str, ok: Any, within: float = BOUND, why: Any = None) -> None:
+    """Until ok() is true, at most `within` seconds; `why()` adds to the failure's message."""
     deadline = time.monotonic() + within
     while not ok():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f": {why()}" if why else "")
         time.sleep(0.1)
 
 
@@ -330,19 +337,21 @@ def test_twenty_jobs_over_three_hosts_keep_the_cap(qrun_cmd: list[str], ssh_clus
         b.stop()
 
 
-def test_on_slurm_slurm_owns_the_queue(qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: Any,
-                                       tmp_path: Path) -> None:
-    """With --launcher slurm a batch job waits in Slurm's queue, `qrun status` shows Slurm's
-    state, it runs once Slurm starts it, and a cancel of one still queued leaves nothing
-    in Slurm."""
+def test_on_slurm_sbatch_owns_the_queue(qrun_cmd: list[str], slurm_cluster: object, cluster_hosts: Any,
+                                        tmp_path: Path) -> None:
+    """With --launcher slurm, qrun submit hands the job to sbatch: an array of 4 (at most 2
+    at once) as one Slurm array, a job depending on it with --dependency=afterok on its
+    tasks. They wait in Slurm's queue (qrun status shows Slurm's state) while no qrun
+    process serves them; each stub phones the daemon when Slurm starts it, and the batch
+    script exits with the job's status. A cancel of a queued job leaves nothing in Slurm."""
     b = Batch(qrun_cmd, tmp_path)
     b.env.update(slurm_cluster.env)  # type: ignore[attr-defined]
     conf = tmp_path / "c.toml"
     conf.write_text(f'home_addr = "{cluster_hosts[0].home_ip}"\n')
 
-    def squeue(*args: str) -> str:
-        return subprocess.run(["squeue", "-h", *args], env=b.env, capture_output=True, text=True,
-                              timeout=30).stdout
+    def slurm(*args: str) -> str:
+        r = subprocess.run(list(args), env=b.env, capture_output=True, text=True, timeout=30, cwd="/")
+        return r.stdout
 
     holder = subprocess.run(["sbatch", "--parsable", "-N3", "--exclusive", "-J", "holder", "-o", "/dev/null",
                              "--wrap", "sleep 300"], env=b.env, capture_output=True, text=True,
@@ -351,23 +360,46 @@ def test_on_slurm_slurm_owns_the_queue(qrun_cmd: list[str], slurm_cluster: objec
     hid = holder.stdout.strip().split(";")[0]
     try:
         common = ["--config", str(conf), "--launcher", "slurm", "-D", "/"]
-        job = b.submit(*common, "-o", f"{b.work}/out-%j", "--", "hostname")
+        array = b.submit(*common, "--array", "1-4%2", "-o", f"{b.work}/out-%A_%a",
+                         "--", "sh", "-c", "echo task $QRUN_ARRAY_TASK_ID; hostname; sleep 2")
+        after = b.submit(*common, "--afterok", array, "-o", f"{b.work}/after-%j", "--", "sh", "-c", "exit 3")
         doomed = b.submit(*common, "--", "true")
-        wait_until("Slurm's state in qrun status",
-                   lambda: b.record(job)["reason"].startswith("waiting for Slurm")
-                   and "Slurm: PENDING" in b.qrun("status", job, check=True).stdout, within=60)
-        time.sleep(2)
-        assert b.record(job)["state"] == "PENDING"
+        tasks = [f"{array}_{i}" for i in range(1, 5)]
+        wait_until("Slurm to queue them", lambda: all(
+            b.record(t)["slurm_id"] for t in [*tasks, after, doomed]), within=60, why=b.diagnosis)
+        ids = {t: b.record(t)["slurm_id"] for t in [*tasks, after, doomed]}
+        base = ids[tasks[0]].split("_")[0]
+        assert [ids[t] for t in tasks] == [f"{base}_{i}" for i in range(1, 5)], ids
+        assert slurm("squeue", "-h", "-j", base, "-o", "%K").split() == ["1-4%2"]
+        dependency = slurm("squeue", "-h", "-j", ids[after], "-o", "%E").strip()
+        assert dependency.startswith("afterok:") and all(f"{ids[t]}" in dependency for t in tasks), dependency
+        status = b.qrun("status", "--json", check=True).stdout
+        assert "Slurm: PENDING" in status, status
+        assert all(b.record(t)["state"] == "PENDING" for t in tasks)
         assert b.qrun("cancel", doomed).returncode == 0
         wait_until("the cancel", lambda: b.record(doomed)["state"] == "CANCELLED")
+        wait_until("Slurm to drop the cancelled job", lambda: slurm(
+            "squeue", "-h", "-j", ids[doomed], "-o", "%T").strip() in ("", "CANCELLED"), within=30)
         subprocess.run(["scancel", hid], env=b.env, capture_output=True, timeout=30)
-        assert b.qrun("wait", job, timeout=180).returncode == 0
-        rec = b.record(job)
-        assert rec["state"] == "DONE" and rec["launcher"] == "slurm" and rec["launch_name"].startswith("qrun-")
-        lines = (b.work / f"out-{job}").read_text().splitlines()   # (qrun's own lines go there too)
-        assert lines[-1] in {h.name for h in cluster_hosts} and "waiting for Slurm" in lines[0], lines
-        wait_until("Slurm's queue to empty", lambda: not [ln for ln in squeue("-o", "%j").splitlines()
-                                                          if ln.startswith("qrun-")], within=30)
+        assert b.qrun("wait", *tasks, timeout=180).returncode == 0
+        wait_until("the dependent job", lambda: b.record(after)["state"] not in ("PENDING", "RUNNING"), within=120,
+                   why=lambda: b.diagnosis() + slurm("squeue", "-h", "-t", "all", "-o", "%i %T %r %E"))
+        assert b.qrun("wait", after).returncode == 3
+        recs = [b.record(t) for t in tasks]
+        hosts = {h.name for h in cluster_hosts}
+        for i, r in enumerate(recs, 1):
+            assert r["state"] == "DONE" and r["launcher"] == "slurm", r
+            task, host = (b.work / f"out-{array}_{i}").read_text().splitlines()[-2:]
+            assert task == f"task {i}" and host in hosts, (task, host)
+        assert most_at_once(recs) <= 2
+        last = b.record(after)
+        assert (last["state"], last["exit_code"]) == ("FAILED", 3), last
+        assert last["started"] >= max(r["ended"] for r in recs) - 1.0   # (Slurm held it until the array was done)
+        wait_until("Slurm's queue to empty", lambda: not [ln for ln in slurm("squeue", "-h", "-o", "%j %T").splitlines()
+                                                          if ln.startswith("qrun-")], within=30,
+                   why=lambda: slurm("squeue", "-h", "-t", "all", "-o", "%i %j %T %r %E"))
+        states = slurm("squeue", "-h", "-t", "all", "-j", ids[after], "-o", "%T").split()
+        assert states in ([], ["FAILED"]), states   # (the batch script's status is the job's)
     finally:
         subprocess.run(["scancel", hid], env=b.env, capture_output=True, timeout=30)
         b.stop()
