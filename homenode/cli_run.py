@@ -94,9 +94,8 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
             launch.publish(server.endpoint, server.keys.server_public, job)
         if hooks is not None:
             hooks.placed(launch)   # (after the bootstrap line: the stub goes on meanwhile)
-        # (a stub Slurm started says nothing through its watch: it need not be waited for)
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               hooks, launch.kind, last_words=0.0 if launch.publish else 2.0)
+                               hooks, launch.kind)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

@@ -361,7 +361,7 @@ def test_on_slurm_sbatch_owns_the_queue(qrun_cmd: list[str], slurm_cluster: obje
     try:
         common = ["--config", str(conf), "--launcher", "slurm", "-D", "/"]
         array = b.submit(*common, "--array", "1-4%2", "-o", f"{b.work}/out-%A_%a",
-                         "--", "sh", "-c", "echo task $QRUN_ARRAY_TASK_ID; hostname; sleep 2")
+                         "--", "sh", "-c", "date +%s.%N; echo task $QRUN_ARRAY_TASK_ID; hostname; sleep 2; date +%s.%N")
         after = b.submit(*common, "--afterok", array, "-o", f"{b.work}/after-%j", "--", "sh", "-c", "exit 3")
         doomed = b.submit(*common, "--", "true")
         tasks = [f"{array}_{i}" for i in range(1, 5)]
@@ -387,14 +387,16 @@ def test_on_slurm_sbatch_owns_the_queue(qrun_cmd: list[str], slurm_cluster: obje
         assert b.qrun("wait", after).returncode == 3
         recs = [b.record(t) for t in tasks]
         hosts = {h.name for h in cluster_hosts}
+        ran = []   # (when each task's command started and ended, as it says)
         for i, r in enumerate(recs, 1):
             assert r["state"] == "DONE" and r["launcher"] == "slurm", r
-            task, host = (b.work / f"out-{array}_{i}").read_text().splitlines()[-2:]
+            start, task, host, end = (b.work / f"out-{array}_{i}").read_text().splitlines()[-4:]
             assert task == f"task {i}" and host in hosts, (task, host)
-        assert most_at_once(recs) <= 2
+            ran.append({"started": float(start), "ended": float(end)})
+        assert most_at_once(ran) <= 2
         last = b.record(after)
         assert (last["state"], last["exit_code"]) == ("FAILED", 3), last
-        assert last["started"] >= max(r["ended"] for r in recs) - 1.0   # (Slurm held it until the array was done)
+        assert last["started"] > max(r["ended"] for r in ran)   # (Slurm held it until the array was done)
         wait_until("Slurm's queue to empty", lambda: not [ln for ln in slurm("squeue", "-h", "-o", "%j %T").splitlines()
                                                           if ln.startswith("qrun-")], within=30,
                    why=lambda: slurm("squeue", "-h", "-t", "all", "-o", "%i %j %T %r %E"))
