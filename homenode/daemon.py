@@ -48,7 +48,7 @@ from qrun.homenode.jobstore import (
 )
 from qrun.homenode.processes import alive
 from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
-from qrun.homenode.userdirs import state_dir
+from qrun.homenode.userdirs import state_dir, user_name
 
 if TYPE_CHECKING:
     from qrun.homenode.rendezvous import Rendezvous
@@ -254,10 +254,11 @@ class Daemon:
         running = sum(1 for job_id, _ in self.children.values() if job_id not in slurm) + \
             sum(1 for job_id in self.adopted if job_id not in slurm)
         still: list[dict[str, Any]] = []
-        for w in self.store.waiting():
+        waiting = self.store.waiting()
+        for w in waiting:
             if w["handoff"]:
                 if not any(w["id"] in ids for ids, _ in self.handing.values()):
-                    still.extend(self._to_slurm(w))
+                    still.extend(self._to_slurm(w, waiting))
                 continue
             if w["config"] not in caps:
                 caps[w["config"]] = _cap(w["config"])
@@ -275,7 +276,7 @@ class Daemon:
                 running += 1
         return still
 
-    def _to_slurm(self, w: dict[str, Any]) -> list[dict[str, Any]]:
+    def _to_slurm(self, w: dict[str, Any], waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hand a job Slurm is to queue to sbatch (an array's waiting tasks all at once,
         from its first), once its dependencies on jobs qrun runs are met (those on jobs
         Slurm queues go with it); [w] while it must wait."""
@@ -284,7 +285,7 @@ class Daemon:
             return [self._wait_because(w, why)]
         ids = [w["id"]]
         if w["array_job"] is not None:
-            ids = [t["id"] for t in self.store.waiting() if t["array_job"] == w["array_job"] and t["handoff"]]
+            ids = [t["id"] for t in waiting if t["array_job"] == w["array_job"] and t["handoff"]]
         spec = self.store.spec(w["id"])
         if spec is None:
             return []
@@ -422,33 +423,34 @@ class Daemon:
         self.at_slurm = self.store.at_slurm()
         if self.rendezvous is not None:
             self.rendezvous.keys = self.store.stub_keys(KEYS_KEPT)
-        unserved = [j for j in self.at_slurm if j["slurm_id"] and not j["served"]]
+        unserved = [j["id"] for j in self.at_slurm if j["slurm_id"] and not j["served"]]
         now = time.monotonic()
         if not unserved or now - self.slurm_looked < SLURM_LOOK:
             return
         self.slurm_looked = now
         groups: dict[str, list[dict[str, Any]]] = {}
-        for j in unserved:   # (one look per Slurm cluster the jobs went to)
-            where = json.dumps([j["env"].get("SLURM_CONF", ""), (j["contact"] or {}).get("slurm_tools")])
-            groups.setdefault(where, []).append(j)
+        for spec in filter(None, map(self.store.spec, unserved)):   # (one look per Slurm cluster)
+            where = json.dumps([spec["env"].get("SLURM_CONF", ""), spec["contact"].get("slurm_tools")])
+            groups.setdefault(where, []).append(spec)
         for group in groups.values():
-            known = _slurm_queue(group)
+            known = _slurm_queue(group[0])
             if known is not None:   # (None: Slurm does not answer, so nothing is known)
                 self._missing_from_slurm(group, known)
 
-    def _missing_from_slurm(self, jobs: list[dict[str, Any]], known: set[str]) -> None:
-        for j in jobs:
-            if j["slurm_id"] in known:
-                self.missing.pop(j["id"], None)
+    def _missing_from_slurm(self, specs: list[dict[str, Any]], known: set[str]) -> None:
+        for spec in specs:
+            job_id, slurm_id = spec["id"], spec["slurm_id"]
+            if slurm_id in known:
+                self.missing.pop(job_id, None)
                 continue
-            self.missing[j["id"]] = self.missing.get(j["id"], 0) + 1
-            if self.missing[j["id"]] < 2:
+            self.missing[job_id] = self.missing.get(job_id, 0) + 1
+            if self.missing[job_id] < 2:
                 continue
-            del self.missing[j["id"]]
-            spec = self.store.spec(j["id"])
-            if spec is not None and spec["state"] == PENDING and spec["pid"] is None:
-                self.store.ended(j["id"], FAILED, None, reason=f"Slurm ended job {j['slurm_id']} before "
-                                 f"its stub phoned home (sacct -j {j['slurm_id']})")
+            del self.missing[job_id]
+            now = self.store.spec(job_id)   # (as it is now: its stub may have phoned meanwhile)
+            if now is not None and now["state"] == PENDING and now["pid"] is None:
+                self.store.ended(job_id, FAILED, None, reason=f"Slurm ended job {slurm_id} before "
+                                 f"its stub phoned home (sacct -j {slurm_id})")
 
     def _claims(self) -> None:
         assert self.rendezvous is not None
@@ -559,7 +561,7 @@ def _slurm_command(spec: dict[str, Any], tool: str,
     """One of Slurm's commands for a job it queues, run as the job's srun would be (its
     environment, srun_command's prefix and directory); None if it could not be run."""
     from qrun.homenode.launchers import SlurmTools
-    tools = SlurmTools.from_wire(spec.get("contact", {}).get("slurm_tools"))
+    tools = SlurmTools.from_wire(spec["contact"].get("slurm_tools"))
     try:
         return subprocess.run([*tools.argv(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=60, env=spec["env"], cwd="/")
@@ -568,13 +570,11 @@ def _slurm_command(spec: dict[str, Any], tool: str,
         return None
 
 
-def _slurm_queue(jobs: list[dict[str, Any]]) -> set[str] | None:
-    """The ids (123, 123_4) of the user's jobs in the queue of `jobs`' Slurm that have not
-    ended there; None if Slurm cannot say."""
+def _slurm_queue(spec: dict[str, Any]) -> set[str] | None:
+    """The ids (123, 123_4) of the user's jobs in the queue of the Slurm `spec`'s job went
+    to that have not ended there; None if Slurm cannot say."""
     from qrun.homenode.slurmwatch import ENDED
-    from qrun.homenode.userdirs import user_name
-    done = _slurm_command({"env": jobs[0]["env"], "contact": jobs[0]["contact"] or {}}, "squeue",
-                          ["-h", "-r", "-o", "%i %T", "-u", user_name()])
+    done = _slurm_command(spec, "squeue", ["-h", "-r", "-o", "%i %T", "-u", user_name()])
     if done is None or done.returncode != 0:
         return None
     known = set()

@@ -303,27 +303,15 @@ class Store:
         then where the job's shepherd listens for its stub (merged into what is there)."""
         with self._write() as db:
             row = db.execute("SELECT contact FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            try:
-                old = json.loads(row["contact"]) if row is not None and row["contact"] else {}
-            except ValueError:
-                old = {}
-            db.execute("UPDATE jobs SET contact = ? WHERE id = ?",
-                       (json.dumps({**(old if isinstance(old, dict) else {}), **contact}), job_id))
+            old = _contact(row["contact"]) if row is not None else {}
+            db.execute("UPDATE jobs SET contact = ? WHERE id = ?", (json.dumps({**old, **contact}), job_id))
 
     def at_slurm(self) -> list[dict[str, Any]]:
-        """Unfinished jobs sbatch has queued: their Slurm ids, stub keys, whether a shepherd
-        serves them yet, where (contact), and the environment Slurm's commands need."""
-        rows = self._query("SELECT id, slurm_id, client_key, contact, pid, env, array_job, array_index "
-                           "FROM jobs WHERE handoff = 1 AND client_key != '' AND state IN (?, ?)",
-                           (PENDING, RUNNING))
-        try:
-            return [{"id": r["id"], "slurm_id": r["slurm_id"], "client_key": r["client_key"],
-                     "contact": json.loads(r["contact"]) if r["contact"] else None,
-                     "served": r["pid"] is not None,
-                     "env": {str(k): str(v) for k, v in json.loads(r["env"]).items()},
-                     "array_job": r["array_job"], "array_index": r["array_index"]} for r in rows]
-        except (ValueError, AttributeError) as exc:
-            raise StoreError(f"a damaged record in {self.path}: {exc}") from None
+        """Unfinished jobs sbatch is queueing or has queued: their ids, Slurm ids ("" while
+        sbatch runs) and whether a shepherd serves them yet."""
+        rows = self._query("SELECT id, slurm_id, pid FROM jobs WHERE handoff = 1 AND client_key != '' "
+                           "AND state IN (?, ?)", (PENDING, RUNNING))
+        return [{"id": r["id"], "slurm_id": r["slurm_id"], "served": r["pid"] is not None} for r in rows]
 
     def stub_keys(self, ended_within: float) -> frozenset[bytes]:
         """The keys of the stubs sbatch may start: those of unfinished jobs Slurm queues, and
@@ -400,11 +388,7 @@ class Store:
         out["submit_dir"], out["config"] = row["submit_dir"], row["config"]
         out["handoff"], out["client_key"] = bool(row["handoff"]), row["client_key"]
         out["array_limit"] = row["array_limit"]
-        try:
-            contact = json.loads(row["contact"]) if row["contact"] else {}
-        except ValueError:
-            contact = {}
-        out["contact"] = contact if isinstance(contact, dict) else {}
+        out["contact"] = _contact(row["contact"])
         return out
 
     def served(self) -> list[tuple[int, int, str]]:
@@ -449,6 +433,16 @@ def _statements(script: str) -> list[str]:
             out.append(current)
             current = ""
     return out
+
+
+def _contact(text: str) -> dict[str, Any]:
+    """A record's contact (a JSON object); {} for none, or for one damaged by hand (the
+    job is then as unreachable as one that never had it)."""
+    try:
+        contact = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return contact if isinstance(contact, dict) else {}
 
 
 def _record(row: sqlite3.Row) -> dict[str, Any]:

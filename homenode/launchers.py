@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -343,7 +344,6 @@ def sbatch_script(stub: list[str], bootstrap: dict[str, object]) -> str:
     stdin (a quoted here-document: nothing in it is expanded). The stub then asks the
     daemon at home which home server serves its job (and, for an array, which task it is:
     SLURM_ARRAY_TASK_ID), and exits with the job's status, which Slurm's afterok reads."""
-    import json
     line = json.dumps(bootstrap)
     assert BOOTSTRAP_END not in line and "\n" not in line
     return f"#!/bin/sh\nexec {shlex.join(stub)} <<'{BOOTSTRAP_END}'\n{line}\n{BOOTSTRAP_END}\n"

@@ -170,10 +170,9 @@ class HomeServer:
     def serve(self, launcher: subprocess.Popen[bytes], describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
               waiting_for: str = "", cancel: list[str] | None = None,
-              hooks: JobHooks | None = None, launch_kind: str = "", last_words: float = 2.0) -> Outcome:
+              hooks: JobHooks | None = None, launch_kind: str = "") -> Outcome:
         """Run the job to its end (see ServeLoop)."""
-        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, hooks, launch_kind,
-                         last_words=last_words).run()
+        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, hooks, launch_kind).run()
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""

@@ -47,7 +47,6 @@ class ServeLoop:
     hooks: JobHooks | None = None
     launch_kind: str = ""
     started: float = field(default_factory=time.monotonic)
-    last_words: float = 2.0   # seconds the launcher gets to pass on what the stub says last
 
     def __post_init__(self) -> None:
         self.kill_at: float | None = None
@@ -108,7 +107,7 @@ class ServeLoop:
                 self.away_since = None
             outcome = srv.receive(self.started)
             if outcome is not None:
-                self._last_words(stderr, self.last_words)
+                self._last_words(stderr)
                 return outcome
         child_exited = sig_r in events and self._signals(os.read(sig_r, 64), now)
         self._deputies(events, child_exited)

@@ -3,8 +3,8 @@ it runs the job exactly as interactive `qrun` would, from the options recorded a
 submission, in the submission's directory, environment and umask, with the job's output
 files as its stdout and stderr, and records in the job store where the job runs and how
 it ended. For a job Slurm queued (sbatch), it is started once the job's stub has phoned
-the daemon, and serves that stub. A SIGTERM (a cancel) goes on to the job, and SIGKILL to all its processes
-TERM_GRACE seconds later.
+the daemon, and serves that stub. A SIGTERM (a cancel) goes on to the job, and SIGKILL to
+all its processes TERM_GRACE seconds later.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from qrun.homenode.daemon import TERM_GRACE
 from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.jobrecord import JobRecord
 from qrun.homenode.jobstore import Store, StoreError
-from qrun.homenode.launchers import Launch
 
 
 def shepherd(store: Store, job_id: int) -> int:
@@ -46,13 +45,14 @@ def shepherd(store: Store, job_id: int) -> int:
         return exc.code
 
 
-def _claimed(store: Store, job_id: int, slurm_id: str, client_key: str) -> Callable[[Launch], Launch]:
+def _claimed(store: Store, job_id: int, slurm_id: str,
+             client_key: str) -> Callable[[launchers.Launch], launchers.Launch]:
     """A job Slurm queued and started: its stub, waiting at the daemon's rendezvous, is
     told (through the job's record) where this shepherd's home server listens."""
     def publish(endpoint: str, server_key: bytes, job: str) -> None:
         store.set_contact(job_id, {"endpoint": endpoint, "server_key": server_key.decode(), "job": job})
 
-    def relaunch(launch: Launch) -> Launch:
+    def relaunch(launch: launchers.Launch) -> launchers.Launch:
         return launchers.claimed(launch, slurm_id, client_key.encode(), publish)
     return relaunch
 
