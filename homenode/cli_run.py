@@ -7,19 +7,23 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qrun.homenode import config, exitcodes, launchers, terminal
 from qrun.homenode.cli_options import JobSettings
 from qrun.homenode.cli_report import fail, report
 from qrun.homenode.identity import snapshot
+from qrun.homenode.processes import alive, process_start
 from qrun.syscalls.paths import PathPolicy
 
 if TYPE_CHECKING:
     from qrun.homenode.jobhooks import JobHooks
     from qrun.homenode.server import HomeServer
     from qrun.homenode.server_outcome import Outcome
+    from qrun.homenode.servestate import Taken
 
 LAUNCHER_GRACE = 0.5   # seconds a launcher gets to exit by itself once the job has ended
 
@@ -59,9 +63,10 @@ def home_roots(opts: argparse.Namespace, cfg: config.ClusterConfig,
 
 def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
         verbose: bool, argv0: str, output: str | None = None, roots: list[str] | None = None,
-        trace_file: str | None = None, hooks: JobHooks | None = None) -> int:
+        trace_file: str | None = None, hooks: JobHooks | None = None, taken: Taken | None = None) -> int:
+    """Run the job to its end; with `taken`, serve on a job whose home server was killed."""
     ended: list[Outcome] = []
-    code = _run(job, launch, welcome, timeout, verbose, argv0, output, roots, trace_file, hooks, ended)
+    code = _run(job, launch, welcome, timeout, verbose, argv0, output, roots, trace_file, hooks, ended, taken)
     if hooks is not None:
         hooks.ended(ended[0] if ended else None, code)
     return code
@@ -69,7 +74,7 @@ def run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: fl
 
 def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
          verbose: bool, argv0: str, output: str | None, roots: list[str] | None,
-         trace_file: str | None, hooks: JobHooks | None, ended: list[Outcome]) -> int:
+         trace_file: str | None, hooks: JobHooks | None, ended: list[Outcome], taken: Taken | None) -> int:
     # The launcher starts first: the stub's interpreter starts up while the home server is
     # imported and set up, and waits for its bootstrap line on stdin.
     try:
@@ -78,21 +83,28 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
     except OSError as exc:
         return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
     from qrun.homenode.server_outcome import JobFailed  # (late, as the server: see above)
-    server = _server(job, launch, welcome, timeout, roots, output, trace_file)
+    server = _server(job, launch, welcome, timeout, roots, output, trace_file, hooks, taken)
     if isinstance(server, int):
         _stop(proc)
         return server
     try:
         assert proc.stdin is not None
         try:
-            if launch.publish is None:
+            if launch.publish is None and taken is None:
                 proc.stdin.write(server.bootstrap_line())
             proc.stdin.close()
         except BrokenPipeError:
             pass
+        if taken is not None:
+            for line in server.take_over(taken):
+                sys.stderr.write(f"qrun: {line}\n")
+        else:
+            server.succession.update(describe=launch.describe, kind=launch.kind, cleanup=launch.cleanup,
+                                     launcher=[proc.pid, process_start(proc.pid)], verbose=verbose,
+                                     argv0=argv0)
         if launch.publish is not None:   # (a stub Slurm started: it asks the daemon where we are)
             launch.publish(server.endpoint, server.keys.server_public, job)
-        if hooks is not None:
+        if hooks is not None and taken is None:
             hooks.placed(launch)   # (after the bootstrap line: the stub goes on meanwhile)
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
                                hooks, launch.kind)
@@ -114,14 +126,22 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
 
 
 def _server(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: float,
-            roots: list[str] | None, output: str | None, trace_file: str | None) -> HomeServer | int:
+            roots: list[str] | None, output: str | None, trace_file: str | None,
+            hooks: JobHooks | None, taken: Taken | None) -> HomeServer | int:
     """The job's home server, with its -o and --trace-file open; an exit code if not."""
     from qrun.homenode.server import HomeServer, Keys  # late: see run()
+    from qrun.homenode.servestate import ServeState
     keys = Keys.fresh()
-    if launch.client_key:   # (the key of a stub already started, given in its batch script)
+    if taken is not None:   # (the keys the stub knows)
+        k = taken.server["keys"]
+        keys = Keys(k["server_public"].encode(), k["server_secret"].encode(),
+                    k["client_public"].encode(), b"")
+    elif launch.client_key:   # (the key of a stub already started, given in its batch script)
         keys.client_public, keys.client_secret = launch.client_key, b""
+    state = ServeState(Path(hooks.serving)) if hooks is not None and hooks.serving else None
     try:
-        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [], keys=keys)
+        server = HomeServer(job, welcome, launch.bind, timeout=timeout, roots=roots or [], keys=keys,
+                            serve_state=state)
     except Exception as exc:  # zmq errors carry the reason (bad address, port in use)
         return fail(f"cannot listen on {launch.bind}: {exc}", exitcodes.LAUNCH)
     try:
@@ -136,6 +156,18 @@ def _server(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout
         server.close()
         return fail(f"--trace-file {trace_file}: {exc.strerror}", exitcodes.USAGE)
     return server
+
+
+def take_over(taken: Taken, hooks: JobHooks) -> int:
+    """Serve on a batch job whose home server (shepherd) was killed, where the stub expects
+    it, with the keys it knows. The launcher is not ours: a watch of it (tail --pid) stands
+    in for it, so that its end means the stub's as it would have."""
+    srv = taken.server
+    pid, start = srv["launcher"]
+    watch = ["tail", f"--pid={pid}", "-f", "/dev/null"] if alive(pid, start) else ["true"]
+    launch = launchers.Launch(watch, srv["endpoint"], srv["describe"], srv["cleanup"], kind=srv["kind"])
+    return run(srv["job"], launch, srv["welcome"], srv["timeout"], srv["verbose"], srv["argv0"],
+               roots=srv["roots"], hooks=hooks, taken=taken)
 
 
 def _umask() -> int:

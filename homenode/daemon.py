@@ -30,11 +30,12 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from qrun.homenode import config
+from qrun.homenode import config, servestate
 from qrun.homenode.jobstore import (
     CANCELLED,
     FAILED,
@@ -46,7 +47,7 @@ from qrun.homenode.jobstore import (
     StoreError,
     expand,
 )
-from qrun.homenode.processes import alive
+from qrun.homenode.processes import alive, process_start
 from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
 from qrun.homenode.userdirs import state_dir, user_name
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 IDLE_EXIT = 600.0       # seconds with no job that could run before an on-demand daemon exits
 TERM_GRACE = 10.0       # seconds between a cancel's SIGTERM and SIGKILL to the job's processes
 SHEPHERD_GRACE = 30.0   # further seconds before a shepherd that does not end is killed itself
+MAX_TAKEOVERS = 5       # times a job's shepherd may die and be replaced (a crash, not a habit)
 MAX_LINE = 1 << 16      # longest request line
 REQUEST_TIME = 2.0      # seconds a client has to send its whole request
 TICK = 1.0
@@ -172,6 +174,7 @@ class Daemon:
     rendezvous: Rendezvous | None = None
     missing: dict[int, int] = field(default_factory=dict)   # job -> looks in a row Slurm did not know it
     slurm_looked: float = 0.0
+    starts: dict[int, str] = field(default_factory=dict)   # shepherd pid -> its process start
 
     def serve(self, listener: socket.socket) -> None:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -242,7 +245,9 @@ class Daemon:
         for job_id, pid, start in self.store.served():
             if alive(pid, start):
                 self.adopted[job_id] = (pid, start)
-        self.store.settle()
+            else:
+                self._take_over(job_id, (pid, start))
+        self.store.settle(daemon=True)
 
     def schedule(self) -> list[dict[str, Any]]:
         """Start the waiting jobs whose dependencies are met, oldest first, while the
@@ -317,29 +322,43 @@ class Daemon:
         try:
             out_path = os.path.join(base, expand(spec["out_path"], spec))
             err_path = os.path.join(base, expand(spec["err_path"], spec)) if spec["err_path"] else out_path
-            self.store.set_paths(job_id, out_path, err_path)
-            out = _open_output(out_path, spec["umask"])
-            err = out if err_path == out_path else _open_output(err_path, spec["umask"])
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             self.store.ended(job_id, "FAILED", None, reason=f"cannot open its output file: {exc}")
             return False
-        try:
-            proc = subprocess.Popen([sys.executable, "-P", "-m", "qrun.homenode.shepherd", str(job_id)],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=spec["env"],
-                                    cwd=base, close_fds=True, start_new_session=True)
-        except OSError as exc:
-            self.store.ended(job_id, "FAILED", None, reason=f"cannot start its shepherd: {exc.strerror}")
+        self.store.set_paths(job_id, out_path, err_path)
+        proc = self._shepherd(job_id, spec, out_path, err_path)
+        if proc is None:
             return False
-        finally:
-            out.close()
-            if err is not out:
-                err.close()
         if self.store.handed(job_id, proc.pid):
             self.children[proc.pid] = (job_id, proc)
+            self.starts[proc.pid] = process_start(proc.pid)
             return True
         proc.kill()   # (cancelled meanwhile, or handed by another daemon)
         proc.wait()
         return False
+
+    def _shepherd(self, job_id: int, spec: dict[str, Any], out_path: str, err_path: str,
+                  extra: Sequence[str] = ()) -> subprocess.Popen[bytes] | None:
+        """Start the job's shepherd, its output files as its stdout and stderr; None (the
+        job recorded FAILED) if it cannot be."""
+        try:
+            out = _open_output(out_path, spec["umask"])
+            err = out if err_path == out_path else _open_output(err_path, spec["umask"])
+        except OSError as exc:
+            self.store.ended(job_id, "FAILED", None, reason=f"cannot open its output file: {exc}")
+            return None
+        try:
+            argv = [sys.executable, "-P", "-m", "qrun.homenode.shepherd", str(job_id), *extra]
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=spec["env"],
+                                    cwd=spec["submit_dir"] or spec["cwd"], close_fds=True,
+                                    start_new_session=True)
+        except OSError as exc:
+            self.store.ended(job_id, "FAILED", None, reason=f"cannot start its shepherd: {exc.strerror}")
+            return None
+        finally:
+            out.close()
+            if err is not out:
+                err.close()
 
     def _reap(self) -> None:
         for pid, (ids, helper) in list(self.handing.items()):
@@ -353,13 +372,42 @@ class Daemon:
         for pid, (job_id, proc) in list(self.children.items()):
             if proc.poll() is not None:
                 del self.children[pid]
-                self.cancels.pop(job_id, None)
-                self.store.settle([job_id])
+                self._gone(job_id, (pid, self.starts.pop(pid, "")))
         for job_id, (pid, start) in list(self.adopted.items()):
             if not alive(pid, start):
                 del self.adopted[job_id]
-                self.cancels.pop(job_id, None)
-                self.store.settle([job_id])
+                self._gone(job_id, (pid, start))
+
+    def _gone(self, job_id: int, shepherd: tuple[int, str]) -> None:
+        """A shepherd has exited: its job ended, or a successor serves it on."""
+        self.cancels.pop(job_id, None)
+        if not self._take_over(job_id, shepherd):
+            self.store.settle([job_id], daemon=True)
+
+    def _take_over(self, job_id: int, shepherd: tuple[int, str]) -> bool:
+        """A running job whose shepherd was killed (an end it would have recorded): a new
+        shepherd serves it on from what the old one left, unless it was cancelled or has
+        been taken over MAX_TAKEOVERS times already."""
+        rec = self.store.get(job_id)
+        taken = servestate.take(servestate.serving_dir(self.store.path.parent, job_id))
+        if rec is None or rec["state"] != RUNNING or rec["cancelled"] is not None or taken is None:
+            return False
+        if int(taken.server.get("takeovers", 0)) >= MAX_TAKEOVERS:
+            log(f"job {job_id}: its shepherd died again after {MAX_TAKEOVERS} takeovers; not taken over")
+            return False
+        spec = self.store.spec(job_id)
+        assert spec is not None
+        proc = self._shepherd(job_id, spec, rec["out_path"], rec["err_path"], ["--take-over"])
+        if proc is None:
+            return False
+        if not self.store.taken_over(job_id, shepherd, proc.pid):
+            proc.kill()
+            proc.wait()
+            return False
+        log(f"job {job_id}: shepherd {shepherd[0]} died; {proc.pid} serves on")
+        self.children[proc.pid] = (job_id, proc)
+        self.starts[proc.pid] = process_start(proc.pid)
+        return True
 
     def cancel(self, job_id: int) -> str:
         rec = self.store.get(job_id)

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from qrun.homenode.resolve import Local, Resolved, Resolver
 from qrun.homenode.schema import BadRequest, for_syscall
@@ -36,29 +36,63 @@ class Handle:
 
 
 class Handles:
-    """Home fds held for the job, named by small integers on the wire."""
+    """Home fds held for the job, named by small integers on the wire. A batch job's server
+    tells `journal` (servestate.ServeState) of each, so that a successor can open them
+    again; a handle it could not open again is `lost`: calls on it fail with ESTALE."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: HandleJournal | None = None) -> None:
         self._by_id: dict[int, Handle] = {}
         self._next = 1
+        self.journal = journal
+        self.lost: set[int] = set()
 
     def add(self, fd: int, path: bytes) -> int:
         h = self._next
         self._next += 1
         self._by_id[h] = Handle(fd, path)
+        if self.journal is not None:
+            self.journal.opened(h, fd, path)
         return h
+
+    def restore(self, h: int, fd: int | None, path: bytes) -> None:
+        """A handle a predecessor held, opened again (None: it could not be)."""
+        if fd is None:
+            self.lost.add(h)
+        else:
+            self._by_id[h] = Handle(fd, path)
+        self.numbered_from(h + 1)
+
+    def numbered_from(self, n: int) -> None:
+        """New handles get numbers from `n` on (a predecessor's have gone before)."""
+        self._next = max(self._next, n)
 
     def fd(self, h: object) -> int:
         if not isinstance(h, int) or isinstance(h, bool) or h not in self._by_id:
+            if h in self.lost:
+                raise OSError(errno.ESTALE, "lost when the home server was restarted")
             raise OSError(errno.EBADF, "unknown handle")
         return self._by_id[h].fd
 
     def path(self, h: int) -> bytes:
         return self._by_id[h].path
 
+    def moved(self, h: object) -> None:
+        """A call moved the handle's file position (a directory read): recorded for a successor."""
+        if self.journal is not None and isinstance(h, int) and h in self._by_id:
+            self.journal.positioned(h, os.lseek(self._by_id[h].fd, 0, os.SEEK_CUR))
+
+    def locked(self, h: int, how: list[Any]) -> None:
+        """A lock the job took or let go of through the handle (["flock", op] or
+        ["fcntl", cmd, struct flock]): recorded for a successor, which takes it again."""
+        if self.journal is not None and h in self._by_id:
+            self.journal.locked(h, how)
+
     def close(self, h: object) -> None:
         if isinstance(h, int) and h in self._by_id:
             os.close(self._by_id.pop(h).fd)
+            if self.journal is not None:
+                self.journal.closed(h)
+        self.lost.discard(h)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -66,6 +100,13 @@ class Handles:
     def close_all(self) -> None:
         for h in list(self._by_id):
             self.close(h)
+
+
+class HandleJournal(Protocol):
+    def opened(self, h: int, fd: int, path: bytes) -> None: ...
+    def closed(self, h: int) -> None: ...
+    def positioned(self, h: int, pos: int) -> None: ...
+    def locked(self, h: int, how: list[Any]) -> None: ...
 
 
 Tracker = Callable[[int | None, bytes, bool], None]
@@ -106,7 +147,10 @@ def execute(sc: Syscall, args: list[Any], handles: Handles, resolver: Resolver,
     check_args(sc.name, _CHECKS[sc.name], args)
     resolved: list[Resolved] = []
     try:
-        return _execute(sc, args, handles, resolver, resolved, track)
+        reply = _execute(sc, args, handles, resolver, resolved, track)
+        if sc.seeks and reply[0] >= 0:
+            handles.moved(args[0])
+        return reply
     finally:
         for r in resolved:
             r.close()

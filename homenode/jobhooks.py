@@ -26,3 +26,5 @@ class JobHooks:
     batch: bool = False
     term_grace: float | None = None
     relaunch: Callable[[Launch], Launch] | None = None
+    # A batch job's: where its home server leaves what a successor needs (servestate.py).
+    serving: str = ""

@@ -265,15 +265,20 @@ class Store:
                 (state, code, sig, reason[:500], time.time(), *values, job_id, *sorted(FINAL)))
             return cur.rowcount == 1
 
-    def settle(self, job_ids: Sequence[int] | None = None) -> None:
+    def settle(self, job_ids: Sequence[int] | None = None, daemon: bool = False) -> None:
         """Unfinished jobs (those of `job_ids`, else all) whose serving process on this
         machine is gone without recording an end: a cancelled one counts as CANCELLED, any
         other as FAILED (the shepherd or the interactive qrun was killed). The record
-        changes only if that process still is the one recorded."""
-        rows = self._query("SELECT id, pid, pid_start, cancelled, batch FROM jobs WHERE pid IS NOT NULL "
-                           "AND pid_host = ? AND state IN (?, ?)", (socket.gethostname(), PENDING, RUNNING))
+        changes only if that process still is the one recorded. A running batch job whose
+        shepherd left what a successor needs is left to the daemon while one runs (it
+        starts that successor); the daemon itself passes `daemon`."""
+        rows = self._query("SELECT id, pid, pid_start, cancelled, batch, state FROM jobs WHERE pid IS NOT "
+                           "NULL AND pid_host = ? AND state IN (?, ?)",
+                           (socket.gethostname(), PENDING, RUNNING))
         for r in rows:
             if (job_ids is not None and r["id"] not in job_ids) or alive(r["pid"], r["pid_start"]):
+                continue
+            if not daemon and r["batch"] and r["state"] == RUNNING and self._successor_may_come(r["id"]):
                 continue
             if r["cancelled"] is not None:
                 state, reason = CANCELLED, "cancelled"
@@ -284,6 +289,18 @@ class Store:
                 db.execute(f"UPDATE jobs SET state = ?, reason = ?, ended = ? WHERE id = ? AND pid = ? AND "
                            f"pid_start = ? AND state NOT IN ({_FINAL_MARKS})",
                            (state, reason, time.time(), r["id"], r["pid"], r["pid_start"], *sorted(FINAL)))
+
+    def _successor_may_come(self, job_id: int) -> bool:
+        return (self.path.parent / "serving" / str(job_id) / "server.json").exists() and \
+            flock_held(self.path.parent / "daemon.lock")
+
+    def taken_over(self, job_id: int, old: tuple[int, str], pid: int) -> bool:
+        """A running job's new shepherd, process `pid`, serving on after `old` (pid, start)
+        died; False if the record no longer names `old` (settled, taken over meanwhile)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE jobs SET pid = ?, pid_start = ? WHERE id = ? AND pid = ? AND "
+                             "pid_start = ? AND state = ?", (pid, process_start(pid), job_id, *old, RUNNING))
+            return cur.rowcount == 1
 
     # ---- jobs Slurm queues (handoff) ------------------------------------------------------
     def set_client_key(self, job_ids: Sequence[int], key: str) -> None:
@@ -422,6 +439,19 @@ class Store:
     def running_tasks(self, array_job: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
                                "state IN (?, ?)", (array_job, PENDING, RUNNING))[0][0])
+
+
+def flock_held(path: Path) -> bool:
+    """Whether some process holds a flock on `path` (the daemon's lock: a daemon runs),
+    from /proc/locks: trying the lock would get in the way of a daemon starting."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            table = f.read()
+    except OSError:
+        return False
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(line.split()[1:2] == ["FLOCK"] and dev in line.split() for line in table.splitlines())
 
 
 def _statements(script: str) -> list[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import zmq
-from qrun.homenode import schema
+from qrun.homenode import schema, servestate
 from qrun.homenode.deputies import Deputies
 from qrun.homenode.executor import BadRequest, Handles, Tracker
 from qrun.homenode.jobhooks import JobHooks
@@ -33,6 +33,7 @@ from qrun.homenode.server_loop import ServeLoop
 from qrun.homenode.server_ops import HomeOps, Reply
 from qrun.homenode.server_outcome import JobFailed, Outcome, exit_status, exit_usage
 from qrun.homenode.server_stdio import OutputRelay, StdinRelay
+from qrun.homenode.servestate import ServeState
 from qrun.homenode.terminal import RawMode
 from qrun.homenode.terminal import size as terminal_size
 from qrun.homenode.zap import KeyGate
@@ -85,7 +86,10 @@ class HomeServer:
     timeout: float = 30.0
     keys: Keys = field(default_factory=Keys.fresh)
     roots: list[str] = field(default_factory=list)   # --home-root: all the job may reach
-
+    # A batch job's: what a successor needs if this server is killed (servestate.py), and
+    # what it needs beyond this server's own settings (the launcher, how to report).
+    serve_state: ServeState | None = None
+    succession: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ctx = zmq.Context()
@@ -119,7 +123,7 @@ class HomeServer:
             self.sock.setsockopt(getattr(zmq, name), value)
         self.sock.bind(self.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.handles = Handles()
+        self.handles = Handles(self.serve_state)
         self.resolver = Resolver(PathPolicy.from_wire(self.welcome["policy"]), self.roots)
         self.deputies = Deputies()
         # (drawn only on a terminal, and not when the job has its own pty)
@@ -147,6 +151,10 @@ class HomeServer:
         self.refused = 0   # calls the home roots did not allow
         self.raw: RawMode | None = None   # qrun's terminal, with --pty
         self.trace_fd: int | None = None  # --trace-file: where the stub's trace lines go
+        # After a takeover: the predecessor's last journaled request (see _take_request),
+        # and whether the stub's cache must still be told to forget everything.
+        self.took_over: tuple[int, bool, list[bytes]] | None = None
+        self.forget_all = False
 
     @property
     def tee(self) -> BinaryIO | None:
@@ -210,6 +218,8 @@ class HomeServer:
         if self.refused > 1:
             sys.stderr.write(f"qrun: {self.refused} calls in all were refused (outside the home roots)\n")
         self.handles.close_all()
+        if self.serve_state is not None:   # (served to the end: no successor needs it)
+            self.serve_state.close(remove=True)
         self.resolver.close()
         self.deputies.close_all()
         self.answers.close()
@@ -236,6 +246,11 @@ class HomeServer:
         job, _, role = ident.decode(errors="replace").partition(":")
         if job != self.job:
             return None
+        if self.forget_all:   # (the first word from the stub since this server took the job over)
+            self.forget_all = False
+            self.answers.drops += 1
+            self.sock.send_multipart([f"{self.job}:rpc".encode(),
+                                      wire.encode("drop", c=[], all=True, n=self.answers.drops)])
         try:
             msg = wire.decode_frames(payload, data)
         except wire.ProtocolError as exc:
@@ -266,11 +281,13 @@ class HomeServer:
             return
         self.output.write(2 if msg["fd"] == 2 else 1, msg["d"])
         self.out_seen = n
+        if self.serve_state is not None:   # (before home acknowledges it: a successor goes on from here)
+            self.serve_state.output(n, _sizes())
 
     def _ping(self, ident: bytes, msg: dict[str, Any]) -> None:
         self.control.acked(msg.get("ack"))
         if self.control.ident is None:
-            self.control.attach(ident)
+            self.control.attach(ident, msg.get("ack"))
             self.stdin.close_if_unusable()
         self._send(ident, "pong", out=self.out_seen)
 
@@ -293,6 +310,12 @@ class HomeServer:
             raise JobFailed(text, 123)
         self.hello = msg
         self._send(ident, "welcome", **self.welcome)
+        if self.serve_state is not None:
+            self.serve_state.start({"job": self.job, "endpoint": self.endpoint, "welcome": self.welcome,
+                                    "hello": msg, "roots": self.roots, "timeout": self.timeout,
+                                    "keys": {k: getattr(self.keys, k).decode() for k in
+                                             ("server_public", "server_secret", "client_public")},
+                                    **self.succession})
 
     def _request(self, ident: bytes, msg: dict[str, Any]) -> None:
         """Exactly once: the stub numbers its requests 1, 2, ... and has at most
@@ -304,12 +327,17 @@ class HomeServer:
         if cached is not None:
             self.sock.send_multipart([ident, *cached], copy=False)  # a resend: never run twice
             return
+        if self.took_over is not None and self._take_request(ident, seq):
+            return
         if self.last_seq + 1 < seq <= self.last_seq + wire.REPLY_WINDOW:
             return  # (ahead of a lost request: running it now would break the order)
         if seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return
         self.rpc_ident = ident
+        journaled = self.serve_state is not None and servestate.journaled(msg["op"])
+        if journaled:
+            self.serve_state.running(seq)  # type: ignore[union-attr]
         track, tracked = self.answers.tracker(seq)
         r, e, o = self._answer(msg, track)
         # What changed while the call ran is dropped before its reply leaves, and the
@@ -325,9 +353,70 @@ class HomeServer:
             if isinstance(held, int):
                 self.handle_answers.setdefault(held, []).append(seq)
         reply = self._reply_frames(msg["op"], seq, r, e, o)
+        if journaled:
+            self.serve_state.replied(seq, reply)  # type: ignore[union-attr]
         self.last_seq, self.replies[seq] = seq, reply
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
+
+    def take_over(self, taken: servestate.Taken) -> list[str]:
+        """Serve on a job whose home server was killed, from what it left (`taken`): its
+        handles opened again, output and requests numbered on from where it left off, the
+        stub's kept answers forgotten (nothing here watched their paths meanwhile). Returns
+        what could not be carried over, one line each."""
+        assert self.serve_state is not None
+        takeovers = int(taken.server.get("takeovers", 0)) + 1
+        lines = [f"the job's home server was killed; a new one serves the job on (takeover {takeovers})"]
+        for h, entry in taken.handles.items():
+            try:
+                fd = servestate.reopen(entry)
+            except OSError as exc:
+                lines.append(f"{os.fsdecode(entry.path)} cannot be opened again ({exc.strerror}): "
+                             f"the job's calls on it fail with ESTALE")
+                self.handles.restore(h, None, entry.path)
+                continue
+            trouble = servestate.relock(fd, entry)
+            if trouble:
+                lines.append(f"{os.fsdecode(entry.path)}: {trouble}")
+            self.handles.restore(h, fd, entry.path)
+        self.handles.numbered_from(taken.next_handle)
+        self.hello = taken.server["hello"]
+        self.out_seen = self._out_acked = taken.out_seen
+        for fd, size in zip((1, 2), taken.sizes, strict=True):
+            _cut(fd, size)   # (output written after the last chunk counted comes again)
+        self.took_over = taken.journal or (0, True, [])
+        self.control.n = None
+        self.succession["takeovers"] = taken.server["takeovers"] = takeovers
+        self.answers.drops = takeovers << 40   # (beyond any drop a predecessor numbered)
+        self.forget_all = True
+        self.serve_state.start(taken.server, taken)
+        return lines
+
+    def _take_request(self, ident: bytes, seq: int) -> bool:
+        """The stub's first request to a server that took its job over. The predecessor's
+        last journaled request is answered with its reply (or, if it was killed while that
+        ran, EIO: whether it took effect cannot be known, and it must not run twice); an
+        older one is refused; from any newer one, numbering goes on. True if answered."""
+        assert self.took_over is not None
+        last, replied, frames = self.took_over
+        if seq > last:
+            self.took_over, self.last_seq = None, seq - 1
+            return False
+        if seq < last:
+            self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
+            return True
+        self.took_over = None
+        old = wire.decode_frames(frames[0], [memoryview(f) for f in frames[1:]]) if replied else None
+        if old is None or old["t"] != "rep":
+            sys.stderr.write("qrun: the job's home server was killed while it ran a call for the job; "
+                             "whether it took effect is not known, and the call failed with EIO\n")
+            r, e, o = -1, "EIO", {"why": "the home server was restarted while this call ran"}
+        else:
+            r, e, o = old["r"], old["e"], {k: v for k, v in old["o"].items() if k != "c"}
+        reply = wire.encode_frames("rep", None, seq=seq, r=r, e=e, o=o, dn=self.answers.drops)  # (no fetch)
+        self.last_seq, self.replies[seq] = seq, reply
+        self.sock.send_multipart([ident, *reply], copy=False)
+        return True
 
     def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> wire.Frames:
         """A reply's frames. A fetch's data travels as a frame of its own after the map,
@@ -394,6 +483,21 @@ class HomeServer:
     # ---- operations -------------------------------------------------------------------
     def dispatch(self, op: str, a: list[Any], track: Tracker | None = None) -> Reply:
         return self.ops.dispatch(op, a, track)
+
+
+def _sizes() -> tuple[int, int]:
+    """The sizes of a batch job's output files (this process's stdout and stderr)."""
+    return os.fstat(1).st_size, os.fstat(2).st_size
+
+
+def _cut(fd: int, size: int) -> None:
+    """Cut output file `fd` back to `size` (what was written of it beyond is written again)."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size > size:
+            os.ftruncate(fd, size)
+    except OSError:
+        pass
 
 
 def held_file(op: str, a: list[Any]) -> int | None:

@@ -20,10 +20,16 @@ class ControlChannel:
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
         self.ident: bytes | None = None                  # the stub's control connection, once pinged
-        self.n = 0                                       # control messages sent so far
+        # Control messages sent so far; None for a server that took a job over, until the
+        # stub's first ping says how many it has had (then numbering goes on from there).
+        self.n: int | None = 0
         self.unacked: dict[int, list[Any]] = {}          # n -> [frame, last sent]
+        self.held: list[tuple[str, dict[str, Any]]] = []  # sent before the numbering was known
 
     def send(self, kind: str, **fields: Any) -> None:
+        if self.n is None:
+            self.held.append((kind, fields))
+            return
         self.n += 1
         frame = wire.encode(kind, n=self.n, **fields)
         self.unacked[self.n] = [frame, time.monotonic()]
@@ -43,9 +49,16 @@ class ControlChannel:
             for n in [n for n in self.unacked if n <= ack]:
                 del self.unacked[n]
 
-    def attach(self, ident: bytes) -> None:
-        """The stub's first ping names its control connection: what waited goes out now."""
+    def attach(self, ident: bytes, ack: object) -> None:
+        """The stub's first ping names its control connection (and, after a takeover, says
+        how many control messages it has had): what waited goes out now."""
         self.ident = ident
+        if self.n is None:
+            self.n = ack if isinstance(ack, int) and not isinstance(ack, bool) and ack >= 0 else 0
+            for kind, fields in self.held:
+                self.send(kind, **fields)
+            self.held = []
+            return
         for frame, _ in self.unacked.values():
             self.sock.send_multipart([ident, frame])
 

@@ -173,6 +173,7 @@ class HomeOps:
         if not isinstance(op, int) or op & ~(fcntl.LOCK_SH | fcntl.LOCK_EX | fcntl.LOCK_UN) != fcntl.LOCK_NB:
             raise BadRequest("flock: malformed operation")
         fcntl.flock(fd, op)
+        self.handles.locked(handle, ["flock", op])
         return 0, None, {}
 
     def op_fcntl_lock(self, handle: int, cmd: int, lock: bytes) -> Reply:
@@ -184,6 +185,8 @@ class HomeOps:
             out = fcntl.fcntl(fd, cmd, lock)  # fills a copy of the struct (F_GETLK)
         except OSError as exc:
             return -1, errno.errorcode.get(exc.errno or 0, "EIO"), {}
+        if cmd in (abi.F_SETLK, abi.F_OFD_SETLK):
+            self.handles.locked(handle, ["fcntl", cmd, lock])
         return 0, None, {"2": out}
 
 

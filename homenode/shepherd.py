@@ -3,7 +3,8 @@ it runs the job exactly as interactive `qrun` would, from the options recorded a
 submission, in the submission's directory, environment and umask, with the job's output
 files as its stdout and stderr, and records in the job store where the job runs and how
 it ended. For a job Slurm queued (sbatch), it is started once the job's stub has phoned
-the daemon, and serves that stub. A SIGTERM (a cancel) goes on to the job, and SIGKILL to
+the daemon, and serves that stub. With --take-over, it serves on a running job whose
+shepherd was killed (servestate.py). A SIGTERM (a cancel) goes on to the job, and SIGKILL to
 all its processes TERM_GRACE seconds later.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from qrun.homenode import exitcodes, launchers
+from qrun.homenode import exitcodes, launchers, servestate
 from qrun.homenode.cli_options import parser
 from qrun.homenode.daemon import TERM_GRACE
 from qrun.homenode.jobhooks import JobHooks
@@ -21,12 +24,15 @@ from qrun.homenode.jobrecord import JobRecord
 from qrun.homenode.jobstore import Store, StoreError
 
 
-def shepherd(store: Store, job_id: int) -> int:
+def shepherd(store: Store, job_id: int, take_over: bool = False) -> int:
     from qrun.homenode import cli  # (late: it imports most of qrun)
     spec = store.spec(job_id)
     if spec is None:
         sys.stderr.write(f"qrun: no job {job_id} in {store.path}\n")
         return exitcodes.USAGE
+    serving = servestate.serving_dir(store.path.parent, job_id)
+    if take_over:
+        return _take_over(store, job_id, spec, serving)
     os.umask(spec["umask"])
     os.environ["QRUN_JOB_ID"] = str(job_id)
     if spec["array_job"] is not None:
@@ -34,7 +40,7 @@ def shepherd(store: Store, job_id: int) -> int:
         os.environ["QRUN_ARRAY_TASK_ID"] = str(spec["array_index"])
     opts = parser(batch=True).parse_args(spec["options"])
     record = JobRecord(store, job_id, requeue=spec["requeue"], attempt=spec["attempts"])
-    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE)
+    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE, serving=str(serving))
     if spec["slurm_id"]:
         hooks.relaunch = _claimed(store, job_id, spec["slurm_id"], spec["client_key"])
     try:
@@ -43,6 +49,20 @@ def shepherd(store: Store, job_id: int) -> int:
         cli.fail(str(exc), exc.code)
         record.ended(None, exc.code, str(exc))
         return exc.code
+
+
+def _take_over(store: Store, job_id: int, spec: dict[str, Any], serving: Path) -> int:
+    """Serve on a running job whose shepherd was killed, from what it left in `serving`."""
+    from qrun.homenode import cli_run  # (late, as cli)
+    taken = servestate.take(serving)
+    record = JobRecord(store, job_id, requeue=spec["requeue"], attempt=spec["attempts"])
+    if taken is None:
+        reason = "its home server (shepherd) died, and left nothing a successor could serve the job from"
+        sys.stderr.write(f"qrun: {reason}\n")
+        record.ended(None, exitcodes.LOST, reason)
+        return exitcodes.LOST
+    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE, serving=str(serving))
+    return cli_run.take_over(taken, hooks)
 
 
 def _claimed(store: Store, job_id: int, slurm_id: str,
@@ -60,12 +80,15 @@ def _claimed(store: Store, job_id: int, slurm_id: str,
 def main() -> int:
     try:
         job_id = int(sys.argv[1])
+        take_over = sys.argv[2:] == ["--take-over"]
+        if sys.argv[2:] and not take_over:
+            raise ValueError
     except (IndexError, ValueError):
-        sys.stderr.write("usage: python -m qrun.homenode.shepherd JOB_ID\n")
+        sys.stderr.write("usage: python -m qrun.homenode.shepherd JOB_ID [--take-over]\n")
         return exitcodes.USAGE
     try:
         store = Store()
-        return shepherd(store, job_id)
+        return shepherd(store, job_id, take_over)
     except StoreError as exc:
         sys.stderr.write(f"qrun: {exc}\n")
         return exitcodes.USAGE

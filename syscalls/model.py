@@ -180,6 +180,9 @@ class Syscall:
     # (stat, access, readlink, and their ENOENT): the stub keeps the answer until home says
     # one of those entries changed (homenode/watches.py).
     cached: bool = False
+    # Fd calls that move a home handle's file position (a directory read): a home server
+    # that takes a job over after its predecessor was killed puts the position back.
+    seeks: bool = False
 
     @property
     def copy_local(self) -> bool:

@@ -64,13 +64,13 @@ def P(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
 
 def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
       note: str = "", level: Level = FULL, tags: frozenset[str] = DESC,
-      copy: str = "home", updates: str = "") -> None:
+      copy: str = "home", updates: str = "", seeks: bool = False) -> None:
     """Fd call: forwarded when its fd is a home file. `copy`: what it does on the fd of a
-    local copy (model.ON_COPY); by default it is asked of home."""
+    local copy (model.ON_COPY); by default it is asked of home. `seeks`: see Syscall.seeks."""
     assert copy in ON_COPY, f"{name}: unknown copy= {copy!r}"
     TABLE.append(Syscall(name, x, a, args, Route.BY_FD, tags,
                          note=note, level=level, on_copy=copy, local_fd_native=True,
-                         updates_copies=updates))
+                         updates_copies=updates, seeks=seeks))
 
 
 def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802

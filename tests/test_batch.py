@@ -4,6 +4,7 @@ developer runs these; the cluster test at the end needs the namespace hosts (roo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -237,6 +238,105 @@ def test_the_daemon_can_die_and_come_back_while_jobs_run(batch: Batch) -> None:
     db = Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "jobs.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+TAKEN_OVER_JOB = """
+import errno, fcntl, os, time
+def wait_for(name):
+    while not os.path.exists(name):
+        time.sleep(0.05)
+def steps(first, last):
+    for i in range(first, last):
+        os.mkdir(f"d{i}")
+        os.rename(f"d{i}", f"e{i}")
+        with open(f"x{i}", "x") as f:
+            f.write(str(i))
+        log.write(f"{i}\\n")
+        log.flush()
+        print("line", i, flush=True)
+entries = os.scandir("big")
+seen = [next(entries).name for _ in range(100)]
+held = open("held.txt", "w")
+fcntl.flock(held, fcntl.LOCK_EX)
+doomed = open("doomed.txt", "r+")
+log = open("log.txt", "a")
+steps(0, 100)
+print("ready", flush=True)
+wait_for("go")
+steps(100, 200)
+print("again", flush=True)
+wait_for("go2")
+steps(200, 300)
+seen += [e.name for e in entries]
+print("entries", len(seen), len(set(seen)))
+doomed.write("more")
+try:
+    doomed.close()
+except OSError as exc:
+    print("doomed:", errno.errorcode[exc.errno])
+"""
+
+
+def test_a_killed_shepherd_is_succeeded_and_the_job_goes_on(batch: Batch) -> None:
+    """The job's home server (its shepherd) is SIGKILLed twice while the job holds a
+    directory half read, a flock and open files: each time the daemon starts a successor
+    that serves on where the stub expects it. Every call ran once (mkdir, rename, O_EXCL,
+    O_APPEND), every output line came once, the lock stayed the job's, and a file deleted
+    while no server held it fails only the calls on it, with one line in the job's log."""
+    (batch.work / "big").mkdir()
+    for i in range(3000):
+        (batch.work / "big" / f"f{i}").touch()
+    (batch.work / "doomed.txt").write_text("x")
+    (batch.work / "job.py").write_text(TAKEN_OVER_JOB)
+    job = batch.submit(*LOCAL, "--", "python3", "job.py")
+    out = batch.work / f"qrun-{job}.out"
+    log = Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "daemon.log"
+
+    def shepherd() -> int:
+        with sqlite3.connect(Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "jobs.db") as conn:
+            return int(conn.execute("SELECT pid FROM jobs WHERE id = ?", (int(job),)).fetchone()[0])
+
+    def said(text: str) -> bool:
+        return out.exists() and text in out.read_text()
+
+    wait_until("the job's first steps", lambda: said("ready\n"), why=batch.diagnosis)
+    daemon = batch.daemon_pid()
+    assert daemon is not None
+    first = shepherd()
+    os.kill(daemon, signal.SIGSTOP)   # (so that the file goes while no server holds it)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert _gone(first)
+        (batch.work / "doomed.txt").unlink()
+        assert batch.record(job)["state"] == "RUNNING"   # (a reader leaves it to the daemon)
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    wait_until("a successor", lambda: said("(takeover 1)"), why=batch.diagnosis)
+    with open(batch.work / "held.txt", "a") as f:   # the job's flock was taken again
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (batch.work / "go").touch()
+    wait_until("the job's next steps", lambda: said("again\n"), why=batch.diagnosis)
+    second = shepherd()
+    assert second != first
+    os.kill(second, signal.SIGKILL)
+    wait_until("a second successor", lambda: said("(takeover 2)"), why=batch.diagnosis)
+    assert log.read_text().count("serves on") == 2
+    (batch.work / "go2").touch()
+    assert batch.qrun("wait", job).returncode == 0, batch.diagnosis()
+    lines = out.read_text().splitlines()
+    assert [x for x in lines if x.startswith("line ")] == [f"line {i}" for i in range(300)]
+    assert "entries 3000 3000" in lines and "doomed: ESTALE" in lines
+    notes = [x for x in lines if x.startswith("qrun: ")]
+    assert any("takeover 1" in x for x in notes) and any("takeover 2" in x for x in notes), lines
+    assert any("doomed.txt cannot be opened again" in x for x in notes), lines
+    assert (batch.work / "log.txt").read_text() == "".join(f"{i}\n" for i in range(300))
+    assert sorted(p.name for p in batch.work.glob("e*")) == sorted(f"e{i}" for i in range(300))
+    assert not list(batch.work.glob("d[0-9]*"))
+    assert all((batch.work / f"x{i}").read_text() == str(i) for i in range(300))
+    rec = batch.record(job)
+    assert (rec["state"], rec["exit_code"], rec["attempts"]) == ("DONE", 0, 1)
+    assert not (Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "serving" / job).exists()
 
 
 def test_interactive_jobs_are_recorded_too(batch: Batch) -> None:

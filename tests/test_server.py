@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.utils.z85
+from qrun.homenode import servestate
 from qrun.homenode.server import HomeServer, JobFailed, Keys
 from qrun.remote.channel import Rpc
 from qrun.syscalls import structs, wire
@@ -445,3 +446,104 @@ def test_answers_about_a_held_file_are_dropped_when_it_changes_and_forgotten_whe
     assert rep is not None and rep["e"] is None and h not in server.handle_answers
     os.chmod(f, 0o644)
     assert 3 not in dropped()
+
+
+def _hello(srv: HomeServer, c: zmq.Socket) -> None:
+    rep = exchange(srv, c, wire.encode("hello", job="job1", arch="x86_64", digest=wire.table_digest(),
+                                       version=wire.PROTOCOL_VERSION, host="h", pid=1))
+    assert rep is not None and rep["t"] == "welcome"
+
+
+def _killed(srv: HomeServer) -> servestate.Taken:
+    """What `srv` leaves when it is killed: its state stays, its socket goes."""
+    assert srv.serve_state is not None
+    srv.serve_state.close(remove=False)
+    srv.serve_state = None
+    srv.close()
+    taken = servestate.take(servestate.serving_dir(Path(srv.succession["records"]), 1))
+    assert taken is not None
+    return taken
+
+
+def _successor(taken: servestate.Taken, directory: Path) -> HomeServer:
+    k = taken.server["keys"]
+    keys = Keys(k["server_public"].encode(), k["server_secret"].encode(), k["client_public"].encode(), b"")
+    srv = HomeServer("job1", taken.server["welcome"], taken.server["endpoint"], keys=keys,
+                     serve_state=servestate.ServeState(directory), succession={"records": str(directory.parent.parent)})
+    srv.take_over(taken)
+    return srv
+
+
+def test_a_successor_answers_its_predecessors_last_call_and_never_runs_it_again(tmp_path: Path) -> None:
+    """A server killed after a call ran: its successor answers the stub's resend from the
+    journal. One killed while a call ran: the resend fails with EIO (it may have taken
+    effect). Older requests are refused, newer ones run, numbering goes on, and the stub
+    is told to forget every kept answer before anything else."""
+    records = tmp_path / "records"
+    directory = servestate.serving_dir(records, 1)
+    srv = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0", serve_state=servestate.ServeState(directory),
+                     succession={"records": str(records)})
+    keys = srv.keys
+    c = client(srv)
+    _hello(srv, c)
+    made = os.fsencode(tmp_path / "made")
+    assert exchange(srv, c, req(1, "mkdir", [made, 0o755]))["r"] == 0  # type: ignore[index]
+    c.close()
+    srv = _successor(_killed(srv), directory)
+    c = client(srv, keys)
+    again = exchange(srv, c, req(1, "mkdir", [made, 0o755]))
+    assert again is not None and (again["r"], again["e"]) == (0, None)   # run twice: EEXIST
+    assert exchange(srv, c, req(2, "mkdir", [made, 0o755]))["e"] == "EEXIST"  # type: ignore[index]
+    srv.serve_state.running(3)  # type: ignore[union-attr]  # (killed while call 3 ran)
+    c.close()
+    srv = _successor(_killed(srv), directory)
+    c = client(srv, keys)
+    c.send(req(2, "mkdir", [made, 0o755]))
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        if srv.sock.poll(20):
+            srv.receive(time.monotonic())
+        if c.poll(10):
+            got.append(wire.decode(c.recv()))
+    assert len(got) == 2, got
+    drop, old = got
+    assert drop["t"] == "drop" and drop["all"] and drop["n"] > 1 << 40
+    assert old["t"] == "rep" and old["e"] == "EINVAL" and "sequence" in old["o"]["why"]
+    unknown = exchange(srv, c, req(3, "rmdir", [made]))
+    assert unknown is not None and unknown["e"] == "EIO" and os.path.isdir(made)
+    gone = exchange(srv, c, req(4, "rmdir", [made]))
+    assert gone is not None and gone["r"] == 0 and not os.path.exists(made)
+    srv.close()
+    assert not directory.exists()   # (served to the end: nothing is left for a successor)
+
+
+def test_the_serve_state_keeps_open_handles_positions_and_locks(tmp_path: Path) -> None:
+    state = servestate.ServeState(tmp_path / "s")
+    state.start({"job": "j"})
+    files = [os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)]
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(name)
+        files.append(os.open(tmp_path / name, os.O_RDWR))
+    for h, fd in enumerate(files, 1):
+        state.opened(h, fd, os.fsencode(f"/proc/self/fd/{fd}") if h == 1 else os.fsencode(tmp_path / "ab"[h - 2]))
+    state.positioned(1, 7)
+    state.closed(2)
+    whole = structs.layout(servestate.ARCH, "flock").pack(type=1, whence=0, start=0, len=0, pid=0)
+    part = structs.layout(servestate.ARCH, "flock").pack(type=1, whence=0, start=5, len=1, pid=0)
+    state.locked(3, ["flock", 2])
+    state.locked(3, ["fcntl", 37, part])
+    unlock = structs.layout(servestate.ARCH, "flock").pack(type=2, whence=0, start=0, len=0, pid=0)
+    state.locked(3, ["fcntl", 37, whole])
+    state.locked(3, ["fcntl", 37, unlock])   # (unlocks the whole file: what came before goes)
+    state.locked(3, ["fcntl", 37, part])
+    state.output(12, (100, 40))
+    state.close(remove=False)
+    taken = servestate.take(tmp_path / "s")
+    assert taken is not None
+    assert sorted(taken.handles) == [1, 3] and taken.next_handle == 4
+    assert taken.handles[1].pos == 7
+    assert taken.handles[3].locks == [["flock", 2], ["fcntl", 37, part]]
+    assert (taken.out_seen, taken.sizes) == (12, (100, 40))
+    for fd in files:
+        os.close(fd)
