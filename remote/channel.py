@@ -60,6 +60,26 @@ class Credentials:
     lease: float = 0.0    # how long to keep asking while home does not answer
 
 
+def held_ipc(endpoint: str) -> str:
+    """A home socket's endpoint as reached through a descriptor of its directory (kept
+    open for the stub's life): whatever is mounted over the path later (the sandbox's
+    private /tmp) then does not cut the stub off when it connects again, after a drop or
+    to a home server that took the job over. Other endpoints are returned as they are."""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    directory, _, name = path.rpartition("/")
+    if not directory.startswith("/") or not name:
+        return endpoint
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return endpoint
+    held = f"/proc/self/fd/{fd}/{name}"
+    if not os.path.exists(held) or len(held.encode()) >= 108:   # (no /proc; sun_path's limit)
+        os.close(fd)
+        return endpoint
+    return "ipc://" + held
+
+
 def connect(ctx: zmq.Context, cred: Credentials, role: str) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     if cred.encrypted:

@@ -23,7 +23,7 @@ import zmq
 from qrun.native import ffi, lib
 from qrun.remote import statedir
 from qrun.remote.cachespace import CacheSpace
-from qrun.remote.channel import Credentials, HomeLost, Rpc, claim, connect, try_send
+from qrun.remote.channel import Credentials, HomeLost, Rpc, claim, connect, held_ipc, try_send
 from qrun.remote.fds import FdSpace
 from qrun.remote.job import Job
 from qrun.remote.spawn import spawn, start_failure
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         from_slurm = cred.rendezvous
         if from_slurm:
             cred = claim(ctx, cred, eprint)
+        cred.endpoint = held_ipc(cred.endpoint)
         rpc = Rpc(connect(ctx, cred, "rpc"), timeout=30.0)
         welcome = handshake(rpc, cred, timeout=30.0)
         # Slurm's afterok and sacct read a batch script's status: it is the job's.
