@@ -12,7 +12,6 @@ and Slurm's administrators (`scontrol write batch_script`).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from qrun.homenode import config, exitcodes, hostlist, launchers
 from qrun.homenode.cli_options import job_settings, parser
 from qrun.homenode.cli_where import where_to_run
 from qrun.homenode.daemon import DaemonError, request
-from qrun.homenode.jobstore import FAILED, Store, StoreError
+from qrun.homenode.jobstore import FAILED, Store, helper_main
 from qrun.homenode.placement import PlacementError
 from qrun.homenode.queueing import index_ranges, slurm_dependency
 
@@ -95,30 +94,35 @@ def hand_off(store: Store, ids: list[int]) -> int:
         sys.stderr.write(f"qrun: job {specs[0]['id']}: {exc}\n")
         return exitcodes.SCHEDULER
     tools: list[str] = launch.slurm_tools.to_wire() if launch.slurm_tools else []
+    late: list[str] = []
     for s in specs:
         sid = f"{slurm}_{s['array_index']}" if s["array_job"] is not None else slurm
         store.set_contact(s["id"], {"slurm_tools": tools})   # (for the daemon's squeue and scancel)
-        store.queued_at_slurm(s["id"], sid, launch.name, f"waiting for Slurm to start it (squeue -j {sid})")
+        why = f"waiting for Slurm to start it (squeue -j {sid})"
+        if not store.queued_at_slurm(s["id"], sid, launch.name, why):
+            late.append(sid)
+    if late:   # (cancelled while sbatch ran: Slurm must not start them)
+        _scancel(launch, late)
     return 0
 
 
-def main() -> int:
+def _scancel(launch: launchers.Launch, slurm_ids: list[str]) -> None:
+    argv = [*(launch.slurm_tools or launchers.SlurmTools()).argv("scancel"), *slurm_ids]
     try:
-        ids = [int(a) for a in sys.argv[1:]]
-    except ValueError:
-        ids = []
-    if not ids:
-        sys.stderr.write("usage: python -m qrun.homenode.handoff JOB_ID...\n")
-        return exitcodes.USAGE
-    try:
-        return hand_off(Store(), ids)
-    except StoreError as exc:
-        sys.stderr.write(f"qrun: {exc}\n")
-        return exitcodes.USAGE
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                              cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        sys.stderr.write(f"qrun: cannot cancel Slurm jobs {' '.join(slurm_ids)}, cancelled here: {exc}\n")
+        return
+    if done.returncode != 0:
+        sys.stderr.write(f"qrun: scancel {' '.join(slurm_ids)} failed: {done.stderr.strip()[-300:]}\n")
+
+
+def _run(store: Store, args: list[str]) -> int | None:
+    if not args or not all(a.isdigit() for a in args):
+        return None
+    return hand_off(store, [int(a) for a in args])
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    helper_main("python -m qrun.homenode.handoff JOB_ID...", _run)

@@ -15,13 +15,15 @@ import os
 import re
 import socket
 import sqlite3
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from qrun.homenode.exitcodes import USAGE as USAGE_STATUS
 from qrun.homenode.processes import alive, process_start
 from qrun.homenode.userdirs import state_dir, user_name
 
@@ -310,10 +312,14 @@ class Store:
             db.executemany("UPDATE jobs SET client_key = ? WHERE id = ? AND state = ? AND pid IS NULL",
                            [(key, i, PENDING) for i in job_ids])
 
-    def queued_at_slurm(self, job_id: int, slurm_id: str, launch_name: str, reason: str) -> None:
+    def queued_at_slurm(self, job_id: int, slurm_id: str, launch_name: str, reason: str) -> bool:
+        """sbatch queued the job as `slurm_id`; False if it is no longer pending (cancelled
+        while sbatch ran)."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET slurm_id = ?, launcher = 'slurm', launch_name = ?, reason = ? "
-                       "WHERE id = ? AND state = ?", (slurm_id, launch_name, reason[:500], job_id, PENDING))
+            cur = db.execute("UPDATE jobs SET slurm_id = ?, launcher = 'slurm', launch_name = ?, reason = ? "
+                             "WHERE id = ? AND state = ?",
+                             (slurm_id, launch_name, reason[:500], job_id, PENDING))
+            return cur.rowcount == 1
 
     def set_contact(self, job_id: int, contact: dict[str, Any]) -> None:
         """What the daemon needs to reach the job at Slurm: where Slurm's commands are, and
@@ -439,6 +445,24 @@ class Store:
     def running_tasks(self, array_job: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
                                "state IN (?, ?)", (array_job, PENDING, RUNNING))[0][0])
+
+
+def helper_main(usage: str, run: Callable[[Store, list[str]], int | None]) -> NoReturn:
+    """The entry point of a helper the daemon starts (`python -m qrun.homenode.NAME ARGS`):
+    `run` gets the records and the arguments, and returns the exit status, or None for
+    arguments it does not take (then `usage` is said). Exits without the interpreter's
+    teardown, once what the helper wrote is flushed."""
+    try:
+        code = run(Store(), sys.argv[1:])
+    except StoreError as exc:
+        sys.stderr.write(f"qrun: {exc}\n")
+        code = USAGE_STATUS
+    if code is None:
+        sys.stderr.write(f"usage: {usage}\n")
+        code = USAGE_STATUS
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def flock_held(path: Path) -> bool:

@@ -21,7 +21,7 @@ from qrun.homenode.cli_options import parser
 from qrun.homenode.daemon import TERM_GRACE
 from qrun.homenode.jobhooks import JobHooks
 from qrun.homenode.jobrecord import JobRecord
-from qrun.homenode.jobstore import Store, StoreError
+from qrun.homenode.jobstore import Store, helper_main
 
 
 def shepherd(store: Store, job_id: int, take_over: bool = False) -> int:
@@ -77,25 +77,11 @@ def _claimed(store: Store, job_id: int, slurm_id: str,
     return relaunch
 
 
-def main() -> int:
-    try:
-        job_id = int(sys.argv[1])
-        take_over = sys.argv[2:] == ["--take-over"]
-        if sys.argv[2:] and not take_over:
-            raise ValueError
-    except (IndexError, ValueError):
-        sys.stderr.write("usage: python -m qrun.homenode.shepherd JOB_ID [--take-over]\n")
-        return exitcodes.USAGE
-    try:
-        store = Store()
-        return shepherd(store, job_id, take_over)
-    except StoreError as exc:
-        sys.stderr.write(f"qrun: {exc}\n")
-        return exitcodes.USAGE
+def _run(store: Store, args: list[str]) -> int | None:
+    if not args or not args[0].isdigit() or args[1:] not in ([], ["--take-over"]):
+        return None
+    return shepherd(store, int(args[0]), take_over=args[1:] == ["--take-over"])
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    helper_main("python -m qrun.homenode.shepherd JOB_ID [--take-over]", _run)

@@ -507,6 +507,46 @@ def test_on_slurm_sbatch_owns_the_queue(qrun_cmd: list[str], slurm_cluster: obje
         b.stop()
 
 
+def test_a_job_cancelled_while_sbatch_queues_it_leaves_nothing_in_slurm(qrun_cmd: list[str], slurm_cluster: object,
+                                                                        cluster_hosts: Any, tmp_path: Path) -> None:
+    """A cancel that comes while the daemon's helper waits for sbatch (slow here: a wrapper
+    sleeps first): the helper finds the job cancelled when sbatch answers, and scancels what
+    sbatch queued, which Slurm was holding (the cluster is full)."""
+    import shutil
+    b = Batch(qrun_cmd, tmp_path)
+    b.env.update(slurm_cluster.env)  # type: ignore[attr-defined]
+    tools = tmp_path / "slurm-bin"
+    tools.mkdir()
+    for tool in ("srun", "squeue", "scancel"):
+        (tools / tool).symlink_to(shutil.which(tool, path=b.env["PATH"]) or tool)
+    (tools / "sbatch").write_text(f'#!/bin/sh\nsleep 4\nexec {shutil.which("sbatch", path=b.env["PATH"])} "$@"\n')
+    (tools / "sbatch").chmod(0o755)
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'home_addr = "{cluster_hosts[0].home_ip}"\nsrun_command = "{tools}/srun"\n')
+
+    def queue() -> list[str]:
+        r = subprocess.run(["squeue", "-h", "-o", "%j"], env=b.env, capture_output=True, text=True, timeout=30)
+        return [ln for ln in r.stdout.split() if ln.startswith("qrun-")]
+
+    holder = subprocess.run(["sbatch", "--parsable", "-N3", "--exclusive", "-J", "holder", "-o", "/dev/null",
+                             "--wrap", "sleep 300"], env=b.env, capture_output=True, text=True, timeout=30, cwd="/")
+    assert holder.returncode == 0, holder.stderr
+    try:
+        assert not queue()
+        job = b.submit("--config", str(conf), "--launcher", "slurm", "-D", "/", "--", "true")
+        wait_until("the helper to run sbatch", lambda: subprocess.run(
+            ["pgrep", "-f", f"qrun.homenode.handoff {job}"], capture_output=True).returncode == 0, within=30)
+        assert b.qrun("cancel", job).returncode == 0
+        assert b.record(job)["state"] == "CANCELLED"
+        wait_until("the helper to end", lambda: subprocess.run(
+            ["pgrep", "-f", f"qrun.homenode.handoff {job}"], capture_output=True).returncode != 0, within=30)
+        wait_until("Slurm's queue to hold no job of qrun's", lambda: not queue(), within=30, why=queue)
+        assert b.record(job)["slurm_id"] == ""
+    finally:
+        subprocess.run(["scancel", holder.stdout.strip().split(";")[0]], env=b.env, capture_output=True, timeout=30)
+        b.stop()
+
+
 def test_a_requeued_job_whose_host_is_lost_starts_again(batch: Batch, tmp_path: Path) -> None:
     """--requeue: the first attempt's stub is killed mid-job (its host lost, status 124);
     the job is started again from the beginning and its record counts two attempts."""
