@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from conftest import skip_or_fail
 from hosts import HostCluster
 from qrun.homenode import config
 from qrun.homenode.placement import Ledger, choose, views_for
@@ -76,6 +77,43 @@ def test_transparent_job_over_ssh(qrun_cmd: list[str], ssh_cluster: object, clus
     assert r.stdout.splitlines() == ["home file", os.uname().nodename]
     assert (work / "output").read_text() == "written\n"
     assert "qrun: host=h2 status=0" in r.stderr
+
+
+def test_a_job_over_ssh_outlives_a_partition_longer_than_its_timeout(
+        qrun_cmd: list[str], ssh_cluster: object, cluster_hosts: HostCluster, tmp_path: Path,
+        env: dict[str, str]) -> None:
+    """All traffic between h2 and home dropped for 12 s (iptables, in h2) with --timeout 3,
+    while a job started over ssh writes home: whatever becomes of the ssh connection, the
+    stub lives on through the job's lease, reconnects, and the job's files and output are
+    whole."""
+    h = cluster_hosts[1]
+    if not h.iptables_available():
+        skip_or_fail("iptables is not installed")
+    conf = write_config(tmp_path / "c.toml", cluster_hosts, ssh_cluster.ssh_config)  # type: ignore[attr-defined]
+    work = tmp_path / "work"
+    work.mkdir()
+    job = "for i in $(seq 1 60); do echo $i >> log; echo line $i; sleep 0.2; done"
+    proc = subprocess.Popen(qrun_cmd + ["--config", str(conf), "--transparent", "-w", "h2", "--timeout", "3",
+                                        "--lease", "120", "--", "/bin/sh", "-c", job],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (work / "log").exists() or len((work / "log").read_text().split()) < 5:
+            assert time.monotonic() < deadline, "the job did not get going"
+            time.sleep(0.1)
+        h.block_home()
+        time.sleep(12)
+        h.unblock_home()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        h.unblock_home()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "".join(f"line {i}\n" for i in range(1, 61))
+    assert (work / "log").read_text() == "".join(f"{i}\n" for i in range(1, 61))
+    assert "lost contact" in err and "is back" in err, err
 
 
 def test_plain_job_over_ssh(qrun_cmd: list[str], ssh_cluster: object, cluster_hosts: HostCluster,
