@@ -390,8 +390,8 @@ class Daemon:
         been taken over MAX_TAKEOVERS times already."""
         rec = self.store.get(job_id)
         taken = servestate.take(servestate.serving_dir(self.store.path.parent, job_id))
-        if rec is None or rec["state"] != RUNNING or rec["cancelled"] is not None or taken is None:
-            return False
+        if rec is None or rec["state"] != RUNNING or taken is None:
+            return False   # (a cancelled one is taken over too: its successor passes the cancel on)
         if int(taken.server.get("takeovers", 0)) >= MAX_TAKEOVERS:
             log(f"job {job_id}: its shepherd died again after {MAX_TAKEOVERS} takeovers; not taken over")
             return False
@@ -424,6 +424,10 @@ class Daemon:
                     _slurm_command(spec, "scancel", [rec["slurm_id"]])
                 self.store.ended(job_id, CANCELLED, None, reason="cancelled before it started")
                 return "cancelled"
+            if rec["batch"] and rec["state"] == RUNNING and (
+                    servestate.serving_dir(self.store.path.parent, job_id) / "server.json").exists():
+                self.store.cancel_asked(job_id)   # (its shepherd died: the successor passes it on)
+                return "cancelling"
             return "not served by this daemon (an interactive job: signal its qrun)"
         self.store.cancel_asked(job_id)
         try:

@@ -28,3 +28,6 @@ class JobHooks:
     relaunch: Callable[[Launch], Launch] | None = None
     # A batch job's: where its home server leaves what a successor needs (servestate.py).
     serving: str = ""
+    # A cancel asked for while no home server served the job (between a shepherd's death
+    # and its successor): the successor passes it on as soon as it serves.
+    cancelled: bool = False

@@ -62,6 +62,8 @@ class ServeLoop:
     def run(self) -> Outcome:
         stderr = LauncherStderr(self.launcher.stderr, self.server.trace_fd, self.server.progress.clear)
         with self._session() as sig_r:
+            if self.hooks is not None and self.hooks.cancelled:
+                os.kill(os.getpid(), signal.SIGTERM)   # (handled as the daemon's cancel would be)
             while True:
                 outcome = self._turn(sig_r, stderr)
                 if outcome is not None:

@@ -61,7 +61,8 @@ def _take_over(store: Store, job_id: int, spec: dict[str, Any], serving: Path) -
         sys.stderr.write(f"qrun: {reason}\n")
         record.ended(None, exitcodes.LOST, reason)
         return exitcodes.LOST
-    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE, serving=str(serving))
+    hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE, serving=str(serving),
+                     cancelled=spec["cancelled"] is not None)
     return cli_run.take_over(taken, hooks)
 
 

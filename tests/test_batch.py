@@ -339,6 +339,33 @@ def test_a_killed_shepherd_is_succeeded_and_the_job_goes_on(batch: Batch) -> Non
     assert not (Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "serving" / job).exists()
 
 
+def test_a_cancel_while_no_shepherd_serves_the_job_reaches_it(batch: Batch) -> None:
+    """The shepherd killed, and a cancel sent while the daemon is stopped: whichever the
+    daemon handles first (the cancel or the shepherd's end), the successor passes the
+    cancel on, and nothing of the job is left."""
+    seconds = str(300_000 + os.getpid() % 50_000)
+    job = batch.submit(*LOCAL, "--", "sleep", seconds)
+    wait_until("the job to run", lambda: _left({seconds}) != [] and batch.record(job)["state"] == "RUNNING")
+    daemon = batch.daemon_pid()
+    assert daemon is not None
+    with sqlite3.connect(Path(batch.env["XDG_STATE_HOME"]) / "qrun" / "jobs.db") as conn:
+        shepherd = int(conn.execute("SELECT pid FROM jobs WHERE id = ?", (int(job),)).fetchone()[0])
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        os.kill(shepherd, signal.SIGKILL)
+        assert _gone(shepherd)
+        cancel = subprocess.Popen(batch.qrun_cmd + ["cancel", job], env=batch.env, cwd=batch.work,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)   # (its request waits in the daemon's socket)
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    out, err = cancel.communicate(timeout=30)
+    assert cancel.returncode == 0, err
+    assert batch.qrun("wait", job).returncode == 143, batch.diagnosis()
+    assert batch.record(job)["state"] == "CANCELLED"
+    wait_until("no process left", lambda: not _left({seconds}), within=30)
+
+
 def test_interactive_jobs_are_recorded_too(batch: Batch) -> None:
     r = batch.qrun(*LOCAL, "--", "sh", "-c", "exit 5")
     assert r.returncode == 5
