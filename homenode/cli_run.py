@@ -163,6 +163,17 @@ def take_over(taken: Taken, hooks: JobHooks) -> int:
     it, with the keys it knows. The launcher is not ours: a watch of it (tail --pid) stands
     in for it, so that its end means the stub's as it would have."""
     srv = taken.server
+    if taken.ended is not None:   # (killed once the stub had reported the job's end)
+        from qrun.homenode.server_outcome import Outcome, exit_status, exit_usage
+        from qrun.homenode.servestate import ServeState
+        e = taken.ended
+        outcome = Outcome(exit_status(e["status"]), exit_usage(e["usage"]), str(e["host"])[:255], 0.0)
+        code = report(outcome, srv["verbose"], srv["argv0"])
+        hooks.ended(outcome, code)
+        ServeState(Path(hooks.serving)).close(remove=True)
+        for d in srv["cleanup"]:
+            _rmtree(d)
+        return code
     pid, start = srv["launcher"]
     watch = ["tail", f"--pid={pid}", "-f", "/dev/null"] if alive(pid, start) else ["true"]
     launch = launchers.Launch(watch, srv["endpoint"], srv["describe"], srv["cleanup"], kind=srv["kind"])

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -175,6 +176,7 @@ class Daemon:
     missing: dict[int, int] = field(default_factory=dict)   # job -> looks in a row Slurm did not know it
     slurm_looked: float = 0.0
     starts: dict[int, str] = field(default_factory=dict)   # shepherd pid -> its process start
+    takeovers: dict[int, int] = field(default_factory=dict)   # job -> successors started by this daemon
 
     def serve(self, listener: socket.socket) -> None:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -246,7 +248,7 @@ class Daemon:
             if alive(pid, start):
                 self.adopted[job_id] = (pid, start)
             else:
-                self._take_over(job_id, (pid, start))
+                self._gone(job_id, (pid, start))
         self.store.settle(daemon=True)
 
     def schedule(self) -> list[dict[str, Any]]:
@@ -381,8 +383,18 @@ class Daemon:
     def _gone(self, job_id: int, shepherd: tuple[int, str]) -> None:
         """A shepherd has exited: its job ended, or a successor serves it on."""
         self.cancels.pop(job_id, None)
-        if not self._take_over(job_id, shepherd):
+        try:
+            taken_over = self._take_over(job_id, shepherd)
+        except Exception as exc:   # (damaged state: the job is settled instead)
+            log(f"job {job_id}: cannot be taken over: {type(exc).__name__}: {exc}")
+            taken_over = False
+        if not taken_over:
+            self._no_successor(job_id)
             self.store.settle([job_id], daemon=True)
+
+    def _no_successor(self, job_id: int) -> None:
+        """What a job's shepherd left for a successor goes (it holds the job's keys)."""
+        shutil.rmtree(servestate.serving_dir(self.store.path.parent, job_id), ignore_errors=True)
 
     def _take_over(self, job_id: int, shepherd: tuple[int, str]) -> bool:
         """A running job whose shepherd was killed (an end it would have recorded): a new
@@ -392,7 +404,8 @@ class Daemon:
         taken = servestate.take(servestate.serving_dir(self.store.path.parent, job_id))
         if rec is None or rec["state"] != RUNNING or taken is None:
             return False   # (a cancelled one is taken over too: its successor passes the cancel on)
-        if int(taken.server.get("takeovers", 0)) >= MAX_TAKEOVERS:
+        tries = self.takeovers[job_id] = self.takeovers.get(job_id, 0) + 1
+        if max(tries, int(taken.server["takeovers"]) + 1) > MAX_TAKEOVERS:
             log(f"job {job_id}: its shepherd died again after {MAX_TAKEOVERS} takeovers; not taken over")
             return False
         spec = self.store.spec(job_id)
@@ -452,6 +465,7 @@ class Daemon:
         for job_id, deadline in list(self.cancels.items()):
             pid = self._shepherd_of(job_id)
             if pid is not None and now > deadline:
+                self._no_successor(job_id)   # (killed by us: its job ends, no successor serves it on)
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -88,11 +88,12 @@ class Handles:
             self.journal.locked(h, how)
 
     def close(self, h: object) -> None:
-        if isinstance(h, int) and h in self._by_id:
-            os.close(self._by_id.pop(h).fd)
+        if isinstance(h, int) and (h in self._by_id or h in self.lost):
+            if h in self._by_id:
+                os.close(self._by_id.pop(h).fd)
+            self.lost.discard(h)
             if self.journal is not None:
                 self.journal.closed(h)
-        self.lost.discard(h)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._by_id)

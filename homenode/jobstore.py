@@ -474,8 +474,11 @@ def flock_held(path: Path) -> bool:
             table = f.read()
     except OSError:
         return False
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[1:2] == ["FLOCK"] and dev in line.split() for line in table.splitlines())
+    # (by inode alone: /proc/locks names the superblock's device, which on btrfs is not st_dev)
+    ino = f":{st.st_ino}"
+    return any(line.split()[1:2] == ["FLOCK"] and any(w.endswith(ino) and w.count(":") == 2
+                                                      for w in line.split())
+               for line in table.splitlines())
 
 
 def _statements(script: str) -> list[str]:

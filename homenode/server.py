@@ -45,6 +45,7 @@ from qrun.syscalls.table import BY_NAME
 __all__ = ["HomeServer", "JobFailed", "Keys", "Outcome", "exit_status", "exit_usage"]
 
 HANDSHAKE_MS = 5000
+FORGET_EVERY, FORGET_FOR = 0.25, 10.0   # seconds: the drop-all after a takeover (_forget_all)
 FD_RESERVE = 256       # fds kept free for the job's home files, whoever else connects
 
 
@@ -153,8 +154,11 @@ class HomeServer:
         self.trace_fd: int | None = None  # --trace-file: where the stub's trace lines go
         # After a takeover: the predecessor's last journaled request (see _take_request),
         # and whether the stub's cache must still be told to forget everything.
-        self.took_over: tuple[int, bool, list[bytes]] | None = None
+        self.redo: set[int] = set()   # requests a predecessor ran unjournaled, which may run again
+        # After a takeover: the stub's kept answers must go (see _forget_all).
         self.forget_all = False
+        self.forget_sent = 0.0
+        self.forget_until: float | None = None
 
     @property
     def tee(self) -> BinaryIO | None:
@@ -246,11 +250,8 @@ class HomeServer:
         job, _, role = ident.decode(errors="replace").partition(":")
         if job != self.job:
             return None
-        if self.forget_all:   # (the first word from the stub since this server took the job over)
-            self.forget_all = False
-            self.answers.drops += 1
-            self.sock.send_multipart([f"{self.job}:rpc".encode(),
-                                      wire.encode("drop", c=[], all=True, n=self.answers.drops)])
+        if self.forget_all:
+            self._forget_all(rpc_heard=role == "rpc")
         try:
             msg = wire.decode_frames(payload, data)
         except wire.ProtocolError as exc:
@@ -268,10 +269,31 @@ class HomeServer:
         elif kind == "state" and msg["stopped"]:
             self._stopped()
         elif kind == "exit":
+            if self.serve_state is not None:   # (a successor of a server killed now records it)
+                self.serve_state.ended({k: msg[k] for k in ("status", "usage", "host")})
             self._send(ident, "bye")
             return Outcome(exit_status(msg["status"]), exit_usage(msg["usage"]), msg["host"][:255],
                            time.monotonic() - started)
         return None
+
+    def _forget_all(self, rpc_heard: bool) -> None:
+        """Tell the stub to forget every kept answer (after a takeover: nothing here watched
+        their paths meanwhile). A message to a connection not back yet is lost unseen, and
+        a job answered from its cache may not ask home anything for long: so it is sent
+        again every FORGET_EVERY seconds for FORGET_FOR seconds after the stub is first
+        heard from, or until its rpc connection has spoken (then the drop went before any
+        reply on it)."""
+        now = time.monotonic()
+        if self.forget_until is None:
+            self.forget_until = now + FORGET_FOR
+        if rpc_heard or now > self.forget_until:
+            self.forget_all = False
+        elif now - self.forget_sent < FORGET_EVERY:
+            return
+        self.forget_sent = now
+        self.answers.drops += 1
+        self.sock.send_multipart([f"{self.job}:rpc".encode(),
+                                  wire.encode("drop", c=[], all=True, n=self.answers.drops)])
 
     def _output(self, msg: dict[str, Any]) -> None:
         """A chunk of the job's output: written once, in order. One sent again (after a
@@ -279,10 +301,13 @@ class HomeServer:
         n = msg.get("n")
         if not isinstance(n, int) or n != self.out_seen + 1:
             return
-        self.output.write(2 if msg["fd"] == 2 else 1, msg["d"])
+        fd = 2 if msg["fd"] == 2 else 1
+        if self.serve_state is not None:   # (a successor then knows whether it got there)
+            self.serve_state.writing(self.out_seen, fd, _size(fd), len(msg["d"]))
+        self.output.write(fd, msg["d"])
         self.out_seen = n
-        if self.serve_state is not None:   # (before home acknowledges it: a successor goes on from here)
-            self.serve_state.output(n, _sizes())
+        if self.serve_state is not None:   # (before home acknowledges it)
+            self.serve_state.written(n)
 
     def _ping(self, ident: bytes, msg: dict[str, Any]) -> None:
         self.control.acked(msg.get("ack"))
@@ -327,15 +352,19 @@ class HomeServer:
         if cached is not None:
             self.sock.send_multipart([ident, *cached], copy=False)  # a resend: never run twice
             return
-        if self.took_over is not None and self._take_request(ident, seq):
-            return
-        if self.last_seq + 1 < seq <= self.last_seq + wire.REPLY_WINDOW:
+        if seq in self.redo:
+            # (ran before a takeover, not journaled, its reply lost: a fetch or a cached
+            # call, which may run again)
+            self.redo.discard(seq)
+        elif self.last_seq + 1 < seq <= self.last_seq + wire.REPLY_WINDOW:
             return  # (ahead of a lost request: running it now would break the order)
-        if seq != self.last_seq + 1:
+        elif seq != self.last_seq + 1:
             self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
             return
         self.rpc_ident = ident
         journaled = self.serve_state is not None and servestate.journaled(msg["op"])
+        if self.serve_state is not None and seq > self.last_seq:
+            self.serve_state.began(seq)
         if journaled:
             self.serve_state.running(seq)  # type: ignore[union-attr]
         track, tracked = self.answers.tracker(seq)
@@ -355,7 +384,7 @@ class HomeServer:
         reply = self._reply_frames(msg["op"], seq, r, e, o)
         if journaled:
             self.serve_state.replied(seq, reply)  # type: ignore[union-attr]
-        self.last_seq, self.replies[seq] = seq, reply
+        self.last_seq, self.replies[seq] = max(self.last_seq, seq), reply
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
 
@@ -382,41 +411,35 @@ class HomeServer:
         self.handles.numbered_from(taken.next_handle)
         self.hello = taken.server["hello"]
         self.out_seen = self._out_acked = taken.out_seen
-        for fd, size in zip((1, 2), taken.sizes, strict=True):
-            _cut(fd, size)   # (output written after the last chunk counted comes again)
-        self.took_over = taken.journal or (0, True, [])
+        self.answers.drops = takeovers << 40   # (beyond any drop a predecessor numbered)
+        self._carry_requests(taken, lines)
         self.control.n = None
         self.succession["takeovers"] = taken.server["takeovers"] = takeovers
-        self.answers.drops = takeovers << 40   # (beyond any drop a predecessor numbered)
         self.forget_all = True
         self.serve_state.start(taken.server, taken)
         return lines
 
-    def _take_request(self, ident: bytes, seq: int) -> bool:
-        """The stub's first request to a server that took its job over. The predecessor's
-        last journaled request is answered with its reply (or, if it was killed while that
-        ran, EIO: whether it took effect cannot be known, and it must not run twice); an
-        older one is refused; from any newer one, numbering goes on. True if answered."""
-        assert self.took_over is not None
-        last, replied, frames = self.took_over
-        if seq > last:
-            self.took_over, self.last_seq = None, seq - 1
-            return False
-        if seq < last:
-            self._send(ident, "rep", seq=seq, r=-1, e="EINVAL", o={"why": "request out of sequence"})
-            return True
-        self.took_over = None
-        old = wire.decode_frames(frames[0], [memoryview(f) for f in frames[1:]]) if replied else None
-        if old is None or old["t"] != "rep":
-            sys.stderr.write("qrun: the job's home server was killed while it ran a call for the job; "
-                             "whether it took effect is not known, and the call failed with EIO\n")
-            r, e, o = -1, "EIO", {"why": "the home server was restarted while this call ran"}
-        else:
-            r, e, o = old["r"], old["e"], {k: v for k, v in old["o"].items() if k != "c"}
-        reply = wire.encode_frames("rep", None, seq=seq, r=r, e=e, o=o, dn=self.answers.drops)  # (no fetch)
-        self.last_seq, self.replies[seq] = seq, reply
-        self.sock.send_multipart([ident, *reply], copy=False)
-        return True
+    def _carry_requests(self, taken: servestate.Taken, lines: list[str]) -> None:
+        """Request numbering goes on from the predecessor's last. The journaled requests of
+        the window are answered with their replies (without their kept-answer marks: the
+        stub forgets those), one it was killed during with EIO (it may have taken effect:
+        it must not run twice); the others of the window ran unjournaled (they may run
+        again, should the stub ask)."""
+        self.last_seq = taken.last
+        window = range(max(1, taken.last - wire.REPLY_WINDOW + 1), taken.last + 1)
+        for seq in window:
+            entry = taken.journal.get(seq)
+            if entry is None:
+                self.redo.add(seq)
+                continue
+            old = _decoded(entry[1]) if entry[0] else None
+            if old is None:
+                lines.append("the job's home server was killed while it ran a call for the job; whether it "
+                             "took effect is not known, and the call failed with EIO")
+                r, e, o = -1, "EIO", {"why": "the home server was restarted while this call ran"}
+            else:
+                r, e, o = old["r"], old["e"], {k: v for k, v in old["o"].items() if k != "c"}
+            self.replies[seq] = wire.encode_frames("rep", None, seq=seq, r=r, e=e, o=o, dn=self.answers.drops)
 
     def _reply_frames(self, op: str, seq: int, r: int, e: str | None, o: dict[str, Any]) -> wire.Frames:
         """A reply's frames. A fetch's data travels as a frame of its own after the map,
@@ -485,19 +508,20 @@ class HomeServer:
         return self.ops.dispatch(op, a, track)
 
 
-def _sizes() -> tuple[int, int]:
-    """The sizes of a batch job's output files (this process's stdout and stderr)."""
-    return os.fstat(1).st_size, os.fstat(2).st_size
-
-
-def _cut(fd: int, size: int) -> None:
-    """Cut output file `fd` back to `size` (what was written of it beyond is written again)."""
+def _size(fd: int) -> int:
     try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_size > size:
-            os.ftruncate(fd, size)
+        return os.fstat(fd).st_size
     except OSError:
-        pass
+        return 0
+
+
+def _decoded(frames: list[bytes]) -> dict[str, Any] | None:
+    """A journaled reply as it was sent; None if it cannot be read back."""
+    try:
+        msg = wire.decode_frames(frames[0], [memoryview(f) for f in frames[1:]])
+    except (wire.ProtocolError, IndexError, ValueError, TypeError):
+        return None
+    return msg if msg.get("t") == "rep" else None
 
 
 def held_file(op: str, a: list[Any]) -> int | None:

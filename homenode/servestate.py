@@ -9,11 +9,16 @@ it holds the job's keys and environment):
   the stub's, the job's welcome, the stub's hello, the launcher's pid.
 - `handles.log`, appended to: each home file the job holds open (handle, reopen flags,
   device and inode, path), each close, and the position of a directory being read.
-- `journal`: the last request that changes something at home, written before it runs and
-  again with its reply before the reply leaves, so a successor answers a resend of it from
-  here (or says its outcome is unknown) instead of running it twice.
-- `streams`: how many of the job's output chunks were written and the output files' sizes,
-  written before home acknowledges them to the stub.
+- `last`: the number of the last request that began to run.
+- `journal.0` .. `journal.3` (one per place in the stub's window of requests in flight,
+  wire.REPLY_WINDOW): each request that may change something at home, written before it
+  runs and again with its reply before the reply leaves, so a successor answers a resend
+  from here (or says its outcome is unknown) instead of running it twice.
+- `streams`: how many of the job's output chunks were written, and the one being written
+  (its stream, the file's size before it, its length), so that a successor counts it
+  written only if it is there.
+- `ended.json`: the job's end as the stub reported it, written before home's `bye`, so a
+  successor of a server killed just then records it.
 
 A process killed at any point leaves these whole as far as the kernel's page cache goes
 (no fsync: what they guard against is the server's death, not the machine's, which the job
@@ -41,7 +46,8 @@ MAX_LOCK_OPS = 64        # lock changes kept per handle
 COMPACT_AFTER = 20_000   # handles.log lines before it is rewritten with only the open handles
 _JOURNAL = struct.Struct("<QBI")   # seq, replied?, number of frames; then each frame: <I len, bytes
 _FRAME = struct.Struct("<I")
-_STREAMS = struct.Struct("<QQQ")   # output chunks written, stdout's size, stderr's size
+_LAST = struct.Struct("<Q")
+_STREAMS = struct.Struct("<QQBQQ")   # chunks written; the one being written: n, fd, size before, length
 
 
 def journaled(op: str) -> bool:
@@ -76,9 +82,10 @@ class Taken:
     server: dict[str, Any]
     handles: dict[int, HandleEntry]
     next_handle: int
-    journal: tuple[int, bool, list[bytes]] | None   # seq, whether it replied, the reply's frames
+    last: int                                          # the last request that began
+    journal: dict[int, tuple[bool, list[bytes]]]       # seq -> whether it replied, its reply's frames
     out_seen: int
-    sizes: tuple[int, int]
+    ended: dict[str, Any] | None = None                # the stub's exit report, if it came
 
 
 @dataclass
@@ -86,7 +93,8 @@ class ServeState:
     """The writer's side, owned by the job's home server."""
     directory: Path
     _log: int = -1
-    _journal: int = -1
+    _journal: list[int] = field(default_factory=list)
+    _last: int = -1
     _streams: int = -1
     _lines: int = 0
     _open: dict[int, HandleEntry] = field(default_factory=dict)
@@ -96,8 +104,12 @@ class ServeState:
         """Record the server (once its stub has called); a successor carries on `taken`."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_atomically(self.directory / "server.json", json.dumps(server).encode())
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-        self._journal = os.open(self.directory / "journal", flags, 0o600)
+        if self.started:
+            return   # (a resent hello)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if taken is not None else os.O_TRUNC)
+        self._journal = [os.open(self.directory / f"journal.{i}", flags, 0o600)
+                         for i in range(wire.REPLY_WINDOW)]
+        self._last = os.open(self.directory / "last", flags, 0o600)
         self._streams = os.open(self.directory / "streams", flags, 0o600)
         if taken is not None:
             self._open, self._next = dict(taken.handles), taken.next_handle
@@ -157,27 +169,43 @@ class ServeState:
         self._lines = len(lines)
 
     # ---- requests and output ------------------------------------------------------------
+    def began(self, seq: int) -> None:
+        if self.started:
+            os.pwrite(self._last, _LAST.pack(seq), 0)
+
     def running(self, seq: int) -> None:
         if self.started:
-            os.pwrite(self._journal, _JOURNAL.pack(seq, 0, 0), 0)
+            os.pwrite(self._journal[seq % wire.REPLY_WINDOW], _JOURNAL.pack(seq, 0, 0), 0)
 
     def replied(self, seq: int, frames: wire.Frames) -> None:
         if not self.started:
             return
-        parts = [_JOURNAL.pack(seq, 1, len(frames))]
+        parts = []
         for f in frames:
             parts += [_FRAME.pack(len(f)), bytes(f)]
-        os.pwrite(self._journal, b"".join(parts), 0)
+        fd = self._journal[seq % wire.REPLY_WINDOW]
+        os.pwrite(fd, b"".join(parts), _JOURNAL.size)   # (the body first: the header makes it count)
+        os.pwrite(fd, _JOURNAL.pack(seq, 1, len(frames)), 0)
 
-    def output(self, out_seen: int, sizes: tuple[int, int]) -> None:
+    def writing(self, out_seen: int, fd: int, size: int, length: int) -> None:
+        """Output chunk out_seen + 1 is about to be written to `fd`, now `size` bytes long."""
         if self.started:
-            os.pwrite(self._streams, _STREAMS.pack(out_seen, *sizes), 0)
+            os.pwrite(self._streams, _STREAMS.pack(out_seen, out_seen + 1, fd, size, length), 0)
+
+    def written(self, out_seen: int) -> None:
+        if self.started:
+            os.pwrite(self._streams, _STREAMS.pack(out_seen, 0, 0, 0, 0), 0)
+
+    def ended(self, report: dict[str, Any]) -> None:
+        if self.started:
+            _write_atomically(self.directory / "ended.json", json.dumps(report).encode())
 
     def close(self, remove: bool) -> None:
-        for fd in (self._log, self._journal, self._streams):
+        for fd in (self._log, self._last, self._streams, *self._journal):
             if fd >= 0:
                 os.close(fd)
-        self._log = self._journal = self._streams = -1
+        self._log = self._last = self._streams = -1
+        self._journal = []
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -186,17 +214,50 @@ def take(directory: Path) -> Taken | None:
     """What a server killed while serving left in `directory`; None if it left nothing a
     successor could use (it had not recorded its start, or the files are damaged)."""
     try:
-        server = json.loads((directory / "server.json").read_bytes())
-        log = (directory / "handles.log").read_text()
-        journal = (directory / "journal").read_bytes()
-        streams = (directory / "streams").read_bytes()
-    except (OSError, ValueError):
+        return _take(directory)
+    except Exception:   # (damaged beyond use: no successor rather than a crash)
         return None
+
+
+SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "job": str, "endpoint": str, "welcome": dict, "hello": dict, "roots": list, "timeout": (int, float),
+    "keys": dict, "describe": str, "kind": str, "launcher": list, "cleanup": list, "verbose": bool,
+    "argv0": str, "takeovers": int}
+
+
+def _take(directory: Path) -> Taken | None:
+    server = json.loads((directory / "server.json").read_bytes())
     if not isinstance(server, dict):
         return None
-    handles, next_handle = _replay(log)
-    out_seen, out_size, err_size = _STREAMS.unpack(streams) if len(streams) >= _STREAMS.size else (0, 0, 0)
-    return Taken(server, handles, next_handle, _read_journal(journal), out_seen, (out_size, err_size))
+    server.setdefault("takeovers", 0)
+    if any(not isinstance(server.get(k), t) for k, t in SERVER_FIELDS.items()):
+        return None
+    handles, next_handle = _replay((directory / "handles.log").read_text())
+    journal: dict[int, tuple[bool, list[bytes]]] = {}
+    for i in range(wire.REPLY_WINDOW):
+        entry = _read_journal((directory / f"journal.{i}").read_bytes())
+        if entry is not None:
+            journal[entry[0]] = entry[1:]
+    last_bytes = (directory / "last").read_bytes()
+    last = max([_LAST.unpack(last_bytes[:_LAST.size])[0] if len(last_bytes) >= _LAST.size else 0, *journal])
+    out_seen = _out_seen((directory / "streams").read_bytes())
+    ended = directory / "ended.json"
+    report = json.loads(ended.read_bytes()) if ended.exists() else None
+    return Taken(server, handles, next_handle, last, journal, out_seen,
+                 report if isinstance(report, dict) else None)
+
+
+def _out_seen(streams: bytes) -> int:
+    """Output chunks written: one that was being written counts if all of it is there (its
+    file grew by its length, from where it was), else it is written again."""
+    if len(streams) < _STREAMS.size:
+        return 0
+    seen, pending, fd, before, length = _STREAMS.unpack_from(streams)
+    if pending:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size == before + length:
+                return int(pending)
+    return int(seen)
 
 
 def _replay(log: str) -> tuple[dict[int, HandleEntry], int]:
@@ -204,7 +265,7 @@ def _replay(log: str) -> tuple[dict[int, HandleEntry], int]:
     next_handle = 1
     for line in log.splitlines():
         words = line.split()
-        with contextlib.suppress(ValueError, IndexError):   # (a line cut short by the kill)
+        with contextlib.suppress(ValueError, IndexError, struct.error):   # (a line cut short by the kill)
             if words[0] == "+":
                 h = int(words[1])
                 handles[h] = HandleEntry(bytes.fromhex(words[5]), int(words[2]), int(words[3]), int(words[4]))
@@ -222,6 +283,7 @@ def _replay(log: str) -> tuple[dict[int, HandleEntry], int]:
 
 
 def _read_journal(data: bytes) -> tuple[int, bool, list[bytes]] | None:
+    """A journal slot: (seq, whether its reply is whole, the reply's frames)."""
     if len(data) < _JOURNAL.size:
         return None
     seq, replied, count = _JOURNAL.unpack_from(data)
@@ -231,9 +293,11 @@ def _read_journal(data: bytes) -> tuple[int, bool, list[bytes]] | None:
         if at + _FRAME.size > len(data):
             return seq, False, []
         (n,) = _FRAME.unpack_from(data, at)
+        if at + _FRAME.size + n > len(data):
+            return seq, False, []
         frames.append(data[at + _FRAME.size:at + _FRAME.size + n])
         at += _FRAME.size + n
-    return seq, bool(replied) and len(frames) == count, frames
+    return seq, bool(replied) and count > 0 and len(frames) == count, frames
 
 
 def reopen(entry: HandleEntry) -> int:

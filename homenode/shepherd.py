@@ -63,7 +63,14 @@ def _take_over(store: Store, job_id: int, spec: dict[str, Any], serving: Path) -
         return exitcodes.LOST
     hooks = JobHooks(record.placed, record.contact, record.ended, True, TERM_GRACE, serving=str(serving),
                      cancelled=spec["cancelled"] is not None)
-    return cli_run.take_over(taken, hooks)
+    try:
+        return cli_run.take_over(taken, hooks)
+    except Exception as exc:   # (what the predecessor left does not work: the job is lost, said once)
+        reason = f"its home server (shepherd) died, and its successor failed: {type(exc).__name__}: {exc}"
+        sys.stderr.write(f"qrun: {reason}\n")
+        record.ended(None, exitcodes.LOST, reason[:500])
+        servestate.ServeState(serving).close(remove=True)
+        return exitcodes.LOST
 
 
 def _claimed(store: Store, job_id: int, slurm_id: str,

@@ -465,40 +465,41 @@ def _killed(srv: HomeServer) -> servestate.Taken:
     return taken
 
 
+def _succession(records: Path) -> dict[str, Any]:
+    return {"records": str(records), "describe": "h", "kind": "local", "launcher": [1, ""], "cleanup": [],
+            "verbose": False, "argv0": "true"}
+
+
 def _successor(taken: servestate.Taken, directory: Path) -> HomeServer:
     k = taken.server["keys"]
     keys = Keys(k["server_public"].encode(), k["server_secret"].encode(), k["client_public"].encode(), b"")
     srv = HomeServer("job1", taken.server["welcome"], taken.server["endpoint"], keys=keys,
-                     serve_state=servestate.ServeState(directory), succession={"records": str(directory.parent.parent)})
+                     serve_state=servestate.ServeState(directory), succession=_succession(directory.parent.parent))
     srv.take_over(taken)
     return srv
 
 
-def test_a_successor_answers_its_predecessors_last_call_and_never_runs_it_again(tmp_path: Path) -> None:
-    """A server killed after a call ran: its successor answers the stub's resend from the
-    journal. One killed while a call ran: the resend fails with EIO (it may have taken
-    effect). Older requests are refused, newer ones run, numbering goes on, and the stub
-    is told to forget every kept answer before anything else."""
+def test_a_successor_answers_its_predecessors_last_calls_and_never_runs_them_again(tmp_path: Path) -> None:
+    """A server killed after calls ran: its successor answers the stub's resends of the
+    window's journaled calls from the journal, runs an unjournaled one (a stat) again, and
+    numbering goes on. One killed while a call ran: the resend fails with EIO (it may have
+    taken effect). Older requests are refused, and the stub is told to forget every kept
+    answer before anything else."""
     records = tmp_path / "records"
     directory = servestate.serving_dir(records, 1)
     srv = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0", serve_state=servestate.ServeState(directory),
-                     succession={"records": str(records)})
+                     succession=_succession(records))
     keys = srv.keys
     c = client(srv)
     _hello(srv, c)
-    made = os.fsencode(tmp_path / "made")
+    made, other = os.fsencode(tmp_path / "made"), os.fsencode(tmp_path / "other")
     assert exchange(srv, c, req(1, "mkdir", [made, 0o755]))["r"] == 0  # type: ignore[index]
+    assert exchange(srv, c, req(2, "mkdir", [other, 0o755]))["r"] == 0  # type: ignore[index]
+    assert exchange(srv, c, req(3, "newfstatat", [None, made, None, 0]))["r"] == 0  # type: ignore[index]
     c.close()
     srv = _successor(_killed(srv), directory)
     c = client(srv, keys)
-    again = exchange(srv, c, req(1, "mkdir", [made, 0o755]))
-    assert again is not None and (again["r"], again["e"]) == (0, None)   # run twice: EEXIST
-    assert exchange(srv, c, req(2, "mkdir", [made, 0o755]))["e"] == "EEXIST"  # type: ignore[index]
-    srv.serve_state.running(3)  # type: ignore[union-attr]  # (killed while call 3 ran)
-    c.close()
-    srv = _successor(_killed(srv), directory)
-    c = client(srv, keys)
-    c.send(req(2, "mkdir", [made, 0o755]))
+    c.send(req(1, "mkdir", [made, 0o755]))
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + 5
     while len(got) < 2 and time.monotonic() < deadline:
@@ -507,12 +508,24 @@ def test_a_successor_answers_its_predecessors_last_call_and_never_runs_it_again(
         if c.poll(10):
             got.append(wire.decode(c.recv()))
     assert len(got) == 2, got
-    drop, old = got
+    drop, first = got
     assert drop["t"] == "drop" and drop["all"] and drop["n"] > 1 << 40
-    assert old["t"] == "rep" and old["e"] == "EINVAL" and "sequence" in old["o"]["why"]
-    unknown = exchange(srv, c, req(3, "rmdir", [made]))
+    assert (first["t"], first["r"], first["e"]) == ("rep", 0, None)   # (run twice: EEXIST)
+    second = exchange(srv, c, req(2, "mkdir", [other, 0o755]))
+    assert second is not None and (second["r"], second["e"]) == (0, None)
+    looked = exchange(srv, c, req(3, "newfstatat", [None, made, None, 0]))
+    assert looked is not None and looked["r"] == 0   # (a stat: it may run again)
+    assert exchange(srv, c, req(4, "rmdir", [other]))["r"] == 0  # type: ignore[index]
+    srv.serve_state.began(5)  # type: ignore[union-attr]  # (killed while call 5 ran)
+    srv.serve_state.running(5)  # type: ignore[union-attr]
+    c.close()
+    srv = _successor(_killed(srv), directory)
+    c = client(srv, keys)
+    stale = exchange(srv, c, req(1, "mkdir", [made, 0o755]))
+    assert stale is not None and stale["e"] == "EINVAL" and "sequence" in stale["o"]["why"]
+    unknown = exchange(srv, c, req(5, "rmdir", [made]))
     assert unknown is not None and unknown["e"] == "EIO" and os.path.isdir(made)
-    gone = exchange(srv, c, req(4, "rmdir", [made]))
+    gone = exchange(srv, c, req(6, "rmdir", [made]))
     assert gone is not None and gone["r"] == 0 and not os.path.exists(made)
     srv.close()
     assert not directory.exists()   # (served to the end: nothing is left for a successor)
@@ -520,7 +533,8 @@ def test_a_successor_answers_its_predecessors_last_call_and_never_runs_it_again(
 
 def test_the_serve_state_keeps_open_handles_positions_and_locks(tmp_path: Path) -> None:
     state = servestate.ServeState(tmp_path / "s")
-    state.start({"job": "j"})
+    state.start({"job": "j", "endpoint": "ipc:///x", "welcome": WELCOME, "hello": {}, "roots": [], "timeout": 5,
+                 "keys": {}, **_succession(tmp_path)})
     files = [os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)]
     for name in ("a", "b"):
         (tmp_path / name).write_text(name)
@@ -537,13 +551,24 @@ def test_the_serve_state_keeps_open_handles_positions_and_locks(tmp_path: Path) 
     state.locked(3, ["fcntl", 37, whole])
     state.locked(3, ["fcntl", 37, unlock])   # (unlocks the whole file: what came before goes)
     state.locked(3, ["fcntl", 37, part])
-    state.output(12, (100, 40))
+    state.written(12)
     state.close(remove=False)
     taken = servestate.take(tmp_path / "s")
     assert taken is not None
     assert sorted(taken.handles) == [1, 3] and taken.next_handle == 4
     assert taken.handles[1].pos == 7
     assert taken.handles[3].locks == [["flock", 2], ["fcntl", 37, part]]
-    assert (taken.out_seen, taken.sizes) == (12, (100, 40))
+    assert taken.out_seen == 12
+    out = tmp_path / "out"
+    out.write_bytes(b"x" * 10)
+    with open(out, "ab") as f:
+        state = servestate.ServeState(tmp_path / "s")
+        state.start({"job": "j"}, taken)
+        state.writing(12, f.fileno(), 10, 5)   # (chunk 13: was it written before the kill?)
+        assert servestate._out_seen((tmp_path / "s" / "streams").read_bytes()) == 12
+        f.write(b"y" * 5)
+        f.flush()
+        assert servestate._out_seen((tmp_path / "s" / "streams").read_bytes()) == 13
+        state.close(remove=False)
     for fd in files:
         os.close(fd)
