@@ -292,8 +292,11 @@ class HomeServer:
             return
         self.forget_sent = now
         self.answers.drops += 1
+        # (with the handles that could not be opened again: their files may be gone, and a
+        # new file may get a gone one's inode number, which the stub must not take for it)
         self.sock.send_multipart([f"{self.job}:rpc".encode(),
-                                  wire.encode("drop", c=[], all=True, n=self.answers.drops)])
+                                  wire.encode("drop", c=[], all=True, n=self.answers.drops,
+                                              lost=sorted(self.handles.lost))])
 
     def _output(self, msg: dict[str, Any]) -> None:
         """A chunk of the job's output: written once, in order. One sent again (after a

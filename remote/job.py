@@ -69,6 +69,9 @@ class Job:
         """Home's drop: cached answers go, and kept opens whose answer went are closed."""
         everything = self.meta.drop(msg)
         self.rpc.pending_close += self.kept.drop(msg["c"], everything)
+        lost = msg.get("lost")
+        if isinstance(lost, list):
+            self.live.detach([h for h in lost if isinstance(h, int) and not isinstance(h, bool)])
 
     @classmethod
     def build(cls, rpc: Rpc, fds: FdSpace, policy: PathPolicy, identity: dict[str, Any], arch: str,

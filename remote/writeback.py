@@ -92,6 +92,15 @@ class LiveFiles:
     def find(self, v: Validator) -> LiveFile | None:
         return self.by_home.get((v.dev, v.ino))
 
+    def detach(self, handles: list[int]) -> None:
+        """Home lost these handles (its server was replaced and their files could not be
+        opened again): their live files no longer stand for any file at home, whose inode
+        number a new file there may get. (Write-backs through them fail, as they must.)"""
+        for h in handles:
+            lf = self.by_handle.get(h)
+            if lf is not None and self.by_home.get(lf.home_id) is lf:
+                del self.by_home[lf.home_id]
+
     def create(self, handle: int, home_path: str, v: Validator, source: str | None) -> LiveFile:
         """A new live file for a writable open: `source` (a fetched copy of home's content)
         or, if None, a sparse file of home's size whose content stays at home (`>> log`)."""
@@ -403,7 +412,8 @@ class LiveFiles:
             self.fds.cached.pop(lf.home_path, None)
 
     def _drop(self, lf: LiveFile) -> None:
-        del self.by_home[lf.home_id]
+        if self.by_home.get(lf.home_id) is lf:   # (not if detached, and another took its place)
+            del self.by_home[lf.home_id]
         os.close(lf.fd)
         try:
             os.unlink(lf.local)

@@ -73,6 +73,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "sig": {"pid": (int,), "sig": (int,)},
     # home -> stub: kept answers (numbered by the request that got them) now stale; all: every
     # one; n: this drop's number (a gap means one was lost). Replies carry "dn", the drops so far.
+    # After a takeover it may carry "lost": handles the new home server could not open again.
     "drop": {"c": (list,), "all": (bool,), "n": (int,)},
     "ping": {},
     "pong": {"out": (int,)},
