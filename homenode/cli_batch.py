@@ -432,8 +432,6 @@ def output(args: list[str]) -> int:
                 if done or not opts.follow:
                     return fail(f"job {j['label']}: its output file is gone", 1)
         if f is not None:
-            if os.fstat(f.fileno()).st_size < f.tell():   # (cut back by a shepherd's successor)
-                f.seek(0, os.SEEK_END)
             shutil.copyfileobj(f, out)
             out.flush()
         if done or not opts.follow:

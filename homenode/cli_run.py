@@ -165,12 +165,12 @@ def take_over(taken: Taken, hooks: JobHooks) -> int:
     srv = taken.server
     if taken.ended is not None:   # (killed once the stub had reported the job's end)
         from qrun.homenode.server_outcome import Outcome, exit_status, exit_usage
-        from qrun.homenode.servestate import ServeState
+        from qrun.homenode.servestate import discard
         e = taken.ended
         outcome = Outcome(exit_status(e["status"]), exit_usage(e["usage"]), str(e["host"])[:255], 0.0)
         code = report(outcome, srv["verbose"], srv["argv0"])
         hooks.ended(outcome, code)
-        ServeState(Path(hooks.serving)).close(remove=True)
+        discard(Path(hooks.serving))
         for d in srv["cleanup"]:
             _rmtree(d)
         return code

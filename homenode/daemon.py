@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -48,7 +47,7 @@ from qrun.homenode.jobstore import (
     StoreError,
     expand,
 )
-from qrun.homenode.processes import alive, process_start
+from qrun.homenode.processes import alive
 from qrun.homenode.queueing import NEVER_PREFIX, READY, WAIT, dependency
 from qrun.homenode.userdirs import state_dir, user_name
 
@@ -175,7 +174,6 @@ class Daemon:
     rendezvous: Rendezvous | None = None
     missing: dict[int, int] = field(default_factory=dict)   # job -> looks in a row Slurm did not know it
     slurm_looked: float = 0.0
-    starts: dict[int, str] = field(default_factory=dict)   # shepherd pid -> its process start
     takeovers: dict[int, int] = field(default_factory=dict)   # job -> successors started by this daemon
 
     def serve(self, listener: socket.socket) -> None:
@@ -248,7 +246,7 @@ class Daemon:
             if alive(pid, start):
                 self.adopted[job_id] = (pid, start)
             else:
-                self._gone(job_id, (pid, start))
+                self._gone(job_id, pid)
         self.store.settle(daemon=True)
 
     def schedule(self) -> list[dict[str, Any]]:
@@ -333,7 +331,6 @@ class Daemon:
             return False
         if self.store.handed(job_id, proc.pid):
             self.children[proc.pid] = (job_id, proc)
-            self.starts[proc.pid] = process_start(proc.pid)
             return True
         proc.kill()   # (cancelled meanwhile, or handed by another daemon)
         proc.wait()
@@ -374,13 +371,13 @@ class Daemon:
         for pid, (job_id, proc) in list(self.children.items()):
             if proc.poll() is not None:
                 del self.children[pid]
-                self._gone(job_id, (pid, self.starts.pop(pid, "")))
+                self._gone(job_id, pid)
         for job_id, (pid, start) in list(self.adopted.items()):
             if not alive(pid, start):
                 del self.adopted[job_id]
-                self._gone(job_id, (pid, start))
+                self._gone(job_id, pid)
 
-    def _gone(self, job_id: int, shepherd: tuple[int, str]) -> None:
+    def _gone(self, job_id: int, shepherd: int) -> None:
         """A shepherd has exited: its job ended, or a successor serves it on."""
         self.cancels.pop(job_id, None)
         try:
@@ -394,32 +391,32 @@ class Daemon:
 
     def _no_successor(self, job_id: int) -> None:
         """What a job's shepherd left for a successor goes (it holds the job's keys)."""
-        shutil.rmtree(servestate.serving_dir(self.store.path.parent, job_id), ignore_errors=True)
+        servestate.discard(self.store.serving(job_id))
 
-    def _take_over(self, job_id: int, shepherd: tuple[int, str]) -> bool:
-        """A running job whose shepherd was killed (an end it would have recorded): a new
-        shepherd serves it on from what the old one left, unless it was cancelled or has
-        been taken over MAX_TAKEOVERS times already."""
-        rec = self.store.get(job_id)
-        taken = servestate.take(servestate.serving_dir(self.store.path.parent, job_id))
-        if rec is None or rec["state"] != RUNNING or taken is None:
-            return False   # (a cancelled one is taken over too: its successor passes the cancel on)
+    def _take_over(self, job_id: int, shepherd: int) -> bool:
+        """A running job whose shepherd (process `shepherd`) was killed before it recorded
+        an end: a new shepherd serves it on from what the old one left, unless it has been
+        taken over MAX_TAKEOVERS times already. (A cancelled one is taken over too: its
+        successor passes the cancel on.)"""
+        spec = self.store.spec(job_id)
+        if spec is None or spec["state"] != RUNNING or spec["pid"] != shepherd:
+            return False
+        taken = servestate.take(self.store.serving(job_id))
+        if taken is None:
+            return False
         tries = self.takeovers[job_id] = self.takeovers.get(job_id, 0) + 1
         if max(tries, int(taken.server["takeovers"]) + 1) > MAX_TAKEOVERS:
             log(f"job {job_id}: its shepherd died again after {MAX_TAKEOVERS} takeovers; not taken over")
             return False
-        spec = self.store.spec(job_id)
-        assert spec is not None
-        proc = self._shepherd(job_id, spec, rec["out_path"], rec["err_path"], ["--take-over"])
+        proc = self._shepherd(job_id, spec, spec["out_path"], spec["err_path"], ["--take-over"])
         if proc is None:
             return False
-        if not self.store.taken_over(job_id, shepherd, proc.pid):
+        if not self.store.taken_over(job_id, (shepherd, spec["pid_start"]), proc.pid):
             proc.kill()
             proc.wait()
             return False
-        log(f"job {job_id}: shepherd {shepherd[0]} died; {proc.pid} serves on")
+        log(f"job {job_id}: shepherd {shepherd} died; {proc.pid} serves on")
         self.children[proc.pid] = (job_id, proc)
-        self.starts[proc.pid] = process_start(proc.pid)
         return True
 
     def cancel(self, job_id: int) -> str:
@@ -437,8 +434,7 @@ class Daemon:
                     _slurm_command(spec, "scancel", [rec["slurm_id"]])
                 self.store.ended(job_id, CANCELLED, None, reason="cancelled before it started")
                 return "cancelled"
-            if rec["batch"] and rec["state"] == RUNNING and (
-                    servestate.serving_dir(self.store.path.parent, job_id) / "server.json").exists():
+            if rec["batch"] and rec["state"] == RUNNING and self.store.left_for_successor(job_id):
                 self.store.cancel_asked(job_id)   # (its shepherd died: the successor passes it on)
                 return "cancelling"
             return "not served by this daemon (an interactive job: signal its qrun)"
@@ -627,10 +623,8 @@ def _slurm_command(spec: dict[str, Any], tool: str,
     """One of Slurm's commands for a job it queues, run as the job's srun would be (its
     environment, srun_command's prefix and directory); None if it could not be run."""
     from qrun.homenode.launchers import SlurmTools
-    tools = SlurmTools.from_wire(spec["contact"].get("slurm_tools"))
     try:
-        return subprocess.run([*tools.argv(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=60, env=spec["env"], cwd="/")
+        return SlurmTools.from_wire(spec["contact"].get("slurm_tools")).run(tool, args, spec["env"])
     except (OSError, subprocess.TimeoutExpired) as exc:
         log(f"{tool} {' '.join(args)}: {exc}")
         return None

@@ -107,10 +107,8 @@ def hand_off(store: Store, ids: list[int]) -> int:
 
 
 def _scancel(launch: launchers.Launch, slurm_ids: list[str]) -> None:
-    argv = [*(launch.slurm_tools or launchers.SlurmTools()).argv("scancel"), *slurm_ids]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-                              cwd="/")
+        done = (launch.slurm_tools or launchers.SlurmTools()).run("scancel", slurm_ids)
     except (OSError, subprocess.TimeoutExpired) as exc:
         sys.stderr.write(f"qrun: cannot cancel Slurm jobs {' '.join(slurm_ids)}, cancelled here: {exc}\n")
         return

@@ -292,9 +292,15 @@ class Store:
                            f"pid_start = ? AND state NOT IN ({_FINAL_MARKS})",
                            (state, reason, time.time(), r["id"], r["pid"], r["pid_start"], *sorted(FINAL)))
 
+    def serving(self, job_id: int) -> Path:
+        """Where the job's home server leaves what a successor needs (servestate.py)."""
+        return serving_dir(self.path.parent, job_id)
+
+    def left_for_successor(self, job_id: int) -> bool:
+        return (self.serving(job_id) / "server.json").exists()
+
     def _successor_may_come(self, job_id: int) -> bool:
-        return (self.path.parent / "serving" / str(job_id) / "server.json").exists() and \
-            flock_held(self.path.parent / "daemon.lock")
+        return self.left_for_successor(job_id) and flock_held(self.path.parent / "daemon.lock")
 
     def taken_over(self, job_id: int, old: tuple[int, str], pid: int) -> bool:
         """A running job's new shepherd, process `pid`, serving on after `old` (pid, start)
@@ -445,6 +451,10 @@ class Store:
     def running_tasks(self, array_job: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM jobs WHERE array_job = ? AND pid IS NOT NULL AND "
                                "state IN (?, ?)", (array_job, PENDING, RUNNING))[0][0])
+
+
+def serving_dir(records_dir: Path, job_id: int) -> Path:
+    return records_dir / "serving" / str(job_id)
 
 
 def helper_main(usage: str, run: Callable[[Store, list[str]], int | None]) -> NoReturn:

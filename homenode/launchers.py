@@ -45,6 +45,12 @@ class SlurmTools:
     def argv(self, tool: str) -> list[str]:
         return [*self.prefix, f"{self.bindir}/{tool}" if self.bindir else tool]
 
+    def run(self, tool: str, args: list[str],
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """One of Slurm's commands, its output captured (OSError, TimeoutExpired after 60 s)."""
+        return subprocess.run([*self.argv(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, env=env, cwd="/")
+
     def to_wire(self) -> list[str]:
         return [*self.prefix, self.bindir]
 

@@ -59,10 +59,6 @@ def journaled(op: str) -> bool:
     return sc is None or not sc.cached
 
 
-def serving_dir(records_dir: Path, job_id: int) -> Path:
-    return records_dir / "serving" / str(job_id)
-
-
 @dataclass
 class HandleEntry:
     path: bytes
@@ -207,7 +203,12 @@ class ServeState:
         self._log = self._last = self._streams = -1
         self._journal = []
         if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            discard(self.directory)
+
+
+def discard(directory: Path) -> None:
+    """What a server left for a successor, gone (it holds the job's keys)."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def take(directory: Path) -> Taken | None:

@@ -30,7 +30,7 @@ def shepherd(store: Store, job_id: int, take_over: bool = False) -> int:
     if spec is None:
         sys.stderr.write(f"qrun: no job {job_id} in {store.path}\n")
         return exitcodes.USAGE
-    serving = servestate.serving_dir(store.path.parent, job_id)
+    serving = store.serving(job_id)
     if take_over:
         return _take_over(store, job_id, spec, serving)
     os.umask(spec["umask"])
@@ -69,7 +69,7 @@ def _take_over(store: Store, job_id: int, spec: dict[str, Any], serving: Path) -
         reason = f"its home server (shepherd) died, and its successor failed: {type(exc).__name__}: {exc}"
         sys.stderr.write(f"qrun: {reason}\n")
         record.ended(None, exitcodes.LOST, reason[:500])
-        servestate.ServeState(serving).close(remove=True)
+        servestate.discard(serving)
         return exitcodes.LOST
 
 

@@ -308,6 +308,27 @@ class Host:
             self._home_rules("-D")
             self._blocked = False
 
+    def partition_job(self, proc: subprocess.Popen[str], progress: str, seconds: float) -> tuple[str, str]:
+        """Once the job `proc` has written 5 lines to its `progress` file, drop all traffic
+        between this host and home for `seconds`; then the job's stdout and stderr once it
+        has ended (within 120 s; it is killed if it has not)."""
+        def lines() -> int:
+            with open(progress) as f:
+                return len(f.read().split())
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(progress) or lines() < 5:
+                assert time.monotonic() < deadline, "the job did not get going"
+                time.sleep(0.1)
+            self.block_home()
+            time.sleep(seconds)
+            self.unblock_home()
+            return proc.communicate(timeout=120)
+        finally:
+            self.unblock_home()
+            if proc.poll() is None:
+                proc.kill()
+
 
 class HostCluster:
     """n test hosts h1..hn on a private bridge; use as a context manager or start()/close().

@@ -97,19 +97,7 @@ def test_a_job_over_ssh_outlives_a_partition_longer_than_its_timeout(
                                         "--lease", "120", "--", "/bin/sh", "-c", job],
                             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (work / "log").exists() or len((work / "log").read_text().split()) < 5:
-            assert time.monotonic() < deadline, "the job did not get going"
-            time.sleep(0.1)
-        h.block_home()
-        time.sleep(12)
-        h.unblock_home()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        h.unblock_home()
-        if proc.poll() is None:
-            proc.kill()
+    out, err = h.partition_job(proc, str(work / "log"), 12)
     assert proc.returncode == 0, err
     assert out == "".join(f"line {i}\n" for i in range(1, 61))
     assert (work / "log").read_text() == "".join(f"{i}\n" for i in range(1, 61))

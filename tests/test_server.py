@@ -13,6 +13,7 @@ import pytest
 import zmq
 import zmq.utils.z85
 from qrun.homenode import servestate
+from qrun.homenode.jobstore import serving_dir
 from qrun.homenode.server import HomeServer, JobFailed, Keys
 from qrun.remote.channel import Rpc
 from qrun.syscalls import structs, wire
@@ -460,7 +461,7 @@ def _killed(srv: HomeServer) -> servestate.Taken:
     srv.serve_state.close(remove=False)
     srv.serve_state = None
     srv.close()
-    taken = servestate.take(servestate.serving_dir(Path(srv.succession["records"]), 1))
+    taken = servestate.take(serving_dir(Path(srv.succession["records"]), 1))
     assert taken is not None
     return taken
 
@@ -486,7 +487,7 @@ def test_a_successor_answers_its_predecessors_last_calls_and_never_runs_them_aga
     taken effect). Older requests are refused, and the stub is told to forget every kept
     answer before anything else."""
     records = tmp_path / "records"
-    directory = servestate.serving_dir(records, 1)
+    directory = serving_dir(records, 1)
     srv = HomeServer("job1", WELCOME, "tcp://127.0.0.1:0", serve_state=servestate.ServeState(directory),
                      succession=_succession(records))
     keys = srv.keys

@@ -279,19 +279,7 @@ def test_a_job_writing_home_outlives_a_partition(qrun_cmd: list[str], hosts: Hos
                       "--home-addr", h.home_ip, "--", "/bin/sh", "-c", job]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while not (workdir / "progress").exists() or len((workdir / "progress").read_text().split()) < 5:
-            assert time.monotonic() < deadline, "the job did not get going"
-            time.sleep(0.1)
-        h.block_home()
-        time.sleep(10)
-        h.unblock_home()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        h.unblock_home()
-        if proc.poll() is None:
-            proc.kill()
+    out, err = h.partition_job(proc, str(workdir / "progress"), 10)
     assert (proc.returncode, out) == (0, "done\n"), err
     digest = [hashlib.sha256((d / "big").read_bytes()).hexdigest() for d in (native, workdir)]
     assert digest[0] == digest[1]
