@@ -6,7 +6,6 @@ and where the home server listens; the stub always connects back (Open MPI's spl
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -264,6 +263,7 @@ def ssh_master(base: list[str], target: str, host: str, control: str, cm_dir: st
     check = base + opts + ["-O", "check", target]
     if _quiet(check) == 0:
         return
+    import hashlib  # (here: only ssh needs it, and it is slow to load)
     key = hashlib.sha256("\0".join(base + [target]).encode()).hexdigest()[:20]
     with open(os.path.join(cm_dir, f"lock-{key}"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

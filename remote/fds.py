@@ -10,11 +10,11 @@ and dup, fork inheritance, close-on-exec and fd numbering stay the kernel's job.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import xxhash
 from qrun.remote.cachespace import CacheSpace
 from qrun.syscalls import structs
 
@@ -131,7 +131,7 @@ class FdSpace:
             pass
 
     def copy_path(self, home_path: str) -> str:
-        return self._cache_prefix + hashlib.sha1(home_path.encode("utf-8", "surrogateescape")).hexdigest()
+        return self._cache_prefix + xxhash.xxh3_128_hexdigest(home_path.encode("utf-8", "surrogateescape"))
 
     def fresh_copy(self, home_path: str, v: Validator) -> str | None:
         old = self.cached.get(home_path)

@@ -4,11 +4,11 @@ They are the same on x86_64 and aarch64 (open(2) flags that differ are converted
 `syscalls.flags`); struct layouts are in `syscalls.structs`, syscall numbers in the table.
 """
 
-import platform
+import os
 
 # This machine's architecture, as the table names it (the one place that asks).
-ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(platform.machine(),
-                                                                         platform.machine())
+ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(os.uname().machine,
+                                                                         os.uname().machine)
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100

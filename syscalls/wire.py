@@ -7,11 +7,11 @@ instead of reaching any handler.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+import xxhash
 from qrun.syscalls.table import TABLE
 
 # 2: write-back data travels in frames after the map (REQUEST_DATA_OPS)
@@ -148,8 +148,10 @@ def decode(data: bytes) -> dict[str, Any]:
 
 def table_digest() -> str:
     """Fingerprint of everything both sides must agree on; compared at handshake."""
-    h = hashlib.sha256(str(PROTOCOL_VERSION).encode())
+    # (xxh3, not a cryptographic hash: it only catches a mismatch, and OpenSSL's hashlib
+    # costs both interpreters of every job a few ms to load)
+    h = xxhash.xxh3_64(str(PROTOCOL_VERSION).encode())
     for s in TABLE:
         h.update(repr((s.name, s.x86_64, s.aarch64, s.args, s.route.value, s.handler,
                        s.answer, s.updates_copies, s.on_copy, s.cached)).encode())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
