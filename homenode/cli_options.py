@@ -8,7 +8,6 @@ import math
 import os
 import stat
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ def version() -> str:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         pass
+    import tomllib
     try:
         with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])

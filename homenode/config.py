@@ -25,7 +25,6 @@ import math
 import os
 import shlex
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +246,7 @@ def load(cli: str | None = None) -> ClusterConfig:
     path = config_path(cli)
     if path is None:
         return ClusterConfig()
+    import tomllib  # (here: a job without a cluster file does not wait for it to load)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
