@@ -48,17 +48,19 @@ fi
 # runs; a directory of links on sys.path gives the same `qrun.*` packages through Python's
 # plain path search. The folders are linked whole, so a new module needs no reinstall.
 SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-LINKS="$(pwd)/.venv/qrun-import"
+ROOT="$(pwd -P)"   # (resolved, as the console script's path is: a symlink may not exist elsewhere)
+LINKS="$ROOT/.venv/qrun-import"
 rm -rf "$LINKS"
 mkdir -p "$LINKS/qrun"
 for d in homenode remote syscalls native; do
-    ln -s "$(pwd)/$d" "$LINKS/qrun/$d"
+    ln -s "$ROOT/$d" "$LINKS/qrun/$d"
 done
 echo '"""qrun: transparent remote execution (the folders homenode, remote, syscalls, native)."""' \
     > "$LINKS/qrun/__init__.py"
-rm -f "$SITE"/__editable__.qrun_runtime-*.pth "$SITE"/__editable___qrun_runtime_*_finder.py
-echo "$LINKS" > "$SITE/qrun-import.pth"
 # Byte-code is compiled now, so that start-up does not compile sources when the environment
 # says not to write byte-code (PYTHONDONTWRITEBYTECODE) or the tree is not the user's.
-.venv/bin/python -m compileall -q homenode remote syscalls native "$LINKS" >/dev/null
+# (-q: only errors are printed, and they stop the install.)
+.venv/bin/python -m compileall -q homenode remote syscalls native "$LINKS"
+rm -f "$SITE"/__editable__.qrun_runtime-*.pth "$SITE"/__editable___qrun_runtime_*_finder.py
+echo "$LINKS" > "$SITE/qrun-import.pth"
 echo "install.sh: qrun is installed in $(pwd)/.venv (run .venv/bin/qrun)" >&2

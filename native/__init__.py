@@ -10,7 +10,7 @@ try:
     from qrun.native._qrun_native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only when the extension was never built
     raise ImportError(
-        "qrun's native extension is not built; reinstall with `pip install .` "
+        "qrun's native extension is not built; run ./install.sh again "
         "(needs a C compiler and cffi)"
     ) from exc
 

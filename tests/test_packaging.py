@@ -41,15 +41,18 @@ def test_packages_are_the_repository_folders_found_without_a_finder() -> None:
     """install.sh puts `qrun` on sys.path as links to the four folders: each interpreter a
     job starts (home and stub) finds qrun with Python's plain path search, not through an
     import hook of setuptools' editable install, whose set-up cost every start-up."""
+    import os
     import sys
     repo = Path(__file__).resolve().parent.parent
     code = ("import sys, os, qrun.homenode, qrun.remote, qrun.syscalls, qrun.native\n"
             "print([os.path.realpath(os.path.dirname(m.__file__)) for m in "
             "(qrun.homenode, qrun.remote, qrun.syscalls, qrun.native)])\n"
-            "print(sorted(type(f).__module__ for f in sys.meta_path))\n")
+            "print(os.path.realpath(os.path.dirname(qrun.__file__)))\n"
+            "print(sorted(str(getattr(f, '__module__', '')) for f in sys.meta_path))\n")
     r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60,
                        cwd="/", stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
-    dirs, hooks = r.stdout.splitlines()
+    dirs, top, hooks = r.stdout.splitlines()
     assert dirs == str([str(repo / d) for d in ("homenode", "remote", "syscalls", "native")])
+    assert top == os.path.realpath(os.path.join(sys.prefix, "qrun-import", "qrun"))
     assert "editable" not in hooks, hooks
