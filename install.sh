@@ -52,15 +52,18 @@ ROOT="$(pwd -P)"   # (resolved, as the console script's path is: a symlink may n
 LINKS="$ROOT/.venv/qrun-import"
 rm -rf "$LINKS"
 mkdir -p "$LINKS/qrun"
-for d in homenode remote syscalls native; do
-    ln -s "$ROOT/$d" "$LINKS/qrun/$d"
-done
-echo '"""qrun: transparent remote execution (the folders homenode, remote, syscalls, native)."""' \
-    > "$LINKS/qrun/__init__.py"
+# (the folders and their package names as pyproject.toml maps them for pip: one list)
+FOLDERS="$(.venv/bin/python -c 'import tomllib
+for name, folder in tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"].items():
+    print(name.removeprefix("qrun."), folder)')"
+while read -r name folder; do
+    ln -s "$ROOT/$folder" "$LINKS/qrun/$name"
+done <<< "$FOLDERS"
+echo '"""qrun: transparent remote execution."""' > "$LINKS/qrun/__init__.py"
 # Byte-code is compiled now, so that start-up does not compile sources when the environment
 # says not to write byte-code (PYTHONDONTWRITEBYTECODE) or the tree is not the user's.
 # (-q: only errors are printed, and they stop the install.)
-.venv/bin/python -m compileall -q homenode remote syscalls native "$LINKS"
+.venv/bin/python -m compileall -q $(cut -d' ' -f2 <<< "$FOLDERS") "$LINKS"
 rm -f "$SITE"/__editable__.qrun_runtime-*.pth "$SITE"/__editable___qrun_runtime_*_finder.py
 echo "$LINKS" > "$SITE/qrun-import.pth"
 echo "install.sh: qrun is installed in $(pwd)/.venv (run .venv/bin/qrun)" >&2

@@ -7,8 +7,8 @@ They are the same on x86_64 and aarch64 (open(2) flags that differ are converted
 import os
 
 # This machine's architecture, as the table names it (the one place that asks).
-ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(os.uname().machine,
-                                                                         os.uname().machine)
+_MACHINE = os.uname().machine
+ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(_MACHINE, _MACHINE)
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100

@@ -43,16 +43,17 @@ def test_packages_are_the_repository_folders_found_without_a_finder() -> None:
     import hook of setuptools' editable install, whose set-up cost every start-up."""
     import os
     import sys
+    import tomllib
     repo = Path(__file__).resolve().parent.parent
-    code = ("import sys, os, qrun.homenode, qrun.remote, qrun.syscalls, qrun.native\n"
-            "print([os.path.realpath(os.path.dirname(m.__file__)) for m in "
-            "(qrun.homenode, qrun.remote, qrun.syscalls, qrun.native)])\n"
+    dirs_of = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    code = ("import sys, os, importlib, qrun\n"
+            f"print([os.path.realpath(os.path.dirname(importlib.import_module(n).__file__)) for n in {list(dirs_of)!r}])\n"
             "print(os.path.realpath(os.path.dirname(qrun.__file__)))\n"
             "print(sorted(str(getattr(f, '__module__', '')) for f in sys.meta_path))\n")
     r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60,
                        cwd="/", stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     dirs, top, hooks = r.stdout.splitlines()
-    assert dirs == str([str(repo / d) for d in ("homenode", "remote", "syscalls", "native")])
+    assert dirs == str([str(repo / d) for d in dirs_of.values()])
     assert top == os.path.realpath(os.path.join(sys.prefix, "qrun-import", "qrun"))
     assert "editable" not in hooks, hooks
