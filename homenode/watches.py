@@ -24,10 +24,9 @@ from __future__ import annotations
 import os
 import resource
 import stat
-import struct
 from typing import Any
 
-from qrun.native import lib
+from qrun.native import inotify, lib
 
 ANY = b""   # the name of a dependency on a directory's contents as a whole
 # A directory's watch hears of its entries coming and going and of their attributes (a
@@ -43,7 +42,6 @@ MAX_ANSWERS = 200_000  # past this, everything is dropped and counting starts ag
 MAX_KNOWN_DIRS = 4096  # directories kept open to start walks from (fewer under a low fd limit)
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_HOPS = 40          # symlinks followed in one resolution, as the kernel's limit
-EVENT = struct.Struct("iIII")
 
 # statfs f_type of filesystems whose every change inotify sees: ext2/3/4, xfs, btrfs,
 # tmpfs, overlayfs, f2fs, zfs, bcachefs, ramfs.
@@ -214,7 +212,7 @@ class Watches:
         out: list[tuple[int, int, bytes]] = []
         while self.fd is not None:
             try:
-                out += _events(os.read(self.fd, 1 << 16))
+                out += inotify.events(os.read(self.fd, 1 << 16))
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -354,15 +352,3 @@ def _discard(index: dict[Any, set[int]], key: Any, answer: int) -> None:
         ids.discard(answer)
         if not ids:
             del index[key]
-
-
-def _events(data: bytes) -> list[tuple[int, int, bytes]]:
-    """(wd, mask, name) of each inotify_event in a read's bytes."""
-    out = []
-    off = 0
-    while off + EVENT.size <= len(data):
-        wd, mask, _cookie, length = EVENT.unpack_from(data, off)
-        name = data[off + EVENT.size: off + EVENT.size + length].rstrip(b"\0")
-        out.append((wd, mask, name))
-        off += EVENT.size + length
-    return out

@@ -38,9 +38,10 @@ int qr_listen(int pid);          /* PTRACE_LISTEN: keep a group-stop, let SIGCON
 long qr_geteventmsg(int pid);
 int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno */
 /* Like qr_wait, but resumes here, without returning, the seccomp stops of calls in
- * `local_ok` (a bitmap by syscall number) whose first argument is a local fd, and of
- * calls in `copy_ok` whose fd is a local copy. `home_prefix`/`copy_prefix` are the
- * directories placeholder and copy fds point into. Calls with `path_arg[nr] >= 0` whose
+ * `local_ok` (a bitmap by syscall number) whose first argument is a local fd, of calls in
+ * `copy_ok` whose fd is a live local copy, and of calls in `ro_ok` whose fd is a read-only
+ * copy. `home_prefix`/`copy_prefix`/`ro_prefix` are the directories placeholder, live
+ * copy and read-only copy fds point into. Calls with `path_arg[nr] >= 0` whose
  * path argument there is absolute, plainly written and routes local under `policy`
  * ("L/usr\0H/proc/sys/kernel/hostname\0...", longest prefix wins, H on ties; P and
  * N prefixes, the latter followed by a digit, are always returned to Python) are
@@ -53,12 +54,23 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
 #define QR_SEEN_NONE ...
 #define QR_SEEN_PATH ...
 #define QR_SEEN_FD_LINK ...
+/* Exit stops qr_wait_filtered takes itself: at `tid`'s next syscall-exit stop it puts back
+ * the job's own `nr` and `args` (as qr_restore_args), keeps the result and resumes the
+ * thread; qr_settled then hands over up to `max` (tid, result) pairs of such stops (a
+ * thread that died first: -ESRCH). qr_settle_exit returns -ENOSPC when all its slots are
+ * in use; qr_settled_forget gives up a tid's slot. */
+int qr_settle_exit(int tid, long nr, const unsigned long *args);
+int qr_settled(int *tids, long *rets, int max);
+void qr_settled_forget(int tid);
+/* How many calls on read-only copies' fds (close among them) qr_wait_filtered has let
+ * run: while it has not moved, the job closed none of them (remote/rocopies.py). */
+long qr_ro_copy_calls(void);
 /* By syscall number, the dirfd argument an empty path names (AT_EMPTY_PATH), or -1:
  * qr_wait_filtered runs such a call on a local fd without returning. */
 void qr_set_empty_path_dirfd(const signed char *arg, int nbits);
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix,
-                     const signed char *path_arg, const char *policy, int policy_len,
+                     const unsigned char *ro_ok, int nbits, const char *home_prefix,
+                     const char *copy_prefix, const char *ro_prefix, const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
                      int *seen_kind, long long answers_until);
 /* The loop's answers: a mirror of the metadata cache for calls on absolute home paths
@@ -96,6 +108,8 @@ int qr_watch_add(int ifd, int dirfd, uint32_t mask);     /* wd for dirfd's inode
 int qr_watch_rm(int ifd, int wd);
 long qr_fs_magic(int fd);                                 /* statfs f_type of fd's filesystem */
 #define IN_ATTRIB ...
+#define IN_OPEN ...
+#define IN_CLOSE_NOWRITE ...
 #define IN_MODIFY ...
 #define IN_CLOSE_WRITE ...
 #define IN_CREATE ...

@@ -824,12 +824,13 @@ void qr_set_empty_path_dirfd(const signed char *arg, int nbits)
     memcpy(empty_path_dirfd, arg, (size_t)(nbits < 1024 ? nbits : 1024));
 }
 
-enum { FD_LOCAL, FD_PLACEHOLDER, FD_COPY };
+enum { FD_LOCAL, FD_PLACEHOLDER, FD_COPY, FD_RO_COPY };
 
-/* The directories qrun's own fds point into: placeholders' and copies'. */
+/* The directories qrun's own fds point into: placeholders', copies' (live files) and
+ * read-only copies'. */
 struct qruns_dirs {
-    const char *ph, *copy;
-    size_t ph_len, copy_len;
+    const char *ph, *copy, *ro;
+    size_t ph_len, copy_len, ro_len;
 };
 
 /* What fd `fd` of `pid` is, by its /proc link: that link is left in `target` (its length
@@ -847,18 +848,101 @@ static int fd_kind(int pid, int fd, const struct qruns_dirs *d, char *target, si
         return FD_PLACEHOLDER;
     if ((size_t)n > d->copy_len && strncmp(target, d->copy, d->copy_len) == 0)
         return FD_COPY;
+    if ((size_t)n > d->ro_len && strncmp(target, d->ro, d->ro_len) == 0)
+        return FD_RO_COPY;
     return FD_LOCAL;
 }
 
+/* ---- exit stops the wait loop takes ----------------------------------------------------
+ * A rewritten call's exit stop needs only the job's arguments put back: the loop does
+ * that itself and keeps the result for Python, which never wakes for the stop. */
+#define QR_SETTLE_SLOTS 64
+enum { SLOT_FREE, SLOT_WAITING, SLOT_DONE };
+static struct settle_slot {
+    int tid, state;
+    long nr, ret;
+    unsigned long args[6];
+} settle_slots[QR_SETTLE_SLOTS];
+
+int qr_settle_exit(int tid, long nr, const unsigned long *args)
+{
+    for (int i = 0; i < QR_SETTLE_SLOTS; i++) {
+        struct settle_slot *s = &settle_slots[i];
+        if (s->state == SLOT_FREE) {
+            s->tid = tid;
+            s->nr = nr;
+            memcpy(s->args, args, sizeof s->args);
+            s->state = SLOT_WAITING;
+            return 0;
+        }
+    }
+    return -ENOSPC;
+}
+
+void qr_settled_forget(int tid)
+{
+    for (int i = 0; i < QR_SETTLE_SLOTS; i++)
+        if (settle_slots[i].state != SLOT_FREE && settle_slots[i].tid == tid)
+            settle_slots[i].state = SLOT_FREE;
+}
+
+int qr_settled(int *tids, long *rets, int max)
+{
+    int n = 0;
+    for (int i = 0; i < QR_SETTLE_SLOTS && n < max; i++) {
+        struct settle_slot *s = &settle_slots[i];
+        if (s->state == SLOT_DONE) {
+            tids[n] = s->tid;
+            rets[n++] = s->ret;
+            s->state = SLOT_FREE;
+        }
+    }
+    return n;
+}
+
+static struct settle_slot *settle_waiting(int pid)
+{
+    for (int i = 0; i < QR_SETTLE_SLOTS; i++)
+        if (settle_slots[i].state == SLOT_WAITING && settle_slots[i].tid == pid)
+            return &settle_slots[i];
+    return NULL;
+}
+
+/* The exit stop of a call whose exit the loop takes: put the job's arguments back, keep
+ * the result, resume. 0 if the stop is not one of those (or the thread vanished). */
+static int settle(int pid)
+{
+    struct settle_slot *s = settle_waiting(pid);
+    struct qr_regs r;
+    if (s == NULL)
+        return 0;
+    if (qr_get_regs(pid, &r) < 0 || qr_restore_args(pid, s->nr, s->args) < 0) {
+        s->ret = -ESRCH;
+        s->state = SLOT_DONE;
+        return 0;
+    }
+    s->ret = r.ret;
+    s->state = SLOT_DONE;
+    return ptrace(PTRACE_CONT, pid, 0, 0) == 0 || errno == ESRCH;
+}
+
+static long ro_copy_calls;   /* calls on read-only copies' fds the loop let run */
+
+long qr_ro_copy_calls(void)
+{
+    return ro_copy_calls;
+}
+
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
-                     int nbits, const char *home_prefix, const char *copy_prefix,
-                     const signed char *path_arg, const char *policy, int policy_len,
+                     const unsigned char *ro_ok, int nbits, const char *home_prefix,
+                     const char *copy_prefix, const char *ro_prefix, const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
                      int *seen_kind, long long answers_until)
 {
     if (nbits > 1024)
         nbits = 1024;    /* (the loop's own tables by syscall number) */
-    const struct qruns_dirs dirs = {home_prefix, copy_prefix, strlen(home_prefix), strlen(copy_prefix)};
+    const struct qruns_dirs dirs = {home_prefix, copy_prefix, ro_prefix,
+                                    strlen(home_prefix), strlen(copy_prefix), strlen(ro_prefix)};
     char target[4096];
     ssize_t link_len;
     struct qr_regs r;
@@ -869,6 +953,16 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
         if (pid < 0)
             return pid;
         int st = *status;
+        if (WIFEXITED(st) || WIFSIGNALED(st)) {
+            struct settle_slot *s = settle_waiting(pid);
+            if (s != NULL) {   /* killed before its exit stop: the call did not complete */
+                s->ret = -ESRCH;
+                s->state = SLOT_DONE;
+            }
+            return pid;
+        }
+        if (WIFSTOPPED(st) && (st >> 8) == (SIGTRAP | 0x80) && settle(pid))
+            continue;
         /* Only seccomp stops qualify; everything else is Python's. */
         if (!WIFSTOPPED(st) || (st >> 8) != (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8)))
             return pid;
@@ -901,9 +995,12 @@ int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned 
             if (!(local_ok[nr / 8] & (1 << (nr % 8))))
                 return pid;
             int kind = fd_kind(pid, (int)r.args[0], &dirs, target, sizeof target, &link_len);
-            if (kind == FD_PLACEHOLDER ||
-                (kind == FD_COPY && !(copy_ok[nr / 8] & (1 << (nr % 8)))))   /* not a copy's data path */
+            if (kind == FD_PLACEHOLDER ||   /* below: not a copy's data path */
+                (kind == FD_COPY && !(copy_ok[nr / 8] & (1 << (nr % 8)))) ||
+                (kind == FD_RO_COPY && !(ro_ok[nr / 8] & (1 << (nr % 8)))))
                 return seen_as(pid, QR_SEEN_FD_LINK, target, (size_t)link_len, seen, seen_size, seen_kind);
+            if (kind == FD_RO_COPY)
+                ro_copy_calls++;
         }
         /* A local fd or path (or none: the kernel will say EBADF): the kernel runs it. */
         if (ptrace(PTRACE_CONT, pid, 0, 0) < 0 && errno != ESRCH)

@@ -4,8 +4,9 @@ room they may take there.
 Every copy is fetched into the cache directory (`cache_dir`: the host's in the cluster
 file, or --cache-dir; by default the host's $TMPDIR). Before a copy is stored, room is made
 for it: within `cache_limit` if one is set, and always leaving RESERVE (or 5% of a small
-disk) free for everything else. Room comes from the copies no job process has open any more (a copy's
-only name is then its cache name), least recently opened first; they are fetched again if
+disk) free for everything else. Room comes from the copies no job process has open any
+more (a copy's only names are then its cache name and those kept opens keep for reuse,
+which then go), least recently opened first; they are fetched again if
 opened again. What cannot be made room for fails the open with ENOSPC, with one line
 saying which file and where (a home file larger than the room the host has cannot be used
 there: reads are the kernel's, so a copy must be whole).
@@ -32,6 +33,8 @@ class CacheSpace:
         # cache file -> (its size, the home path it copies), least recently opened first
         self._files: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self.on_evict: Callable[[str], None] = lambda home_path: None
+        # Drop the names that link a home path's copy for no process (kept opens' names)
+        self.unpin: Callable[[str], None] = lambda home_path: None
         self._over = False   # (said once)
 
     def free_on_disk(self) -> int:
@@ -91,7 +94,9 @@ class CacheSpace:
         for path, (_, home_path) in self._files.items():
             try:
                 if os.stat(path).st_nlink > 1:
-                    continue  # linked for an open fd (copies/) or written (live/)
+                    self.unpin(home_path)
+                    if os.stat(path).st_nlink > 1:
+                        continue  # linked for an open fd (ro/, copies/) or written (live/)
                 os.unlink(path)
             except FileNotFoundError:
                 pass

@@ -45,8 +45,10 @@ class FastPath:
         calls = list(by_nr.values())
         self._local_ok = _bitmap(s.number(arch) for s in calls if s.local_fd_native)
         self._copy_ok = _bitmap(s.number(arch) for s in calls if s.copy_local)
+        self._ro_ok = _bitmap(s.number(arch) for s in calls if s.ro_copy_local)
         self._ph_prefix = os.fsencode(fds.ph_dir + "/")
         self._copy_prefix = os.fsencode(fds.copies_dir + "/")
+        self._ro_prefix = os.fsencode(fds.ro_dir + "/")
         self._have_regs = ffi.new("int *")  # the C wait loop already read this stop's registers
         # By number: the path argument the loop routes by, and the dirfd before it that an
         # empty path names (AT_EMPTY_PATH): on a local fd such a call runs in the loop too
@@ -80,8 +82,8 @@ class FastPath:
             self._have_regs[0] = 0
             self._seen_kind[0] = lib.QR_SEEN_NONE
             return int(lib.qr_wait(status))
-        return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, FAST_BITS,
-                                        self._ph_prefix, self._copy_prefix, self._path_arg,
+        return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, self._ro_ok, FAST_BITS,
+                                        self._ph_prefix, self._copy_prefix, self._ro_prefix, self._path_arg,
                                         self._policy, len(self._policy), self.regs.raw,
                                         self._have_regs, self._seen, 4096, self._seen_kind,
                                         answers_until))

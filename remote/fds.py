@@ -1,11 +1,13 @@
 """What a tracee's fd refers to, read from the kernel rather than mirrored.
 
 Every home file the job opens is a home handle. A home regular file is an ordinary fd on
-`copies/<handle>`, a hard link to the local file with its content (the cached copy, or the
-live file the job writes: see writeback.py). Anything else is a placeholder on `ph/<handle>`:
-a directory an fd on an empty local directory (so read and write fail as on a directory),
-the rest an O_PATH fd on an empty file. /proc/PID/fd therefore tells which handle an fd is,
-and dup, fork inheritance, close-on-exec and fd numbering stay the kernel's job.
+`ro/<handle>` or `copies/<handle>`, a hard link to the local file with its content: the
+cached copy of a file opened read-only (rocopies.py), or the live file the job writes
+(writeback.py), which every open of that file shares while it is live. Anything else is
+a placeholder on `ph/<handle>`: a directory an fd on an empty local directory (so read and
+write fail as on a directory), the rest an O_PATH fd on an empty file. /proc/PID/fd
+therefore tells which handle an fd is, and dup, fork inheritance, close-on-exec and fd
+numbering stay the kernel's job.
 """
 
 from __future__ import annotations
@@ -43,20 +45,33 @@ class FdSpace:
         self.root = root
         self.ph_dir = os.path.join(root, "ph")
         self.copies_dir = os.path.join(root, "copies")
+        self.ro_dir = os.path.join(root, "ro")
         self.cache_dir = os.path.join(root, "cache")
         self.empty_dir = os.path.join(root, "cwd")
-        for d in (self.ph_dir, self.copies_dir, self.cache_dir, self.empty_dir):
+        for d in (self.ph_dir, self.copies_dir, self.ro_dir, self.cache_dir, self.empty_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._ph_prefix = self.ph_dir + "/"
         self._copies_prefix = self.copies_dir + "/"
+        self._ro_prefix = self.ro_dir + "/"
         self._cache_prefix = self.cache_dir + "/"
         self.cached: dict[str, Validator] = {}   # home path -> what the cached copy was made from
         self.handle_path: dict[int, str] = {}    # handle -> the home file's real path
+        self._names: dict[int, str] = {}         # handle -> its local name (placeholder or copy)
+        # Handles let go but kept open at home (keptopens.py), whose read-only copy's name
+        # stays for their next install: no link, unlink or stat when the job opens again.
+        self._kept_names: set[int] = set()
         self.space = space or CacheSpace(root, 0, lambda msg: None)
         self.space.on_evict = self._evicted
+        self.space.unpin = self._unpin
 
     def _evicted(self, home_path: str) -> None:
         self.cached.pop(home_path, None)
+
+    def _unpin(self, home_path: str) -> None:
+        """Room is needed: kept handles' names of this copy go (the handles stay kept, and
+        their next open goes home if the copy is evicted)."""
+        for h in [h for h in self._kept_names if self.handle_path.get(h) == home_path]:
+            self.forget(h)
 
     # -- classification ---------------------------------------------------------------
     def kind(self, pid: int, fd: int) -> tuple[str, int | None]:
@@ -71,7 +86,7 @@ class FdSpace:
     def classify(self, target: str) -> tuple[str, int | None]:
         """What an fd whose /proc link reads `target` is. A handle whose name was already
         removed reads "<path> (deleted)": still that handle (home then says EBADF)."""
-        for prefix, kind in ((self._ph_prefix, HOME), (self._copies_prefix, COPY)):
+        for prefix, kind in ((self._ph_prefix, HOME), (self._copies_prefix, COPY), (self._ro_prefix, COPY)):
             if target.startswith(prefix):
                 name = target[len(prefix):].removesuffix(" (deleted)")
                 if name.isdigit():
@@ -96,29 +111,46 @@ class FdSpace:
 
     # -- placeholders and copies --------------------------------------------------------
     def placeholder(self, handle: int, directory: bool) -> str:
-        path = self._ph_prefix + str(handle)
+        path = self._names[handle] = self._ph_prefix + str(handle)
         if directory:
             os.makedirs(path, mode=0o700, exist_ok=True)
         elif not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         return path
 
-    def link_copy(self, handle: int, cache_file: str, home_path: str) -> str:
-        """A per-open name for the cached copy: its fd then names its handle."""
-        path = self._copies_prefix + str(handle)
+    def link_copy(self, handle: int, cache_file: str, home_path: str, read_only: bool) -> str:
+        """A per-open name for the local file (`read_only`: the cached copy, opened
+        read-only): its fd then names its handle."""
+        path = (self._ro_prefix if read_only else self._copies_prefix) + str(handle)
+        if handle in self._kept_names:
+            if self._names.get(handle) == path:  # (fresh_copy vouched for its content)
+                self._kept_names.discard(handle)
+                self.handle_path[handle] = home_path
+                return path
+            self.forget(handle)
+        self._names[handle] = path
         os.link(cache_file, path)
         self.handle_path[handle] = home_path
         return path
 
-    def forget(self, handle: int) -> None:
+    def forget(self, handle: int, keep_name: bool = False) -> None:
+        """No fd of the job holds `handle` any more: its local name goes. `keep_name`: the
+        handle stays open at home for reuse, and a read-only copy's name stays with it."""
+        name = self._names.get(handle)
+        if keep_name and name is not None and name.startswith(self._ro_prefix):
+            self._kept_names.add(handle)
+            return
+        self._kept_names.discard(handle)
         self.handle_path.pop(handle, None)
-        for d in (self._ph_prefix, self._copies_prefix):
-            try:
-                os.unlink(d + str(handle))
-            except IsADirectoryError:
-                os.rmdir(d + str(handle))
-            except FileNotFoundError:
-                pass
+        name = self._names.pop(handle, None)
+        if name is None:
+            return
+        try:
+            os.unlink(name)
+        except IsADirectoryError:
+            os.rmdir(name)  # (a directory's placeholder)
+        except FileNotFoundError:
+            pass
 
     def mirror_truncate(self, home_path: str, length: int) -> None:
         """Apply a cut the job made at home (truncate, or ftruncate of a placeholder) to
@@ -133,10 +165,12 @@ class FdSpace:
     def copy_path(self, home_path: str) -> str:
         return self._cache_prefix + xxhash.xxh3_128_hexdigest(home_path.encode("utf-8", "surrogateescape"))
 
-    def fresh_copy(self, home_path: str, v: Validator) -> str | None:
+    def fresh_copy(self, home_path: str, v: Validator, handle: int | None = None) -> str | None:
+        """The cached copy of home's file `v`, if it is still here; for a kept `handle`
+        whose name stayed, that name holds this copy's content (no need to look)."""
         old = self.cached.get(home_path)
         path = self.copy_path(home_path)
-        if old == v and os.path.exists(path):
+        if old == v and (handle in self._kept_names or os.path.exists(path)):
             self.space.used_now(path)
             return path
         return None

@@ -6,6 +6,7 @@ from qrun.remote.channel import Rpc
 from qrun.remote.fds import FdSpace
 from qrun.remote.keptopens import KeptOpens
 from qrun.remote.procs import ProcessTable
+from qrun.remote.rocopies import ReadOnlyCopies
 from qrun.remote.writeback import LiveFiles
 
 
@@ -17,18 +18,37 @@ class HandleSweeper:
         self.table = table
         self.live = live
         self.kept = kept
-        self.open: set[int] = set()      # home handles we installed placeholders or copies for
+        self.open: set[int] = set()      # home handles of placeholders and live copies
         self.pending: set[int] = set()   # being installed right now (not in any fd table yet)
+        self.read_only = ReadOnlyCopies(fds.ro_dir)  # the handles of read-only copies
         self.deferred = False
 
-    def installing(self, h: int) -> None:
+    def installing(self, h: int, read_only: bool = False) -> None:
+        """`h` is being installed; a read-only copy's handle is let go when the kernel says
+        its last description closed (rocopies.py), the others by the fd tables."""
+        if read_only:
+            self.read_only.add(h)
+            return
         self.open.add(h)
         self.pending.add(h)
 
     def installed(self, h: int, ok: bool) -> None:
+        if h in self.read_only:
+            if not ok:
+                self.read_only.discard(h)
+                self._release(h)
+            return
         self.pending.discard(h)
         if not ok:
             self.sweep(only=h)
+
+    def let_go_closed(self, thorough: bool = False) -> None:
+        """Let go of the read-only copies' handles the job closed for good (cheap: no
+        system call unless the job may have closed one)."""
+        closed, lost = self.read_only.let_go(thorough)
+        for h in closed:
+            self._release(h)
+        self.open.update(lost)  # (counts lost: the fd tables decide for these)
 
     def fork_done(self, tid: int) -> None:
         self.table.forking.discard(tid)
@@ -37,6 +57,7 @@ class HandleSweeper:
 
     def sweep(self, only: int | None = None) -> None:
         """Close home handles no job process refers to any more."""
+        self.let_go_closed(thorough=True)
         if not self.open and not self.live.kept:
             return  # nothing to close: skip listing every process's fds (exits are frequent)
         if self.table.forking or self.table.early:
@@ -49,11 +70,17 @@ class HandleSweeper:
         for h in list(self.open):
             if (only is None or h == only) and h not in live and h not in self.pending:
                 self.open.discard(h)
-                self.fds.forget(h)
-                # (a live file's write-back handle stays, and so does a kept open's)
-                if not self.live.release(h) and not self._kept(h):
-                    self.rpc.pending_close.append(h)
+                self._release(h)
         self.live.reap()
+
+    def _release(self, h: int) -> None:
+        """No job process holds `h`: its local name goes, and the handle is closed at home
+        unless a live file's write-back or a kept open still needs it."""
+        live = self.live.release(h)
+        kept = not live and self._kept(h)
+        self.fds.forget(h, keep_name=kept)
+        if not live and not kept:
+            self.rpc.pending_close.append(h)
 
     def _kept(self, h: int) -> bool:
         kept, evicted = self.kept.keep(h)

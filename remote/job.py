@@ -79,7 +79,7 @@ class Job:
         table = ProcessTable()
         pids = PidMap(rpc, table, debug)
         live = LiveFiles(rpc, fds, table, warn)
-        kept = KeptOpens()
+        kept = KeptOpens(on_close=fds.forget)
         return cls(rpc, fds, policy, identity, arch, table, pids, HandleSweeper(rpc, fds, table, live, kept),
                    Resolver(fds, policy, pids, table), live, kept, warn,
                    loop=LoopAnswers(arch, list(TABLE)))

@@ -18,6 +18,7 @@ is never kept: a new open would not have that.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from qrun.remote.metacache import Key
@@ -26,7 +27,8 @@ MAX_KEPT = 256   # home fds held for reuse (each is one fd at home)
 
 
 class KeptOpens:
-    def __init__(self) -> None:
+    def __init__(self, on_close: Callable[[int], None] = lambda handle: None) -> None:
+        self._on_close = on_close  # a kept handle is to be closed at home (its name goes)
         # Handles in use that may be kept once let go: handle -> the open's key
         self._candidates: dict[int, Key] = {}
         # let go, open at home: key -> handle, least recently kept first
@@ -66,6 +68,7 @@ class KeptOpens:
         if len(self._kept) >= MAX_KEPT:
             _, evicted = self._kept.popitem(last=False)
             self._forget(evicted)
+            self._on_close(evicted)
         self._kept[key] = handle
         return True, evicted
 
@@ -90,4 +93,5 @@ class KeptOpens:
                 key = next(k for k, kh in self._kept.items() if kh == h)
                 del self._kept[key]
                 closing.append(h)
+                self._on_close(h)
         return closing

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite
+from qrun.remote.tracee import Memory, Regs, Scratch, Thread, rewrite, settle_in_c
 from qrun.syscalls.codecs import s32, s64
 from qrun.syscalls.model import Syscall
 from qrun.syscalls.table import BY_NAME
@@ -28,6 +28,7 @@ class Stop:
     seen_path: bytes | None = None
     seen_addr: int = 0
     seen_fd_link: str | None = None
+    settle_in_c: bool = False  # the C wait loop may take this call's exit stop
     result: int | None = field(default=None, init=False)  # the answer `skip` gave, if any
 
     @property
@@ -77,6 +78,15 @@ class Stop:
 
     def rewrite(self, nr: int, args: list[int]) -> None:
         rewrite(self.t, self.regs, nr, args)
+
+    def rewrite_settled(self, nr: int, args: list[int], cb: Callable[[int], None]) -> None:
+        """Like `rewrite` and `then`, but the C wait loop takes the exit stop: it puts the
+        job's arguments back and resumes the thread without waking Python, which runs
+        cb(result) when it next runs, the thread having gone on meanwhile. Falls back to
+        `rewrite` and `then` where the loop cannot (tracing, or its table is full)."""
+        if not (self.settle_in_c and settle_in_c(self.t, self.regs, nr, args, cb)):
+            self.rewrite(nr, args)
+            self.then(lambda th, ret: cb(ret))
 
     def then(self, cb: Callable[[Thread, int], None]) -> None:
         """Run cb(thread, result) at the call's exit stop."""

@@ -48,10 +48,12 @@ class Thread:
     # The job's own (nr, args) of the call in progress, if qrun rewrote them: put back at
     # the exit stop (see `rewrite`).
     rewritten: tuple[int, list[int]] | None = None
+    # A rewritten call whose exit stop the C wait loop takes: run with its result later.
+    settled: Callable[[int], None] | None = None
 
     @property
     def wants_exit_stop(self) -> bool:
-        return self.on_exit is not None or self.rewritten is not None
+        return self.on_exit is not None or self.rewritten is not None or self.settled is not None
 
 
 class Regs:
@@ -180,6 +182,19 @@ def rewrite(t: Thread, regs: Regs, nr: int, args: list[int]) -> None:
     rc = lib.qr_set_args(t.tid, nr, _words(args))
     if rc < 0:
         raise OSError(-rc, "set syscall arguments")
+
+
+def settle_in_c(t: Thread, regs: Regs, nr: int, args: list[int], cb: Callable[[int], None]) -> bool:
+    """`rewrite`, with the exit stop left to the C wait loop (Stop.rewrite_settled); False
+    if it has no room for one more (nothing was changed then)."""
+    if lib.qr_settle_exit(t.tid, regs.nr, _words(regs.args())) < 0:
+        return False
+    rc = lib.qr_set_args(t.tid, nr, _words(args))
+    if rc < 0:
+        lib.qr_settled_forget(t.tid)
+        raise OSError(-rc, "set syscall arguments")
+    t.settled = cb
+    return True
 
 
 def restore_args(t: Thread) -> None:

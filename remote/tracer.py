@@ -45,6 +45,7 @@ OPTIONS = (PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK
 EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
 STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 SYSCALL_STOP = signal.SIGTRAP | 0x80
+SETTLED_MAX = 64  # the C loop's slots for exit stops it takes (Stop.rewrite_settled)
 
 DEBUG = bool(os.environ.get("QRUN_DEBUG_TRACE"))
 
@@ -64,6 +65,9 @@ class Tracer:
                              enabled=not DEBUG and trace is None)
         if job.loop is not None:
             job.loop.enabled = self.fast.enabled
+        self._settle_in_c = self.fast.enabled  # (only the C loop takes exit stops)
+        self._settled_tids = ffi.new("int[]", SETTLED_MAX)
+        self._settled_rets = ffi.new("long[]", SETTLED_MAX)
         self.exec_err_fd = -1
 
     # ---- what the stdio thread asks ------------------------------------------------------
@@ -116,7 +120,25 @@ class Tracer:
         pid = self.fast.wait(status, self.job.loop_answers_until())
         if pid < 0:
             raise OSError(-pid, "waitpid")
+        self._settled()
         return pid, int(status[0])  # type: ignore[index]
+
+    def _settled(self) -> None:
+        """The results of the exit stops the C loop took (Stop.rewrite_settled) since
+        Python last ran, to their callbacks."""
+        n = lib.qr_settled(self._settled_tids, self._settled_rets, SETTLED_MAX)
+        for i in range(n):
+            t = self.table.threads.get(int(self._settled_tids[i]))
+            cb = t.settled if t is not None else None
+            if t is None or cb is None:
+                continue
+            t.settled = None
+            try:
+                cb(int(self._settled_rets[i]))
+            except (HomeLost, ProcessLookupError):
+                raise
+            except Exception as exc:  # (the call has returned: nothing to fail but a warning)
+                self.job.warn_sink(f"internal error finishing a call: {type(exc).__name__}: {exc}")
 
     def dispatch(self, pid: int, status: int) -> None:
         if DEBUG:
@@ -198,7 +220,7 @@ class Tracer:
             self.job.warn_once(f"syscall {regs.nr}", f"unsupported syscall number {regs.nr}: ENOSYS")
             skip(t.tid, -errno.ENOSYS)
             return False
-        s = Stop(t, regs, sc, self.job.mem, ARCH)
+        s = Stop(t, regs, sc, self.job.mem, ARCH, settle_in_c=self._settle_in_c)
         self._seen(s)
         if self.trace is not None:
             self.trace.begin(s)

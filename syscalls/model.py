@@ -168,6 +168,9 @@ class Syscall:
     # handle, "local" lets the kernel run it (the data path), and so on.
     on_copy: str = "home"
     local_fd_native: bool = False  # on a local fd (arg 0) the call simply runs: decided in C
+    # On a read-only copy's fd the call simply runs too, though it does not on a live one
+    # (close: the stub learns of a read-only copy's last close from inotify, rocopies.py).
+    ro_copy_native: bool = False
     level: Level = Level.FULL
     note: str = ""
     # Identity calls: the fields of the job's home identity they answer, in argument order
@@ -188,6 +191,11 @@ class Syscall:
     def copy_local(self) -> bool:
         """Whether the kernel runs it on a local copy's fd without Python (decided in C)."""
         return self.on_copy == "local"
+
+    @property
+    def ro_copy_local(self) -> bool:
+        """Whether the kernel runs it on a read-only copy's fd without Python (decided in C)."""
+        return self.copy_local or self.ro_copy_native
 
     @property
     def trapped(self) -> bool:

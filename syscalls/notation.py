@@ -75,12 +75,14 @@ def F(name: str, x: int | None, a: int | None, args: tuple,  # noqa: N802
 
 def X(name: str, x: int | None, a: int | None, handler: str, args: tuple,  # noqa: N802
       tags: frozenset[str], errno: str = "", note: str = "",
-      level: Level = FULL, local_fd: bool = False, answer: tuple[str, ...] = ()) -> None:
+      level: Level = FULL, local_fd: bool = False, answer: tuple[str, ...] = (),
+      ro_copy: bool = False) -> None:
     """Irregular call: handled by the code named `handler`. `local_fd`: on a local fd
-    (argument 0) the handler would do nothing, so the call runs without it."""
+    (argument 0) the handler would do nothing, so the call runs without it; `ro_copy`: on
+    a read-only copy's fd neither (see Syscall.ro_copy_native)."""
     TABLE.append(Syscall(name, x, a, args, Route.IRREGULAR, tags, handler=handler,
                          errno=errno, note=note, level=level, local_fd_native=local_fd,
-                         answer=answer))
+                         answer=answer, ro_copy_native=ro_copy))
 
 
 def I(name: str, x: int | None, a: int | None, handler: str, args: tuple = (),  # noqa: N802, E741, E743

@@ -92,6 +92,7 @@ class FakeStop:
         self.t, self.arch, self.memory = t, ARCH, memory
         self.skipped: int | None = None
         self.rewritten: tuple[int, list[int]] | None = None
+        self.repointed: tuple[int, int] | None = None
         self.on_exit: Callable[[Thread, int], None] | None = None
         self.seen_fd_link: str | None = None   # nothing read ahead by a C loop here
 
@@ -138,6 +139,9 @@ class FakeStop:
 
     def rewrite(self, nr: int, args: list[int]) -> None:
         self.rewritten = (nr, args)
+
+    def repoint(self, i: int, addr: int) -> None:
+        self.repointed = (i, addr)
 
     def then(self, cb: Callable[[Thread, int], None]) -> None:
         self.on_exit = cb
@@ -254,7 +258,7 @@ def test_fsync_of_a_live_file_writes_its_changes_back_before_home_syncs(env: Any
     source = tmp_path / "fetched"
     source.write_bytes(b"hello")
     lf = job.live.create(9, "/home/u/f", Validator(5, 1, 2, 3), str(source))
-    fd = os.open(job.fds.link_copy(9, lf.local, "/home/u/f"), os.O_RDWR | os.O_APPEND)
+    fd = os.open(job.fds.link_copy(9, lf.local, "/home/u/f", read_only=False), os.O_RDWR | os.O_APPEND)
     try:
         os.write(fd, b" world")
         chan.answers["writeback"] = lambda args: {"r": sum(map(len, args[3])), "e": None, "o": {}}

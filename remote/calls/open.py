@@ -14,7 +14,6 @@ from qrun.remote.job import Job, errno_of
 from qrun.remote.metacache import key_of
 from qrun.remote.resolver import Target, dirfd_of, path_index
 from qrun.remote.stop import Stop
-from qrun.remote.tracee import Thread
 from qrun.syscalls import flags as wflags
 from qrun.syscalls import structs
 from qrun.syscalls.abi import (
@@ -105,19 +104,21 @@ def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
     if fl & O_ACCMODE != os.O_RDONLY or fl & (O_CREAT | O_TRUNC | O_PATH):
         return False
     job.live.sync_changed()
+    job.handles.let_go_closed()     # (the job's closes of read-only copies make them kept)
     if not job.answerable_here():   # (drops that arrived close kept handles first)
         return False
     got = job.kept.take(key)
     if got is None:
         return False
     h, home_path, v = got
-    cache = job.fds.fresh_copy(home_path, v) if job.live.find(v) is None else None
+    cache = job.fds.fresh_copy(home_path, v, h) if job.live.find(v) is None else None
     try:
         if cache is None:
             raise FileNotFoundError(home_path)  # (evicted, or written here: go home)
-        _install_copy(s, job, h, cache, home_path, fl, writable=False)
+        _install_copy(s, job, h, cache, home_path, fl, writable=False, live=False)
     except OSError:
         job.kept.changed(h)
+        job.fds.forget(h)
         job.rpc.pending_close.append(h)
         return False
     job.kept.reused += 1
@@ -146,7 +147,7 @@ def _placeholder(s: Stop, job: Job, h: int, home_path: str, fl: int, exec_: bool
 def _copy(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool) -> str | None:
     v = Validator.of_wire_stat(o["stat"])
     try:
-        local = _local_file(s, job, h, home_path, o, fl, exec_, v)
+        local, live = _local_file(s, job, h, home_path, o, fl, exec_, v)
     except BaseException:
         job.rpc.pending_close.append(h)  # never installed: home lets go of it
         raise
@@ -154,30 +155,30 @@ def _copy(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bo
         job.rpc.pending_close.append(h)  # the new image needs the data, not the fd
         s.t.proc.next_exe = home_path
         return local
-    _install_copy(s, job, h, local, home_path, fl, bool(o.get("writable")))
+    _install_copy(s, job, h, local, home_path, fl, bool(o.get("writable")), live)
     return None
 
 
 def _local_file(s: Stop, job: Job, h: int, home_path: str, o: dict, fl: int, exec_: bool,
-                v: Validator) -> str:
-    """The local file an open of home's file `v` gets: the live one if the job writes it
-    (every open shares it), else the cached copy, fetched if need be."""
+                v: Validator) -> tuple[str, bool]:
+    """The local file an open of home's file `v` gets, and whether it is live: the live
+    one if the job writes it (every open shares it), else the cached copy, fetched if need be."""
     writable = bool(o.get("writable"))
     lf = job.live.find(v)
     if lf is not None and not exec_:
         inside = fl & O_ACCMODE != O_WRONLY or not fl & O_APPEND  # anything but `>> log`
         job.live.attach(lf, h, writable, inside, bool(fl & O_TRUNC) and writable, v,
                         lambda off, size: job.fetch(s.t, h, size, off))
-        return lf.local
+        return lf.local, True
     if o.get("unfetched"):
-        return job.live.create(h, home_path, v, None).local
+        return job.live.create(h, home_path, v, None).local, True
     cache = _fetched(s, job, h, home_path, o, v)
     if writable:
         if os.stat(cache).st_size != v.size:  # a fetch cut short: never write that back
             job.fds.cached.pop(home_path, None)
             raise OSError(errno.EIO, f"{home_path}: the fetch from home was cut short")
-        return job.live.create(h, home_path, v, cache).local
-    return cache
+        return job.live.create(h, home_path, v, cache).local, True
+    return cache, False
 
 
 def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -> str:
@@ -191,23 +192,25 @@ def _fetched(s: Stop, job: Job, h: int, home_path: str, o: dict, v: Validator) -
     return cache
 
 
-def _install_copy(s: Stop, job: Job, h: int, local: str, home_path: str, fl: int, writable: bool) -> None:
+def _install_copy(s: Stop, job: Job, h: int, local: str, home_path: str, fl: int, writable: bool,
+                  live: bool) -> None:
     """The job's fd on the local file: its own flags, but creation and truncation were
-    home's, and O_DIRECT is about home's disk (a local tmpfs would refuse it)."""
+    home's, and O_DIRECT is about home's disk (a local tmpfs would refuse it). The cached
+    copy, opened read-only, is a read-only copy (rocopies.py): its close is not trapped."""
     # (os.O_DIRECT: the stub runs on the job's architecture)
     drop = O_CREAT | O_EXCL | O_TRUNC | os.O_DIRECT | (0 if writable else O_ACCMODE)
-    install(s, job, job.fds.link_copy(h, local, home_path), fl & ~drop & 0xFFFFFFFF, h)
+    read_only = not live and not writable
+    install(s, job, job.fds.link_copy(h, local, home_path, read_only), fl & ~drop & 0xFFFFFFFF, h,
+            read_only)
 
 
-def install(s: Stop, job: Job, local_path: str, fl: int, handle: int) -> None:
+def install(s: Stop, job: Job, local_path: str, fl: int, handle: int, read_only: bool = False) -> None:
     """Turn the trapped open into openat(AT_FDCWD, local_path, fl) run by the kernel, so
-    the fd number is the kernel's choice."""
+    the fd number is the kernel's choice. Its exit stop, which puts the job's arguments
+    back, is the C wait loop's: Python hears of the result later."""
     scratch = s.scratch()
     p = scratch.put_str(os.fsencode(local_path))
     scratch.commit()
-    s.rewrite(s.number_of("openat"), [AT_FDCWD, p, fl, 0, 0, 0])
-    job.handles.installing(handle)
-
-    def installed(th: Thread, ret: int, h: int = handle) -> None:
-        job.handles.installed(h, ret >= 0)
-    s.then(installed)
+    job.handles.installing(handle, read_only)
+    s.rewrite_settled(s.number_of("openat"), [AT_FDCWD, p, fl, 0, 0, 0],
+                      lambda ret: job.handles.installed(handle, ret >= 0))
