@@ -63,6 +63,17 @@ def serve(cfg: ClusterConfig, bind: str, load_file: str | None, max_requests: in
         sys.stderr.write(f"qrun agent: cannot listen on {bind}: {exc}\n")
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _answer(sock, load_file, max_requests)
+    finally:
+        # Closed here, not left to the garbage collector at exit: a context terminated
+        # while its socket is still open waits for it forever (a SIGTERM would hang).
+        sock.close(linger=0)
+        ctx.term()
+    return 0
+
+
+def _answer(sock: zmq.Socket, load_file: str | None, max_requests: int) -> None:
     served = 0
     while not max_requests or served < max_requests:
         try:
@@ -78,7 +89,6 @@ def serve(cfg: ClusterConfig, bind: str, load_file: str | None, max_requests: in
         except ValueError as exc:
             sock.send(wire.encode("error", msg=str(exc), code=2))
         served += 1
-    return 0
 
 
 def agent_address(cfg: ClusterConfig, view: HostView) -> str:

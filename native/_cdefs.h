@@ -54,16 +54,18 @@ int qr_wait(int *status);        /* waitpid(-1, __WALL); returns pid or -errno *
 #define QR_SEEN_NONE ...
 #define QR_SEEN_PATH ...
 #define QR_SEEN_FD_LINK ...
-/* Exit stops qr_wait_filtered takes itself: at `tid`'s next syscall-exit stop it puts back
- * the job's own `nr` and `args` (as qr_restore_args), keeps the result and resumes the
- * thread; qr_settled then hands over up to `max` (tid, result) pairs of such stops (a
- * thread that died first: -ESRCH). qr_settle_exit returns -ENOSPC when all its slots are
- * in use; qr_settled_forget gives up a tid's slot. */
-int qr_settle_exit(int tid, long nr, const unsigned long *args);
+/* Exit stops qr_wait_filtered takes itself: at `tid`'s next syscall-exit stop, if it is
+ * the exit of call `ran`, it puts back the job's own `nr` and `args` (as qr_restore_args),
+ * keeps the result and resumes the thread; qr_settled then hands over up to `max` (tid,
+ * result) pairs of such stops (-ESRCH: the thread died first, or its next exit stop was
+ * not that call's, and was returned). qr_settle_exit returns -ENOSPC when all its slots
+ * are in use; qr_settled_forget gives up a tid's slot. */
+int qr_settle_exit(int tid, long nr, long ran, const unsigned long *args);
 int qr_settled(int *tids, long *rets, int max);
 void qr_settled_forget(int tid);
 /* How many calls on read-only copies' fds (close among them) qr_wait_filtered has let
- * run: while it has not moved, the job closed none of them (remote/rocopies.py). */
+ * run: while it has not moved, the job made no such close (it may still have let go of
+ * one by dup2, munmap, exec or exit, which a sweep finds: remote/rocopies.py). */
 long qr_ro_copy_calls(void);
 /* By syscall number, the dirfd argument an empty path names (AT_EMPTY_PATH), or -1:
  * qr_wait_filtered runs such a call on a local fd without returning. */

@@ -860,17 +860,18 @@ static int fd_kind(int pid, int fd, const struct qruns_dirs *d, char *target, si
 enum { SLOT_FREE, SLOT_WAITING, SLOT_DONE };
 static struct settle_slot {
     int tid, state;
-    long nr, ret;
+    long nr, ran, ret;   /* the job's call, the call that runs instead, its result */
     unsigned long args[6];
 } settle_slots[QR_SETTLE_SLOTS];
 
-int qr_settle_exit(int tid, long nr, const unsigned long *args)
+int qr_settle_exit(int tid, long nr, long ran, const unsigned long *args)
 {
     for (int i = 0; i < QR_SETTLE_SLOTS; i++) {
         struct settle_slot *s = &settle_slots[i];
         if (s->state == SLOT_FREE) {
             s->tid = tid;
             s->nr = nr;
+            s->ran = ran;
             memcpy(s->args, args, sizeof s->args);
             s->state = SLOT_WAITING;
             return 0;
@@ -916,7 +917,8 @@ static int settle(int pid)
     struct qr_regs r;
     if (s == NULL)
         return 0;
-    if (qr_get_regs(pid, &r) < 0 || qr_restore_args(pid, s->nr, s->args) < 0) {
+    /* (not the call's exit stop, e.g. another thread's execve took the tid over: Python's) */
+    if (qr_get_regs(pid, &r) < 0 || r.nr != s->ran || qr_restore_args(pid, s->nr, s->args) < 0) {
         s->ret = -ESRCH;
         s->state = SLOT_DONE;
         return 0;

@@ -60,6 +60,9 @@ class FdSpace:
         # Handles let go but kept open at home (keptopens.py), whose read-only copy's name
         # stays for their next install: no link, unlink or stat when the job opens again.
         self._kept_names: set[int] = set()
+        self._serial: dict[str, int] = {}     # home path -> which store of its copy is cached
+        self._name_serial: dict[int, int] = {}  # handle -> the store its ro/ name links
+        self._stores = 0
         self.space = space or CacheSpace(root, 0, lambda msg: None)
         self.space.on_evict = self._evicted
         self.space.unpin = self._unpin
@@ -123,15 +126,30 @@ class FdSpace:
         read-only): its fd then names its handle."""
         path = (self._ro_prefix if read_only else self._copies_prefix) + str(handle)
         if handle in self._kept_names:
-            if self._names.get(handle) == path:  # (fresh_copy vouched for its content)
+            if self._names.get(handle) == path and self._kept_name_fresh(handle, home_path):
                 self._kept_names.discard(handle)
                 self.handle_path[handle] = home_path
                 return path
             self.forget(handle)
         self._names[handle] = path
+        self._name_serial[handle] = self._serial.get(home_path, -1)
         os.link(cache_file, path)
         self.handle_path[handle] = home_path
         return path
+
+    def _kept_name_fresh(self, handle: int, home_path: str) -> bool:
+        """Whether a kept handle's name links the copy now cached for `home_path` (the very
+        store of it: a copy dropped and fetched again is another file)."""
+        return (handle in self._kept_names and home_path in self.cached
+                and self._name_serial.get(handle) == self._serial.get(home_path, -2))
+
+    def to_copies(self, handle: int) -> None:
+        """Move a read-only copy's name to copies/: its fds' close is trapped from now on."""
+        name = self._names.get(handle)
+        if name is not None and name.startswith(self._ro_prefix):
+            new = self._copies_prefix + str(handle)
+            os.rename(name, new)
+            self._names[handle] = new
 
     def forget(self, handle: int, keep_name: bool = False) -> None:
         """No fd of the job holds `handle` any more: its local name goes. `keep_name`: the
@@ -141,6 +159,7 @@ class FdSpace:
             self._kept_names.add(handle)
             return
         self._kept_names.discard(handle)
+        self._name_serial.pop(handle, None)
         self.handle_path.pop(handle, None)
         name = self._names.pop(handle, None)
         if name is None:
@@ -170,7 +189,8 @@ class FdSpace:
         whose name stayed, that name holds this copy's content (no need to look)."""
         old = self.cached.get(home_path)
         path = self.copy_path(home_path)
-        if old == v and (handle in self._kept_names or os.path.exists(path)):
+        if old == v and ((handle is not None and self._kept_name_fresh(handle, home_path))
+                         or os.path.exists(path)):
             self.space.used_now(path)
             return path
         return None
@@ -201,5 +221,7 @@ class FdSpace:
         # Replace atomically: a tracee still reading an older copy keeps its inode.
         os.rename(tmp, path)
         self.cached[home_path] = v
+        self._stores += 1
+        self._serial[home_path] = self._stores
         self.space.stored(path, v.size, home_path)
         return path

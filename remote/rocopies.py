@@ -3,15 +3,17 @@ trapping close.
 
 A home file opened read-only whose content is cached here is an fd on `ro/<handle>`, a
 hard link to the cached copy, and the kernel runs every data call on it. Its close is
-not trapped either (the C wait loop resumes it): inotify on `ro/` reports every open of
-those names (IN_OPEN) and every last close of an open file description (IN_CLOSE_*), so
-the stub counts each handle's descriptions (the one it installed, and any made through
-/proc/PID/fd/N or an exec of it) and lets the handle go when the count is back to zero.
-Then no fd of any process, no mapping and no fd in flight in a Unix socket holds it,
-which a scan of the fd tables could not tell for the last two.
+not trapped either (the C wait loop resumes it): inotify on `ro/` reports the install's
+open of the name (IN_OPEN) and the last close of that open file description (IN_CLOSE_*),
+which comes only when no fd of any process (dup'ed, inherited, in flight in a Unix
+socket) and no mapping holds it any more; a scan of the fd tables could not tell the last
+two. The stub counts each handle's descriptions and lets the handle go when the count is
+back to zero. (A name has one description at a time: a reopen through /proc/PID/fd goes
+home and gets a handle of its own, and an exec runs the cached copy itself.)
 
 If the kernel's queue of events overflows, the counts are lost: those handles are then
-let go as the others are, once no process's fd table holds them (handles.py).
+let go as the others are, once no process's fd table holds them (handles.py). A lock on a
+read-only copy moves its name to copies/, whose close is trapped (handles.swept_from_now).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class ReadOnlyCopies:
         """`handle`'s name is about to be opened for the job (its IN_OPEN is still to come)."""
         self._descriptions[handle] = 0
 
+    def never_opened(self, handle: int) -> bool:
+        """Whether no IN_OPEN of `handle`'s name has been read since it was added."""
+        return self._descriptions.get(handle) == 0
+
     def discard(self, handle: int) -> None:
         self._descriptions.pop(handle, None)
 
@@ -64,12 +70,14 @@ class ReadOnlyCopies:
         calls = lib.qr_ro_copy_calls()
         if not thorough and calls == self._calls_seen:
             return [], []
-        self._calls_seen = calls
-        return self._read()
+        events = self._queued()
+        if events:  # (a close the loop let run may not have run yet: look again next time)
+            self._calls_seen = calls
+        return self._count(events)
 
-    def _read(self) -> tuple[list[int], list[int]]:
+    def _count(self, events: list[tuple[int, int, bytes]]) -> tuple[list[int], list[int]]:
         closed: list[int] = []
-        for _wd, mask, name in self._queued():
+        for _wd, mask, name in events:
             if mask & lib.IN_Q_OVERFLOW:
                 lost = list(self._descriptions)
                 self._descriptions.clear()

@@ -187,7 +187,7 @@ def rewrite(t: Thread, regs: Regs, nr: int, args: list[int]) -> None:
 def settle_in_c(t: Thread, regs: Regs, nr: int, args: list[int], cb: Callable[[int], None]) -> bool:
     """`rewrite`, with the exit stop left to the C wait loop (Stop.rewrite_settled); False
     if it has no room for one more (nothing was changed then)."""
-    if lib.qr_settle_exit(t.tid, regs.nr, _words(regs.args())) < 0:
+    if lib.qr_settle_exit(t.tid, regs.nr, nr, _words(regs.args())) < 0:
         return False
     rc = lib.qr_set_args(t.tid, nr, _words(args))
     if rc < 0:

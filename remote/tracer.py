@@ -133,12 +133,17 @@ class Tracer:
             if t is None or cb is None:
                 continue
             t.settled = None
-            try:
-                cb(int(self._settled_rets[i]))
-            except (HomeLost, ProcessLookupError):
-                raise
-            except Exception as exc:  # (the call has returned: nothing to fail but a warning)
-                self.job.warn_sink(f"internal error finishing a call: {type(exc).__name__}: {exc}")
+            self._settled_callback(cb, int(self._settled_rets[i]))
+
+    def _settled_callback(self, cb: Callable[[int], None], ret: int) -> None:
+        try:
+            cb(ret)
+        except HomeLost:
+            raise
+        except ProcessLookupError:
+            pass  # (the thread is gone; its exit follows)
+        except Exception as exc:  # (the call has returned: nothing to fail but a warning)
+            self.job.warn_sink(f"internal error finishing a call: {type(exc).__name__}: {exc}")
 
     def dispatch(self, pid: int, status: int) -> None:
         if DEBUG:
@@ -173,6 +178,10 @@ class Tracer:
             self._adopt(t, lib.qr_geteventmsg(t.tid))
         elif event == EVENT_EXEC:
             t.rewritten = None  # a new program: its registers are its own
+            if t.settled is not None:  # (a thread of it exec'd while this one installed)
+                lib.qr_settled_forget(t.tid)
+                cb, t.settled = t.settled, None
+                self._settled_callback(cb, -errno.ESRCH)
             t.proc.exe = t.proc.next_exe
             self.job.handles.sweep()
         elif event == EVENT_STOP:

@@ -106,3 +106,38 @@ def test_the_sweeper_keeps_a_closed_copy_s_handle_and_closes_a_failed_one(tmp_pa
     hs.sweep()
     assert os.path.exists(name) and kept.drop([55], everything=False) == [5]
     assert not os.path.exists(name)
+
+
+def test_a_failed_install_whose_open_ran_keeps_its_handle(tmp_path: Path) -> None:
+    """A thread killed (or exec'd over) before its exit stop reports -ESRCH, yet its open
+    may have run: the kernel's IN_OPEN decides, not the result."""
+    hs, rpc, _ = _sweeper(tmp_path)
+    cache = tmp_path / "cache"
+    cache.write_bytes(b"data")
+    name = hs.fds.link_copy(3, str(cache), "/home/u/f3", read_only=True)
+    hs.installing(3, read_only=True)
+    fd = os.open(name, os.O_RDONLY)
+    hs.installed(3, False)
+    assert rpc.pending_close == [] and os.path.exists(name)
+    os.close(fd)
+    hs.sweep()
+    assert rpc.pending_close == [3] and not os.path.exists(name)
+
+
+def test_a_lock_moves_a_read_only_copy_to_the_swept_ones(tmp_path: Path) -> None:
+    """A lock must go at home when the job lets go of the handle: its close is trapped
+    again (copies/), and the fd tables decide."""
+    hs, rpc, _ = _sweeper(tmp_path)
+    cache = tmp_path / "cache"
+    cache.write_bytes(b"data")
+    name = hs.fds.link_copy(4, str(cache), "/home/u/f4", read_only=True)
+    hs.installing(4, read_only=True)
+    fd = os.open(name, os.O_RDONLY)
+    hs.installed(4, True)
+    hs.swept_from_now(4)
+    link = os.readlink(f"/proc/self/fd/{fd}")
+    assert link == os.path.join(hs.fds.copies_dir, "4") and hs.fds.classify(link) == ("copy", 4)
+    assert 4 in hs.open and (hs.read_only is None or 4 not in hs.read_only)
+    os.close(fd)
+    hs.sweep()   # (no job process holds it: ProcessTable is empty)
+    assert rpc.pending_close == [4] and not os.path.exists(os.path.join(hs.fds.copies_dir, "4"))

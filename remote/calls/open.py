@@ -199,7 +199,7 @@ def _install_copy(s: Stop, job: Job, h: int, local: str, home_path: str, fl: int
     copy, opened read-only, is a read-only copy (rocopies.py): its close is not trapped."""
     # (os.O_DIRECT: the stub runs on the job's architecture)
     drop = O_CREAT | O_EXCL | O_TRUNC | os.O_DIRECT | (0 if writable else O_ACCMODE)
-    read_only = not live and not writable
+    read_only = not live and not writable and job.handles.read_only_copies
     install(s, job, job.fds.link_copy(h, local, home_path, read_only), fl & ~drop & 0xFFFFFFFF, h,
             read_only)
 
