@@ -108,15 +108,20 @@ def test_the_sweeper_keeps_a_closed_copy_s_handle_and_closes_a_failed_one(tmp_pa
     assert not os.path.exists(name)
 
 
+def _installed_and_opened(hs: HandleSweeper, tmp_path: Path, h: int) -> tuple[str, int]:
+    """A read-only copy's install of handle `h` whose open ran (the name, the fd)."""
+    cache = tmp_path / "cache"
+    cache.write_bytes(b"data")
+    name = hs.fds.link_copy(h, str(cache), f"/home/u/f{h}", read_only=True)
+    hs.installing(h, read_only=True)
+    return name, os.open(name, os.O_RDONLY)
+
+
 def test_a_failed_install_whose_open_ran_keeps_its_handle(tmp_path: Path) -> None:
     """A thread killed (or exec'd over) before its exit stop reports -ESRCH, yet its open
     may have run: the kernel's IN_OPEN decides, not the result."""
     hs, rpc, _ = _sweeper(tmp_path)
-    cache = tmp_path / "cache"
-    cache.write_bytes(b"data")
-    name = hs.fds.link_copy(3, str(cache), "/home/u/f3", read_only=True)
-    hs.installing(3, read_only=True)
-    fd = os.open(name, os.O_RDONLY)
+    name, fd = _installed_and_opened(hs, tmp_path, 3)
     hs.installed(3, False)
     assert rpc.pending_close == [] and os.path.exists(name)
     os.close(fd)
@@ -128,11 +133,7 @@ def test_a_lock_moves_a_read_only_copy_to_the_swept_ones(tmp_path: Path) -> None
     """A lock must go at home when the job lets go of the handle: its close is trapped
     again (copies/), and the fd tables decide."""
     hs, rpc, _ = _sweeper(tmp_path)
-    cache = tmp_path / "cache"
-    cache.write_bytes(b"data")
-    name = hs.fds.link_copy(4, str(cache), "/home/u/f4", read_only=True)
-    hs.installing(4, read_only=True)
-    fd = os.open(name, os.O_RDONLY)
+    _, fd = _installed_and_opened(hs, tmp_path, 4)
     hs.installed(4, True)
     hs.swept_from_now(4)
     link = os.readlink(f"/proc/self/fd/{fd}")
