@@ -72,7 +72,8 @@ long qr_ro_copy_calls(void);
 void qr_set_empty_path_dirfd(const signed char *arg, int nbits);
 int qr_wait_filtered(int *status, const unsigned char *local_ok, const unsigned char *copy_ok,
                      const unsigned char *ro_ok, int nbits, const char *home_prefix,
-                     const char *copy_prefix, const char *ro_prefix, const signed char *path_arg, const char *policy, int policy_len,
+                     const char *copy_prefix, const char *ro_prefix,
+                     const signed char *path_arg, const char *policy, int policy_len,
                      struct qr_regs *regs, int *have_regs, char *seen, int seen_size,
                      int *seen_kind, long long answers_until);
 /* The loop's answers: a mirror of the metadata cache for calls on absolute home paths

@@ -82,8 +82,8 @@ class FastPath:
             self._have_regs[0] = 0
             self._seen_kind[0] = lib.QR_SEEN_NONE
             return int(lib.qr_wait(status))
-        return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, self._ro_ok, FAST_BITS,
-                                        self._ph_prefix, self._copy_prefix, self._ro_prefix, self._path_arg,
-                                        self._policy, len(self._policy), self.regs.raw,
-                                        self._have_regs, self._seen, 4096, self._seen_kind,
-                                        answers_until))
+        return int(lib.qr_wait_filtered(status, self._local_ok, self._copy_ok, self._ro_ok,
+                                        FAST_BITS, self._ph_prefix, self._copy_prefix,
+                                        self._ro_prefix, self._path_arg, self._policy,
+                                        len(self._policy), self.regs.raw, self._have_regs,
+                                        self._seen, 4096, self._seen_kind, answers_until))

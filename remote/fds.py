@@ -161,9 +161,9 @@ class FdSpace:
         self._kept_names.discard(handle)
         self._name_serial.pop(handle, None)
         self.handle_path.pop(handle, None)
-        name = self._names.pop(handle, None)
         if name is None:
             return
+        del self._names[handle]
         try:
             os.unlink(name)
         except IsADirectoryError:

@@ -52,10 +52,12 @@ class HandleSweeper:
         if not ok:
             self.sweep(only=h)
 
-    def swept_from_now(self, h: int | None) -> None:
-        """A lock on `h`, which must go at home once the job lets go of the handle: a
-        read-only copy's untrapped close would not tell in time, so its name moves to
-        copies/ (its close is trapped again) and the fd tables decide from now on."""
+    def locking(self, h: int | None) -> None:
+        """A lock is taken on `h`: a fresh open would not have it, so it is never kept, and
+        the lock must go at home once the job lets go of the handle. A read-only copy's
+        untrapped close would not tell in time, so its name moves to copies/ (its close is
+        trapped again) and the fd tables decide from now on."""
+        self.kept.changed(h)
         if h is None or self.read_only is None or h not in self.read_only:
             return
         self.fds.to_copies(h)

@@ -13,7 +13,7 @@ home and gets a handle of its own, and an exec runs the cached copy itself.)
 
 If the kernel's queue of events overflows, the counts are lost: those handles are then
 let go as the others are, once no process's fd table holds them (handles.py). A lock on a
-read-only copy moves its name to copies/, whose close is trapped (handles.swept_from_now).
+read-only copy moves its name to copies/, whose close is trapped (handles.locking).
 """
 
 from __future__ import annotations

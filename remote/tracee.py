@@ -179,6 +179,10 @@ def rewrite(t: Thread, regs: Regs, nr: int, args: list[int]) -> None:
     translated twice names some other process)."""
     if t.rewritten is None:
         t.rewritten = (regs.nr, regs.args())
+    _set_args(t, nr, args)
+
+
+def _set_args(t: Thread, nr: int, args: list[int]) -> None:
     rc = lib.qr_set_args(t.tid, nr, _words(args))
     if rc < 0:
         raise OSError(-rc, "set syscall arguments")
@@ -189,10 +193,11 @@ def settle_in_c(t: Thread, regs: Regs, nr: int, args: list[int], cb: Callable[[i
     if it has no room for one more (nothing was changed then)."""
     if lib.qr_settle_exit(t.tid, regs.nr, nr, _words(regs.args())) < 0:
         return False
-    rc = lib.qr_set_args(t.tid, nr, _words(args))
-    if rc < 0:
+    try:
+        _set_args(t, nr, args)
+    except OSError:
         lib.qr_settled_forget(t.tid)
-        raise OSError(-rc, "set syscall arguments")
+        raise
     t.settled = cb
     return True
 

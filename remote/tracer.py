@@ -129,11 +129,9 @@ class Tracer:
         n = lib.qr_settled(self._settled_tids, self._settled_rets, SETTLED_MAX)
         for i in range(n):
             t = self.table.threads.get(int(self._settled_tids[i]))
-            cb = t.settled if t is not None else None
-            if t is None or cb is None:
-                continue
-            t.settled = None
-            self._settled_callback(cb, int(self._settled_rets[i]))
+            if t is not None and t.settled is not None:
+                cb, t.settled = t.settled, None
+                self._settled_callback(cb, int(self._settled_rets[i]))
 
     def _settled_callback(self, cb: Callable[[int], None], ret: int) -> None:
         try:

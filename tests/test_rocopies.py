@@ -135,7 +135,7 @@ def test_a_lock_moves_a_read_only_copy_to_the_swept_ones(tmp_path: Path) -> None
     hs, rpc, _ = _sweeper(tmp_path)
     _, fd = _installed_and_opened(hs, tmp_path, 4)
     hs.installed(4, True)
-    hs.swept_from_now(4)
+    hs.locking(4)
     link = os.readlink(f"/proc/self/fd/{fd}")
     assert link == os.path.join(hs.fds.copies_dir, "4") and hs.fds.classify(link) == ("copy", 4)
     assert 4 in hs.open and (hs.read_only is None or 4 not in hs.read_only)

@@ -81,8 +81,7 @@ def _record_lock(s: Stop, job: Job, ref: int | None, cmd: int) -> None:
     if lay.unpack(bytes(lock))["type"] == abi.F_UNLCK and ref is not None:
         job.live.write_back(ref)  # the next holder sees what was written under the lock
     lock[lay.offset("pid"):lay.offset("pid") + 4] = b"\0" * 4  # OFD locks want l_pid 0
-    job.kept.changed(ref)   # (its locks would go with a kept handle)
-    job.handles.swept_from_now(ref)
+    job.handles.locking(ref)
     rep = job.call(s.t, "fcntl_lock", [ref, HOME_LOCK_CMD.get(cmd, cmd), bytes(lock)])
     if rep["e"] in ("EAGAIN", "EACCES") and cmd in WAITING_LOCKS:
         park(s)
@@ -103,8 +102,7 @@ def h_flock(s: Stop, job: Job) -> None:
     op = s.sarg(1)
     if op & abi.LOCK_UN and ref is not None:
         job.live.write_back(ref)  # (as NFS flushes at unlock)
-    job.kept.changed(ref)
-    job.handles.swept_from_now(ref)
+    job.handles.locking(ref)
     rep = job.call(s.t, "flock", [ref, op | abi.LOCK_NB])
     if rep["e"] == "EAGAIN" and not op & abi.LOCK_NB:
         park(s)
