@@ -48,9 +48,7 @@ def report(o: Outcome, verbose: bool, argv0: str) -> int:
 
 
 def _data_path(u: dict[str, float]) -> str:
-    """A transparent job's requests to home, calls answered from its metadata cache, opens
-    answered by a kept handle, bytes fetched from and written back to home, and copies
-    evicted to make room."""
-    keys = ("calls", "cached", "reopened", "fetched", "written_back", "evicted")
-    out = "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in keys if k in u)
+    """A transparent job's counts (wire.DATA_PATH_COUNTS)."""
+    from qrun.syscalls.wire import DATA_PATH_COUNTS
+    out = "".join(f" {k.replace('_', '-')}={int(u[k])}" for k in DATA_PATH_COUNTS if k in u)
     return out + (f" reconnects={int(u['reconnects'])}" if u.get("reconnects") else "")

@@ -390,6 +390,9 @@ class HomeServer:
         self.last_seq, self.replies[seq] = max(self.last_seq, seq), reply
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
+        if "c" in o:
+            for frame in self.answers.listing_after(msg["op"], msg["a"], e):
+                self.sock.send_multipart([ident, frame])
 
     def take_over(self, taken: servestate.Taken) -> list[str]:
         """Serve on a job whose home server was killed, from what it left (`taken`): its

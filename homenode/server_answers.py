@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from qrun.homenode.executor import Tracker
+from qrun.homenode.listings import Listings
 from qrun.homenode.watches import Watches
 from qrun.syscalls import wire
 
@@ -24,6 +25,7 @@ STABLE_ERRORS = frozenset({"ENOENT", "ENOTDIR", "EACCES", "ELOOP", "ENAMETOOLONG
 class Answers:
     def __init__(self, enabled: bool) -> None:
         self.watches = Watches() if enabled else None
+        self.listings = Listings(self.watches) if self.watches is not None else None
         self.drops = 0    # drop messages sent so far
         self.mounts = _open_mountinfo() if enabled else None
 
@@ -67,6 +69,22 @@ class Answers:
         else:
             self.watches.forget(seq)
         return self._drops(stale - {seq}, everything)
+
+    def listing_after(self, op: str, a: list[Any], e: str | None) -> list[bytes]:
+        """After the kept answer to `op(a)` (error `e`) went: the listing of its directory,
+        if it is time for one (listings.py), with the drops for what changed while it was
+        made."""
+        if self.listings is None or self.watches is None:
+            return []
+        d = self.listings.missed(op, a, e)
+        listing = self.listings.listing(d) if d is not None else None
+        if listing is None:
+            return []
+        stale, everything = self.watches.changed()
+        frames = self._drops(stale, everything)
+        if not everything and listing.without(stale) is not None:
+            frames.append(wire.encode("list", **listing.fields()))
+        return frames
 
     def forget(self, answer: int | None) -> None:
         """An answer the stub no longer holds (a kept open's handle closed)."""

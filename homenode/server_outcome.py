@@ -8,6 +8,7 @@ from typing import Any
 
 from qrun.homenode import schema
 from qrun.homenode.executor import BadRequest
+from qrun.syscalls import wire
 
 
 class JobFailed(Exception):
@@ -48,7 +49,6 @@ def exit_status(st: dict[str, Any]) -> dict[str, Any]:
 
 
 def exit_usage(u: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "calls", "cached",
-                                                        "reopened", "fetched", "written_back",
-                                                        "evicted", "reconnects")
+    return {k: float(v) for k, v in u.items() if k in ("utime", "stime", "maxrss_kb", "reconnects",
+                                                        *wire.DATA_PATH_COUNTS)
             and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**53}

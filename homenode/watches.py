@@ -87,6 +87,35 @@ class Watches:
         self._note(answer, deps)
         return True
 
+    def walk(self, path: bytes) -> list[Dep] | None:
+        """What resolving absolute `path` (symlinks followed) steps through, watched; None
+        if a step cannot be watched."""
+        return self._walk(None, path, True) if self.fd is not None else None
+
+    def note(self, answer: int, deps: list[Dep]) -> None:
+        """`answer` depends on `deps` (watched already): any change to them makes it stale."""
+        self._note(answer, deps)
+
+    def holds(self, answer: int) -> bool:
+        """Whether `answer` is still tracked (nothing it depends on changed)."""
+        return answer in self._deps
+
+    def watch_entry(self, dirfd: int, name: bytes, is_dir: bool, share: int) -> int | None:
+        """The watch on entry `name`'s own inode, if no more than 1/share of the budget
+        is held (what the other answers need is left to them)."""
+        if len(self._wds) * share >= self.max_watches:
+            return None
+        if not is_dir:
+            return self.watch_file(dirfd, name)
+        try:
+            fd = os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dirfd)
+        except OSError:
+            return None
+        try:
+            return self.watch_dir(fd)
+        finally:
+            os.close(fd)
+
     def _walk(self, start: int | None, path: bytes, follow: bool) -> list[Dep] | None:
         """The kernel's path walk, one component at a time (`..` physically, symlinks
         followed up to MAX_HOPS), noting each step; None if a step is not watchable.

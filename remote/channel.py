@@ -109,6 +109,7 @@ def try_send(sock: zmq.Socket, frame: bytes) -> bool:
         return False
 
 
+PUSHES = frozenset({"drop", "list"})   # what home sends unasked: the metadata cache's
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # (plain ints: enum arithmetic costs a call)
 
 
@@ -121,7 +122,7 @@ class Rpc:
         self.seq = 0
         self.pending_retire: list[int] = []
         self.pending_close: list[int] = []
-        # Messages home sends unasked on this connection (the metadata cache's drops).
+        # Messages home sends unasked on this connection (the metadata cache's drops and listings).
         self.on_push: Callable[[dict[str, Any]], None] = lambda msg: None
         # Every reply, whoever asked (the metadata cache counts the drops it says went first).
         self.on_reply: Callable[[dict[str, Any]], None] = lambda msg: None
@@ -191,7 +192,7 @@ class Rpc:
                 msg = self._recv_message()
             except wire.ProtocolError:
                 continue
-            if msg["t"] == "drop":
+            if msg["t"] in PUSHES:
                 self.on_push(msg)
             elif msg["t"] == "error":
                 raise HomeLost(msg["msg"])
@@ -246,7 +247,7 @@ class Rpc:
             got[msg["seq"]] = msg
         elif msg["t"] == "error":
             raise HomeLost(msg["msg"])
-        elif msg["t"] == "drop":
+        elif msg["t"] in PUSHES:
             self.on_push(msg)
         # (anything else: a late duplicate of an earlier reply)
 

@@ -66,7 +66,11 @@ class Job:
             self.rpc.pending_close += self.kept.drop([], True)
 
     def _pushed(self, msg: dict[str, Any]) -> None:
-        """Home's drop: cached answers go, and kept opens whose answer went are closed."""
+        """Home's drop: cached answers go, and kept opens whose answer went are closed. Or
+        a directory listing to answer from."""
+        if msg["t"] == "list":
+            self.meta.listed(msg)
+            return
         everything = self.meta.drop(msg)
         self.rpc.pending_close += self.kept.drop(msg["c"], everything)
         lost = msg.get("lost")
@@ -92,7 +96,7 @@ class Job:
             self.live.sync_changed()  # home never shows the job less than it has written
         key = key_of(op, args) if op in CACHED else None
         if key is not None and self.answerable_here():
-            hit = self.meta.get(key)
+            hit = self.meta.get(key) or self.meta.derive(key, op, args)
             if hit is not None:
                 return hit
         rep = self.rpc.call(op, args, tid=t.tid, umask=t.fs.umask)

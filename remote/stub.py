@@ -353,8 +353,8 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
         eprint(f"{path}: writing the job's changes back failed ({err}); they are not at home")
     result = wait_status_to_wire(status) | tracer.start_failure()
     cached = job.meta.hits + (job.loop.hits if job.loop else 0)
-    data = {"calls": rpc.seq, "cached": cached, "reopened": job.kept.reused, "fetched": job.fetched,
-            "written_back": job.live.bytes_sent, "evicted": space.evicted}
+    data = {"calls": rpc.seq, "cached": cached, "listed": job.meta.derived, "reopened": job.kept.reused,
+            "fetched": job.fetched, "written_back": job.live.bytes_sent, "evicted": space.evicted}
     return report_exit(pump, result, socket.gethostname(), data, welcome["options"]["exit_with_job"])
 
 

@@ -15,7 +15,7 @@ import xxhash
 from qrun.syscalls.table import TABLE
 
 # 2: write-back data travels in frames after the map (REQUEST_DATA_OPS)
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_MESSAGE = 64 << 20
 MAX_REQUEST_FRAME = 16 << 20   # the largest frame home accepts (libzmq drops the connection)
 
@@ -75,6 +75,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     # one; n: this drop's number (a gap means one was lost). Replies carry "dn", the drops so far.
     # After a takeover it may carry "lost": handles the new home server could not open again.
     "drop": {"c": (list,), "all": (bool,), "n": (int,)},
+    # home -> stub: directory d's entries, [name, number, stat or None, link target or None]
+    # each, the set of names numbered n (homenode/listings.py); numbered answers as above
+    "list": {"d": (bytes,), "n": (int,), "e": (list,)},
     "ping": {},
     "pong": {"out": (int,)},
     "exit": {"status": (dict,), "usage": (dict,), "host": (str,)},
@@ -90,6 +93,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "load": {"host": (str,), "load1": (float, int), "cpus": (int,), "mem_total": (int,),
              "mem_avail": (int,)},
 }
+
+
+# What a transparent job's exit report counts about its data path, in the order `qrun -v`
+# prints it: requests sent home, calls answered from the metadata cache and from directory
+# listings, opens answered by a kept handle, bytes fetched and written back, copies evicted.
+DATA_PATH_COUNTS = ("calls", "cached", "listed", "reopened", "fetched", "written_back", "evicted")
 
 
 def encode(kind: str, **fields: Any) -> bytes:

@@ -81,9 +81,7 @@ def test_what_cannot_be_watched_is_not_cacheable(watches: Watches) -> None:
     assert watches.changed() == (set(), False)
 
 
-WATCHER = """\
-import os, sys, time
-
+WAIT_FOR = """\
 def wait_for(what, probe, old):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -96,7 +94,9 @@ def wait_for(what, probe, old):
             return
         time.sleep(0.002)
     print(what, "NOT SEEN, still", old, flush=True)
+"""
 
+WATCHER = "import os, sys, time\n" + WAIT_FOR + """
 def size(p):
     return os.stat(p).st_size
 
