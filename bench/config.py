@@ -41,9 +41,11 @@ class Ctx:
     proj: Path              # W3 project
     lua: Path | None = None  # W3l: the Lua 5.4.6 tree from ../shared/data (None: not there)
     many: Path | None = None  # W1f: a directory of MANY_FILES empty files f0, f1, ...
+    spread: Path | None = None  # W1s: SPREAD_DIRS directories d0, d1, ... of one empty file f
 
 
 MANY_FILES = 2000
+SPREAD_DIRS = 500
 
 
 def ctx_wrap(ctx: Ctx, argv: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from .commands import run
-from .config import MANY_FILES, Config, Ctx
+from .config import MANY_FILES, SPREAD_DIRS, Config, Ctx
 
 SOURCE = Path(__file__).resolve().parent / "workloads.c"
 
@@ -87,7 +87,11 @@ def prepare_data(cfg: Config, work: Path, exe: Path) -> Ctx:
     many.mkdir()
     for i in range(MANY_FILES):
         (many / f"f{i}").touch()
-    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home), many)
+    spread = home / "spread"
+    for i in range(SPREAD_DIRS):
+        (spread / f"d{i}").mkdir(parents=True)
+        (spread / f"d{i}" / "f").touch()
+    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home), many, spread)
 
 
 LUA_TAR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lua-5.4.6.tar"

@@ -12,6 +12,7 @@
  *
  *   workloads stat   PATH BUDGET_MS      stat(PATH) in a loop                  -> us/call
  *   workloads stat1  DIR N               stat DIR/f0 .. DIR/f<N-1>, each once  -> us/call
+ *   workloads stat1d DIR N               stat DIR/d0/f .. DIR/d<N-1>/f, each once -> us/call
  *   workloads seen   DIR N               see N changes `change` makes at home  -> worst ms
  *   workloads change DIR N               (at home, not timed) make those changes
  *   workloads orc    PATH BUDGET_MS      open + read 4 KiB + close             -> us/iteration
@@ -84,12 +85,12 @@ static int w_stat(const char *tag, const char *path, double budget) {
 
 /* The first stat of each of n files DIR/f0 ... : what a job pays for a name it has not
  * asked about yet (a cache that outlives one job would defeat it; qrun's does not). */
-static int w_stat1(const char *tag, const char *dir, long n) {
+static int w_stat1(const char *tag, const char *dir, long n, const char *name_format) {
     struct stat sb;
     char path[4096];
     double t0 = now();
     for (long i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/f%ld", dir, i);
+        snprintf(path, sizeof path, name_format, dir, i);
         if (stat(path, &sb) != 0) die("stat", path);
     }
     printf("RESULT %s %.4f us %ld\n", tag, (now() - t0) / (double)n * 1e6, n);
@@ -289,7 +290,8 @@ static int dispatch(char **a, int n) {
     if (!strcmp(w, "stat") && n == 3) return w_stat(w, a[1], atof(a[2]) / 1e3);
     if (!strcmp(w, "seen") && n == 3) return w_seen(w, a[1], atol(a[2]));
     if (!strcmp(w, "change") && n == 3) return w_change(a[1], atol(a[2]));
-    if (!strcmp(w, "stat1") && n == 3) return w_stat1(w, a[1], atol(a[2]));
+    if (!strcmp(w, "stat1") && n == 3) return w_stat1(w, a[1], atol(a[2]), "%s/f%ld");
+    if (!strcmp(w, "stat1d") && n == 3) return w_stat1(w, a[1], atol(a[2]), "%s/d%ld/f");
     if (!strcmp(w, "orc") && n == 3) return w_orc(w, a[1], atof(a[2]) / 1e3);
     if (!strcmp(w, "read") && n == 2) return w_read(w, a[1]);
     if (!strcmp(w, "write") && (n == 3 || n == 4)) return w_write(w, a[1], atol(a[2]), n == 4 ? atol(a[3]) : MIB);

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MANY_FILES, Config, Ctx
+from .config import MANY_FILES, SPREAD_DIRS, Config, Ctx
 from .modes import Mode
 
 
@@ -86,6 +86,8 @@ def workloads(cfg: Config) -> list[Workload]:
                  lambda c, m: ["stat", str(m.path(c.small)), _budget(c)]),
         Workload("W1f", f"first stat() of each of {MANY_FILES} home files", "µs",
                  lambda c, m: ["stat1", str(m.path(c.many or c.home)), str(MANY_FILES)]),
+        Workload("W1s", f"first stat() of a home file in each of {SPREAD_DIRS} directories", "µs",
+                 lambda c, m: ["stat1d", str(m.path(c.spread or c.home)), str(SPREAD_DIRS)]),
         Workload("W1b", "open + read 4 KiB + close of a home file", "µs",
                  lambda c, m: ["orc", str(m.path(c.small)), _budget(c)]),
         Workload("W2", f"read {cfg.big_mib} MiB home file, 1 MiB reads", "MB/s",

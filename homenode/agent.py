@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -22,6 +23,8 @@ import zmq
 from qrun.homenode.config import ClusterConfig, ConfigError, load
 from qrun.homenode.placement import HostView
 from qrun.syscalls import wire
+
+STOP_CHECK_MS = 200   # how often the agent looks for a SIGTERM while no request comes
 
 
 def figures(load_file: str | None) -> dict[str, Any]:
@@ -62,9 +65,12 @@ def serve(cfg: ClusterConfig, bind: str, load_file: str | None, max_requests: in
     except zmq.ZMQError as exc:
         sys.stderr.write(f"qrun agent: cannot listen on {bind}: {exc}\n")
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # (a flag the loop looks at, not an exception raised into a blocking recv: libzmq may
+    # retry a recv that a signal interrupted, and the agent would not stop)
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        _answer(sock, load_file, max_requests)
+        _answer(sock, load_file, max_requests, lambda: bool(stop))
     finally:
         # Closed here, not left to the garbage collector at exit: a context terminated
         # while its socket is still open waits for it forever (a SIGTERM would hang).
@@ -73,9 +79,12 @@ def serve(cfg: ClusterConfig, bind: str, load_file: str | None, max_requests: in
     return 0
 
 
-def _answer(sock: zmq.Socket, load_file: str | None, max_requests: int) -> None:
+def _answer(sock: zmq.Socket, load_file: str | None, max_requests: int,
+            stopping: Callable[[], bool]) -> None:
     served = 0
-    while not max_requests or served < max_requests:
+    while (not max_requests or served < max_requests) and not stopping():
+        if not sock.poll(STOP_CHECK_MS):
+            continue
         try:
             msg = wire.decode(sock.recv())
         except wire.ProtocolError as exc:

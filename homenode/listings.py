@@ -10,29 +10,39 @@ drops that entry alone; the set of names is one more answer, which any entry com
 going drops (then the stub no longer answers ENOENT from it, but still knows the entries
 it holds). They are numbered from NUMBER_BASE up, a range no request's number reaches.
 
-A directory is listed after FIRST_AFTER misses a listing would have answered, again
-(its entries or names went stale) after as many as a quarter of its size, and never if
-it holds more than MAX_ENTRIES: a listing costs a stat and a watch per entry, and must
-pay for itself. Entries' watches
-take at most a WATCH_SHARE-th of the watch budget; past it entries are sent without
-attributes (a name only: its stat goes home).
+A directory is listed after FIRST_AFTER calls a listing would have answered went home,
+again (its names or some entries went stale) after as many as a quarter of its size, and
+never if it holds more than MAX_ENTRIES: a listing costs a stat and a watch per entry, and
+must pay for itself. A listing replaces the last: home forgets the last one's numbers as
+it sends it, and the stub forgets the answers it kept under them as it takes it in.
+Entries get their watches only while all watches held stay under 1/WATCH_SHARE of the
+budget; past it they travel as names only (their stats go home), and the directory is not
+listed again while its names hold. Directories whose names the filesystem folds (case-
+insensitive ext4, f2fs, tmpfs) or that hold a tree the execution host serves are never
+listed: a name absent from the listing would not mean ENOENT there.
 """
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from qrun.homenode.watches import ANY, LOCAL_FILESYSTEMS, Dep, Watches
 from qrun.native import lib
-from qrun.syscalls.entrycalls import entry_of
+from qrun.syscalls.abi import FS_CASEFOLD_FL, FS_IOC_GETFLAGS
+from qrun.syscalls.entrycalls import entry_of, plain_entry
 from qrun.syscalls.structs import stat_result_to_wire
 
 FIRST_AFTER = 3
 MAX_ENTRIES = 4096
 WATCH_SHARE = 2
-MAX_DIRS_COUNTED = 4096
+MAX_DIRS = 4096
 NUMBER_BASE = 1 << 48
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -48,52 +58,75 @@ class Listing:
     def numbers(self) -> list[int]:
         return [self.names, *(e[1] for e in self.entries)]
 
-    def without(self, stale: set[int]) -> Listing | None:
-        """What is still true of it once `stale` answers went (None: not its names)."""
-        if self.names in stale:
-            return None
-        self.entries = [e for e in self.entries if e[1] not in stale]
+    def without(self, stale: set[int]) -> Listing:
+        """The listing with `stale` entries as names only (they still exist)."""
+        for e in self.entries:
+            if e[1] in stale:
+                e[2] = e[3] = None
         return self
 
     def fields(self) -> dict[str, Any]:
         return {"d": self.d, "n": self.names, "e": self.entries}
 
 
+@dataclass
+class _Dir:
+    """Home's account of one directory: calls that went home since its last listing, its
+    size then (MAX_ENTRIES + 1: too large), and that listing's numbers."""
+    misses: int = 0
+    size: int = 0
+    names: int | None = None
+    entries: dict[bytes, int] = field(default_factory=dict)
+    partial: bool = False   # some entries went as names only (out of watches)
+
+
 class Listings:
-    def __init__(self, watches: Watches) -> None:
+    def __init__(self, watches: Watches, tree_is_home: Callable[[str], bool]) -> None:
         self.w = watches
-        self._misses: dict[bytes, int] = {}
-        self._sizes: dict[bytes, int] = {}     # entries at the last listing (MAX_ENTRIES + 1: too many)
-        self._names: dict[bytes, int] = {}     # the last listing's names number
-        self._partial: set[bytes] = set()      # listed with entries the watch budget left out
+        self.tree_is_home = tree_is_home
+        self._dirs: dict[bytes, _Dir] = {}
         self._next = NUMBER_BASE
-        self.sent = 0
 
     def missed(self, op: str, args: list[Any], e: str | None) -> bytes | None:
-        """Home answered `op(args)` (error `e`) and the stub keeps the answer: the
-        directory to list now, if a listing would have answered this call and it is time."""
-        found = entry_of(op, args)
-        if found is None or not found[0].gives and e != "ENOENT":
-            return None   # (an access(), a statx(): no listing would have answered it)
-        d = found[1]
-        if d not in self._misses and len(self._misses) >= MAX_DIRS_COUNTED:
-            self._misses.clear()
-        count = self._misses[d] = self._misses.get(d, 0) + 1
-        size = self._sizes.get(d, 0)
-        names = self._names.get(d)
-        if names is not None and d in self._partial and self.w.holds(names):
-            return None   # (out of watches for its entries: listing it again cannot help)
-        # (listed before: only once its stale entries have cost a quarter of what listing
-        # it again costs)
-        again = size // 4 if names is not None else 0
-        if size > MAX_ENTRIES or count < max(FIRST_AFTER, again):
+        """Home answered `op(args)` (error `e`), and the stub keeps the answer or it is an
+        open's ENOENT: the directory to list now, if a listing would have answered this call
+        and it is time."""
+        entry = self._entry_asked(op, args, e)
+        if entry is None:
             return None
-        self._misses[d] = 0
+        d, name = entry
+        state = self._dirs.get(d)
+        if state is None:
+            if len(self._dirs) >= MAX_DIRS:
+                self._dirs.clear()   # (what the stub holds stays watched; only counts go)
+            state = self._dirs[d] = _Dir()
+        if state.names is not None and self.w.holds(state.names):
+            number = state.entries.get(name)
+            if state.partial or number is None or self.w.holds(number):
+                return None   # (what the stub holds could not answer it: a listing again neither)
+        state.misses += 1
+        again = state.size // 4 if state.names is not None else 0
+        if state.size > MAX_ENTRIES or state.misses < max(FIRST_AFTER, again):
+            return None
+        state.misses = 0
         return d
+
+    @staticmethod
+    def _entry_asked(op: str, args: list[Any], e: str | None) -> tuple[bytes, bytes] | None:
+        """(D, name) if `op(args)` asked about D/name in a way a listing answers."""
+        if e not in (None, "ENOENT"):
+            return None   # (EACCES and the like: not the listing's to say)
+        if op == "open":   # (its ENOENT: an include search, a module search)
+            return plain_entry(args[1]) if e and len(args) > 1 and args[0] is None else None
+        found = entry_of(op, args)
+        # (an access(), a statx(): no listing answers it but for its ENOENT)
+        return None if found is None or not found[0].gives and e is None else found[1:]
 
     def listing(self, d: bytes) -> Listing | None:
         """Directory `d` listed, every answer in it watched; None if it cannot be (it is
-        gone, not a directory, too large, not on a local filesystem, or not searchable)."""
+        gone, not a directory, too large, not on a local filesystem, not searchable)."""
+        if not self.w.room(MAX_ENTRIES + 1):
+            return None
         deps = self.w.walk(d)
         if not deps or deps[-1][1] != ANY:
             return None
@@ -103,59 +136,69 @@ class Listings:
             return None
         try:
             return self._list(d, dirfd, deps)
+        except OSError:   # (EACCES, EIO: no listing; what it noted is forgotten)
+            return None
         finally:
             os.close(dirfd)
 
     def _list(self, d: bytes, dirfd: int, deps: list[Dep]) -> Listing | None:
         wd = deps[-1][0]
-        if lib.qr_fs_magic(dirfd) not in LOCAL_FILESYSTEMS or self.w.watch_dir(dirfd) != wd:
-            return None   # (not what the walk reached: it changed meanwhile)
+        if (lib.qr_fs_magic(dirfd) not in LOCAL_FILESYSTEMS or self.w.watch_dir(dirfd) != wd
+                or _folds_names(dirfd) or not self.tree_is_home(os.readlink(f"/proc/self/fd/{dirfd}"))):
+            return None   # (or not what the walk reached: it changed meanwhile)
+        os.stat(".", dir_fd=dirfd)   # (EACCES if it may be read but not searched)
         names = _names(dirfd)
+        state = self._dirs.setdefault(d, _Dir())
         if names is None:
-            self._sizes[d] = MAX_ENTRIES + 1
+            state.size = MAX_ENTRIES + 1
             return None
-        self._sizes[d] = len(names)
+        state.size = len(names)
         out = Listing(d, self._number())
         self.w.note(out.names, deps)
-        steps = deps[:-1]
-        for name in names:
-            try:
-                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue   # (gone meanwhile: its delete event drops the names anyway)
-            except OSError:
-                self._forget(out)
-                return None   # (EACCES: the job could not stat its entries either)
-            out.entries.append(self._entry(dirfd, name, st, [*steps, (wd, name)]))
-        self._names[d] = out.names
-        if any(e[2] is None and e[3] is None for e in out.entries):
-            self._partial.add(d)
-        else:
-            self._partial.discard(d)
-        self.sent += 1
+        try:
+            for name, is_dir, is_link in names:
+                got = self._entry(dirfd, name, is_dir, is_link, [*deps[:-1], (wd, name)])
+                if got is not None:
+                    out.entries.append(got)
+        except OSError:
+            self.unsent(out)
+            raise
         return out
 
-    def _entry(self, dirfd: int, name: bytes, st: os.stat_result, deps: list[Dep]) -> list[Any]:
+    def _entry(self, dirfd: int, name: bytes, is_dir: bool, is_link: bool,
+               deps: list[Dep]) -> list[Any] | None:
+        """One entry, watched before it is read (what changes after is heard of); None if
+        it went meanwhile (its delete drops the names)."""
         number = self._number()
-        attrs: list[int] | None = stat_result_to_wire(st)
-        target = None
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(name, dir_fd=dirfd)
-                # (stat again: reading the link may have moved its atime)
-                attrs = stat_result_to_wire(os.stat(name, dir_fd=dirfd, follow_symlinks=False))
-            except OSError:
-                attrs = target = None
-        else:
-            own = self.w.watch_entry(dirfd, name, stat.S_ISDIR(st.st_mode), WATCH_SHARE)
-            if own is None:
-                attrs = None   # (a name only: without its own watch a link elsewhere goes unseen)
-            else:
-                deps.append((own, ANY))
+        own = None if is_link else self.w.watch_entry(dirfd, name, is_dir, WATCH_SHARE)
+        try:
+            target = os.readlink(name, dir_fd=dirfd) if is_link else None
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if is_link and exc.errno == errno.EINVAL:   # (no longer a symlink)
+                return [name, number, None, None]
+            raise
+        same = stat.S_ISLNK(st.st_mode) == is_link and stat.S_ISDIR(st.st_mode) == is_dir
+        attrs = stat_result_to_wire(st) if same and (is_link or own is not None) else None
+        if own is not None:
+            deps.append((own, ANY))
         self.w.note(number, deps)
-        return [name, number, attrs, target]
+        return [name, number, attrs, target if attrs is not None else None]
 
-    def _forget(self, out: Listing) -> None:
+    def sent(self, out: Listing) -> None:
+        """`out` goes to the stub: it replaces the last listing of its directory, whose
+        numbers home forgets (the stub forgets them as it takes `out` in)."""
+        state = self._dirs.setdefault(out.d, _Dir())
+        old = [n for n in (state.names, *state.entries.values()) if n is not None]
+        for number in old:
+            self.w.forget(number)
+        state.names = out.names
+        state.entries = {e[0]: e[1] for e in out.entries}
+        state.partial = any(e[2] is None for e in out.entries)
+
+    def unsent(self, out: Listing) -> None:
         for number in out.numbers():
             self.w.forget(number)
 
@@ -164,12 +207,23 @@ class Listings:
         return self._next
 
 
-def _names(dirfd: int) -> list[bytes] | None:
-    """The directory's names, or None if it holds more than MAX_ENTRIES."""
-    names: list[bytes] = []
+def _names(dirfd: int) -> list[tuple[bytes, bool, bool]] | None:
+    """The directory's entries (name, is a directory, is a symlink), or None if it holds
+    more than MAX_ENTRIES. (The types come from the directory itself where it keeps them.)"""
+    out: list[tuple[bytes, bool, bool]] = []
     with os.scandir(dirfd) as it:
         for entry in it:
-            if len(names) >= MAX_ENTRIES:
+            if len(out) >= MAX_ENTRIES:
                 return None
-            names.append(os.fsencode(entry.name))
-    return names
+            out.append((os.fsencode(entry.name), entry.is_dir(follow_symlinks=False), entry.is_symlink()))
+    return out
+
+
+def _folds_names(dirfd: int) -> bool:
+    """Whether the filesystem matches names in this directory without regard to case."""
+    flags = array.array("l", [0])
+    try:
+        fcntl.ioctl(dirfd, FS_IOC_GETFLAGS, flags, True)
+    except OSError:
+        return False   # (no such flags here: names are matched as they are)
+    return bool(flags[0] & FS_CASEFOLD_FL)

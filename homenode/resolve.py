@@ -150,6 +150,14 @@ class Resolver:
                 raise  # a symlink loop, or a magic link: the kernel's own answer
             raise
 
+    def tree_is_home(self, real: str) -> bool:
+        """Whether everything in directory `real` (a physical path at home) is home's to
+        serve: no tree the path policy keeps local, nor /proc, lies in it."""
+        if not real.startswith("/") or not self.policy.routes_home(real):
+            return False
+        inside = [*self.policy.local, HOME_PROC]
+        return not any(_under(p, real) for p in inside) and not _under(real, HOME_PROC)
+
     def _check(self, fd: int, name: str | None) -> None:
         """Where the resolved object really is, against home's /proc and the path policy."""
         real = os.readlink(f"/proc/self/fd/{fd}")

@@ -134,7 +134,7 @@ class HomeServer:
         # The last wire.REPLY_WINDOW replies by seq, oldest first (their frames: _reply_frames).
         self.replies: dict[int, wire.Frames] = {}
         # What the stub's kept answers depend on (nothing is kept with home roots).
-        self.answers = Answers(enabled=not self.roots)
+        self.answers = Answers(enabled=not self.roots, tree_is_home=self.resolver.tree_is_home)
         # handle -> the kept answers that live as long as it is open: its open's, and those
         # about its own file (fstat as newfstatat(handle, "", AT_EMPTY_PATH))
         self.handle_answers: dict[int, list[int]] = {}
@@ -390,7 +390,7 @@ class HomeServer:
         self.last_seq, self.replies[seq] = max(self.last_seq, seq), reply
         self.replies.pop(seq - wire.REPLY_WINDOW, None)
         self.sock.send_multipart([ident, *reply], copy=False)
-        if "c" in o:
+        if "c" in o or is_open and e == "ENOENT":
             for frame in self.answers.listing_after(msg["op"], msg["a"], e):
                 self.sock.send_multipart([ident, frame])
 

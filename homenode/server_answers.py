@@ -12,6 +12,7 @@ home roots nothing is kept: the walk that watches a path would step outside the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from qrun.homenode.executor import Tracker
@@ -23,9 +24,9 @@ STABLE_ERRORS = frozenset({"ENOENT", "ENOTDIR", "EACCES", "ELOOP", "ENAMETOOLONG
 
 
 class Answers:
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, tree_is_home: Callable[[str], bool] = lambda real: True) -> None:
         self.watches = Watches() if enabled else None
-        self.listings = Listings(self.watches) if self.watches is not None else None
+        self.listings = Listings(self.watches, tree_is_home) if self.watches is not None else None
         self.drops = 0    # drop messages sent so far
         self.mounts = _open_mountinfo() if enabled else None
 
@@ -82,7 +83,10 @@ class Answers:
             return []
         stale, everything = self.watches.changed()
         frames = self._drops(stale, everything)
-        if not everything and listing.without(stale) is not None:
+        if everything or listing.names in stale:
+            self.listings.unsent(listing)
+        else:
+            self.listings.sent(listing.without(stale))
             frames.append(wire.encode("list", **listing.fields()))
         return frames
 

@@ -96,6 +96,10 @@ class Watches:
         """`answer` depends on `deps` (watched already): any change to them makes it stale."""
         self._note(answer, deps)
 
+    def room(self, answers: int) -> bool:
+        """Whether `answers` more may be noted without reaching MAX_ANSWERS."""
+        return self.fd is not None and len(self._deps) + answers < MAX_ANSWERS
+
     def holds(self, answer: int) -> bool:
         """Whether `answer` is still tracked (nothing it depends on changed)."""
         return answer in self._deps

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from qrun.syscalls.entrycalls import entry_of, follows, shape_of
+from qrun.syscalls.entrycalls import entry_of, follows, plain_entry, shape_of
 from qrun.syscalls.structs import STAT_FIELDS
 from qrun.syscalls.table import TABLE
 
@@ -38,11 +38,14 @@ MODE = STAT_FIELDS.index("mode")
 MAX_ANSWERS = 100_000   # past this (entries of listings included), everything is forgotten
 
 
-class Listing:
-    """A home directory's entries as home listed them: name -> (number, stat wire or
-    None, link target or None); `complete` while its set of names holds."""
+Entry = tuple[int, list[int] | None, bytes | None]   # (number, stat wire or None, link target or None)
 
-    def __init__(self, number: int, entries: dict[bytes, tuple[int, list[int] | None, bytes | None]]) -> None:
+
+class KnownDir:
+    """A home directory's entries as home listed them, by name; `complete` while its set
+    of names (numbered `number`) holds."""
+
+    def __init__(self, number: int, entries: dict[bytes, Entry]) -> None:
         self.number = number
         self.entries = entries
         self.complete = True
@@ -52,7 +55,7 @@ class MetaCache:
     def __init__(self) -> None:
         self._answers: dict[Key, dict[str, Any]] = {}
         self._keys: dict[int, list[Key]] = {}
-        self._listings: dict[bytes, Listing] = {}
+        self._listings: dict[bytes, KnownDir] = {}
         self._listed: dict[int, tuple[bytes, bytes | None]] = {}   # number -> (dir, name; None: its names)
         self._shapes: set[Key] = set()   # call shapes home has answered without EINVAL
         self.hits = 0
@@ -88,8 +91,8 @@ class MetaCache:
     def put(self, key: Key, rep: dict[str, Any]) -> None:
         """Keep a reply home numbered for keeping (its "c")."""
         number = rep["o"].get("c")
-        if rep["e"] != "EINVAL":
-            self._shapes.add(_shape(key))
+        if rep["e"] in (None, "ENOENT") and not {"local", "busy"} & rep["o"].keys():
+            self._accepted(key)
         if not isinstance(number, int) or isinstance(number, bool):
             return
         if len(self._answers) + len(self._listed) >= MAX_ANSWERS:
@@ -109,7 +112,7 @@ class MetaCache:
             return None
         call, d, name = found
         listing = self._listings.get(d)
-        if listing is None or _shape(key) not in self._shapes:
+        if listing is None or shape_of(call, op, args) not in self._shapes:
             return None
         entry = listing.entries.get(name)
         if entry is None:
@@ -129,6 +132,25 @@ class MetaCache:
             self.put(key, rep)
         return rep
 
+    def _accepted(self, key: Key) -> None:
+        """Home answered this request in the kernel's terms (no EINVAL, nothing it
+        refused): its shape is one the kernel takes. (Only plain entries' shapes count,
+        the ones derive asks about: a few per call and flag.)"""
+        op, args = key[0], list(key[1:])
+        found = entry_of(op, args)
+        if found is not None:
+            self._shapes.add(shape_of(found[0], op, args))
+
+    def absent(self, path: bytes) -> bool:
+        """Whether a listing says D/name (written plainly) does not exist: an open of it
+        without O_CREAT fails with ENOENT (then counted as derived)."""
+        entry = plain_entry(path) if self._listings else None
+        listing = self._listings.get(entry[0]) if entry is not None else None
+        if entry is None or listing is None or not listing.complete or entry[1] in listing.entries:
+            return False
+        self.derived += 1
+        return True
+
     def listed(self, msg: dict[str, Any]) -> None:
         """Home's listing of a directory (a newer one replaces the last)."""
         entries = _entries(msg["e"])
@@ -137,7 +159,10 @@ class MetaCache:
         if len(self._answers) + len(self._listed) + len(entries) >= MAX_ANSWERS:
             self._forget_all()
         d = msg["d"]
-        self._listings[d] = Listing(msg["n"], entries)
+        old = self._listings.get(d)
+        if old is not None:   # (home forgot its numbers as it sent this one)
+            self._forget_numbers([old.number, *(e[0] for e in old.entries.values())])
+        self._listings[d] = KnownDir(msg["n"], entries)
         self._listed[msg["n"]] = (d, None)
         for name, (number, _, _) in entries.items():
             self._listed[number] = (d, name)
@@ -152,14 +177,15 @@ class MetaCache:
         if msg["all"] or gap:
             self._forget_all()
             return True
-        for number in msg["c"]:
-            if not isinstance(number, int):
-                continue
+        self._forget_numbers([n for n in msg["c"] if isinstance(n, int)])
+        return False
+
+    def _forget_numbers(self, numbers: list[int]) -> None:
+        for number in numbers:
             for key in self._keys.pop(number, ()):
                 self._answers.pop(key, None)
                 self.on_forget()
             self._unlist(number)
-        return False
 
     def _unlist(self, number: int) -> None:
         """A listing's answer went: its names (no more ENOENT from it), or one entry."""
@@ -183,18 +209,9 @@ class MetaCache:
         self.on_forget()
 
 
-def _shape(key: Key) -> Key:
-    """The request with its path left out (see entrycalls.shape_of)."""
-    found = entry_of(key[0], list(key[1:]))
-    return key if found is None else shape_of(found[0], key[0], list(key[1:]))
-
-
 def _answer(number: int, r: int, e: str | None, o: dict[str, Any] | None = None) -> dict[str, Any]:
     """A reply as home would have sent it, numbered for keeping."""
     return {"t": "rep", "r": r, "e": e, "o": {**(o or {}), "c": number}}
-
-
-Entry = tuple[int, list[int] | None, bytes | None]   # (number, stat wire or None, link target or None)
 
 
 def _link_answer(entry: Entry, size: Any, out: int) -> dict[str, Any] | None:
@@ -209,14 +226,15 @@ def _link_answer(entry: Entry, size: Any, out: int) -> dict[str, Any] | None:
     return _answer(number, len(data), None, {str(out): data})
 
 
-def _entries(raw: list[Any]) -> dict[bytes, tuple[int, list[int] | None, bytes | None]] | None:
-    out: dict[bytes, tuple[int, list[int] | None, bytes | None]] = {}
+def _entries(raw: list[Any]) -> dict[bytes, Entry] | None:
+    out: dict[bytes, Entry] = {}
     for e in raw:
         if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], bytes) and isinstance(e[1], int)):
             return None
         attrs, target = e[2], e[3]
         if attrs is not None and not (isinstance(attrs, list) and len(attrs) == len(STAT_FIELDS)
-                                      and all(isinstance(v, int) for v in attrs)):
+                                      and all(isinstance(v, int) for v in attrs)
+                                      and 0 <= attrs[MODE] < 1 << 32):
             return None
         if target is not None and not isinstance(target, bytes):
             return None

@@ -48,21 +48,27 @@ ENTRY_CALLS: dict[str, EntryCall] = {
 
 
 def entry_of(op: str, args: list[Any]) -> tuple[EntryCall, bytes, bytes] | None:
-    """(the call's shape, D as written, name) if `op(args)` asks about D/name plainly: an
-    absolute path, no dirfd, a last component that is a name (not "", "." or "..") under
-    a directory other than /, and no name or path too long for the kernel."""
+    """(the call's shape, D as written, name) if `op(args)` asks about D/name plainly, with
+    no dirfd (see plain_entry)."""
     call = ENTRY_CALLS.get(op)
     if call is None or len(args) <= call.path:
         return None
     if call.dirfd is not None and args[call.dirfd] is not None:
         return None
-    path = args[call.path]
+    entry = plain_entry(args[call.path])
+    return None if entry is None else (call, *entry)
+
+
+def plain_entry(path: object) -> tuple[bytes, bytes] | None:
+    """(D as written, name) if `path` names D/name plainly: absolute, with a last
+    component that is a name (not "", "." or "..") under a directory other than /, and no
+    name or path too long for the kernel."""
     if not isinstance(path, bytes) or not path.startswith(b"/") or len(path) >= PATH_MAX:
         return None
     d, _, name = path.rpartition(b"/")
-    if not d or name in (b"", b".", b"..") or len(name) > NAME_MAX:
+    if not d.strip(b"/") or name in (b"", b".", b"..") or len(name) > NAME_MAX:
         return None
-    return call, d, name
+    return d, name
 
 
 def follows(call: EntryCall, args: list[Any]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qrun.homenode import listings
@@ -26,7 +27,7 @@ def home() -> Listings:
     w = Watches()
     if w.fd is None:
         pytest.skip("inotify is not available here")
-    return Listings(w)
+    return Listings(w, tree_is_home=lambda real: True)
 
 
 def _dir(tmp_path: Path) -> Path:
@@ -88,6 +89,34 @@ def test_each_change_drops_what_it_changes_and_no_more(home: Listings, tmp_path:
     assert home.w.changed()[0] == set(got.numbers()) - {n[b"a.c"], n[b"b.c"], n[b"c.h"], n[b"sub"], got.names}
 
 
+def test_an_entry_changed_while_the_directory_is_listed_goes_as_a_name_only(home: Listings,
+                                                                            tmp_path: Path) -> None:
+    d = _dir(tmp_path)
+    for name in ("x1", "x2", "x3")[:FIRST_AFTER]:
+        home.missed("newfstatat", _stat(d / name), "ENOENT")
+    got = home.listing(os.fsencode(d))
+    assert got is not None
+    os.chmod(d / "b.c", 0o600)   # (after its watch, before the listing goes: as listing_after sees it)
+    stale, everything = home.w.changed()
+    assert not everything and got.names not in stale
+    sent = {e[0]: e for e in got.without(stale).entries}
+    assert sent[b"b.c"][2:] == [None, None] and sent[b"a.c"][2] is not None
+
+
+def test_a_directory_holding_a_tree_the_execution_host_serves_is_not_listed(tmp_path: Path) -> None:
+    from qrun.homenode.resolve import Resolver
+    from qrun.syscalls.paths import PathPolicy
+    r = Resolver(PathPolicy(local=["/usr", "/scratch/local"], home=["/home"]), [])
+    assert r.tree_is_home("/home/u/src") and not r.tree_is_home("/scratch")
+    assert not r.tree_is_home("/") and not r.tree_is_home("/usr/lib") and not r.tree_is_home("/proc/1")
+    w = Watches()
+    if w.fd is None:
+        pytest.skip("inotify is not available here")
+    local_inside = Listings(w, tree_is_home=lambda real: False)
+    d = _dir(tmp_path)
+    assert local_inside.listing(os.fsencode(d)) is None
+
+
 def test_a_directory_too_large_is_never_listed(home: Listings, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listings, "MAX_ENTRIES", 4)
@@ -111,11 +140,11 @@ def _cache_with_listing(d: bytes) -> MetaCache:
     return mc
 
 
-def _ask(mc: MetaCache, op: str, args: list[object]) -> dict[str, object] | None:
+def _ask(mc: MetaCache, op: str, args: list[Any]) -> dict[str, Any] | None:
     return mc.get(key_of(op, args)) or mc.derive(key_of(op, args), op, args)
 
 
-def _home_said(mc: MetaCache, op: str, args: list[object], e: str | None = "ENOENT") -> None:
+def _home_said(mc: MetaCache, op: str, args: list[Any], e: str | None = "ENOENT") -> None:
     """Home's own answer to one call of this shape (the cache derives only shapes home took)."""
     mc.put(key_of(op, args), {"t": "rep", "r": -1 if e else 0, "e": e, "o": {}})
 
@@ -157,9 +186,28 @@ def test_a_dropped_entry_is_still_a_name_and_dropped_names_give_no_enoent() -> N
     assert _ask(mc, "newfstatat", [None, b"/h/d/ln", None, 0x100]) is not None   # entries still hold
 
 
+def test_a_new_listing_of_a_directory_drops_what_was_kept_under_the_last() -> None:
+    mc = _cache_with_listing(b"/h/d")
+    _home_said(mc, "newfstatat", [None, b"/h/d/other", None, 0])
+    f_key = key_of("newfstatat", [None, b"/h/d/f", None, 0])
+    assert _ask(mc, "newfstatat", [None, b"/h/d/f", None, 0]) is not None and mc.get(f_key) is not None
+    f = [1, 2, 0o100600, 1, 0, 0, 0, 9, 4096, 8, 0, 0, 0, 0, 0, 0]
+    mc.listed({"t": "list", "d": b"/h/d", "n": 200, "e": [[b"f", 201, f, None]]})
+    assert mc.get(f_key) is None   # (home forgot number 101 as it sent the new listing)
+    again = _ask(mc, "newfstatat", [None, b"/h/d/f", None, 0])
+    assert again is not None and again["o"]["c"] == 201 and again["o"]["2"][2] == 0o100600
+    mc.drop({"t": "drop", "c": [101], "all": False, "n": 1})   # (an old number: touches nothing)
+    assert mc.get(f_key) is again
+    assert mc.absent(b"/h/d/ln") and not mc.absent(b"/h/d/f") and not mc.absent(b"/h/other/x")
+
+
 def test_a_malformed_listing_is_ignored() -> None:
     mc = MetaCache()
     mc.listed({"t": "list", "d": b"/h/d", "n": 7, "e": [[b"f", "x", None, None]]})
+    bad_mode = [1, 2, -1, 1, 0, 0, 0, 5, 4096, 8, 0, 0, 0, 0, 0, 0]
+    mc.listed({"t": "list", "d": b"/h/e", "n": 8, "e": [[b"f", 9, bad_mode, None]]})
+    _home_said(mc, "newfstatat", [None, b"/h/e/other", None, 0])
+    assert _ask(mc, "newfstatat", [None, b"/h/e/f", None, 0]) is None
     _home_said(mc, "newfstatat", [None, b"/h/d/other", None, 0])
     assert _ask(mc, "newfstatat", [None, b"/h/d/nope", None, 0]) is None
 
@@ -176,9 +224,17 @@ def st(name):
         return (oct(s.st_mode), s.st_size, s.st_nlink)
     except OSError as exc:
         return exc.strerror
+def can_open(name):
+    try:
+        open(B + name).close()
+        return True
+    except OSError as exc:
+        return exc.strerror
 first = [st(f"f{i}")[1] for i in range(60)]   # each asked once
 assert first == list(range(60)) and st("new.h") == "No such file or directory", first
-steps = [("created", lambda: st("new.h")), ("mode", lambda: st("f7")), ("grown", lambda: st("f8")),
+missing = {can_open(f"nope{i}.h") for i in range(20)}   # an include search's misses
+assert missing == {"No such file or directory"}, missing
+steps = [("created", lambda: st("new.h")), ("created-open", lambda: can_open("new2.h")), ("mode", lambda: st("f7")), ("grown", lambda: st("f8")),
          ("linked", lambda: st("f9")), ("removed", lambda: st("f10")), ("renamed", lambda: st("f11"))]
 for what, probe in steps:
     old = probe()
@@ -192,6 +248,8 @@ def _change_listed(work: Path, what: str) -> None:
     d = work / "d"
     if what == "created":
         (d / "new.h").write_text("new")
+    elif what == "created-open":
+        (d / "new2.h").write_text("new")
     elif what == "mode":
         os.chmod(d / "f7", 0o600)
     elif what == "grown":
@@ -212,11 +270,12 @@ def test_a_job_gets_a_directory_s_first_stats_from_its_listing_and_sees_every_ch
     for i in range(60):
         (work / "d" / f"f{i}").write_text("x" * i)
         os.chmod(work / "d" / f"f{i}", 0o644)
-    seen, err = _changed_under_the_job(transparent, tmp_path, work, LISTED, _change_listed, 6,
+    seen, err = _changed_under_the_job(transparent, tmp_path, work, LISTED, _change_listed, 7,
                                        (str(work / "d"),))
-    assert seen == ["created seen: ('0o100644', 3, 1)", "mode seen: ('0o100600', 7, 1)",
+    assert seen == ["created seen: ('0o100644', 3, 1)", "created-open seen: True", "mode seen: ('0o100600', 7, 1)",
                     "grown seen: ('0o100644', 13, 1)", "linked seen: ('0o100644', 9, 2)",
                     "removed seen: No such file or directory", "renamed seen: ('0o100644', 12, 1)"], err
     listed = re.search(r"listed=(\d+)", err)
-    # (61 first stats of distinct names: all but the few that brought the listing come from it)
-    assert listed is not None and int(listed.group(1)) >= 50, err
+    # (61 first stats of distinct names and 20 opens of missing ones: all but the few that
+    # brought the listing come from it)
+    assert listed is not None and int(listed.group(1)) >= 50 + 20, err

@@ -24,6 +24,7 @@ from qrun.syscalls.abi import (
     O_CREAT,
     O_EXCL,
     O_PATH,
+    O_TMPFILE_BIT,
     O_TRUNC,
     O_WRONLY,
 )
@@ -69,6 +70,9 @@ def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
                           mode if fl & O_CREAT else 0, resolve])
     if not exec_ and _reopened(s, job, key, fl):
         return None
+    if _absent(job, tg, fl, resolve):
+        s.skip(-errno.ENOENT)
+        return None
     known = None
     if tg.handle is None and tg.path is not None:
         v = job.fds.cached.get(normalize(tg.path))
@@ -96,6 +100,15 @@ def open_home(s: Stop, job: Job, tg: Target, fl: int, mode: int, exec_: bool,
     except BaseException:
         job.kept.changed(h)
         raise
+
+
+def _absent(job: Job, tg: Target, fl: int, resolve: int | None) -> bool:
+    """An open (or exec) that home would fail with ENOENT, as a listing of its
+    directory says (metacache.py): no O_CREAT or O_TMPFILE, no openat2 resolve flags."""
+    if fl & (O_CREAT | O_TMPFILE_BIT) or resolve is not None or tg.handle is not None:
+        return False
+    path = tg.wire_path()
+    return isinstance(path, bytes) and job.answerable_here() and job.meta.absent(path)
 
 
 def _reopened(s: Stop, job: Job, key: tuple, fl: int) -> bool:
