@@ -14,12 +14,14 @@ A directory is listed after FIRST_AFTER calls a listing would have answered went
 again (its names or some entries went stale) after as many as a quarter of its size, and
 never if it holds more than MAX_ENTRIES: a listing costs a stat and a watch per entry, and
 must pay for itself. A listing replaces the last: home forgets the last one's numbers as
-it sends it, and the stub forgets the answers it kept under them as it takes it in.
+it sends it, and drops them at the stub first (a listing lost on the way must not leave
+answers kept under numbers nobody watches).
 Entries get their watches only while all watches held stay under 1/WATCH_SHARE of the
 budget; past it they travel as names only (their stats go home), and the directory is not
 listed again while its names hold. Directories whose names the filesystem folds (case-
-insensitive ext4, f2fs, tmpfs) or that hold a tree the execution host serves are never
-listed: a name absent from the listing would not mean ENOENT there.
+insensitive ext4, f2fs, tmpfs by their flag; XFS ascii-ci and ZFS found by asking for an
+entry in the other case) or that hold a tree the execution host serves are never listed:
+a name absent from the listing would not mean ENOENT there.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Listing:
         self.d = d
         self.names = names
         self.entries: list[list[Any]] = []   # [name, number, stat wire or None, target or None]
+        self.partial = False   # some entries are names only for want of watches
 
     def numbers(self) -> list[int]:
         return [self.names, *(e[1] for e in self.entries)]
@@ -77,7 +80,7 @@ class _Dir:
     size: int = 0
     names: int | None = None
     entries: dict[bytes, int] = field(default_factory=dict)
-    partial: bool = False   # some entries went as names only (out of watches)
+    partial: bool = False   # some entries went as names only for want of watches
 
 
 class Listings:
@@ -149,8 +152,8 @@ class Listings:
         os.stat(".", dir_fd=dirfd)   # (EACCES if it may be read but not searched)
         names = _names(dirfd)
         state = self._dirs.setdefault(d, _Dir())
-        if names is None:
-            state.size = MAX_ENTRIES + 1
+        if names is None or _matches_other_case(dirfd, names):
+            state.size = MAX_ENTRIES + 1   # (never listed)
             return None
         state.size = len(names)
         out = Listing(d, self._number())
@@ -160,6 +163,7 @@ class Listings:
                 got = self._entry(dirfd, name, is_dir, is_link, [*deps[:-1], (wd, name)])
                 if got is not None:
                     out.entries.append(got)
+                    out.partial |= got[2] is None and not is_link   # (no watch for it)
         except OSError:
             self.unsent(out)
             raise
@@ -187,16 +191,18 @@ class Listings:
         self.w.note(number, deps)
         return [name, number, attrs, target if attrs is not None else None]
 
-    def sent(self, out: Listing) -> None:
+    def sent(self, out: Listing) -> set[int]:
         """`out` goes to the stub: it replaces the last listing of its directory, whose
-        numbers home forgets (the stub forgets them as it takes `out` in)."""
+        numbers home forgets and returns, to drop at the stub before `out` goes (were
+        `out` lost on the way, answers kept under them would no longer be watched)."""
         state = self._dirs.setdefault(out.d, _Dir())
-        old = [n for n in (state.names, *state.entries.values()) if n is not None]
+        old = {n for n in (state.names, *state.entries.values()) if n is not None}
         for number in old:
             self.w.forget(number)
         state.names = out.names
         state.entries = {e[0]: e[1] for e in out.entries}
-        state.partial = any(e[2] is None for e in out.entries)
+        state.partial = out.partial
+        return old
 
     def unsent(self, out: Listing) -> None:
         for number in out.numbers():
@@ -217,6 +223,22 @@ def _names(dirfd: int) -> list[tuple[bytes, bool, bool]] | None:
                 return None
             out.append((os.fsencode(entry.name), entry.is_dir(follow_symlinks=False), entry.is_symlink()))
     return out
+
+
+def _matches_other_case(dirfd: int, names: list[tuple[bytes, bool, bool]]) -> bool:
+    """Whether a name differing only in case from an entry's finds that entry: XFS's
+    ascii-ci and ZFS's case-insensitive datasets say so by no flag."""
+    held = {name for name, _, _ in names}
+    other = next((n.swapcase() for n in held if n.swapcase() not in held), None)
+    if other is None:
+        return False   # (no entry has a letter: no name could match one in another case)
+    try:
+        os.stat(other, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _folds_names(dirfd: int) -> bool:

@@ -82,13 +82,11 @@ class Answers:
         if listing is None:
             return []
         stale, everything = self.watches.changed()
-        frames = self._drops(stale, everything)
         if everything or listing.names in stale:
             self.listings.unsent(listing)
-        else:
-            self.listings.sent(listing.without(stale))
-            frames.append(wire.encode("list", **listing.fields()))
-        return frames
+            return self._drops(stale, everything)
+        old = self.listings.sent(listing.without(stale))
+        return [*self._drops(stale | old, everything), wire.encode("list", **listing.fields())]
 
     def forget(self, answer: int | None) -> None:
         """An answer the stub no longer holds (a kept open's handle closed)."""

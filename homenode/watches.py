@@ -111,12 +111,12 @@ class Watches:
             return None
         if not is_dir:
             return self.watch_file(dirfd, name)
-        try:
-            fd = os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:   # (no O_DIRECTORY: that would trigger an automount on the name)
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
         except OSError:
             return None
         try:
-            return self.watch_dir(fd)
+            return self.watch_dir(fd) if stat.S_ISDIR(os.fstat(fd).st_mode) else None
         finally:
             os.close(fd)
 

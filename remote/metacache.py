@@ -160,7 +160,7 @@ class MetaCache:
             self._forget_all()
         d = msg["d"]
         old = self._listings.get(d)
-        if old is not None:   # (home forgot its numbers as it sent this one)
+        if old is not None:   # (home dropped its numbers first, unless it had lost count of it)
             self._forget_numbers([old.number, *(e[0] for e in old.entries.values())])
         self._listings[d] = KnownDir(msg["n"], entries)
         self._listed[msg["n"]] = (d, None)

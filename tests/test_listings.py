@@ -129,6 +129,74 @@ def test_a_directory_too_large_is_never_listed(home: Listings, tmp_path: Path,
     assert all(home.missed("newfstatat", _stat(d / f"y{i}"), "ENOENT") is None for i in range(10))
 
 
+def test_a_listing_made_again_drops_the_last_s_numbers_first_so_losing_it_strands_nothing(
+        tmp_path: Path) -> None:
+    from qrun.homenode.server_answers import Answers
+    from qrun.syscalls import wire
+    home = Answers(enabled=True)
+    if home.watches is None or home.watches.fd is None:
+        pytest.skip("inotify is not available here")
+    d = _dir(tmp_path)
+    for name in ("x1", "x2", "x3")[:FIRST_AFTER - 1]:
+        assert home.listing_after("newfstatat", _stat(d / name), "ENOENT") == []
+    first = [wire.decode(f) for f in home.listing_after("newfstatat", _stat(d / "x9"), "ENOENT")]
+    assert [m["t"] for m in first] == ["list"]
+    stub = MetaCache()
+    stub.listed(first[0])
+    _home_said(stub, "newfstatat", [None, os.fsencode(d / "other"), None, 0])
+    b_c = [None, os.fsencode(d / "b.c"), None, 0]
+    assert _ask(stub, "newfstatat", b_c) is not None   # (kept under the first listing's number)
+    os.chmod(d / "a.c", 0o600)
+    changed = [wire.decode(f) for f in home.changed()]
+    assert [m["t"] for m in changed] == ["drop"] and stub.drop(changed[0]) is False
+    for _ in range(FIRST_AFTER):   # (a.c's attributes went: its stats go home, and bring a listing)
+        again = [wire.decode(f) for f in home.listing_after("newfstatat", _stat(d / "a.c"), None)]
+    assert [m["t"] for m in again] == ["drop", "list"]
+    old = {first[0]["n"], *(e[1] for e in first[0]["e"])}
+    assert old - set(changed[0]["c"]) <= set(again[0]["c"]) <= old
+    assert stub.drop(again[0]) is False   # (and the listing itself is lost on the way)
+    assert stub.get(key_of("newfstatat", b_c)) is None
+    assert _ask(stub, "newfstatat", b_c) is None and _ask(stub, "newfstatat", _stat(d / "x9")) is None
+    home.close()
+
+
+def test_entries_left_without_a_watch_mark_the_listing_partial_and_stale_ones_do_not(
+        home: Listings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _dir(tmp_path)
+    for name in ("x1", "x2", "x3")[:FIRST_AFTER]:
+        home.missed("newfstatat", _stat(d / name), "ENOENT")
+    got = home.listing(os.fsencode(d))
+    assert got is not None and not got.partial
+    os.chmod(d / "a.c", 0o600)   # (while the listing is made: a.c goes as a name only)
+    stale, _ = home.w.changed()
+    assert stale == {_numbers(got)[b"a.c"]}
+    home.sent(got.without(stale))
+    assert [home.missed("newfstatat", _stat(d / "a.c"), None) for _ in range(FIRST_AFTER)][-1] == os.fsencode(d)
+    monkeypatch.setattr(home.w, "max_watches", 0)   # (no watch left for any entry)
+    for name in ("y1", "y2", "y3"):
+        home.missed("newfstatat", _stat(d / name), "ENOENT")
+    starved = home.listing(os.fsencode(d))
+    assert starved is not None and starved.partial
+    assert {e[0] for e in starved.entries if e[2] is None} == {b"a.c", b"b.c", b"c.h", b"sub"}
+    home.sent(starved)
+    assert home.missed("newfstatat", _stat(d / "a.c"), None) is None   # (its names hold: no listing again)
+
+
+def test_a_directory_where_another_case_of_a_name_finds_its_entry_is_not_listed(tmp_path: Path) -> None:
+    d = tmp_path / "ci"
+    d.mkdir()
+    (d / "Makefile").write_text("")
+    (d / "mAKEFILE").write_text("")   # (what a case-insensitive filesystem would find for it)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert listings._matches_other_case(fd, [(b"Makefile", False, False)])
+        assert not listings._matches_other_case(fd, [(b"Makefile", False, False), (b"mAKEFILE", False, False)])
+        assert not listings._matches_other_case(fd, [(b"only", False, False)])
+        assert not listings._matches_other_case(fd, [(b"123", False, False)])
+    finally:
+        os.close(fd)
+
+
 # ---- the stub's side ---------------------------------------------------------------------------
 
 def _cache_with_listing(d: bytes) -> MetaCache:
