@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from qrun.homenode import config, exitcodes, launchers, terminal
 from qrun.homenode.cli_options import JobSettings
 from qrun.homenode.cli_report import fail, report
+from qrun.homenode.forkedstub import ForkedStub, LauncherProcess, can_fork
 from qrun.homenode.identity import snapshot
 from qrun.homenode.processes import alive, process_start
 from qrun.syscalls.paths import PathPolicy
@@ -77,9 +78,13 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
          trace_file: str | None, hooks: JobHooks | None, ended: list[Outcome], taken: Taken | None) -> int:
     # The launcher starts first: the stub's interpreter starts up while the home server is
     # imported and set up, and waits for its bootstrap line on stdin.
+    proc: LauncherProcess
     try:
-        proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        if can_fork(launch.argv):
+            proc = ForkedStub(launch.argv)
+        else:
+            proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         return fail(f"cannot start the launcher `{launch.argv[0]}`: {exc.strerror}", exitcodes.LAUNCH)
     from qrun.homenode.server_outcome import JobFailed  # (late, as the server: see above)
@@ -187,7 +192,7 @@ def _umask() -> int:
     return m
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+def _stop(proc: LauncherProcess, grace: float = 0.0) -> None:
     """Reap the launcher, giving it `grace` seconds to exit by itself, then ending its
     process group: SIGTERM first (srun then cancels a job that is still pending), SIGKILL
     half a second later."""

@@ -13,12 +13,11 @@ import os
 import resource
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 from qrun.homenode import schema, servestate
@@ -41,6 +40,9 @@ from qrun.syscalls import wire
 from qrun.syscalls.model import DirFd
 from qrun.syscalls.paths import PathPolicy
 from qrun.syscalls.table import BY_NAME
+
+if TYPE_CHECKING:
+    from qrun.homenode.forkedstub import LauncherProcess
 
 __all__ = ["HomeServer", "JobFailed", "Keys", "Outcome", "exit_status", "exit_usage"]
 
@@ -179,7 +181,7 @@ class HomeServer:
                             "secret": self.keys.client_secret.decode()}) + "\n").encode()
 
     # ---- main loop --------------------------------------------------------------------
-    def serve(self, launcher: subprocess.Popen[bytes], describe: str,
+    def serve(self, launcher: LauncherProcess, describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
               waiting_for: str = "", cancel: list[str] | None = None,
               hooks: JobHooks | None = None, launch_kind: str = "") -> Outcome:

@@ -22,6 +22,7 @@ from qrun.homenode.server_stdio import LauncherStderr
 from qrun.homenode.terminal import RawMode
 
 if TYPE_CHECKING:
+    from qrun.homenode.forkedstub import LauncherProcess
     from qrun.homenode.server import HomeServer
 
 WAIT_NOTICE = 2.0      # seconds without a stub before qrun says what it waits for
@@ -39,7 +40,7 @@ class ServeLoop:
     (time out, Ctrl-C) runs `cancel`, so a queued job does not start later."""
 
     server: HomeServer
-    launcher: subprocess.Popen[bytes]
+    launcher: LauncherProcess
     describe: str
     classify: Callable[[str], tuple[str, int]] | None = None
     waiting_for: str = ""

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 from qrun.native import ffi, lib
@@ -358,10 +358,28 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     return report_exit(pump, result, socket.gethostname(), data, welcome["options"]["exit_with_job"])
 
 
-if __name__ == "__main__":
-    code = main()
+def entry(argv: list[str] | None = None) -> NoReturn:
+    """The stub's whole life, started (`python -m qrun.remote.stub`) or forked by qrun on
+    this machine (homenode/forkedstub.py)."""
+    try:
+        with open("/proc/self/comm", "w") as f:   # (what ps and pgrep show: not just "python")
+            f.write("qrun-stub")
+    except OSError:
+        pass
+    try:
+        code = main(argv)
+    except SystemExit as exc:   # (as the interpreter would: a message means status 1)
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
+            sys.stderr.write(f"{exc.code}\n")
+            code = 1
     # The job is reaped and reported, the state directory gone, the sockets closed: no
     # need for the interpreter's teardown, which qrun would wait for.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()

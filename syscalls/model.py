@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Route(enum.Enum):
@@ -30,108 +31,93 @@ class Level(enum.Enum):
 
 # ---- argument kinds -------------------------------------------------------------------
 # Each kind says how the stub reads the argument out of the tracee and how the home
-# node turns the wire value back into something it can pass to the kernel.
+# node turns the wire value back into something it can pass to the kernel. Kinds are
+# named tuples: both interpreters of every job build them, and a tuple class costs a
+# sixth of a frozen dataclass to make. Only isinstance and type() tell kinds apart (two
+# with equal fields compare equal, and one without fields is false).
 
-@dataclass(frozen=True)
-class Int:
+class Int(NamedTuple):
     """A plain integer passed through unchanged."""
 
 
-@dataclass(frozen=True)
-class Flags:
+class Flags(NamedTuple):
     """An integer bit set; `family` names its portable encoding (see syscalls.flags)."""
     family: str = ""
 
 
-@dataclass(frozen=True)
-class Fd:
+class Fd(NamedTuple):
     """A file descriptor: the call is forwarded iff it names a home placeholder."""
 
 
-@dataclass(frozen=True)
-class DirFd:
+class DirFd(NamedTuple):
     """The dirfd of an *at call; pairs with the following Path argument."""
 
 
-@dataclass(frozen=True)
-class Path:
+class Path(NamedTuple):
     """A NUL-terminated path. `follow` is False when the final symlink is not followed;
     `null_is_fd`: a NULL path names the preceding dirfd itself (utimensat as futimens)."""
     follow: bool = True
     null_is_fd: bool = False
 
 
-@dataclass(frozen=True)
-class Str:
+class Str(NamedTuple):
     """A NUL-terminated string passed verbatim (a symlink target, an xattr name)."""
 
 
-@dataclass(frozen=True)
-class BufIn:
+class BufIn(NamedTuple):
     """Bytes the kernel reads: `size` is the index of the length argument."""
     size: int
 
 
-@dataclass(frozen=True)
-class BufOut:
+class BufOut(NamedTuple):
     """Bytes the kernel fills: length from arg `size`; the return value counts them."""
     size: int
 
 
-@dataclass(frozen=True)
-class StructIn:
+class StructIn(NamedTuple):
     """A fixed-size structure the kernel reads."""
     type: str
 
 
-@dataclass(frozen=True)
-class StructOut:
+class StructOut(NamedTuple):
     """A fixed-size structure the kernel fills on success."""
     type: str
 
 
-@dataclass(frozen=True)
-class PathOut:
+class PathOut(NamedTuple):
     """A path buffer the kernel fills (readlink): length from arg `size`."""
     size: int
 
 
-@dataclass(frozen=True)
-class Pid:
+class Pid(NamedTuple):
     """A pid in the job's (home) pid space; translated to the execution host's."""
 
 
-@dataclass(frozen=True)
-class Addr:
+class Addr(NamedTuple):
     """A user-space address the call keeps or writes later (set_tid_address, wait4's status):
     passed through, never read by qrun."""
 
 
-@dataclass(frozen=True)
-class Argv:
+class Argv(NamedTuple):
     """A NULL-terminated array of string pointers (execve's argv and envp)."""
 
 
-@dataclass(frozen=True)
-class Id:
+class Id(NamedTuple):
     """A user or group id the job asks to take (the set*id family)."""
 
 
-@dataclass(frozen=True)
-class IdOut:
+class IdOut(NamedTuple):
     """A pointer to one user or group id the kernel fills (getresuid)."""
 
 
-@dataclass(frozen=True)
-class IdList:
-    """An array of group ids the kernel reads; `count` is the index of its length."""
-    count: int
+class IdList(NamedTuple):
+    """An array of group ids the kernel reads; `size` is the index of its length."""
+    size: int
 
 
-@dataclass(frozen=True)
-class IdListOut:
-    """An array of group ids the kernel fills; `count` is the index of its capacity."""
-    count: int
+class IdListOut(NamedTuple):
+    """An array of group ids the kernel fills; `size` is the index of its capacity."""
+    size: int
 
 
 ArgKind = (Int | Flags | Fd | DirFd | Path | Str | BufIn | BufOut | StructIn | StructOut
