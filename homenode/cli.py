@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
 from typing import TYPE_CHECKING
 
 from qrun.homenode import config, exitcodes, hostlist, launchers
@@ -22,6 +21,7 @@ from qrun.homenode.cli_options import (
     Parser,
     command_of,
     job_settings,
+    new_job_id,
     parse_export,
     parser,
     seconds,
@@ -83,7 +83,7 @@ def _submit(opts: argparse.Namespace, batch: JobHooks | None = None) -> int:
         settings = job_settings(opts)
     except (ValueError, PlacementError, config.ConfigError) as exc:
         raise Refused(str(exc), exitcodes.USAGE) from exc
-    job = uuid.uuid4().hex[:12]
+    job = new_job_id()
     launch, ledger = _place(opts, settings, job, patient=batch is not None)
     if batch is not None and batch.relaunch is not None:
         launch = batch.relaunch(launch)
@@ -152,6 +152,7 @@ def _policy(opts: argparse.Namespace, ledger: Ledger | None) -> PathPolicy | Non
 
 
 def entry() -> None:
+    _open_standard_fds()
     code = main()
     # Everything qrun had to do is done (the job's end reported, its server closed): skip
     # the interpreter's teardown of every module, a tenth of a short job's wall time.
@@ -162,3 +163,16 @@ def entry() -> None:
 
 if __name__ == "__main__":
     entry()
+
+
+def _open_standard_fds() -> None:
+    """qrun started with stdin, stdout or stderr closed gets /dev/null there (as ssh does):
+    else the first pipe or socket qrun makes would take that number, and the job would
+    read, or qrun write, something else entirely."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:   # (the lowest free number: this one)
+                continue
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 - the process's own

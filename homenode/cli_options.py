@@ -213,6 +213,12 @@ class JobSettings:
     cfg: config.ClusterConfig
 
 
+def new_job_id() -> str:
+    """A job's id: 12 random hex digits (os.urandom, not uuid: its import is a cost every
+    job's start would pay)."""
+    return os.urandom(6).hex()
+
+
 def job_settings(opts: argparse.Namespace) -> JobSettings:
     """The job's settings; ValueError, PlacementError or ConfigError for options that do
     not go together or values that are not usable."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qrun.homenode import config, exitcodes, launchers, terminal
+from qrun.homenode import config, exitcodes, launchers
 from qrun.homenode.cli_options import JobSettings
 from qrun.homenode.cli_report import fail, report
 from qrun.homenode.forkedstub import ForkedStub, LauncherProcess, can_fork
@@ -43,7 +43,8 @@ def welcome_for(opts: argparse.Namespace, cmd: list[str], settings: JobSettings,
                    "identity": {}, "policy": {"local": [], "home": []},
                    "options": {"timeout": settings.timeout, "lease": settings.lease, "mode": "plain",
                                "export": settings.export}}
-    if opts.pty:
+    if opts.pty:   # (terminal imported late: only a job on a terminal needs it)
+        from qrun.homenode import terminal
         welcome["options"]["pty"] = terminal.describe(0)
     if opts.trace is not None:
         welcome["options"]["trace"] = opts.trace

@@ -10,6 +10,7 @@ whatever locks the others held.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import signal
@@ -49,8 +50,9 @@ class ForkedStub:
         self.returncode: int | None = None
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        sys.stdout.flush()   # (or the child would write what is buffered a second time)
-        sys.stderr.flush()
+        for f in (sys.stdout, sys.stderr):   # (or the child would write what is buffered a second time)
+            if f is not None:
+                f.flush()
         try:
             self.pid = os.fork()
         except OSError:
@@ -66,9 +68,7 @@ class ForkedStub:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            self._reap(os.WNOHANG)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -76,8 +76,7 @@ class ForkedStub:
         delay = 0.0005
         while self.poll() is None:
             if deadline is None:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
+                self._reap(0)
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -86,6 +85,15 @@ class ForkedStub:
             time.sleep(delay)
         assert self.returncode is not None
         return self.returncode
+
+    def _reap(self, options: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:   # (reaped by someone else: its status is lost, as Popen has it)
+            self.returncode = 0
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
 
 
 def _become_stub(args: list[str], stdin: int, stderr: int) -> NoReturn:
@@ -96,10 +104,11 @@ def _become_stub(args: list[str], stdin: int, stderr: int) -> NoReturn:
         # the stub has since reused would close the stub's file.
         gc.freeze()
         os.setsid()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(stdin, 0)
-        os.dup2(devnull, 1)
-        os.dup2(stderr, 2)
+        # (each end moved above 2 first: with qrun's own stdio closed, a pipe may be fd 0-2)
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in
+                (stdin, os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), stderr)]
+        for target, fd in enumerate(ends):
+            os.dup2(fd, target)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         for sig in signal.valid_signals():   # (handlers qrun installed; ignored ones stay so, as across exec)
             handler = signal.getsignal(sig)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from typing import Any
 
 import zmq
 from qrun.homenode import config, exitcodes, hostlist, launchers
-from qrun.homenode.cli_options import job_settings, parser
+from qrun.homenode.cli_options import job_settings, new_job_id, parser
 from qrun.homenode.cli_where import where_to_run
 from qrun.homenode.daemon import DaemonError, request
 from qrun.homenode.jobstore import FAILED, Store, helper_main
@@ -40,7 +39,7 @@ def sbatch_command(store: Store, specs: list[dict[str, Any]]) -> tuple[list[str]
     opts = parser(batch=True).parse_args(first["options"])
     try:
         settings = job_settings(opts)
-        launch, _ = where_to_run(opts, settings.cfg, uuid.uuid4().hex[:12], settings.stub, settings.cwd,
+        launch, _ = where_to_run(opts, settings.cfg, new_job_id(), settings.stub, settings.cwd,
                                  settings.requirements)
     except (launchers.LaunchError, PlacementError, ValueError, config.ConfigError,
             hostlist.HostListError) as exc:

@@ -508,6 +508,19 @@ def test_unreadable_current_directory(shared_root: Path, qrun_cmd: list[str], mo
     assert one_line(r) == f"qrun: the current directory {locked} is not accessible: Permission denied"
 
 
+@pytest.mark.parametrize("mode", [[], ["--transparent"]])
+def test_closed_standard_fds_are_dev_null(site: Site, mode: list[str]) -> None:
+    """Started with stdin, stdout or stderr closed, qrun runs the job as ssh would: that
+    stream is /dev/null (the job reads EOF there), never a pipe qrun made meanwhile."""
+    job = 'cat; echo "read $?"; echo out; echo err >&2; exit 3'
+    for close, seen_out, seen_err in (("<&-", "read 0\nout\n", "err\n"), (">&-", "", "err\n"),
+                                      ("2>&-", "read 0\nout\n", "")):
+        r = subprocess.run(["/bin/sh", "-c", f'exec "$@" {close}', "sh", *site.qrun, *mode, "-w", "local",
+                            "--", "sh", "-c", job], env=site.env, capture_output=True, text=True,
+                           timeout=60, cwd=site.work, stdin=subprocess.DEVNULL)
+        assert (r.returncode, r.stdout, r.stderr) == (3, seen_out, seen_err), (close, r)
+
+
 # ---- 5. every recipe of the docs -------------------------------------------------------------------
 
 def test_every_recipe_is_accounted_for() -> None:
