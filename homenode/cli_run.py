@@ -110,10 +110,9 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
                                      argv0=argv0)
         if launch.publish is not None:   # (a stub Slurm started: it asks the daemon where we are)
             launch.publish(server.endpoint, server.keys.server_public, job)
-        if hooks is not None and taken is None:
-            hooks.placed(launch)   # (after the bootstrap line: the stub goes on meanwhile)
+        placed = (lambda: hooks.placed(launch)) if hooks is not None and taken is None else None
         outcome = server.serve(proc, launch.describe, launch.classify, launch.waiting_for, launch.cancel,
-                               hooks, launch.kind)
+                               hooks, launch.kind, placed)
     except JobFailed as exc:
         _stop(proc)
         return fail(str(exc), exc.code)

@@ -184,9 +184,11 @@ class HomeServer:
     def serve(self, launcher: LauncherProcess, describe: str,
               classify: Callable[[str], tuple[str, int]] | None = None,
               waiting_for: str = "", cancel: list[str] | None = None,
-              hooks: JobHooks | None = None, launch_kind: str = "") -> Outcome:
+              hooks: JobHooks | None = None, launch_kind: str = "",
+              placed: Callable[[], None] | None = None) -> Outcome:
         """Run the job to its end (see ServeLoop)."""
-        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, hooks, launch_kind).run()
+        return ServeLoop(self, launcher, describe, classify, waiting_for, cancel, hooks, launch_kind,
+                         placed=placed).run()
 
     def receive(self, started: float) -> Outcome | None:
         """Handle every message waiting on the socket; the job's outcome once it ended."""

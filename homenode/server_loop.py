@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from qrun.homenode.server import HomeServer
 
 WAIT_NOTICE = 2.0      # seconds without a stub before qrun says what it waits for
+PLACE_AFTER = 0.1      # seconds without a stub before the job's record is told where it went
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
@@ -47,6 +48,9 @@ class ServeLoop:
     cancel: list[str] | None = None
     hooks: JobHooks | None = None
     launch_kind: str = ""
+    # Tells the job's record where it went. Not on the way to the job's start: it runs
+    # once the stub has its welcome, or PLACE_AFTER seconds in if the stub is slow to call.
+    placed: Callable[[], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -65,10 +69,13 @@ class ServeLoop:
         with self._session() as sig_r:
             if self.hooks is not None and self.hooks.cancelled:
                 os.kill(os.getpid(), signal.SIGTERM)   # (handled as the daemon's cancel would be)
-            while True:
-                outcome = self._turn(sig_r, stderr)
-                if outcome is not None:
-                    return outcome
+            try:
+                while True:
+                    outcome = self._turn(sig_r, stderr)
+                    if outcome is not None:
+                        return outcome
+            finally:
+                self._place(force=True)   # (a job that ended, or failed, at once was placed too)
 
     @contextmanager
     def _session(self) -> Iterator[int]:
@@ -122,6 +129,7 @@ class ServeLoop:
             srv.stdin.pump()
         if stderr.fd is not None and stderr.fd in events:
             stderr.relay()
+        self._place(force=now - self.started > PLACE_AFTER)   # (before contact: the record's order)
         if srv.hello is None:
             self._check_start(now, stderr)
         else:
@@ -133,6 +141,11 @@ class ServeLoop:
             srv.control.send("sig", pid=0, sig=signal.SIGKILL)
             self.kill_at = None
         return None
+
+    def _place(self, force: bool) -> None:
+        if self.placed is not None and (force or self.server.hello is not None):
+            placed, self.placed = self.placed, None
+            placed()
 
     def _deputies(self, events: dict[Any, int], child_exited: bool) -> None:
         """Signals the job's home deputies received, passed on to the job's processes."""
