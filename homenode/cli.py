@@ -151,6 +151,19 @@ def _policy(opts: argparse.Namespace, ledger: Ledger | None) -> PathPolicy | Non
         raise Refused(f"--local/--home: {exc.strerror}", exitcodes.USAGE) from exc
 
 
+def _open_standard_fds() -> None:
+    """qrun started with stdin, stdout or stderr closed gets /dev/null there (as ssh does):
+    else the first pipe or socket qrun makes would take that number, and the job would
+    read, or qrun write, something else entirely."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:   # (the lowest free number: this one)
+                continue
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 - the process's own
+
+
 def entry() -> None:
     _open_standard_fds()
     code = main()
@@ -163,16 +176,3 @@ def entry() -> None:
 
 if __name__ == "__main__":
     entry()
-
-
-def _open_standard_fds() -> None:
-    """qrun started with stdin, stdout or stderr closed gets /dev/null there (as ssh does):
-    else the first pipe or socket qrun makes would take that number, and the job would
-    read, or qrun write, something else entirely."""
-    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError:
-            if os.open(os.devnull, os.O_RDWR) != fd:   # (the lowest free number: this one)
-                continue
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 - the process's own

@@ -81,7 +81,7 @@ def _run(job: str, launch: launchers.Launch, welcome: dict[str, Any], timeout: f
     # imported and set up, and waits for its bootstrap line on stdin.
     proc: LauncherProcess
     try:
-        if can_fork(launch.argv):
+        if can_fork(launch.argv, interactive=hooks is None or not hooks.batch):
             proc = ForkedStub(launch.argv)
         else:
             proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

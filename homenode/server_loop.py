@@ -171,7 +171,7 @@ class ServeLoop:
             poller.register(0, zmq.POLLIN)  # (flow control: the stub acknowledges)
         if stderr.fd is not None:
             poller.register(stderr.fd, zmq.POLLIN)
-        return dict(poller.poll(500))
+        return dict(poller.poll(500 if self.placed is None else int(PLACE_AFTER * 1000)))
 
     def _signals(self, caught: bytes, now: float) -> bool:
         """Pass the signals qrun caught on to the job; whether a child of ours exited."""
