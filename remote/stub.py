@@ -209,8 +209,10 @@ def isolate(opts: argparse.Namespace) -> str | None:
     if opts.hostname:
         socket.sethostname(opts.hostname)
     covers = [(p, "mode=1777", False) for p in (("/tmp", "/dev/shm") if opts.private_tmp else ())]
-    covers += [(p, "size=64k,mode=0755", True) for p in opts.hide if os.path.isdir(p)]
+    covers += [(p, "size=64k,mode=0755", True) for p in opts.hide]
     for path, options, readonly in covers:
+        if readonly and not os.path.isdir(path):
+            continue   # (none, or gone with a directory hidden before it: the submit one in home)
         keep = [k for k in own_installation() if k.startswith(path.rstrip("/") + "/")]
         rc = lib.qr_cover(os.fsencode(path), options.encode(), int(readonly),
                           b"".join(os.fsencode(k) + b"\0" for k in keep) + b"\0")

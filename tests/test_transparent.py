@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -377,6 +378,29 @@ def test_sandbox_host_is_isolated(qrun_cmd: list[str], workdir: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["x", os.uname().nodename]
     assert "qrun: host=sandbox status=0" in r.stderr
+
+
+def test_sandbox_job_submitted_from_below_the_home_directory(qrun_cmd: list[str]) -> None:
+    """The sandbox hides the home directory and the submit directory: one inside the
+    other is hidden with it (it used to fail the job: "cannot hide ...")."""
+    from qrun.homenode.launchers import sandbox_support
+    ok, why = sandbox_support()
+    if not ok:
+        pytest.skip(why)
+    home = Path(tempfile.mkdtemp(prefix="qrun-home-", dir="/var/tmp"))   # (not below /tmp: that is kept)
+    try:
+        sub = home / "project"
+        sub.mkdir()
+        (sub / "f").write_text("x\n")
+        env = {**os.environ, "HOME": str(home)}
+        r = subprocess.run(qrun_cmd + ["--transparent", "--host", "sandbox", "--", "/bin/sh", "-c", "pwd; cat f"],
+                           cwd=sub, env=env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, f"{sub}\nx\n"), r.stderr
+        r = subprocess.run(qrun_cmd + ["--host", "sandbox", "--", "ls", str(home)], cwd="/", env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, ""), r.stderr   # (plain: the host's own, hidden, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # ---- nothing silently wrong ---------------------------------------------------------------
