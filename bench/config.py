@@ -42,10 +42,13 @@ class Ctx:
     lua: Path | None = None  # W3l: the Lua 5.4.6 tree from ../shared/data (None: not there)
     many: Path | None = None  # W1f: a directory of MANY_FILES empty files f0, f1, ...
     spread: Path | None = None  # W1s: SPREAD_DIRS directories d0, d1, ... of one empty file f
+    fan: Path | None = None  # W8: FAN_JOBS trees j0, j1, ... of FAN_DIRS directories d0, ... of a file f
 
 
 MANY_FILES = 2000
 SPREAD_DIRS = 500
+FAN_JOBS = 16      # W8: jobs at once
+FAN_DIRS = 200     # W8: first stats per job
 
 
 def ctx_wrap(ctx: Ctx, argv: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from .commands import run
-from .config import MANY_FILES, SPREAD_DIRS, Config, Ctx
+from .config import FAN_DIRS, FAN_JOBS, MANY_FILES, SPREAD_DIRS, Config, Ctx
 
 SOURCE = Path(__file__).resolve().parent / "workloads.c"
 
@@ -91,7 +91,13 @@ def prepare_data(cfg: Config, work: Path, exe: Path) -> Ctx:
     for i in range(SPREAD_DIRS):
         (spread / f"d{i}").mkdir(parents=True)
         (spread / f"d{i}" / "f").touch()
-    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home), many, spread)
+    (home / "fan-ready").mkdir()   # (W8's, there before sshfs mounts home, as W7's)
+    fan = home / "fan"
+    for k in range(FAN_JOBS):
+        for i in range(FAN_DIRS):
+            (fan / f"j{k}" / f"d{i}").mkdir(parents=True)
+            (fan / f"j{k}" / f"d{i}" / "f").touch()
+    return Ctx(cfg, exe, home, small, big, home / "written.dat", proj, unpack_lua(home), many, spread, fan)
 
 
 LUA_TAR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lua-5.4.6.tar"

@@ -7,15 +7,17 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .commands import Proc, clip, run
-from .config import Ctx, ctx_wrap
+from .config import FAN_JOBS, Ctx, ctx_wrap
 from .modes import Mode
 from .workloads import Workload
 
 RESULT = re.compile(r"^RESULT\s+(\S+)\s+(\S+)\s+(\S+)", re.M)
+FAN = re.compile(r"^RESULT fan \S+ s (\d+) (\S+) (\S+)$", re.M)   # calls, start, end
 
 # values by workload key, the whole-process seconds, why the workloads without a value have none
 Outcome = tuple[dict[str, float], float, str | None]
@@ -41,6 +43,8 @@ def _argv(ctx: Ctx, ws: list[Workload], m: Mode) -> list[str]:
         argv = [str(ctx.exe)]
         for i, w in enumerate(ws):
             argv += (["+"] if i else []) + w.command(ctx, m)
+    elif first.timing == "fan":
+        argv = [str(ctx.exe), *first.command(ctx, m)]
     else:
         argv = first.command(ctx, m)
     return ctx_wrap(ctx, m.wrap(argv))
@@ -57,6 +61,30 @@ def _measure_spawn(ctx: Ctx, w: Workload, argv: list[str], cwd: Path) -> Outcome
         total += p.wall
         count += 1
     return {w.key: total / count * 1e3}, total / count, None
+
+
+def _measure_fan(ctx: Ctx, w: Workload, argv: list[str], cwd: Path) -> Outcome:
+    """FAN_JOBS copies of argv at once (each given its index), let go together once all
+    are ready: calls per second in total, from the first start of work to the last end."""
+    ready, go = ctx.home / "fan-ready", ctx.home / "fan-go"
+    with ThreadPoolExecutor(FAN_JOBS) as pool:
+        runs = [pool.submit(run, [*argv, str(k)], ctx.cfg.timeout, cwd) for k in range(FAN_JOBS)]
+        deadline = time.monotonic() + ctx.cfg.timeout
+        while (len(list(ready.iterdir())) < FAN_JOBS and not any(r.done() for r in runs)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        go.touch()   # (also when a job failed early: the others must not wait for it)
+        procs = [r.result() for r in runs]
+    wall = max(p.wall for p in procs)
+    spans = []
+    for p in procs:
+        found = FAN.search(p.out)
+        if p.rc != 0 or p.timed_out or not found:
+            return {}, wall, p.reason(ctx.cfg.timeout) if p.rc != 0 or p.timed_out else "no RESULT line"
+        spans.append((int(found.group(1)), float(found.group(2)), float(found.group(3))))
+    calls = sum(n for n, _, _ in spans)
+    window = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+    return {w.key: calls / window}, wall, None
 
 
 def _wall_result(ctx: Ctx, w: Workload, p: Proc, failed: str | None) -> Outcome:
@@ -87,6 +115,8 @@ def measure(ctx: Ctx, ws: list[Workload], m: Mode) -> Outcome:
     cwd = first.cwd(ctx, m) if first.cwd else ctx.home
     if first.timing == "spawn":
         return _measure_spawn(ctx, first, argv, cwd)
+    if first.timing == "fan":
+        return _measure_fan(ctx, first, argv, cwd)
     helper = subprocess.Popen(first.helper(ctx), stdout=subprocess.DEVNULL) if first.helper else None
     try:
         p = run(argv, ctx.cfg.timeout, cwd)

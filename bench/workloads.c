@@ -22,6 +22,8 @@
  *   workloads rdzero BUDGET_MS           read 4 KiB from /dev/zero (a local fd) -> ns/call
  *   workloads pingpong BUDGET_MS         1-byte pipe round trip, two processes -> us/round trip
  *   workloads spawn  PROG BUDGET_MS      fork + exec PROG + wait               -> ms/spawn
+ *   workloads fan    GO READY ROOT N K   job K of several: says READY/rK.PID, waits for GO, stats
+ *                                        ROOT/jK/d0/f .. d<N-1>/f once each -> its wall-clock span
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -284,6 +286,34 @@ static int w_spawn(const char *tag, const char *prog, double budget) {
     return 0;
 }
 
+/* One of several jobs run at once (bench/measure.py starts them): it says it is ready
+ * (READY/rK.PID, made), waits until GO exists, then makes N first stats, one per directory
+ * of its own tree (none answered by a listing or a cache). It prints the CLOCK_REALTIME
+ * span of that work, which the harness adds up over the jobs: calls per second in total
+ * while they all ran. */
+static int w_fan(const char *tag, const char *go, const char *ready, const char *root, long n,
+                 long k) {
+    char path[4096];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/r%ld.%d", ready, k, (int)getpid());   /* (a new name each run) */
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    if (fd < 0) die("open", path);
+    close(fd);
+    for (double t0 = now(); stat(go, &sb) != 0; usleep(1000))
+        if (now() - t0 > 120) die("waiting for", go);
+    struct timespec a, b;
+    clock_gettime(CLOCK_REALTIME, &a);
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/j%ld/d%ld/f", root, k, i);
+        if (stat(path, &sb) != 0) die("stat", path);
+    }
+    clock_gettime(CLOCK_REALTIME, &b);
+    double start = (double)a.tv_sec + (double)a.tv_nsec * 1e-9;
+    double end = (double)b.tv_sec + (double)b.tv_nsec * 1e-9;
+    printf("RESULT %s %.6f s %ld %.6f %.6f\n", tag, end - start, n, start, end);
+    return 0;
+}
+
 /* Runs one workload: args[0] is its name, n the number of arguments. */
 static int dispatch(char **a, int n) {
     const char *w = a[0];
@@ -299,6 +329,7 @@ static int dispatch(char **a, int n) {
     if (!strcmp(w, "rdzero") && n == 2) return w_rdzero(w, atof(a[1]) / 1e3);
     if (!strcmp(w, "pingpong") && n == 2) return w_pingpong(w, atof(a[1]) / 1e3);
     if (!strcmp(w, "spawn") && n == 3) return w_spawn(w, a[1], atof(a[2]) / 1e3);
+    if (!strcmp(w, "fan") && n == 6) return w_fan(w, a[1], a[2], a[3], atol(a[4]), atol(a[5]));
     fprintf(stderr, "workloads: bad arguments for %s\n", w);
     return 2;
 }
@@ -306,7 +337,7 @@ static int dispatch(char **a, int n) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: workloads NAME ARGS... [+ NAME ARGS...]...\n"
-                        "  NAME: stat|stat1|seen|change|orc|read|write|clock|rdzero|pingpong|spawn\n");
+                        "  NAME: stat|stat1|stat1d|seen|change|orc|read|write|clock|rdzero|pingpong|spawn|fan\n");
         return 2;
     }
     int start = 1;

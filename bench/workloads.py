@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MANY_FILES, SPREAD_DIRS, Config, Ctx
+from .config import FAN_DIRS, FAN_JOBS, MANY_FILES, SPREAD_DIRS, Config, Ctx
 from .modes import Mode
 
 
@@ -17,7 +17,8 @@ class Workload:
     unit: str
     # timing "program": the arguments of one bench/workloads.c workload (its first word is the
     # tag of its RESULT line); "wall" (whole process) and "spawn" (whole process, per start):
-    # the full command.
+    # the full command; "fan": one workload run by FAN_JOBS processes at once, each given
+    # its index as a last argument (bench/measure.py adds up their spans).
     command: Callable[[Ctx, Mode], list[str]]
     higher_is_better: bool = False
     heavy: bool = False             # runs alone, warmed up once natively (page cache, compiler)
@@ -52,6 +53,15 @@ def _reset_changes(c: Ctx) -> None:
     for name in ("log", "ready"):
         (d / name).unlink(missing_ok=True)
     (d / "flag").write_bytes(b"")
+
+
+def _reset_fan(c: Ctx) -> None:
+    """W8's start line: no go file, an empty directory for the jobs' ready files."""
+    (c.home / "fan-go").unlink(missing_ok=True)
+    ready = c.home / "fan-ready"
+    ready.mkdir(exist_ok=True)
+    for f in ready.iterdir():
+        f.unlink()
 
 
 def _clean_proj(c: Ctx) -> None:
@@ -119,4 +129,8 @@ def workloads(cfg: Config) -> list[Workload]:
                  helper=lambda c: [str(c.exe), "change", str(c.home / "coherence"), str(CHANGES)]),
         Workload("W6", "pipe round trip between two job processes", "µs",
                  lambda c, m: ["pingpong", _budget(c)]),
+        Workload("W8", f"{FAN_JOBS} jobs at once, first stats: calls/s in total", "calls/s",
+                 lambda c, m: ["fan", str(m.path(c.home / "fan-go")), str(m.path(c.home / "fan-ready")),
+                               str(m.path(c.fan or c.home)), str(FAN_DIRS)],
+                 higher_is_better=True, heavy=True, timing="fan", prepare=_reset_fan),
     ]
