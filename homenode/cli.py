@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -166,7 +167,10 @@ def _open_standard_fds() -> None:
 
 def entry() -> None:
     _open_standard_fds()
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:   # (Ctrl-C while qrun starts, before its server takes signals over)
+        code = fail("interrupted", 128 + signal.SIGINT)
     # Everything qrun had to do is done (the job's end reported, its server closed): skip
     # the interpreter's teardown of every module, a tenth of a short job's wall time.
     sys.stdout.flush()

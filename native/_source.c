@@ -157,6 +157,7 @@ static void session_leader(int pid_pipe, int err_pipe, int sync_fd, const char *
         job_child(path, argv, envp, cwd, err_pipe, filter, filter_len, use_path_search,
                   traced, sync_fd, me);
     }
+    setpgid(job, job);   /* (here too: the stub may signal the group before the job runs) */
     ssize_t n = write(pid_pipe, &job, sizeof job);
     (void)n;
     close(pid_pipe);
@@ -201,6 +202,11 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
     if (pid > 0) {
         pid_t job = pid;
         *leader = pid;
+        /* The job's process group exists before we return, as a shell makes it on both
+         * sides of the fork: a signal home sends at once (a Ctrl-C while the job starts)
+         * goes to the group, which the child may not have made yet. */
+        if (!terminal)
+            setpgid(pid, pid);
         if (terminal) {
             close(pids[1]);
             if (read(pids[0], &job, sizeof job) != sizeof job)
@@ -226,7 +232,17 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
         return job;
     }
 
-    /* Child: only async-signal-safe calls from here on. */
+    /* Child: only async-signal-safe calls from here on. The stub's signal handlers
+     * (Python's, SIGINT's above all) would run here until exec, and a signal sent to the
+     * job meanwhile (a Ctrl-C as it starts) would be taken and lost: back to SIG_DFL. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; s++) {
+        struct sigaction old;
+        if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_IGN && old.sa_handler != SIG_DFL)
+            sigaction(s, &dfl, NULL);
+    }
     if (traced)
         close(sync[1]);
     if (terminal)

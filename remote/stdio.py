@@ -81,6 +81,8 @@ class StdioPump(threading.Thread):
         self.dropped = False   # the control connection went down (and not up again yet)
         self._polled: set[int] = set(out_fds)
         self._polled_in: int | None = None
+        self._early_signals: list[int] = []   # what home sent the job before it existed
+        self._signal_lock = threading.Lock()
 
     def wake(self) -> None:
         os.write(self.wake_w, b"x")
@@ -261,9 +263,21 @@ class StdioPump(threading.Thread):
                     os.close(fd)
                     del self.out_fds[fd]
 
+    def job_started(self) -> None:
+        """The job exists now: the signals home sent before it did reach it, as they would
+        have reached a job already running (a Ctrl-C while it started ends it)."""
+        with self._signal_lock:
+            early, self._early_signals = self._early_signals, []
+        for sig in early:
+            self._signal(0, sig)
+
     def _signal(self, home_pid: int, sig: int) -> None:
         try:
             if home_pid == 0:
+                with self._signal_lock:
+                    if not self.tracer.main_pid:   # (killpg(0) would signal this stub itself)
+                        self._early_signals.append(sig)
+                        return
                 os.killpg(self.tracer.main_pid, sig)
             else:
                 remote = self.tracer.remote_pid(home_pid)

@@ -175,6 +175,7 @@ def run_plain(ctl: zmq.Socket, welcome: dict[str, Any], timeout: float) -> int:
         if not missing_cwd:
             job.main_pid, wait_pid, err_fd = spawn(argv, plain_env(welcome, pty), cwd, stdio, None,
                                                    terminal=pty is not None)
+            pump.job_started()
     except OSError as exc:
         eprint(f"cannot fork: {exc.strerror}")
         return EXIT_STUB_FAILURE
@@ -338,6 +339,7 @@ def run_job(ctl: zmq.Socket, rpc: Rpc, welcome: dict[str, Any], state: str, time
     tracer.on_stop_change = pump.wake
     try:
         tracer.spawn(argv, env, cwd, real_cwd, stdio, terminal=pty is not None)
+        pump.job_started()
     finally:
         for fd in stdio:
             os.close(fd)

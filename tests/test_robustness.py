@@ -8,6 +8,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -344,6 +345,32 @@ def test_a_host_that_forbids_ptrace_is_named_with_its_own_exit_code(qrun_cmd: li
 def leftovers(marker: str) -> list[str]:
     r = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True, timeout=10)
     return [line for line in r.stdout.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("mode", [["--transparent"], []])
+def test_ctrl_c_while_qrun_starts(qrun_cmd: list[str], workdir: Path, mode: list[str]) -> None:
+    """A Ctrl-C at any moment of qrun's start (its imports, the stub starting, the job not
+    yet running, then running): status 130 and one line, never a traceback, and nothing
+    left behind. The stub used to signal its own process group when the job did not exist
+    yet, and die of it; and the job, signalled between its fork and its exec, ran the
+    stub's Python handler there and lost the signal."""
+    marker = f"77{os.getpid()}{len(mode)}.5"
+    seen = set()
+    for i in range(12):
+        proc = subprocess.Popen(qrun_cmd + [*mode, "--host", "local", "--", "sleep", marker], cwd=workdir,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(0.02 + 0.01 * i)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and len(err.splitlines()) == 1 and "Traceback" not in err, (i, err)
+        seen.add(err.strip())
+    assert seen <= {"qrun: interrupted", "qrun: interrupted while waiting for the stub to start on this machine",
+                    "qrun: job killed by signal 2 (SIGINT)"}, seen
+    deadline = time.monotonic() + 10
+    while leftovers(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leftovers(marker)
 
 
 @pytest.mark.parametrize("sig", [2, 15])
