@@ -63,6 +63,7 @@ RECIPES: dict[str, tuple[str, ...] | str] = {
     "<ssh_command> -o BatchMode=yes -o ControlMaster=auto -o ControlPersist=60 "
     "-o ControlPath=~/.cache/qrun/ssh-%C alice@10.0.0.11 -- '<stub command>'": (LAUNCHER,),
     "<ssh_command> -o BatchMode=yes -o ControlPath=~/.cache/qrun/ssh-%C -O check alice@10.0.0.11": (LAUNCHER,),
+    "<ssh_command> -o BatchMode=yes -o ControlPath=~/.cache/qrun/ssh-%C -G alice@10.0.0.11": (LAUNCHER,),
     "<ssh_command> -o BatchMode=yes -o ControlMaster=yes -o ControlPersist=60 "
     "-o ControlPath=~/.cache/qrun/ssh-%C -f -N alice@10.0.0.11": (LAUNCHER,),
     "ssh HOST true": (SSH,),

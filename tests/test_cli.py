@@ -69,6 +69,9 @@ if "-N" in flags:
     time.sleep(0.3)  # a key exchange: long enough for concurrent first jobs to collide
     open(marker, "w").close()
     sys.exit(0)
+if "-G" in flags:  # (a ControlPath nothing listens on: qrun goes on checking)
+    print("controlpath " + marker + ".sock")
+    sys.exit(0)
 os.chdir(os.environ.get("HOME", "/"))
 os.execv("/bin/sh", ["sh", "-c", " ".join(argv[i:])])
 '''
@@ -132,10 +135,11 @@ class Site:
         return [r["argv"] for r in rows if tool is None or r["tool"] == tool]
 
     def jobs(self) -> list[str]:
-        """The hosts the ssh stand-in ran a job (not a master or a check) on, in order."""
+        """The hosts the ssh stand-in ran a job (not a master, a check or a look at the
+        config) on, in order."""
         out = []
         for argv in self.calls("ssh"):
-            if "-O" in argv or "-N" in argv:
+            if "-O" in argv or "-N" in argv or "-G" in argv:
                 continue
             words = [w for w in argv if w != "--"]
             out.append(next(w for i, w in enumerate(words) if not w.startswith("-")
@@ -650,16 +654,31 @@ def test_ssh_command_lines_are_as_documented(site: Site) -> None:
     assert r.returncode == 0, r.stderr
     r = site.run(["-w", "node2", "--", "true"])     # the master is up now: checked, not opened
     assert r.returncode == 0, r.stderr
-    check, job, master = (next(r for r in recipes.runs(recipes.LAUNCHER) if key in r)
-                          for key in ("-O check", "-- '<stub command>'", "-f -N"))
+    check, job, master, show = (next(r for r in recipes.runs(recipes.LAUNCHER) if key in r)
+                                for key in ("-O check", "-- '<stub command>'", "-f -N", " -G "))
     want = {name: [("node2" if w == "alice@10.0.0.11" else w) for w in _doc_words(rec, site.home)]
-            for name, rec in (("check", check), ("job", job), ("master", master))}
+            for name, rec in (("check", check), ("job", job), ("master", master), ("show", show))}
     calls = site.calls("ssh")
-    # first job: check, check again holding the lock, open the master, the job; then check, job
+    # first job: check, check again holding the lock, open the master, note its socket, the
+    # job; then (the stand-in's socket does not answer) check, job
     assert [c[:-1] if c[-1].endswith("-m qrun.remote.stub") else c for c in calls] == [
-        want["check"], want["check"], want["master"], want["job"][:-1], want["check"], want["job"][:-1]]
-    assert shlex.split(calls[3][-1])[1:] == ["-P", "-m", "qrun.remote.stub"]
+        want["check"], want["check"], want["master"], want["show"], want["job"][:-1], want["check"],
+        want["job"][:-1]]
+    assert shlex.split(calls[4][-1])[1:] == ["-P", "-m", "qrun.remote.stub"]
     assert want["job"][-1] == "STUB"
+
+
+def test_a_noted_master_socket_that_answers_spares_the_check(tmp_path: Path) -> None:
+    noted = tmp_path / "master-k"
+    assert not launchers._answers(str(noted))   # (nothing noted)
+    sock_path = tmp_path / "s"
+    noted.write_text(str(sock_path))
+    assert not launchers._answers(str(noted))   # (noted, nothing there)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(sock_path))
+        listener.listen(1)
+        assert launchers._answers(str(noted))
+    assert not launchers._answers(str(noted))   # (the master is gone, its socket file left)
 
 
 def test_srun_command_line_is_as_documented(site: Site) -> None:
