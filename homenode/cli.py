@@ -167,6 +167,7 @@ def _open_standard_fds() -> None:
 
 def entry() -> None:
     _open_standard_fds()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)   # (if our caller ignored it: we reap our own)
     try:
         code = main()
     except KeyboardInterrupt:   # (Ctrl-C while qrun starts, before its server takes signals over)

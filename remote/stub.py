@@ -370,6 +370,9 @@ def entry(argv: list[str] | None = None) -> NoReturn:
             f.write("qrun-stub")
     except OSError:
         pass
+    # Started with SIGCHLD ignored (a launcher's or qrun's caller's doing), the kernel
+    # would reap the job itself, and its status would be lost.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         code = main(argv)
     except SystemExit as exc:   # (as the interpreter would: a message means status 1)

@@ -525,6 +525,18 @@ def test_closed_standard_fds_are_dev_null(site: Site, mode: list[str]) -> None:
         assert (r.returncode, r.stdout, r.stderr) == (3, seen_out, seen_err), (close, r)
 
 
+@pytest.mark.parametrize("mode", [[], ["--transparent"]])
+def test_started_with_sigchld_ignored(site: Site, mode: list[str]) -> None:
+    """A caller that ignores SIGCHLD (some daemons do) passes that on to qrun: qrun and its
+    stub reap their children all the same (the plain job's stub used to die of ECHILD)."""
+    wrapper = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    r = subprocess.run([sys.executable, "-c", wrapper, *site.qrun, *mode, "-w", "local", "--", "sh", "-c",
+                        "sleep 0.2 & wait; echo done; exit 3"], env=site.env, capture_output=True, text=True,
+                       timeout=60, cwd=site.work, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "done\n", ""), r
+
+
 # ---- 5. every recipe of the docs -------------------------------------------------------------------
 
 def test_every_recipe_is_accounted_for() -> None:
