@@ -1,7 +1,7 @@
 """A stub on this machine, forked from qrun rather than executed.
 
 The local launcher's command is this interpreter's own stub. Forking it skips a second
-interpreter's start-up and the imports both sides share (about a third of the start of
+interpreter's start-up and the imports both sides share (about a fifth of the start of
 `qrun --host local true`); from its `main` on it is the same stub, with the same pipes,
 session, environment and command line (`ps`, `pgrep -f`) a started one would have. Only
 interactive qrun forks, and only while it runs one thread and has not loaded ZeroMQ: a

@@ -95,13 +95,6 @@ static void job_child(const char *path, char *const argv[], char *const envp[], 
                       int err_pipe, const unsigned char *filter, int filter_len,
                       int use_path_search, int traced, int sync_fd, pid_t parent)
 {
-    /* The stub ignores SIGPIPE (its stderr may outlive qrun's reader: a lease); the job
-     * starts with the default, as a shell would give it. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigaction(SIGPIPE, &dfl, NULL);
-    sigaction(SIGXFSZ, &dfl, NULL);
     if (traced) {
         char go;
         if (read(sync_fd, &go, 1) != 1)
@@ -205,9 +198,9 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
         /* The job's process group exists before we return, as a shell makes it on both
          * sides of the fork: a signal home sends at once (a Ctrl-C while the job starts)
          * goes to the group, which the child may not have made yet. */
-        if (!terminal)
+        if (!terminal) {
             setpgid(pid, pid);
-        if (terminal) {
+        } else {
             close(pids[1]);
             if (read(pids[0], &job, sizeof job) != sizeof job)
                 job = pid;              /* the leader failed; it says why on err_pipe */
@@ -232,15 +225,18 @@ int qr_spawn_traced(const char *path, char *const argv[], char *const envp[],
         return job;
     }
 
-    /* Child: only async-signal-safe calls from here on. The stub's signal handlers
-     * (Python's, SIGINT's above all) would run here until exec, and a signal sent to the
-     * job meanwhile (a Ctrl-C as it starts) would be taken and lost: back to SIG_DFL. */
+    /* Child: only async-signal-safe calls from here on. Every signal the stub handles goes
+     * back to SIG_DFL: its handlers (Python's, SIGINT's above all) would run here until
+     * exec, and a signal sent to the job meanwhile (a Ctrl-C as it starts) would be taken
+     * and lost. So do SIGPIPE and SIGXFSZ, which the stub ignores (its stderr may outlive
+     * qrun's reader: a lease): the job starts with the default, as a shell would give it. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     for (int s = 1; s < NSIG; s++) {
         struct sigaction old;
-        if (sigaction(s, NULL, &old) == 0 && old.sa_handler != SIG_IGN && old.sa_handler != SIG_DFL)
+        if (sigaction(s, NULL, &old) == 0 && (s == SIGPIPE || s == SIGXFSZ ||
+                                              (old.sa_handler != SIG_IGN && old.sa_handler != SIG_DFL)))
             sigaction(s, &dfl, NULL);
     }
     if (traced)
